@@ -1,0 +1,1 @@
+//! Reinforcement learning: objectives, rewards (math grader), rollouts and the trainer.
