@@ -13,6 +13,7 @@
 
 pub mod config;
 pub mod cpu;
+pub mod data;
 pub mod error;
 pub mod generate;
 pub mod layout;

@@ -1,1 +1,4 @@
 //! Reinforcement learning: objectives, rewards (math grader), rollouts and the trainer.
+
+pub mod grader;
+pub mod objectives;
