@@ -11,6 +11,7 @@
 //!
 //! The library never prints; errors are [`Error`] values that `main` prints.
 
+pub mod check;
 pub mod config;
 pub mod cpu;
 pub mod data;

@@ -1,1 +1,193 @@
-//! (to be written)
+//! Hugging Face safetensors ⇄ one flat parameter buffer in [`ParamLayout`] order.
+//!
+//! Reads a single `model.safetensors` or a sharded `model.safetensors.index.json`, in F32, BF16, F16
+//! or F64. Files are memory-mapped and converted straight into the flat buffer, so a checkpoint is
+//! never held twice. With tied embeddings there is no `lm_head.weight`; one present anyway is ignored.
+
+use crate::config::ModelConfig;
+use crate::cpu::Float;
+use crate::error::{read_json, write_atomic, Error, Result};
+use crate::layout::ParamLayout;
+use safetensors::{Dtype, SafeTensors};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+/// The dtype weights are written in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SaveDtype {
+    F32,
+    BF16,
+}
+
+impl SaveDtype {
+    pub fn hf_name(self) -> &'static str {
+        match self {
+            SaveDtype::F32 => "float32",
+            SaveDtype::BF16 => "bfloat16",
+        }
+    }
+}
+
+/// One memory-mapped safetensors file.
+struct MappedFile {
+    path: PathBuf,
+    map: memmap2::Mmap,
+}
+
+impl MappedFile {
+    fn open(path: &Path) -> Result<Self> {
+        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        // SAFETY: the map is read-only and private to this process; a checkpoint rewritten by another
+        // process while we read it would give wrong numbers, never unsafety in our code (bytes are bytes).
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        Ok(MappedFile { path: path.to_path_buf(), map })
+    }
+
+    fn parse(&self) -> Result<SafeTensors<'_>> {
+        SafeTensors::deserialize(&self.map)
+            .map_err(|e| Error::weights(&self.path, "", format!("not a valid safetensors file (truncated or corrupt?): {e}")))
+    }
+}
+
+/// The weight files of a checkpoint folder and which file holds which tensor.
+pub struct WeightFiles {
+    files: Vec<MappedFile>,
+    /// tensor name → index into `files`
+    index: HashMap<String, usize>,
+}
+
+impl WeightFiles {
+    pub fn open(dir: &Path) -> Result<Self> {
+        let single = dir.join("model.safetensors");
+        let sharded = dir.join("model.safetensors.index.json");
+        if single.exists() {
+            let file = MappedFile::open(&single)?;
+            let names: Vec<String> = file.parse()?.names().into_iter().map(str::to_string).collect();
+            let index = names.into_iter().map(|n| (n, 0)).collect();
+            return Ok(WeightFiles { files: vec![file], index });
+        }
+        if !sharded.exists() {
+            return Err(Error::weights(dir, "", "no model.safetensors or model.safetensors.index.json in this folder"));
+        }
+        let idx = read_json(&sharded)?;
+        let map = idx
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| Error::config(&sharded, "weight_map", "missing or not an object"))?;
+        let mut shard_of: BTreeMap<String, usize> = BTreeMap::new();
+        let mut files = Vec::new();
+        let mut index = HashMap::new();
+        for (tensor, file) in map {
+            let file = file
+                .as_str()
+                .ok_or_else(|| Error::config(&sharded, format!("weight_map.{tensor}"), "expected a file name"))?;
+            let k = match shard_of.get(file) {
+                Some(&k) => k,
+                None => {
+                    files.push(MappedFile::open(&dir.join(file))?);
+                    files.last().map(MappedFile::parse).transpose()?;
+                    shard_of.insert(file.to_string(), files.len() - 1);
+                    files.len() - 1
+                }
+            };
+            index.insert(tensor.clone(), k);
+        }
+        Ok(WeightFiles { files, index })
+    }
+
+    /// (name, dtype, shape) of every tensor, sorted by name.
+    pub fn tensors(&self) -> Result<Vec<(String, String, Vec<usize>)>> {
+        let mut out = Vec::new();
+        for f in &self.files {
+            let st = f.parse()?;
+            for (name, view) in st.tensors() {
+                out.push((name, format!("{:?}", view.dtype()), view.shape().to_vec()));
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Converts one tensor into `dst`, checking its shape.
+    fn read_into<T: Float>(&self, name: &str, shape: &[usize], dst: &mut [T]) -> Result<()> {
+        let &k = self.index.get(name).ok_or_else(|| {
+            let where_ = self.files.first().map_or(PathBuf::new(), |f| f.path.clone());
+            Error::weights(where_, name, "missing from the checkpoint")
+        })?;
+        let file = &self.files[k];
+        let st = file.parse()?;
+        let view = st.tensor(name).map_err(|e| Error::weights(&file.path, name, format!("unreadable: {e}")))?;
+        if view.shape() != shape {
+            return Err(Error::weights(
+                &file.path,
+                name,
+                format!("has shape {:?}, expected {:?} from config.json", view.shape(), shape),
+            ));
+        }
+        let bytes = view.data();
+        let width = match view.dtype() {
+            Dtype::F32 => 4,
+            Dtype::F64 => 8,
+            Dtype::BF16 | Dtype::F16 => 2,
+            other => {
+                return Err(Error::weights(&file.path, name, format!("dtype {other:?} is not supported (F32, F64, BF16, F16 are)")))
+            }
+        };
+        if bytes.len() != dst.len() * width {
+            return Err(Error::weights(&file.path, name, "data length does not match its shape and dtype"));
+        }
+        let dtype = view.dtype();
+        for (d, b) in dst.iter_mut().zip(bytes.chunks_exact(width)) {
+            *d = match dtype {
+                Dtype::F32 => T::from_f32(f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+                Dtype::F64 => T::from_f64(f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])),
+                Dtype::BF16 => T::from_f32(half::bf16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32()),
+                _ => T::from_f32(half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32()),
+            };
+        }
+        Ok(())
+    }
+}
+
+/// Loads every parameter of `layout` from the checkpoint folder `dir` into one flat buffer.
+pub fn load_params<T: Float>(dir: &Path, layout: &ParamLayout) -> Result<Vec<T>> {
+    let files = WeightFiles::open(dir)?;
+    let mut params = vec![T::ZERO; layout.total];
+    for e in &layout.entries {
+        files.read_into(&e.name, &e.shape, &mut params[e.range()])?;
+    }
+    Ok(params)
+}
+
+/// Writes `dir/model.safetensors` (HF names and shapes, atomically) and `dir/config.json`.
+pub fn save_params<T: Float>(dir: &Path, cfg: &ModelConfig, layout: &ParamLayout, params: &[T], dtype: SaveDtype) -> Result<()> {
+    assert_eq!(params.len(), layout.total, "save_params: buffer does not match the layout");
+    let mut blobs: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::with_capacity(layout.entries.len());
+    for e in &layout.entries {
+        let values = &params[e.range()];
+        let bytes: Vec<u8> = match dtype {
+            SaveDtype::F32 => values.iter().flat_map(|v| (v.to_f64() as f32).to_le_bytes()).collect(),
+            SaveDtype::BF16 => values.iter().flat_map(|v| half::bf16::from_f64(v.to_f64()).to_bits().to_le_bytes()).collect(),
+        };
+        blobs.push((e.name.clone(), e.shape.clone(), bytes));
+    }
+    let st_dtype = match dtype {
+        SaveDtype::F32 => Dtype::F32,
+        SaveDtype::BF16 => Dtype::BF16,
+    };
+    let views = blobs
+        .iter()
+        .map(|(name, shape, bytes)| {
+            safetensors::tensor::TensorView::new(st_dtype, shape.clone(), bytes).map(|v| (name.clone(), v))
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| Error::weights(dir, "", format!("cannot build safetensors views: {e}")))?;
+    let meta: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
+    let file_bytes = safetensors::tensor::serialize(views, Some(meta))
+        .map_err(|e| Error::weights(dir, "", format!("cannot serialize safetensors: {e}")))?;
+    write_atomic(dir.join("model.safetensors"), &file_bytes)?;
+    let mut cfg = cfg.clone();
+    cfg.torch_dtype = Some(dtype.hf_name().into());
+    let text = serde_json::to_string_pretty(&cfg.to_json()).map_err(|e| Error::json(dir.join("config.json"), e))?;
+    write_atomic(dir.join("config.json"), text.as_bytes())
+}

@@ -1,0 +1,361 @@
+//! Qwen2 forward and backward on the CPU, generic over f32 and f64, written as a listing of the ops
+//! in `crate::cpu` (the definitions the CUDA kernels are tested against).
+//!
+//! Sequences are packed, not padded: a batch is a list of token chunks of any lengths, laid end to end
+//! as rows; every row-wise op runs on all rows at once and attention runs per sequence. Padding
+//! therefore cannot change a valid output, by construction. Each chunk continues its sequence's KV cache
+//! (empty for a fresh sequence), so a full forward, a prefill and one decoding step are the same code.
+//!
+//! One decoder layer (x: the residual stream, [n, c]):
+//! ```text
+//! h1 = rmsnorm(x; ln1)              q, k, v = h1·Wqᵀ+bq, h1·Wkᵀ+bk, h1·Wvᵀ+bv     rope(q), rope(k)
+//! att = causal_gqa_attention(q, k, v)                         x_mid = x + att·Woᵀ
+//! h2 = rmsnorm(x_mid; ln2)          act = silu(h2·Wgᵀ) ⊙ (h2·Wuᵀ)                 x_out = x_mid + act·Wdᵀ
+//! ```
+//! then logits = rmsnorm(x; norm)·W_lmᵀ (W_lm = the embedding when tied).
+
+use crate::config::ModelConfig;
+use crate::cpu::attention::{attention_bwd, attention_fwd, AttnShape};
+use crate::cpu::embedding::{embedding_bwd, embedding_fwd};
+use crate::cpu::matmul::{matmul_bwd, matmul_fwd};
+use crate::cpu::rmsnorm::{rmsnorm_bwd, rmsnorm_fwd};
+use crate::cpu::rope::{rope_bwd, rope_fwd, rope_tables};
+use crate::cpu::swiglu::{swiglu_bwd, swiglu_fwd};
+use crate::cpu::Float;
+use crate::error::{Error, Result};
+use crate::layout::ParamLayout;
+use rayon::prelude::*;
+use std::ops::Range;
+use std::path::Path;
+
+/// A Qwen2 model: its config, its layout and its flat parameter buffer.
+#[derive(Clone, Debug)]
+pub struct Model<T: Float> {
+    pub cfg: ModelConfig,
+    pub layout: ParamLayout,
+    pub params: Vec<T>,
+}
+
+/// Keys and values of every layer for each sequence of a batch.  k[layer][seq]: [len, kv_dim]
+#[derive(Clone, Debug)]
+pub struct KvCache<T: Float> {
+    pub k: Vec<Vec<Vec<T>>>,
+    pub v: Vec<Vec<Vec<T>>>,
+    pub lens: Vec<usize>,
+}
+
+impl<T: Float> KvCache<T> {
+    pub fn new(cfg: &ModelConfig, n_seqs: usize) -> Self {
+        let empty = vec![vec![Vec::new(); n_seqs]; cfg.num_hidden_layers];
+        KvCache { k: empty.clone(), v: empty, lens: vec![0; n_seqs] }
+    }
+}
+
+/// Per-layer activations kept for the backward pass.  All [n, ·] over the packed rows.
+#[derive(Clone, Debug, Default)]
+pub struct LayerActs<T> {
+    pub x_in: Vec<T>,
+    pub rstd1: Vec<T>,
+    pub h1: Vec<T>,
+    pub q: Vec<T>,
+    pub k: Vec<T>,
+    pub v: Vec<T>,
+    /// per sequence: [nh, t, t]
+    pub probs: Vec<Vec<T>>,
+    pub att: Vec<T>,
+    pub x_mid: Vec<T>,
+    pub rstd2: Vec<T>,
+    pub h2: Vec<T>,
+    pub gate: Vec<T>,
+    pub up: Vec<T>,
+    pub act: Vec<T>,
+}
+
+/// Everything the backward pass needs from a forward over fresh sequences.
+#[derive(Clone, Debug, Default)]
+pub struct Activations<T> {
+    pub ids: Vec<u32>,
+    /// row range of each sequence
+    pub seqs: Vec<Range<usize>>,
+    pub cos: Vec<T>,
+    pub sin: Vec<T>,
+    pub layers: Vec<LayerActs<T>>,
+    pub x_final: Vec<T>,
+    pub rstd_f: Vec<T>,
+    pub hf: Vec<T>,
+}
+
+impl<T: Float> Model<T> {
+    /// Loads config.json and the safetensors weights of a Hugging Face checkpoint folder.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let cfg = ModelConfig::from_dir(dir)?;
+        let layout = ParamLayout::new(&cfg);
+        let params = crate::weights::load_params(dir, &layout)?;
+        Ok(Model { cfg, layout, params })
+    }
+
+    pub fn from_params(cfg: ModelConfig, params: Vec<T>) -> Self {
+        let layout = ParamLayout::new(&cfg);
+        assert_eq!(params.len(), layout.total, "Model::from_params: buffer does not match the config");
+        Model { cfg, layout, params }
+    }
+
+    /// The same model in another float type.
+    pub fn cast<U: Float>(&self) -> Model<U> {
+        Model { cfg: self.cfg.clone(), layout: self.layout.clone(), params: self.params.iter().map(|p| U::from_f64(p.to_f64())).collect() }
+    }
+
+    fn w(&self, r: &Range<usize>) -> &[T] {
+        &self.params[r.clone()]
+    }
+
+    /// Checks token ids and positions of a batch of chunks against the config.
+    fn validate(&self, cache: &KvCache<T>, chunks: &[&[u32]]) -> Result<()> {
+        if chunks.len() != cache.lens.len() {
+            return Err(Error::input(format!("{} token chunks for a cache of {} sequences", chunks.len(), cache.lens.len())));
+        }
+        for (s, chunk) in chunks.iter().enumerate() {
+            if let Some((t, &id)) = chunk.iter().enumerate().find(|(_, &id)| id as usize >= self.cfg.vocab_size) {
+                return Err(Error::input(format!(
+                    "sequence {s}, position {}: token id {id} is out of range (vocab_size = {})",
+                    cache.lens[s] + t,
+                    self.cfg.vocab_size
+                )));
+            }
+            let end = cache.lens[s] + chunk.len();
+            if end > self.cfg.max_position_embeddings {
+                return Err(Error::input(format!(
+                    "sequence {s} would be {end} tokens long, more than max_position_embeddings = {}",
+                    self.cfg.max_position_embeddings
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `chunks[s]` through the model after the cached prefix of sequence s, appends their keys and
+    /// values to the cache, and returns the logits of every new row: [Σ_s len(chunks[s]), vocab].
+    /// With `acts`, also records what [`Model::backward`] needs (only valid for an empty cache).
+    pub fn forward(&self, cache: &mut KvCache<T>, chunks: &[&[u32]], mut acts: Option<&mut Activations<T>>) -> Result<Vec<T>> {
+        self.validate(cache, chunks)?;
+        let cfg = &self.cfg;
+        let (c, v, ff, hd) = (cfg.hidden_size, cfg.vocab_size, cfg.intermediate_size, cfg.head_dim);
+        let (nh, nkv, qd, kvd) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.q_dim(), cfg.kv_dim());
+        let eps = cfg.rms_norm_eps;
+        assert!(acts.is_none() || cache.lens.iter().all(|&l| l == 0), "activations are recorded for fresh sequences only");
+
+        // packed rows: ids, positions and the row range of each sequence
+        let mut ids = Vec::new();
+        let mut positions = Vec::new();
+        let mut seqs = Vec::with_capacity(chunks.len());
+        for (s, chunk) in chunks.iter().enumerate() {
+            seqs.push(ids.len()..ids.len() + chunk.len());
+            ids.extend_from_slice(chunk);
+            positions.extend(cache.lens[s]..cache.lens[s] + chunk.len());
+        }
+        let n = ids.len();
+        let (cos, sin) = rope_tables::<T>(&positions, hd, cfg.rope_theta);
+
+        let mut x = vec![T::ZERO; n * c];
+        embedding_fwd(&mut x, &ids, self.w(&self.layout.embed), c);
+        let mut layer_acts = Vec::new();
+        for (l, lr) in self.layout.layers.iter().enumerate() {
+            let mut rstd1 = vec![T::ZERO; n];
+            let mut h1 = vec![T::ZERO; n * c];
+            rmsnorm_fwd(&mut h1, &mut rstd1, &x, self.w(&lr.ln1_w), c, eps);
+            let (mut q, mut k, mut vv) = (vec![T::ZERO; n * qd], vec![T::ZERO; n * kvd], vec![T::ZERO; n * kvd]);
+            matmul_fwd(&mut q, &h1, self.w(&lr.q_w), Some(self.w(&lr.q_b)), n, c, qd);
+            matmul_fwd(&mut k, &h1, self.w(&lr.k_w), Some(self.w(&lr.k_b)), n, c, kvd);
+            matmul_fwd(&mut vv, &h1, self.w(&lr.v_w), Some(self.w(&lr.v_b)), n, c, kvd);
+            rope_fwd(&mut q, &cos, &sin, nh, hd);
+            rope_fwd(&mut k, &cos, &sin, nkv, hd);
+
+            // append the new keys/values, then attend per sequence over the whole cache
+            for (s, rows) in seqs.iter().enumerate() {
+                cache.k[l][s].extend_from_slice(&k[rows.start * kvd..rows.end * kvd]);
+                cache.v[l][s].extend_from_slice(&vv[rows.start * kvd..rows.end * kvd]);
+            }
+            let per_seq: Vec<(Vec<T>, Vec<T>)> = seqs
+                .par_iter()
+                .enumerate()
+                .map(|(s, rows)| {
+                    let tq = rows.len();
+                    let tk = cache.lens[s] + tq;
+                    let shape = AttnShape { tq, tk, nh, nkv, hd };
+                    let mut out = vec![T::ZERO; tq * qd];
+                    let mut probs = vec![T::ZERO; nh * tq * tk];
+                    attention_fwd(&mut out, &mut probs, &q[rows.start * qd..rows.end * qd], &cache.k[l][s], &cache.v[l][s], shape);
+                    (out, probs)
+                })
+                .collect();
+            let mut att = vec![T::ZERO; n * qd];
+            let mut probs_all = Vec::with_capacity(seqs.len());
+            for (rows, (out, probs)) in seqs.iter().zip(per_seq) {
+                att[rows.start * qd..rows.end * qd].copy_from_slice(&out);
+                probs_all.push(probs);
+            }
+
+            let x_in = if acts.is_some() { x.clone() } else { Vec::new() };
+            let mut proj = vec![T::ZERO; n * c];
+            matmul_fwd(&mut proj, &att, self.w(&lr.o_w), None, n, qd, c);
+            for (xi, pi) in x.iter_mut().zip(&proj) {
+                *xi += *pi;
+            }
+            let x_mid = if acts.is_some() { x.clone() } else { Vec::new() };
+            let mut rstd2 = vec![T::ZERO; n];
+            let mut h2 = vec![T::ZERO; n * c];
+            rmsnorm_fwd(&mut h2, &mut rstd2, &x, self.w(&lr.ln2_w), c, eps);
+            let (mut gate, mut up, mut act) = (vec![T::ZERO; n * ff], vec![T::ZERO; n * ff], vec![T::ZERO; n * ff]);
+            matmul_fwd(&mut gate, &h2, self.w(&lr.gate_w), None, n, c, ff);
+            matmul_fwd(&mut up, &h2, self.w(&lr.up_w), None, n, c, ff);
+            swiglu_fwd(&mut act, &gate, &up);
+            matmul_fwd(&mut proj, &act, self.w(&lr.down_w), None, n, ff, c);
+            for (xi, pi) in x.iter_mut().zip(&proj) {
+                *xi += *pi;
+            }
+            if acts.is_some() {
+                layer_acts.push(LayerActs { x_in, rstd1, h1, q, k, v: vv, probs: probs_all, att, x_mid, rstd2, h2, gate, up, act });
+            }
+        }
+        for (s, rows) in seqs.iter().enumerate() {
+            cache.lens[s] += rows.len();
+        }
+
+        let mut rstd_f = vec![T::ZERO; n];
+        let mut hf = vec![T::ZERO; n * c];
+        rmsnorm_fwd(&mut hf, &mut rstd_f, &x, self.w(&self.layout.final_norm), c, eps);
+        let mut logits = vec![T::ZERO; n * v];
+        matmul_fwd(&mut logits, &hf, self.w(&self.layout.lm_head), None, n, c, v);
+        if let Some(a) = acts.as_deref_mut() {
+            *a = Activations { ids, seqs, cos, sin, layers: layer_acts, x_final: x, rstd_f, hf };
+        }
+        Ok(logits)
+    }
+
+    /// Logits of fresh sequences (no cache kept): [Σ len, vocab].
+    pub fn logits(&self, seqs: &[&[u32]]) -> Result<Vec<T>> {
+        let mut cache = KvCache::new(&self.cfg, seqs.len());
+        self.forward(&mut cache, seqs, None)
+    }
+
+    /// Gradient of a scalar loss w.r.t. every parameter, given d loss / d logits of every row of the
+    /// forward that recorded `acts`.  dlogits: [n, vocab]; returns a flat buffer in layout order.
+    pub fn backward(&self, acts: &Activations<T>, dlogits: &[T]) -> Vec<T> {
+        let cfg = &self.cfg;
+        let (c, v, ff, hd) = (cfg.hidden_size, cfg.vocab_size, cfg.intermediate_size, cfg.head_dim);
+        let (nh, nkv, qd, kvd) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.q_dim(), cfg.kv_dim());
+        let n = acts.ids.len();
+        assert_eq!(dlogits.len(), n * v, "backward: dlogits does not match the recorded forward");
+        let mut grads = vec![T::ZERO; self.layout.total];
+
+        // head: logits = hf · W_lmᵀ, hf = rmsnorm(x_final)
+        let mut dhf = vec![T::ZERO; n * c];
+        matmul_bwd(&mut dhf, &mut grads[self.layout.lm_head.clone()], None, dlogits, &acts.hf, self.w(&self.layout.lm_head), n, c, v);
+        let mut dx = vec![T::ZERO; n * c];
+        rmsnorm_bwd(&mut dx, &mut grads[self.layout.final_norm.clone()], &dhf, &acts.x_final, self.w(&self.layout.final_norm), &acts.rstd_f, c);
+
+        for (lr, a) in self.layout.layers.iter().zip(&acts.layers).rev() {
+            // MLP branch: x_out = x_mid + act·Wdᵀ; the residual passes dx through unchanged
+            let mut dact = vec![T::ZERO; n * ff];
+            matmul_bwd(&mut dact, &mut grads[lr.down_w.clone()], None, &dx, &a.act, self.w(&lr.down_w), n, ff, c);
+            let (mut dgate, mut dup) = (vec![T::ZERO; n * ff], vec![T::ZERO; n * ff]);
+            swiglu_bwd(&mut dgate, &mut dup, &dact, &a.gate, &a.up);
+            let mut dh2 = vec![T::ZERO; n * c];
+            matmul_bwd(&mut dh2, &mut grads[lr.gate_w.clone()], None, &dgate, &a.h2, self.w(&lr.gate_w), n, c, ff);
+            matmul_bwd(&mut dh2, &mut grads[lr.up_w.clone()], None, &dup, &a.h2, self.w(&lr.up_w), n, c, ff);
+            rmsnorm_bwd(&mut dx, &mut grads[lr.ln2_w.clone()], &dh2, &a.x_mid, self.w(&lr.ln2_w), &a.rstd2, c);
+
+            // attention branch: x_mid = x_in + att·Woᵀ
+            let mut datt = vec![T::ZERO; n * qd];
+            matmul_bwd(&mut datt, &mut grads[lr.o_w.clone()], None, &dx, &a.att, self.w(&lr.o_w), n, qd, c);
+            let (mut dq, mut dk, mut dv) = (vec![T::ZERO; n * qd], vec![T::ZERO; n * kvd], vec![T::ZERO; n * kvd]);
+            for (rows, probs) in acts.seqs.iter().zip(&a.probs) {
+                let t = rows.len();
+                let (q, kv) = (rows.start * qd..rows.end * qd, rows.start * kvd..rows.end * kvd);
+                attention_bwd(
+                    &mut dq[q.clone()],
+                    &mut dk[kv.clone()],
+                    &mut dv[kv.clone()],
+                    &datt[q.clone()],
+                    &a.q[q],
+                    &a.k[kv.clone()],
+                    &a.v[kv],
+                    probs,
+                    AttnShape { tq: t, tk: t, nh, nkv, hd },
+                );
+            }
+            rope_bwd(&mut dq, &acts.cos, &acts.sin, nh, hd);
+            rope_bwd(&mut dk, &acts.cos, &acts.sin, nkv, hd);
+            let mut dh1 = vec![T::ZERO; n * c];
+            for (dy, w, b, d_out) in [(&dq, &lr.q_w, &lr.q_b, qd), (&dk, &lr.k_w, &lr.k_b, kvd), (&dv, &lr.v_w, &lr.v_b, kvd)] {
+                let (dw, db) = split_two(&mut grads, w, b);
+                matmul_bwd(&mut dh1, dw, Some(db), dy, &a.h1, self.w(w), n, c, d_out);
+            }
+            rmsnorm_bwd(&mut dx, &mut grads[lr.ln1_w.clone()], &dh1, &a.x_in, self.w(&lr.ln1_w), &a.rstd1, c);
+        }
+        // tied: the lm-head contribution is already in the embedding's range; this adds the gather's
+        embedding_bwd(&mut grads[self.layout.embed.clone()], &dx, &acts.ids, c);
+        grads
+    }
+}
+
+/// Two disjoint mutable ranges of one buffer (a weight and its bias), `a` before `b`.
+fn split_two<'a, T>(buf: &'a mut [T], a: &Range<usize>, b: &Range<usize>) -> (&'a mut [T], &'a mut [T]) {
+    assert!(a.end <= b.start, "split_two: ranges out of order");
+    let (lo, hi) = buf.split_at_mut(b.start);
+    (&mut lo[a.clone()], &mut hi[..b.len()])
+}
+
+/// Token log-probabilities of whole sequences and what their backward needs.
+#[derive(Clone, Debug, Default)]
+pub struct Scored<T> {
+    /// logp[s][t] = log softmax(logits(x_≤t) / temp)[x_{t+1}],  len(seq s) − 1 entries
+    pub logp: Vec<Vec<T>>,
+    pub acts: Activations<T>,
+    pub logits: Vec<T>,
+    pub lse: Vec<T>,
+    /// next token of every row (the last row of a sequence has none; it gets 0 and no gradient)
+    pub targets: Vec<u32>,
+    pub temp: f64,
+}
+
+impl<T: Float> Model<T> {
+    /// Log-probabilities of every next token of each sequence under softmax(logits / temp).
+    /// With `record`, keeps the activations for [`Model::score_backward`].
+    pub fn score(&self, seqs: &[&[u32]], temp: f64, record: bool) -> Result<Scored<T>> {
+        if !(temp > 0.0 && temp.is_finite()) {
+            return Err(Error::input(format!("temperature must be positive to score log-probs, got {temp}")));
+        }
+        let mut cache = KvCache::new(&self.cfg, seqs.len());
+        let mut acts = Activations::default();
+        let logits = self.forward(&mut cache, seqs, record.then_some(&mut acts))?;
+        let targets: Vec<u32> = seqs.iter().flat_map(|s| s.iter().skip(1).copied().chain(s.first().map(|_| 0))).collect();
+        let n = targets.len();
+        let (mut logp_rows, mut lse) = (vec![T::ZERO; n], vec![T::ZERO; n]);
+        crate::cpu::logprob::logprob_fwd(&mut logp_rows, &mut lse, &logits, &targets, self.cfg.vocab_size, temp);
+        let mut logp = Vec::with_capacity(seqs.len());
+        let mut row = 0;
+        for s in seqs {
+            logp.push(logp_rows[row..row + s.len().saturating_sub(1)].to_vec());
+            row += s.len();
+        }
+        let keep = |v: Vec<T>| if record { v } else { Vec::new() };
+        Ok(Scored { logp, acts, logits: keep(logits), lse, targets, temp })
+    }
+
+    /// Parameter gradient of a loss given d loss / d logp[s][t] for the log-probs of [`Model::score`].
+    pub fn score_backward(&self, scored: &Scored<T>, dlogp: &[Vec<T>]) -> Vec<T> {
+        assert!(!scored.logits.is_empty(), "score_backward needs a score(.., record = true)");
+        assert_eq!(dlogp.len(), scored.logp.len(), "score_backward: one dlogp row per sequence");
+        let v = self.cfg.vocab_size;
+        let mut dlogp_rows = Vec::with_capacity(scored.targets.len());
+        for (d, lp) in dlogp.iter().zip(&scored.logp) {
+            assert_eq!(d.len(), lp.len(), "score_backward: dlogp row length");
+            dlogp_rows.extend_from_slice(d);
+            dlogp_rows.push(T::ZERO); // the last position predicts nothing
+        }
+        let mut dlogits = vec![T::ZERO; scored.logits.len()];
+        crate::cpu::logprob::logprob_bwd(&mut dlogits, &dlogp_rows, &scored.logits, &scored.lse, &scored.targets, v, scored.temp);
+        self.backward(&scored.acts, &dlogits)
+    }
+}
