@@ -1,1 +1,90 @@
-//! (to be written)
+//! Batched autoregressive generation with the KV cache: prompts of different lengths are prefilled
+//! together, then each step feeds one new token per unfinished sequence. A sequence stops at one of
+//! the eos ids (which is kept as its last token, as SPEC §1 counts it) or after `max_new_tokens`.
+
+use crate::cpu::Float;
+use crate::error::{Error, Result};
+use crate::model::{KvCache, Model};
+use crate::rng::uniform;
+use crate::sampling::{sample, SamplingParams};
+
+#[derive(Clone, Debug)]
+pub struct GenerateOptions {
+    pub max_new_tokens: usize,
+    pub sampling: SamplingParams,
+    pub seed: u64,
+    pub eos_ids: Vec<u32>,
+    /// Sequence i of the batch draws its uniforms from stream `stream_offset + i`.
+    pub stream_offset: u64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Generation {
+    /// New tokens, the eos included when it stopped on one.
+    pub tokens: Vec<u32>,
+    pub stopped_on_eos: bool,
+}
+
+/// Generates a continuation of every prompt.
+pub fn generate<T: Float>(model: &Model<T>, prompts: &[Vec<u32>], opts: &GenerateOptions) -> Result<Vec<Generation>> {
+    opts.sampling.validate()?;
+    let max_pos = model.cfg.max_position_embeddings;
+    for (i, p) in prompts.iter().enumerate() {
+        if p.is_empty() {
+            return Err(Error::input(format!("prompt {i} is empty")));
+        }
+        if p.len() + opts.max_new_tokens > max_pos {
+            return Err(Error::input(format!(
+                "prompt {i} has {} tokens; with max_new_tokens = {} that exceeds max_position_embeddings = {max_pos}",
+                p.len(),
+                opts.max_new_tokens
+            )));
+        }
+    }
+    let b = prompts.len();
+    let v = model.cfg.vocab_size;
+    let mut cache = KvCache::new(&model.cfg, b);
+    let mut out: Vec<Generation> = vec![Generation { tokens: Vec::new(), stopped_on_eos: false }; b];
+    let mut active: Vec<bool> = vec![opts.max_new_tokens > 0; b];
+    let chunks: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
+    let logits = model.forward(&mut cache, &chunks, None)?;
+    // the last row of each sequence's new rows predicts its next token
+    let mut last_rows: Vec<Vec<T>> = Vec::with_capacity(b);
+    let mut row = 0;
+    for p in prompts {
+        row += p.len();
+        last_rows.push(logits[(row - 1) * v..row * v].to_vec());
+    }
+    for step in 0..opts.max_new_tokens {
+        let mut next: Vec<Vec<u32>> = vec![Vec::new(); b];
+        for i in 0..b {
+            if !active[i] {
+                continue;
+            }
+            let u = uniform(opts.seed, opts.stream_offset + i as u64, step as u64);
+            let tok = sample(&last_rows[i], &opts.sampling, u);
+            out[i].tokens.push(tok);
+            if opts.eos_ids.contains(&tok) {
+                out[i].stopped_on_eos = true;
+                active[i] = false;
+            } else if out[i].tokens.len() == opts.max_new_tokens {
+                active[i] = false;
+            } else {
+                next[i].push(tok);
+            }
+        }
+        if !active.iter().any(|&a| a) {
+            break;
+        }
+        let chunks: Vec<&[u32]> = next.iter().map(Vec::as_slice).collect();
+        let logits = model.forward(&mut cache, &chunks, None)?;
+        let mut row = 0;
+        for i in 0..b {
+            if !next[i].is_empty() {
+                last_rows[i].copy_from_slice(&logits[row * v..(row + 1) * v]);
+                row += 1;
+            }
+        }
+    }
+    Ok(out)
+}

@@ -1,5 +1,6 @@
-//! The Qwen2 model as a listing of ops: the same order and names on the CPU ([`cpu`]) and the GPU.
+//! The Qwen2 model as a listing of ops: the same order and names on the CPU ([`cpu`]) and the GPU ([`gpu`]).
 
 pub mod cpu;
+pub mod gpu;
 
-pub use cpu::{Activations, KvCache, Model};
+pub use cpu::{Activations, KvCache, Model, Scored};

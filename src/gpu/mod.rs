@@ -1,0 +1,1 @@
+//! GPU runtime and kernel launchers (to be written).

@@ -1,0 +1,1 @@
+//! GPU model (to be written).
