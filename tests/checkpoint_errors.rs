@@ -1,0 +1,201 @@
+//! Every way a checkpoint or an input can be wrong gives its own error, naming the file / tensor /
+//! field; and the loader's other formats (sharded, F16, BF16 round trip) give the same model.
+
+mod common;
+use common::*;
+use drpo::model::Model;
+use drpo::weights::{save_params, SaveDtype};
+use drpo::Error;
+use safetensors::tensor::TensorView;
+use safetensors::Dtype;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// A fresh folder under the system temp dir holding a copy of a fixture.
+fn scratch(test: &str, from: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("drpo-{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json"] {
+        std::fs::copy(fixture(from).join(f), dir.join(f)).unwrap();
+    }
+    dir
+}
+
+/// All tensors of a safetensors file as (name, dtype, shape, bytes).
+fn tensors(path: &Path) -> Vec<(String, Dtype, Vec<usize>, Vec<u8>)> {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut out: Vec<_> = st.tensors().into_iter().map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec())).collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+fn write_tensors(path: &Path, ts: &[(String, Dtype, Vec<usize>, Vec<u8>)]) {
+    let views: Vec<(String, TensorView)> =
+        ts.iter().map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap())).collect();
+    std::fs::write(path, safetensors::tensor::serialize(views, None::<HashMap<String, String>>).unwrap()).unwrap();
+}
+
+fn load_err(dir: &Path) -> Error {
+    match Model::<f32>::load(dir) {
+        Ok(_) => panic!("{} loaded but should not", dir.display()),
+        Err(e) => {
+            println!("error as shown: {e}");
+            e
+        }
+    }
+}
+
+#[test]
+fn missing_files() {
+    let dir = scratch("missing", "qwen2-tiny");
+    std::fs::remove_file(dir.join("model.safetensors")).unwrap();
+    assert!(matches!(load_err(&dir), Error::Weights { .. }));
+    std::fs::remove_file(dir.join("config.json")).unwrap();
+    let e = load_err(&dir);
+    assert!(matches!(&e, Error::Io { path, .. } if path.ends_with("config.json")), "{e:?}");
+}
+
+#[test]
+fn truncated_and_corrupt_safetensors() {
+    let dir = scratch("truncated", "qwen2-tiny");
+    let file = dir.join("model.safetensors");
+    let bytes = std::fs::read(&file).unwrap();
+    std::fs::write(&file, &bytes[..bytes.len() / 2]).unwrap();
+    let e = load_err(&dir);
+    assert!(matches!(&e, Error::Weights { path, .. } if path == &file), "{e:?}");
+    std::fs::write(&file, b"this is not a safetensors file").unwrap();
+    assert!(matches!(load_err(&dir), Error::Weights { .. }));
+}
+
+#[test]
+fn missing_misshaped_and_unsupported_tensors() {
+    let dir = scratch("tensors", "qwen2-tiny");
+    let file = dir.join("model.safetensors");
+    let orig = tensors(&file);
+    let name = "model.layers.1.mlp.up_proj.weight";
+
+    let without: Vec<_> = orig.iter().filter(|t| t.0 != name).cloned().collect();
+    write_tensors(&file, &without);
+    let e = load_err(&dir);
+    assert!(matches!(&e, Error::Weights { tensor, what, .. } if tensor == name && what.contains("missing")), "{e:?}");
+
+    let mut reshaped = orig.clone();
+    let t = reshaped.iter_mut().find(|t| t.0 == name).unwrap();
+    t.2 = vec![t.2[1], t.2[0]];
+    write_tensors(&file, &reshaped);
+    let e = load_err(&dir);
+    assert!(matches!(&e, Error::Weights { tensor, what, .. } if tensor == name && what.contains("shape")), "{e:?}");
+
+    let mut ints = orig.clone();
+    ints.iter_mut().find(|t| t.0 == name).unwrap().1 = Dtype::I32;
+    write_tensors(&file, &ints);
+    let e = load_err(&dir);
+    assert!(matches!(&e, Error::Weights { tensor, what, .. } if tensor == name && what.contains("I32")), "{e:?}");
+}
+
+fn edit_config(dir: &Path, f: impl FnOnce(&mut serde_json::Value)) {
+    let path = dir.join("config.json");
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    f(&mut v);
+    std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
+}
+
+#[test]
+fn config_errors() {
+    // config disagrees with the weights: the error names the tensor and the expected shape
+    let dir = scratch("config", "qwen2-tiny");
+    edit_config(&dir, |v| v["vocab_size"] = 400.into());
+    let e = load_err(&dir);
+    assert!(matches!(&e, Error::Weights { tensor, .. } if tensor == "model.embed_tokens.weight"), "{e:?}");
+
+    let cases: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>)> = vec![
+        ("sliding window", Box::new(|v| v["use_sliding_window"] = true.into())),
+        ("rope scaling", Box::new(|v| v["rope_scaling"] = serde_json::json!({"type": "yarn", "factor": 4.0}))),
+        ("activation", Box::new(|v| v["hidden_act"] = "gelu".into())),
+        ("model type", Box::new(|v| v["model_type"] = "llama".into())),
+    ];
+    for (what, f) in cases {
+        let dir = scratch("unsupported", "qwen2-tiny");
+        edit_config(&dir, f);
+        let e = load_err(&dir);
+        assert!(matches!(e, Error::Unsupported { .. }), "{what}: {e:?}");
+    }
+    let dir = scratch("fields", "qwen2-tiny");
+    edit_config(&dir, |v| v["num_key_value_heads"] = 3.into());
+    assert!(matches!(load_err(&dir), Error::Config { field, .. } if field == "num_key_value_heads"));
+    edit_config(&dir, |v| {
+        v["num_key_value_heads"] = 2.into();
+        v.as_object_mut().unwrap().remove("hidden_size");
+    });
+    assert!(matches!(load_err(&dir), Error::Config { field, .. } if field == "hidden_size"));
+    edit_config(&dir, |v| v["hidden_size"] = "sixty-four".into());
+    assert!(matches!(load_err(&dir), Error::Config { field, .. } if field == "hidden_size"));
+}
+
+#[test]
+fn bad_token_ids_and_too_long_prompts() {
+    let m = Model::<f32>::load(&fixture("qwen2-tiny")).unwrap();
+    let e = m.logits(&[&[1, 2, 384]]).unwrap_err();
+    assert!(matches!(&e, Error::Input { what } if what.contains("384") && what.contains("vocab_size")), "{e:?}");
+    let long = vec![5u32; m.cfg.max_position_embeddings + 1];
+    let e = m.logits(&[&long]).unwrap_err();
+    assert!(matches!(&e, Error::Input { what } if what.contains("max_position_embeddings")), "{e:?}");
+    let opts = drpo::generate::GenerateOptions {
+        max_new_tokens: 10,
+        sampling: drpo::sampling::SamplingParams::greedy(),
+        seed: 0,
+        eos_ids: vec![],
+        stream_offset: 0,
+    };
+    let e = drpo::generate::generate(&m, &[vec![5; m.cfg.max_position_embeddings - 5]], &opts).unwrap_err();
+    assert!(matches!(e, Error::Input { .. }));
+}
+
+/// A sharded checkpoint (index + two files) and an F16 copy load to the expected values.
+#[test]
+fn sharded_f16_and_bf16_round_trip() {
+    let reference = Model::<f32>::load(&fixture("qwen2-tiny")).unwrap();
+    let dir = scratch("sharded", "qwen2-tiny");
+    let all = tensors(&dir.join("model.safetensors"));
+    std::fs::remove_file(dir.join("model.safetensors")).unwrap();
+    let (a, b) = all.split_at(all.len() / 2);
+    write_tensors(&dir.join("model-00001-of-00002.safetensors"), a);
+    write_tensors(&dir.join("model-00002-of-00002.safetensors"), b);
+    let map: serde_json::Map<String, serde_json::Value> = a
+        .iter()
+        .map(|t| (t.0.clone(), "model-00001-of-00002.safetensors".into()))
+        .chain(b.iter().map(|t| (t.0.clone(), "model-00002-of-00002.safetensors".into())))
+        .collect();
+    std::fs::write(dir.join("model.safetensors.index.json"), serde_json::to_vec(&serde_json::json!({"metadata": {}, "weight_map": map})).unwrap())
+        .unwrap();
+    assert_eq!(Model::<f32>::load(&dir).unwrap().params, reference.params);
+
+    // F16 weights: each value rounded to f16 once
+    let dir = scratch("f16", "qwen2-tiny");
+    let as_f16: Vec<_> = all
+        .iter()
+        .map(|(n, _, s, b)| {
+            let h: Vec<u8> = b
+                .chunks_exact(4)
+                .flat_map(|x| half::f16::from_f32(f32::from_le_bytes(x.try_into().unwrap())).to_bits().to_le_bytes())
+                .collect();
+            (n.clone(), Dtype::F16, s.clone(), h)
+        })
+        .collect();
+    write_tensors(&dir.join("model.safetensors"), &as_f16);
+    let want: Vec<f32> = reference.params.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect();
+    assert_eq!(Model::<f32>::load(&dir).unwrap().params, want);
+
+    // BF16 save and load: each value rounded to bf16 once; the untied lm_head is saved and read back
+    let mqa = Model::<f32>::load(&fixture("qwen2-tiny-mqa")).unwrap();
+    let out = std::env::temp_dir().join(format!("drpo-bf16-save-{}", std::process::id()));
+    save_params(&out, &mqa.cfg, &mqa.layout, &mqa.params, SaveDtype::BF16).unwrap();
+    let back = Model::<f32>::load(&out).unwrap();
+    assert_eq!(back.params, mqa.params, "bf16 weights survive a bf16 save exactly");
+    let (mut a, mut b) = (back.cfg.clone(), mqa.cfg.clone());
+    (a.torch_dtype, b.torch_dtype) = (None, None);
+    assert_eq!(a, b, "config.json round trip");
+    assert!(tensors(&out.join("model.safetensors")).iter().any(|t| t.0 == "lm_head.weight"));
+}

@@ -1,0 +1,174 @@
+//! KV-cache decoding, greedy generation against the Hugging Face reference, batching and sampling.
+
+mod common;
+use common::*;
+use drpo::generate::{generate, GenerateOptions};
+use drpo::model::{KvCache, Model};
+use drpo::sampling::{sample, sampling_probs, SamplingParams};
+use rand::Rng;
+use serde_json::Value;
+
+fn greedy_fixture(name: &str) -> Value {
+    serde_json::from_slice(&std::fs::read(fixture(name).join("greedy.json")).unwrap()).unwrap()
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+}
+
+#[test]
+fn greedy_generation_matches_transformers() {
+    for name in FIXTURES {
+        let g = greedy_fixture(name);
+        let prompt = ids(&g["prompt_ids"]);
+        let want = ids(&g["generated_ids"]);
+        for_both(name, |m64, m32| {
+            let opts = GenerateOptions {
+                max_new_tokens: want.len(),
+                sampling: SamplingParams::greedy(),
+                seed: 0,
+                eos_ids: vec![], // the reference disabled eos stopping
+                stream_offset: 0,
+            };
+            assert_eq!(generate(m64, &[prompt.clone()], &opts).unwrap()[0].tokens, want, "{name} f64");
+            assert_eq!(generate(m32, &[prompt.clone()], &opts).unwrap()[0].tokens, want, "{name} f32");
+        });
+    }
+}
+
+fn for_both(name: &str, f: impl Fn(&Model<f64>, &Model<f32>)) {
+    let m64 = Model::<f64>::load(&fixture(name)).unwrap();
+    let m32 = Model::<f32>::load(&fixture(name)).unwrap();
+    f(&m64, &m32)
+}
+
+/// Every decoding step's top-5 logits against the reference (tests the KV cache at each position).
+#[test]
+fn kv_cache_steps_match_reference_logits() {
+    for name in FIXTURES {
+        let g = greedy_fixture(name);
+        let prompt = ids(&g["prompt_ids"]);
+        let gen = ids(&g["generated_ids"]);
+        let m = Model::<f64>::load(&fixture(name)).unwrap();
+        let v = m.cfg.vocab_size;
+        let mut cache = KvCache::new(&m.cfg, 1);
+        let logits = m.forward(&mut cache, &[&prompt], None).unwrap();
+        let mut last = logits[logits.len() - v..].to_vec();
+        let (mut got, mut want) = (Vec::new(), Vec::new());
+        for (k, step) in g["steps"].as_array().unwrap().iter().enumerate() {
+            let top_ids = ids(&step["top5_ids"]);
+            for (i, &id) in top_ids.iter().enumerate() {
+                got.push(last[id as usize]);
+                want.push(step["top5_logits"][i].as_f64().unwrap());
+            }
+            assert_eq!(drpo::sampling::argmax(&last) as u32, top_ids[0], "{name} step {k}");
+            last = m.forward(&mut cache, &[&gen[k..k + 1]], None).unwrap();
+        }
+        assert_rel(&format!("{name} per-step top-5 logits"), &got, &want, 1e-10);
+    }
+}
+
+/// Incremental decoding in chunks of random sizes equals one full forward.
+#[test]
+fn kv_cache_decode_equals_full_forward() {
+    let mut rng = rng("kv_cache_decode_equals_full_forward");
+    for name in FIXTURES {
+        let m = Model::<f64>::load(&fixture(name)).unwrap();
+        let seq: Vec<u32> = (0..40).map(|_| rng.random_range(0..m.cfg.vocab_size as u32)).collect();
+        let full = m.logits(&[&seq]).unwrap();
+        let mut cache = KvCache::new(&m.cfg, 1);
+        let mut inc = Vec::new();
+        let mut at = 0;
+        while at < seq.len() {
+            let k = rng.random_range(1..=7).min(seq.len() - at);
+            inc.extend(m.forward(&mut cache, &[&seq[at..at + k]], None).unwrap());
+            at += k;
+        }
+        assert_rel(&format!("{name} incremental vs full"), &inc, &full, 1e-12);
+    }
+}
+
+/// Sequences batched together give exactly (bitwise) the logits they give alone.
+#[test]
+fn batched_equals_singles() {
+    let mut rng = rng("batched_equals_singles");
+    let m = Model::<f32>::load(&fixture("qwen2-tiny")).unwrap();
+    let seqs: Vec<Vec<u32>> =
+        [1usize, 9, 23, 4].iter().map(|&l| (0..l).map(|_| rng.random_range(0..m.cfg.vocab_size as u32)).collect()).collect();
+    let refs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
+    let batched = m.logits(&refs).unwrap();
+    let singles: Vec<f32> = seqs.iter().flat_map(|s| m.logits(&[s]).unwrap()).collect();
+    assert_eq!(batched, singles);
+}
+
+/// A batch of prompts of different lengths generates what each prompt generates alone.
+#[test]
+fn batched_generation_equals_single_generation() {
+    let mut rng = rng("batched_generation_equals_single_generation");
+    let m = Model::<f32>::load(&fixture("qwen2-tiny-mqa")).unwrap();
+    let prompts: Vec<Vec<u32>> = [3usize, 11, 6].iter().map(|&l| (0..l).map(|_| rng.random_range(0..381)).collect()).collect();
+    let opts = GenerateOptions {
+        max_new_tokens: 12,
+        sampling: SamplingParams { temperature: 1.0, top_k: 50, top_p: 0.95 },
+        seed: rng.random(),
+        eos_ids: vec![383, 381],
+        stream_offset: 0,
+    };
+    let batched = generate(&m, &prompts, &opts).unwrap();
+    for (i, p) in prompts.iter().enumerate() {
+        let alone = generate(&m, &[p.clone()], &GenerateOptions { stream_offset: i as u64, ..opts.clone() }).unwrap();
+        assert_eq!(batched[i], alone[0], "prompt {i}");
+    }
+    // same seed → same tokens; the eos, when hit, is the last token
+    assert_eq!(generate(&m, &prompts, &opts).unwrap(), batched);
+    for g in &batched {
+        assert_eq!(g.stopped_on_eos, g.tokens.last().is_some_and(|t| opts.eos_ids.contains(t)));
+        assert!(g.tokens.len() <= 12);
+    }
+}
+
+/// The sampling distribution against an independent computation, and empirical frequencies.
+#[test]
+fn sampling_distribution_and_frequencies() {
+    let mut rng = rng("sampling_distribution_and_frequencies");
+    let logits: Vec<f64> = (0..37).map(|_| rng.random_range(-3.0..3.0)).collect();
+    for (t, k, p) in [(1.0, 0, 1.0), (0.6, 0, 1.0), (1.0, 5, 1.0), (0.8, 0, 0.7), (1.3, 10, 0.5), (1.0, 1, 1.0)] {
+        let params = SamplingParams { temperature: t, top_k: k, top_p: p };
+        let got = sampling_probs(&logits, &params);
+        // independent: sort by logit (same order as by probability), cut, renormalise
+        let mut order: Vec<usize> = (0..logits.len()).collect();
+        order.sort_by(|&a, &b| logits[b].partial_cmp(&logits[a]).unwrap());
+        let z: f64 = logits.iter().map(|l| (l / t).exp()).sum();
+        let probs: Vec<f64> = logits.iter().map(|l| (l / t).exp() / z).collect();
+        let kk = if k == 0 { logits.len() } else { k };
+        let mass_k: f64 = order[..kk].iter().map(|&i| probs[i]).sum();
+        let mut keep = 0;
+        let mut acc = 0.0;
+        for &i in &order[..kk] {
+            acc += probs[i] / mass_k;
+            keep += 1;
+            if acc >= p {
+                break;
+            }
+        }
+        let kept_mass: f64 = order[..keep].iter().map(|&i| probs[i]).sum();
+        let mut want = vec![0.0; logits.len()];
+        for &i in &order[..keep] {
+            want[i] = probs[i] / kept_mass;
+        }
+        assert_rel(&format!("sampling probs T={t} k={k} p={p}"), &got, &want, 1e-12);
+        // frequencies from counter-based uniforms: |count − n·p| within 5 sd (+1) for every token
+        let n = 20_000;
+        let mut counts = vec![0usize; logits.len()];
+        for step in 0..n {
+            counts[sample(&logits, &params, drpo::rng::uniform(11, 3, step)) as usize] += 1;
+        }
+        for (i, &c) in counts.iter().enumerate() {
+            let mean = n as f64 * want[i];
+            let sd = (mean * (1.0 - want[i])).sqrt();
+            assert!((c as f64 - mean).abs() <= 5.0 * sd + 1.0, "token {i}: {c} draws, expected {mean:.1}");
+        }
+    }
+    // greedy: the arg-max, lowest id on ties
+    assert_eq!(sample(&[1.0, 3.0, 3.0, 2.0], &SamplingParams::greedy(), 0.99), 1);
+}
