@@ -47,14 +47,8 @@ pub fn generate<T: Float>(model: &Model<T>, prompts: &[Vec<u32>], opts: &Generat
     let mut out: Vec<Generation> = vec![Generation { tokens: Vec::new(), stopped_on_eos: false }; b];
     let mut active: Vec<bool> = vec![opts.max_new_tokens > 0; b];
     let chunks: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
-    let logits = model.forward(&mut cache, &chunks, None)?;
-    // the last row of each sequence's new rows predicts its next token
-    let mut last_rows: Vec<Vec<T>> = Vec::with_capacity(b);
-    let mut row = 0;
-    for p in prompts {
-        row += p.len();
-        last_rows.push(logits[(row - 1) * v..row * v].to_vec());
-    }
+    let logits = model.forward_last(&mut cache, &chunks)?;
+    let mut last_rows: Vec<Vec<T>> = logits.chunks_exact(v).map(<[T]>::to_vec).collect();
     for step in 0..opts.max_new_tokens {
         let mut next: Vec<Vec<u32>> = vec![Vec::new(); b];
         for i in 0..b {
@@ -77,7 +71,7 @@ pub fn generate<T: Float>(model: &Model<T>, prompts: &[Vec<u32>], opts: &Generat
             break;
         }
         let chunks: Vec<&[u32]> = next.iter().map(Vec::as_slice).collect();
-        let logits = model.forward(&mut cache, &chunks, None)?;
+        let logits = model.forward_last(&mut cache, &chunks)?;
         let mut row = 0;
         for i in 0..b {
             if !next[i].is_empty() {

@@ -172,3 +172,15 @@ fn sampling_distribution_and_frequencies() {
     // greedy: the arg-max, lowest id on ties
     assert_eq!(sample(&[1.0, 3.0, 3.0, 2.0], &SamplingParams::greedy(), 0.99), 1);
 }
+
+/// `forward_last` gives exactly the last row of each non-empty chunk of `forward`.
+#[test]
+fn forward_last_equals_last_rows() {
+    let m = Model::<f64>::load(&fixture("qwen2-tiny")).unwrap();
+    let v = m.cfg.vocab_size;
+    let chunks: [&[u32]; 3] = [&[5, 6, 7], &[], &[9, 10, 11, 12, 13, 14]];
+    let full = m.forward(&mut KvCache::new(&m.cfg, 3), &chunks, None).unwrap();
+    let last = m.forward_last(&mut KvCache::new(&m.cfg, 3), &chunks).unwrap();
+    let want: Vec<f64> = [2usize, 8].iter().flat_map(|&r| full[r * v..(r + 1) * v].to_vec()).collect();
+    assert_eq!(last, want);
+}

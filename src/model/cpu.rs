@@ -137,12 +137,49 @@ impl<T: Float> Model<T> {
     /// values to the cache, and returns the logits of every new row: [Σ_s len(chunks[s]), vocab].
     /// With `acts`, also records what [`Model::backward`] needs (only valid for an empty cache).
     pub fn forward(&self, cache: &mut KvCache<T>, chunks: &[&[u32]], mut acts: Option<&mut Activations<T>>) -> Result<Vec<T>> {
+        let (x, ids, seqs, cos, sin, layer_acts) = self.decoder(cache, chunks, acts.is_some())?;
+        let (c, v, n) = (self.cfg.hidden_size, self.cfg.vocab_size, ids.len());
+        let mut rstd_f = vec![T::ZERO; n];
+        let mut hf = vec![T::ZERO; n * c];
+        rmsnorm_fwd(&mut hf, &mut rstd_f, &x, self.w(&self.layout.final_norm), c, self.cfg.rms_norm_eps);
+        let mut logits = vec![T::ZERO; n * v];
+        matmul_fwd(&mut logits, &hf, self.w(&self.layout.lm_head), None, n, c, v);
+        if let Some(a) = acts.as_deref_mut() {
+            *a = Activations { ids, seqs, cos, sin, layers: layer_acts, x_final: x, rstd_f, hf };
+        }
+        Ok(logits)
+    }
+
+    /// Like [`Model::forward`], but returns only the logits of the last new row of each sequence with a
+    /// non-empty chunk ([that many, vocab]): what decoding needs, without [prompt rows × vocab] logits.
+    pub fn forward_last(&self, cache: &mut KvCache<T>, chunks: &[&[u32]]) -> Result<Vec<T>> {
+        let (x, _, seqs, _, _, _) = self.decoder(cache, chunks, false)?;
+        let (c, v) = (self.cfg.hidden_size, self.cfg.vocab_size);
+        let last: Vec<T> = seqs.iter().filter(|r| !r.is_empty()).flat_map(|r| x[(r.end - 1) * c..r.end * c].iter().copied()).collect();
+        let n = last.len() / c;
+        let mut rstd_f = vec![T::ZERO; n];
+        let mut hf = vec![T::ZERO; n * c];
+        rmsnorm_fwd(&mut hf, &mut rstd_f, &last, self.w(&self.layout.final_norm), c, self.cfg.rms_norm_eps);
+        let mut logits = vec![T::ZERO; n * v];
+        matmul_fwd(&mut logits, &hf, self.w(&self.layout.lm_head), None, n, c, v);
+        Ok(logits)
+    }
+
+    /// Embedding and decoder layers: the residual stream after the last layer, [n, c], plus the packed
+    /// ids, row ranges, rope tables and (with `record`) the per-layer activations.
+    #[allow(clippy::type_complexity)]
+    fn decoder(
+        &self,
+        cache: &mut KvCache<T>,
+        chunks: &[&[u32]],
+        record: bool,
+    ) -> Result<(Vec<T>, Vec<u32>, Vec<Range<usize>>, Vec<T>, Vec<T>, Vec<LayerActs<T>>)> {
         self.validate(cache, chunks)?;
         let cfg = &self.cfg;
-        let (c, v, ff, hd) = (cfg.hidden_size, cfg.vocab_size, cfg.intermediate_size, cfg.head_dim);
+        let (c, ff, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
         let (nh, nkv, qd, kvd) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.q_dim(), cfg.kv_dim());
         let eps = cfg.rms_norm_eps;
-        assert!(acts.is_none() || cache.lens.iter().all(|&l| l == 0), "activations are recorded for fresh sequences only");
+        assert!(!record || cache.lens.iter().all(|&l| l == 0), "activations are recorded for fresh sequences only");
 
         // packed rows: ids, positions and the row range of each sequence
         let mut ids = Vec::new();
@@ -195,13 +232,13 @@ impl<T: Float> Model<T> {
                 probs_all.push(probs);
             }
 
-            let x_in = if acts.is_some() { x.clone() } else { Vec::new() };
+            let x_in = if record { x.clone() } else { Vec::new() };
             let mut proj = vec![T::ZERO; n * c];
             matmul_fwd(&mut proj, &att, self.w(&lr.o_w), None, n, qd, c);
             for (xi, pi) in x.iter_mut().zip(&proj) {
                 *xi += *pi;
             }
-            let x_mid = if acts.is_some() { x.clone() } else { Vec::new() };
+            let x_mid = if record { x.clone() } else { Vec::new() };
             let mut rstd2 = vec![T::ZERO; n];
             let mut h2 = vec![T::ZERO; n * c];
             rmsnorm_fwd(&mut h2, &mut rstd2, &x, self.w(&lr.ln2_w), c, eps);
@@ -213,23 +250,14 @@ impl<T: Float> Model<T> {
             for (xi, pi) in x.iter_mut().zip(&proj) {
                 *xi += *pi;
             }
-            if acts.is_some() {
+            if record {
                 layer_acts.push(LayerActs { x_in, rstd1, h1, q, k, v: vv, probs: probs_all, att, x_mid, rstd2, h2, gate, up, act });
             }
         }
         for (s, rows) in seqs.iter().enumerate() {
             cache.lens[s] += rows.len();
         }
-
-        let mut rstd_f = vec![T::ZERO; n];
-        let mut hf = vec![T::ZERO; n * c];
-        rmsnorm_fwd(&mut hf, &mut rstd_f, &x, self.w(&self.layout.final_norm), c, eps);
-        let mut logits = vec![T::ZERO; n * v];
-        matmul_fwd(&mut logits, &hf, self.w(&self.layout.lm_head), None, n, c, v);
-        if let Some(a) = acts.as_deref_mut() {
-            *a = Activations { ids, seqs, cos, sin, layers: layer_acts, x_final: x, rstd_f, hf };
-        }
-        Ok(logits)
+        Ok((x, ids, seqs, cos, sin, layer_acts))
     }
 
     /// Logits of fresh sequences (no cache kept): [Σ len, vocab].
