@@ -387,3 +387,28 @@ impl<T: Float> Model<T> {
         self.backward(&scored.acts, &dlogits)
     }
 }
+
+impl<T: Float> Model<T> {
+    /// A freshly initialised model (for training from scratch): linear weights and the embedding
+    /// ~ N(0, std²) (GPT-2 / Qwen `initializer_range` style), RMSNorm weights 1, biases 0.
+    /// Deterministic in `seed` (Box-Muller on Philox uniforms).
+    pub fn random(cfg: ModelConfig, seed: u64, std: f64) -> Self {
+        let layout = ParamLayout::new(&cfg);
+        let mut params = vec![T::ZERO; layout.total];
+        for (k, e) in layout.entries.iter().enumerate() {
+            let p = &mut params[e.range()];
+            if e.name.ends_with("norm.weight") {
+                p.fill(T::ONE);
+            } else if e.name.ends_with(".bias") {
+                p.fill(T::ZERO);
+            } else {
+                for (i, x) in p.iter_mut().enumerate() {
+                    let u1 = crate::rng::uniform(seed, k as u64, 2 * i as u64).max(f64::MIN_POSITIVE);
+                    let u2 = crate::rng::uniform(seed, k as u64, 2 * i as u64 + 1);
+                    *x = T::from_f64(std * (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos());
+                }
+            }
+        }
+        Model { cfg, layout, params }
+    }
+}

@@ -1,0 +1,168 @@
+//! Supervised fine-tuning from scratch (`drpo sft`): a small Qwen2-config model learns the toy task
+//! from a mixture of concise and padded traces, giving a base model that is accurate but verbose —
+//! the situation the paper's RL starts from (DeepSeek-R1-Distill models over-think).
+//!
+//! Loss: the token-level mean negative log-likelihood of the response tokens (EOS included) of a
+//! batch; prompt tokens carry no loss. AdamW, linear warmup then cosine decay, global-norm clipping.
+
+use crate::config::ModelConfig;
+use crate::error::{write_atomic, Error, Result};
+use crate::model::Model;
+use crate::optim::{clip_grad_norm, AdamWConfig, AdamWState, LrDecay, LrSchedule};
+use crate::policy::{backward_responses, score_responses};
+use crate::task::{generate_split, render_trace, Split, TaskConfig};
+use crate::tokenizer::Tokenizer;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SftConfig {
+    pub min_level: usize,
+    pub max_level: usize,
+    /// distinct training questions
+    pub n_train: usize,
+    pub steps: usize,
+    /// sequences per step
+    pub batch_size: usize,
+    pub lr: f64,
+    pub warmup_steps: usize,
+    pub seed: u64,
+    /// share of traces written without any redundant step
+    pub concise_share: f64,
+    /// a padded trace of level k gets 1..=k + extra_checks redundant steps, uniformly
+    pub extra_checks: usize,
+    pub hidden_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub intermediate_size: usize,
+}
+
+impl Default for SftConfig {
+    fn default() -> Self {
+        SftConfig {
+            min_level: 1,
+            max_level: 4,
+            n_train: 4000,
+            steps: 1500,
+            batch_size: 32,
+            lr: 3e-3,
+            warmup_steps: 50,
+            seed: 0,
+            concise_share: 0.2,
+            extra_checks: 2,
+            hidden_size: 64,
+            num_layers: 2,
+            num_heads: 4,
+            num_kv_heads: 2,
+            intermediate_size: 176,
+        }
+    }
+}
+
+impl SftConfig {
+    pub fn task(&self) -> TaskConfig {
+        TaskConfig { min_level: self.min_level, max_level: self.max_level, seed: self.seed }
+    }
+
+    /// The Qwen2 config of the toy model for a tokenizer of `vocab` ids.
+    pub fn model_config(&self, tok: &Tokenizer) -> ModelConfig {
+        let max_len = crate::task::prompt_tokens(self.max_level) + crate::task::trace_tokens(self.max_level, 3 * self.max_level + 8);
+        ModelConfig {
+            vocab_size: tok.vocab_size(),
+            hidden_size: self.hidden_size,
+            intermediate_size: self.intermediate_size,
+            num_hidden_layers: self.num_layers,
+            num_attention_heads: self.num_heads,
+            num_key_value_heads: self.num_kv_heads,
+            head_dim: self.hidden_size / self.num_heads,
+            rope_theta: 10000.0,
+            rms_norm_eps: 1e-6,
+            max_position_embeddings: max_len.next_power_of_two(),
+            tie_word_embeddings: true,
+            bos_token_id: None,
+            eos_token_ids: tok.eos_ids().to_vec(),
+            torch_dtype: Some("float32".into()),
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        self.task().validate()?;
+        let bad = |w: &str| Err(Error::input(format!("sft: {w}")));
+        if self.batch_size == 0 || self.n_train == 0 {
+            return bad("batch size and number of questions must be positive");
+        }
+        if !(0.0..=1.0).contains(&self.concise_share) {
+            return bad("concise share must be in [0, 1]");
+        }
+        if self.num_heads == 0 || self.num_kv_heads == 0 || self.num_heads % self.num_kv_heads != 0 || self.hidden_size % self.num_heads != 0 {
+            return bad("heads must divide the hidden size, kv heads must divide heads");
+        }
+        if (self.hidden_size / self.num_heads) % 2 != 0 {
+            return bad("head dim must be even (rotary pairs)");
+        }
+        Ok(())
+    }
+}
+
+/// One SFT step's numbers, for the progress bar and the log.
+#[derive(Clone, Debug, Serialize)]
+pub struct SftStep {
+    pub step: usize,
+    pub loss: f64,
+    pub grad_norm: f64,
+    pub lr: f64,
+}
+
+/// Trains the toy base model and writes it to `out` as a Hugging Face checkpoint (config.json,
+/// model.safetensors, tokenizer.json, tokenizer_config.json) plus `sft_config.json` and `sft_log.jsonl`.
+pub fn run_sft(cfg: &SftConfig, out: &Path, on_step: &mut dyn FnMut(&SftStep)) -> Result<Model<f32>> {
+    cfg.validate()?;
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    crate::task::write_task_tokenizer(out)?;
+    let tok = Tokenizer::from_dir(out)?;
+    let examples = generate_split(&cfg.task(), Split::Train, cfg.n_train)?;
+    let prompts: Vec<Vec<u32>> = examples.iter().map(|e| tok.encode(&e.prompt())).collect::<Result<_>>()?;
+    let mut model = Model::<f32>::random(cfg.model_config(&tok), cfg.seed, 0.02);
+    let mut opt = AdamWState::<f32>::new(model.layout.total);
+    let adamw = AdamWConfig { weight_decay: 0.0, ..AdamWConfig::default() };
+    let sched = LrSchedule {
+        lr: cfg.lr,
+        warmup_steps: cfg.warmup_steps as u64,
+        decay: LrDecay::Cosine { min_lr: cfg.lr * 0.1, total_steps: cfg.steps as u64 },
+    };
+    let mut rng = StdRng::seed_from_u64(cfg.seed ^ 0x5f7);
+    let mut log = String::new();
+    for step in 0..cfg.steps {
+        let mut batch_prompts = Vec::with_capacity(cfg.batch_size);
+        let mut responses = Vec::with_capacity(cfg.batch_size);
+        for _ in 0..cfg.batch_size {
+            let i = rng.random_range(0..examples.len());
+            let ex = &examples[i];
+            let redundant = if rng.random_bool(cfg.concise_share) { 0 } else { rng.random_range(1..=ex.level + cfg.extra_checks) };
+            responses.push(tok.encode(&render_trace(ex, redundant, &mut rng))?);
+            batch_prompts.push(prompts[i].as_slice());
+        }
+        let resp: Vec<&[u32]> = responses.iter().map(Vec::as_slice).collect();
+        let scored = score_responses(&model, &batch_prompts, &resp, 1.0, true)?;
+        let n_tokens: usize = resp.iter().map(|r| r.len()).sum();
+        let loss = -scored.logp.iter().flatten().sum::<f64>() / n_tokens as f64;
+        let dlogp: Vec<Vec<f64>> = scored.logp.iter().map(|r| vec![-1.0 / n_tokens as f64; r.len()]).collect();
+        let mut grads = backward_responses(&model, &scored, &dlogp);
+        let grad_norm = clip_grad_norm(&mut grads, 1.0);
+        let lr = sched.lr_at(step as u64);
+        if grad_norm.is_finite() {
+            opt.step(&mut model.params, &grads, &adamw, lr);
+        }
+        let rec = SftStep { step, loss, grad_norm, lr };
+        log.push_str(&serde_json::to_string(&rec).map_err(|e| Error::json(out, e))?);
+        log.push('\n');
+        on_step(&rec);
+    }
+    crate::weights::save_params(out, &model.cfg, &model.layout, &model.params, crate::weights::SaveDtype::F32)?;
+    write_atomic(out.join("sft_config.json"), serde_json::to_string_pretty(cfg).map_err(|e| Error::json(out, e))?.as_bytes())?;
+    write_atomic(out.join("sft_log.jsonl"), log.as_bytes())?;
+    Ok(model)
+}
