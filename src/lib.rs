@@ -16,6 +16,7 @@ pub mod config;
 pub mod cpu;
 pub mod data;
 pub mod error;
+pub mod eval;
 pub mod generate;
 pub mod gpu;
 pub mod gradcheck;

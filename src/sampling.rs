@@ -11,7 +11,7 @@
 use crate::cpu::Float;
 use crate::error::{Error, Result};
 
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SamplingParams {
     /// 0 = greedy
     pub temperature: f64,
