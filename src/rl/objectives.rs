@@ -19,7 +19,9 @@
 //! old_logp[T]  ℓ^old_{i,t} under the behaviour policy, same layout
 //! ```
 //!
-//! Every gradient is returned in the same flat `[T]` layout: `dlogp[off_i + t] = ∂loss/∂ℓ_{i,t}`.
+//! Groups are visited in ascending id order ([`groups_of`]; the fixture's order), so sums over groups
+//! and per-group diagnostics follow it. Every gradient is returned in the same flat `[T]` layout:
+//! `dlogp[off_i + t] = ∂loss/∂ℓ_{i,t}`.
 //! All of `correct`, `len`, `max_len`, `old_logp`, rewards, weights and advantages are constants.
 //!
 //! # DisCO / DRPO ([`drpo`], [`disco`]) — SPEC §2–§4
