@@ -7,7 +7,7 @@
 //!
 //! Where this grader must differ from the authors' (pylatexenc + sympy), the difference is written at
 //! the function that makes it: `\sqrt[n]{x}` is an n-th root (pylatexenc reads it as `√x`); equality
-//! of expressions is numeric (|A − B| ≤ 1e-9·max(1, |A|, |B|) at random complex points), so it also
+//! of expressions is numeric (|A − B| ≤ 1e-9·max(|A|, |B|) at random complex points), so it also
 //! accepts true identities sympy fails to simplify and decimals within 1e-9 of an exact value.
 
 mod expr;

@@ -10,7 +10,7 @@
 //! - `{…}` → its content; `\{`, `\}`, `\%`, `\$`, `\&`, `\#`, `\_` → the character; `~` → no-break space;
 //! - `\,` `\:` `\;` `\ ` → a space, `\quad` → 2 spaces, `\\` → newline, `&` → 3 spaces;
 //! - `pmatrix`, `bmatrix`, `array` → `[ a b; c d ]` with cells right-aligned to the widest;
-//! - a space after a letter macro is swallowed (`\pi r` → `πr`).
+//! - a space after a letter macro is swallowed (`\pi r` → `πr`); `--` → `–`, `---` → `—`, `''` → `”`.
 //!
 //! Returns `None` where pylatexenc raises (a `\sqrt` with no argument), so the caller keeps its text.
 
@@ -102,6 +102,24 @@ impl Parser {
             '~' => Some("\u{a0}".to_string()),
             '&' => Some("   ".to_string()),
             '\\' => self.macro_node(),
+            // TeX ligatures: `---` is an em dash, `--` an en dash, `` `` `` and `''` curly quotes
+            '-' | '`' | '\'' => {
+                let run = |p: &Self, n: usize| (0..n).all(|k| p.c.get(p.i + k) == Some(&ch));
+                if ch == '-' && run(self, 2) {
+                    self.i += 2;
+                    Some("—".to_string())
+                } else if run(self, 1) {
+                    self.i += 1;
+                    Some(match ch {
+                        '-' => "–",
+                        '`' => "“",
+                        _ => "”",
+                    }
+                    .to_string())
+                } else {
+                    Some(ch.to_string())
+                }
+            }
             c => Some(c.to_string()),
         }
     }
@@ -111,10 +129,19 @@ impl Parser {
         let Some(first) = self.peek() else { return Some(String::new()) };
         if !first.is_ascii_alphabetic() {
             self.i += 1;
+            if first == '\\' {
+                // `\\*` and `\\[2pt]`: the star and the spacing argument go with the line break
+                if self.peek() == Some('*') {
+                    self.i += 1;
+                }
+                if self.peek() == Some('[') {
+                    self.optional_argument()?;
+                }
+                return Some("\n".to_string());
+            }
             return Some(
                 match first {
                     ',' | ':' | ';' | ' ' | '\n' | '\t' => " ",
-                    '\\' => "\n",
                     '(' | ')' | '!' | '>' => "",
                     '[' => "\n    ",
                     ']' => "\n",
@@ -149,10 +176,13 @@ impl Parser {
         match spec(&name) {
             Spec::Sym(s) => Some(s.to_string()),
             Spec::Frac => {
+                let first_is_brace = self.c[self.i..].iter().find(|c| !c.is_whitespace()) == Some(&'}');
                 let a = self.argument();
                 let b = self.argument();
                 match (a, b) {
                     (Some(a), Some(b)) => Some(format!("{}/{}", a?, b?)),
+                    // `\frac}` at the end of the input: both arguments empty
+                    (Some(_), None) if first_is_brace => Some("/".to_string()),
                     // pylatexenc prints its unfilled template, then whatever argument it did get
                     (a, _) => Some(format!("%s/%s{}", a.unwrap_or(Some(String::new()))?)),
                 }
@@ -171,21 +201,46 @@ impl Parser {
                 }
                 Some(text.to_string())
             }
-            Spec::Accent(mark) => {
-                let a = self.argument().unwrap_or(Some(String::new()))?;
-                Some(format!("{a}{mark}"))
-            }
+            Spec::Accent(mark) => match self.argument() {
+                Some(a) => Some(format!("{}{mark}", a?)),
+                None => Some(format!(" {mark}")),
+            },
         }
     }
 
-    /// A mandatory argument: a group, a macro (with its own arguments) or one character.
-    /// `None` when the input ends (or a group closes) first; `Some(None)` when rendering failed.
+    /// A mandatory argument: a group, one character, or a macro *without* its own arguments
+    /// (as pylatexenc parses it: `\frac\sqrt{2}{3}` fails, `\sqrt\frac12` is `√(%s/%s)12`).
+    /// A `}` is consumed as an empty argument. `None` when the input ends first; `Some(None)` when
+    /// rendering failed.
     fn argument(&mut self) -> Option<Option<String>> {
         while self.peek().is_some_and(|c| c == ' ' || c == '\t' || c == '\n') {
             self.i += 1;
         }
         match self.peek()? {
-            '}' => None,
+            '}' => {
+                self.i += 1;
+                Some(Some(String::new()))
+            }
+            // a lone backslash ending the input is no argument (`\sqrt\` fails there)
+            '\\' if self.i + 1 == self.c.len() => {
+                self.i += 1;
+                None
+            }
+            '\\' if self.c.get(self.i + 1).is_some_and(|c| c.is_ascii_alphabetic()) => {
+                self.i += 1;
+                let start = self.i;
+                while self.peek().is_some_and(|c| c.is_ascii_alphabetic()) {
+                    self.i += 1;
+                }
+                let name: String = self.c[start..self.i].iter().collect();
+                Some(match spec(&name) {
+                    Spec::Sym(s) => Some(s.to_string()),
+                    Spec::Frac => Some("%s/%s".to_string()),
+                    Spec::Sqrt => None,
+                    Spec::Drop(..) => Some(String::new()),
+                    Spec::Accent(mark) => Some(format!(" {mark}")),
+                })
+            }
             _ => Some(self.node()),
         }
     }
@@ -372,11 +427,24 @@ mod tests {
             ("a}b", "ab"),
             ("a{b", "ab"),
             ("\\frac{a}", "%s/%sa"),
+            ("a----b", "a—-b"),
+            ("f''(x)", "f”(x)"),
+            ("\\sqrt\\text{5}", "√()5"),
+            ("\\frac\\text{5}2", "/52"),
+            ("\\sqrt}", "√()"),
+            ("\\sqrt\\frac12", "√(%s/%s)12"),
+            ("{\\frac{1}}2", "1/2"),
+            ("\\sqrt\\hat{x}", "√( \u{302})x"),
+            ("a\\\\*b\\\\[2pt]c", "a\nb\nc"),
+            ("x\\frac}", "x/"),
         ];
         for (src, want) in cases {
             assert_eq!(t(src).as_deref(), Some(want), "{src:?}");
         }
         assert_eq!(t("\\sqrt"), None);
+        assert_eq!(t("\\frac\\sqrt{2}{3}"), None);
+        assert_eq!(t("5\\").as_deref(), Some("5"));
+        assert_eq!(t("5\\sqrt\\"), None);
         assert_eq!(t("\\sqrt[3]{2}").as_deref(), Some("√[3](2)"));
     }
 }
