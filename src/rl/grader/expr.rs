@@ -15,7 +15,7 @@
 //! Names: `pi` is π; `sqrt`, `ln`/`log` (natural), `exp`, `re`, `im` are functions; a name with `_`
 //! or a Greek letter's name is one symbol; any other name splits into one-letter symbols and digit
 //! runs (`xy2` = x·y·2), as sympy's `split_symbols` does. `e` and `i` are plain symbols there too.
-//! `oo`, `zoo`, `nan` are not finite and never compare equal. Anything else (tuples, lists,
+//! `oo`, `zoo`, `nan` are not finite and never compare equal. More than 1000 tokens: not equal. Anything else (tuples, lists,
 //! relations, unknown characters) is a parse failure, which counts as "not equal" like sympy's
 //! exceptions do.
 //!
@@ -28,6 +28,7 @@ use std::collections::BTreeMap;
 const TOL: f64 = 1e-9;
 const POINTS: usize = 6;
 const SEED: u64 = 0x5eed_d4b0_0c0f_fee5;
+const MAX_TOKENS: usize = 1000;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 struct C {
@@ -463,6 +464,10 @@ fn splitmix(state: &mut u64) -> f64 {
 /// `"(a)-(b)"` they build. Parse failures and non-finite values are "not equal".
 pub fn difference_is_zero(expr: &str) -> bool {
     let Some(toks) = tokenize(expr) else { return false };
+    // evaluation recurses over the tree: keep it shallow (real answers are a few dozen tokens)
+    if toks.len() > MAX_TOKENS {
+        return false;
+    }
     let mut p = Parser { toks, i: 0 };
     let Some(tree) = p.sum(0) else { return false };
     if p.i != p.toks.len() {

@@ -16,7 +16,7 @@
 
 /// Converts LaTeX to text; `None` where the original converter fails.
 pub fn latex_to_text(src: &str) -> Option<String> {
-    let mut p = Parser { c: src.chars().collect(), i: 0 };
+    let mut p = Parser { c: src.chars().collect(), i: 0, depth: 0 };
     let nodes = p.nodes_until(Stop::End)?;
     Some(nodes)
 }
@@ -31,7 +31,11 @@ enum Stop {
 struct Parser {
     c: Vec<char>,
     i: usize,
+    /// Nesting of groups being rendered; past [`MAX_DEPTH`] the conversion gives up (no deep recursion).
+    depth: usize,
 }
+
+const MAX_DEPTH: usize = 200;
 
 /// What a macro does with its arguments.
 enum Spec {
@@ -54,6 +58,16 @@ impl Parser {
 
     /// Renders nodes until `stop`; `\end{…}` and `}` end the corresponding levels.
     fn nodes_until(&mut self, stop: Stop) -> Option<String> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return None;
+        }
+        let out = self.nodes_until_inner(stop);
+        self.depth -= 1;
+        out
+    }
+
+    fn nodes_until_inner(&mut self, stop: Stop) -> Option<String> {
         let mut out = String::new();
         while let Some(ch) = self.peek() {
             match ch {

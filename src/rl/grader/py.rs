@@ -259,7 +259,13 @@ pub fn text_wrapper_inner(s: &str) -> Option<&str> {
 /// but a newline, as in the original, so `3x/4` qualifies too).
 pub fn is_literal_fraction(s: &str) -> bool {
     let c: Vec<char> = s.chars().collect();
-    (0..c.len()).filter(|&k| c[k] == '/').any(|k| frac_left(&c[..k]) && frac_right(&c[k + 1..]))
+    // the slash can only sit right after the leading digit run or one character later
+    let sign = usize::from(c.first() == Some(&'-'));
+    let digits = c[sign..].iter().take_while(|d| d.is_ascii_digit()).count();
+    [sign + digits, sign + digits + 1]
+        .into_iter()
+        .filter(|&k| k < c.len() && c[k] == '/')
+        .any(|k| frac_left(&c[..k]) && frac_right(&c[k + 1..]))
 }
 
 fn frac_left(l: &[char]) -> bool {
@@ -321,6 +327,9 @@ mod tests {
         assert!(is_literal_fraction("3x/4"));
         assert!(!is_literal_fraction("1/0"));
         assert!(!is_literal_fraction("1/2/3"));
+        assert!(is_literal_fraction("1//2"));
+        assert!(is_literal_fraction("12x/05y"));
+        assert!(!is_literal_fraction("x1/2"));
         assert!(is_canonical_int("-12") && !is_canonical_int("012") && !is_canonical_int("-0"));
         assert_eq!(int_string(1e20), "100000000000000000000");
         assert_eq!(int_string(-0.0), "0");
