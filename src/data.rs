@@ -99,7 +99,9 @@ pub fn answers_from_json(v: &Value) -> std::result::Result<Vec<String>, String> 
     };
     match v {
         Value::Array(items) if items.is_empty() => Err("empty list".to_string()),
-        Value::Array(items) => items.iter().enumerate().map(|(k, x)| one(x).map_err(|e| format!("item {k}: {e}"))).collect(),
+        Value::Array(items) => {
+            items.iter().enumerate().map(|(k, x)| one(x).map_err(|e| format!("item {k}: {e}"))).collect()
+        }
         other => Ok(vec![one(other)?]),
     }
 }

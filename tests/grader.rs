@@ -4,8 +4,8 @@
 //! the `drpo grade` file round trip, and a no-panic fuzz.
 
 use drpo::rl::grader::{
-    equivalent, expressions_equal, extract_boxed, grade, grade_cases_file, math_prompt, mathd_equal,
-    normalize_mathd, normalize_sympy, solution_part, sympy_equal, GraderConfig,
+    equivalent, expressions_equal, extract_boxed, grade, grade_cases_file, math_prompt, mathd_equal, normalize_mathd,
+    normalize_sympy, solution_part, sympy_equal, GraderConfig,
 };
 use drpo::Error;
 
@@ -595,7 +595,11 @@ fn cases_file_errors_name_record_and_field() {
     let bad = [
         (r#"{"cases": [{"response": "a", "answer": "1"}, {"answer": "1"}]}"#, 1, "response"),
         (r#"{"cases": [{"response": 5, "answer": "1"}]}"#, 0, "response"),
-        (r#"{"cases": [{"response": "a", "answer": "1"}, {"response": "a", "answer": "1"}, {"response": "a"}]}"#, 2, "answer"),
+        (
+            r#"{"cases": [{"response": "a", "answer": "1"}, {"response": "a", "answer": "1"}, {"response": "a"}]}"#,
+            2,
+            "answer",
+        ),
         (r#"{"cases": [{"response": "a", "answer": true}]}"#, 0, "answer"),
         (r#"{"cases": [{"response": "a", "answer": []}]}"#, 0, "answer"),
         (r#"{"cases": [{"response": "a", "answer": ["1", null]}]}"#, 0, "answer"),
@@ -640,12 +644,92 @@ fn fuzz_never_panics() {
         z ^ (z >> 31)
     };
     let pieces = [
-        "\\boxed{", "\\boxed", "\\fbox{", "{", "}", "</think>", "<think>", "\\frac", "\\dfrac", "\\sqrt", "[", "]",
-        "\\text{", "\\text{ ", "\\left(", "\\right)", "(", ")", "^", "_", "\\\\", "\\", "\\!", "\\,", "$", "%", "\\%",
-        "\\$", "1", "0", "9", ".", ",", "1,000", "-", "+", "*", "/", "=", "x", "y", "e", "i", "pi", "\\pi", "sqrt",
-        " ", "\n", "\\circ", "^\\circ", "\\infty", "\\cdot", "\\times", "or", "and", "cm", "inches", "!", "**", "//",
-        "\\begin{pmatrix}", "\\end{pmatrix}", "&", "~", "--", "''", "é", "π", "√", "∞", "\u{0}", "😀", "\u{301}",
-        "İ", "ß", "9e999", "0x1f", "1_000", "inf", "nan", "oo", "zoo", "2^2^2", "^{", "sqrt[3](", "\\sqrt[",
+        "\\boxed{",
+        "\\boxed",
+        "\\fbox{",
+        "{",
+        "}",
+        "</think>",
+        "<think>",
+        "\\frac",
+        "\\dfrac",
+        "\\sqrt",
+        "[",
+        "]",
+        "\\text{",
+        "\\text{ ",
+        "\\left(",
+        "\\right)",
+        "(",
+        ")",
+        "^",
+        "_",
+        "\\\\",
+        "\\",
+        "\\!",
+        "\\,",
+        "$",
+        "%",
+        "\\%",
+        "\\$",
+        "1",
+        "0",
+        "9",
+        ".",
+        ",",
+        "1,000",
+        "-",
+        "+",
+        "*",
+        "/",
+        "=",
+        "x",
+        "y",
+        "e",
+        "i",
+        "pi",
+        "\\pi",
+        "sqrt",
+        " ",
+        "\n",
+        "\\circ",
+        "^\\circ",
+        "\\infty",
+        "\\cdot",
+        "\\times",
+        "or",
+        "and",
+        "cm",
+        "inches",
+        "!",
+        "**",
+        "//",
+        "\\begin{pmatrix}",
+        "\\end{pmatrix}",
+        "&",
+        "~",
+        "--",
+        "''",
+        "é",
+        "π",
+        "√",
+        "∞",
+        "\u{0}",
+        "😀",
+        "\u{301}",
+        "İ",
+        "ß",
+        "9e999",
+        "0x1f",
+        "1_000",
+        "inf",
+        "nan",
+        "oo",
+        "zoo",
+        "2^2^2",
+        "^{",
+        "sqrt[3](",
+        "\\sqrt[",
     ];
     for _ in 0..20_000 {
         let n = (next() % 14) as usize;
@@ -663,7 +747,7 @@ fn fuzz_never_panics() {
         let _ = extract_boxed(&s);
         let _ = expressions_equal(&s, &gt);
         let _ = equivalent(&s, &gt);
-        let _ = grade(&s, &[gt.clone()], &think());
+        let _ = grade(&s, std::slice::from_ref(&gt), &think());
         let _ = grade(&format!("</think>\\boxed{{{s}}}"), &[gt], &GraderConfig { require_think_close: false });
     }
 }

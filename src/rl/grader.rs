@@ -208,8 +208,22 @@ fn fix_a_slash_b(s: &str) -> String {
 
 /// The unit words the sympy normalization deletes, in the original's order.
 const UNITS: [&str; 16] = [
-    "degree", "cm", "centimeter", "meter", "mile", "second", "minute", "hour", "day", "week", "month", "year",
-    "foot", "feet", "inch", "yard",
+    "degree",
+    "cm",
+    "centimeter",
+    "meter",
+    "mile",
+    "second",
+    "minute",
+    "hour",
+    "day",
+    "week",
+    "month",
+    "year",
+    "foot",
+    "feet",
+    "inch",
+    "yard",
 ];
 
 /// The sympy-side normalization `_normalize` of SPEC §8.4 steps 1–10. The result is text in
@@ -253,12 +267,8 @@ pub fn normalize_sympy(expr: &str) -> String {
 fn latex_for_sympy(e: &str) -> Option<String> {
     let e = e.replace("\\tfrac", "\\frac").replace("\\dfrac", "\\frac").replace("\\frac", " \\frac");
     let text = latex::latex_to_text(&e)?;
-    let text = text
-        .replace('√', "sqrt")
-        .replace('π', "pi")
-        .replace('∞', "inf")
-        .replace('∪', "U")
-        .replace(['·', '×'], "*");
+    let text =
+        text.replace('√', "sqrt").replace('π', "pi").replace('∞', "inf").replace('∪', "U").replace(['·', '×'], "*");
     Some(py::py_strip(&text).to_string())
 }
 
@@ -276,7 +286,9 @@ pub fn sympy_equal(answer: &str, gt: &str) -> bool {
     }
     let gt_elems = split_tuple(&gt_norm);
     let given_elems = split_tuple(&given);
-    if gt_elems.len() > 1 && (gt_norm.chars().next() != given.chars().next() || gt_norm.chars().last() != given.chars().last()) {
+    if gt_elems.len() > 1
+        && (gt_norm.chars().next() != given.chars().next() || gt_norm.chars().last() != given.chars().last())
+    {
         return false;
     }
     if gt_elems.len() != given_elems.len() {

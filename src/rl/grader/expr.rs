@@ -181,7 +181,9 @@ fn number(c: &[char]) -> Option<(f64, usize)> {
     let mut i = 0;
     let mut text = String::new();
     let digits = |i: &mut usize, text: &mut String| {
-        while *i < c.len() && (c[*i].is_ascii_digit() || (c[*i] == '_' && c.get(*i + 1).is_some_and(|d| d.is_ascii_digit()))) {
+        while *i < c.len()
+            && (c[*i].is_ascii_digit() || (c[*i] == '_' && c.get(*i + 1).is_some_and(|d| d.is_ascii_digit())))
+        {
             if c[*i] != '_' {
                 text.push(c[*i]);
             }
@@ -235,8 +237,8 @@ struct Parser {
 }
 
 const GREEK: [&str; 24] = [
-    "alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa", "lambda", "mu",
-    "nu", "xi", "omicron", "pi", "rho", "sigma", "tau", "upsilon", "phi", "chi", "psi", "omega",
+    "alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa", "lambda", "mu", "nu", "xi",
+    "omicron", "pi", "rho", "sigma", "tau", "upsilon", "phi", "chi", "psi", "omega",
 ];
 
 impl Parser {

@@ -124,12 +124,14 @@ impl Parser {
                     Some("—".to_string())
                 } else if run(self, 1) {
                     self.i += 1;
-                    Some(match ch {
-                        '-' => "–",
-                        '`' => "“",
-                        _ => "”",
-                    }
-                    .to_string())
+                    Some(
+                        match ch {
+                            '-' => "–",
+                            '`' => "“",
+                            _ => "”",
+                        }
+                        .to_string(),
+                    )
                 } else {
                     Some(ch.to_string())
                 }
@@ -340,13 +342,10 @@ impl Parser {
         if rows.len() > 1 && rows.last().is_some_and(|r| r.len() == 1 && r[0].trim().is_empty()) {
             rows.pop();
         }
-        let cells: Vec<Vec<String>> =
-            rows.iter().map(|r| r.iter().map(|c| c.trim().to_string()).collect()).collect();
+        let cells: Vec<Vec<String>> = rows.iter().map(|r| r.iter().map(|c| c.trim().to_string()).collect()).collect();
         let width = cells.iter().flatten().map(|c| c.chars().count()).max().unwrap_or(0);
-        let lines: Vec<String> = cells
-            .iter()
-            .map(|r| r.iter().map(|c| format!("{c:>width$}")).collect::<Vec<_>>().join(" "))
-            .collect();
+        let lines: Vec<String> =
+            cells.iter().map(|r| r.iter().map(|c| format!("{c:>width$}")).collect::<Vec<_>>().join(" ")).collect();
         Some(format!("[ {} ]", lines.join("; ")))
     }
 }
@@ -369,6 +368,7 @@ fn spec(name: &str) -> Spec {
 }
 
 /// Zero-argument macros that print a character or a word.
+#[rustfmt::skip]
 fn symbol(name: &str) -> &'static str {
     match name {
         // Greek
