@@ -232,7 +232,10 @@ pub fn load_optimizer_state<T: Float>(dir: &Path, layout: &ParamLayout) -> Resul
                         *o = T::from_f64(f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]));
                     }
                 }
-                d => return Err(Error::weights(&path, &name, format!("dtype {d:?} with {} bytes: expected F32 or F64 data of its shape", bytes.len()))),
+                d => {
+                    let what = format!("dtype {d:?} with {} bytes: expected F32 or F64 data of its shape", bytes.len());
+                    return Err(Error::weights(&path, &name, what));
+                }
             }
         }
     }
