@@ -15,7 +15,8 @@
 //! Atomicity: the whole folder is written as `DIR.tmp` (each file fsynced), then renamed to DIR; an
 //! existing DIR is first renamed to `DIR.old` and deleted after the swap. A folder named DIR is
 //! therefore always complete. A crash inside the swap leaves `DIR.old` (the previous checkpoint) and
-//! `DIR.tmp` (the new one, complete); loading DIR then fails with a hint naming them.
+//! `DIR.tmp` (the new one, complete: trainer_state.json is written last); loading DIR then fails with
+//! a hint naming the complete ones. The next save to DIR clears both.
 //!
 //! Resuming is bit-exact when the parameters and the state are saved in their own float type
 //! (f32 model with [`SaveDtype::F32`]); a BF16 save is an export, not a resumable state.
@@ -162,11 +163,12 @@ fn read_trainer_state(dir: &Path) -> Result<(u64, Value)> {
     let path = dir.join(TRAINER_STATE_FILE);
     if !path.is_file() {
         let mut what = format!("`{}` is not a training checkpoint: it has no {TRAINER_STATE_FILE}", dir.display());
-        let survivors: Vec<String> = [(".tmp", "the new one, complete"), (".old", "the previous one")]
+        // trainer_state.json is written last, so a DIR.tmp holding it is complete
+        let survivors: Vec<String> = [(".tmp", "the new one"), (".old", "the previous one")]
             .iter()
             .filter_map(|(suffix, which)| {
                 let p = sibling(dir, suffix).ok()?;
-                p.is_dir().then(|| format!("`{}` ({which})", p.display()))
+                p.join(TRAINER_STATE_FILE).is_file().then(|| format!("`{}` ({which})", p.display()))
             })
             .collect();
         if !survivors.is_empty() {

@@ -96,7 +96,7 @@ impl GradcheckLoss {
     }
 }
 
-/// Checks `analytic` (dL/dθ, flat) against central differences of `loss` at `samples` random
+/// Checks `analytic` (dL/dθ, flat) against five-point differences of `loss` at `samples` random
 /// coordinates of every tensor of `model`. Coordinates are drawn from `seed`.
 pub fn check_gradient(model: &Model<f64>, loss: &GradcheckLoss, analytic: &[f64], samples: usize, seed: u64) -> Result<Vec<GradcheckRow>> {
     assert_eq!(analytic.len(), model.layout.total, "check_gradient: gradient does not match the model");
@@ -188,11 +188,18 @@ pub fn gradcheck(model_dir: Option<&Path>, cfg_override: Option<ModelConfig>, se
         (Some(_), Some(_)) => return Err(Error::input("gradcheck takes a model folder or a config, not both")),
         (Some(dir), None) => Model::<f64>::load(dir)?,
         (None, cfg) => {
-            let cfg = cfg.unwrap_or_else(|| random_config(seed));
+            let cfg = match cfg {
+                // through the config.json checks, so a bad override is an error, not a panic in an op
+                Some(c) => ModelConfig::from_json(&c.to_json(), Path::new("(gradcheck config)"))?,
+                None => random_config(seed),
+            };
             let params = random_params(&cfg, seed);
             Model::from_params(cfg, params)
         }
     };
+    if model.cfg.max_position_embeddings < 2 {
+        return Err(Error::input("gradcheck needs max_position_embeddings ≥ 2 (a log-prob needs two tokens)"));
+    }
     let mut rng = StdRng::seed_from_u64(seed ^ 0x6772_6164_6368_6b21);
     let loss = GradcheckLoss::random(&model.cfg, &mut rng);
     let analytic = loss.gradient(&model)?;

@@ -249,7 +249,11 @@ fn broken_checkpoints_give_clear_errors() {
     // an interrupted swap: the folder is gone, the hint names the survivors
     let dir = saved("interrupted");
     std::fs::rename(&dir, dir.with_file_name("ckpt.old")).unwrap();
-    assert!(load_err(&dir).contains("ckpt.old"));
+    std::fs::create_dir_all(dir.with_file_name("ckpt.tmp")).unwrap(); // a half-written new one
+    let text = load_err(&dir);
+    assert!(text.contains("ckpt.old") && !text.contains("ckpt.tmp"), "{text}");
+    // the survivor is itself a loadable checkpoint
+    assert_eq!(load_checkpoint::<f32>(&dir.with_file_name("ckpt.old")).unwrap().optim.step, 3);
 
     // a mis-sized optimizer state is refused at save time
     let model = Model::<f32>::load(&fixture("qwen2-tiny")).unwrap();

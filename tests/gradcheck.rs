@@ -103,6 +103,10 @@ fn options_and_determinism() {
     let dir = fixture("qwen2-tiny");
     assert!(gradcheck(Some(&dir), Some(random_config(1)), 1, 2).is_err(), "a folder and a config at once");
     assert!(gradcheck(None, None, 1, 0).is_err(), "zero samples");
+    let mut bad = random_config(3);
+    bad.num_attention_heads = 2;
+    bad.num_key_value_heads = 3;
+    assert!(gradcheck(None, Some(bad), 1, 2).is_err(), "an invalid config is an error, not a panic");
     // the same seed gives the same rows; a config override is used as given
     let cfg = random_config(99);
     let a = gradcheck(None, Some(cfg.clone()), 5, 3).unwrap();
