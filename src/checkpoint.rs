@@ -1,1 +1,255 @@
-//! (to be written)
+//! Training checkpoints: a Hugging Face model folder plus what resuming needs.
+//!
+//! ```text
+//! DIR/config.json              ModelConfig::to_json (torch_dtype = the saved dtype)
+//! DIR/model.safetensors        the weights, HF names and shapes (weights::save_params)
+//! DIR/tokenizer.json …         copied from the source model folder when present
+//! DIR/optimizer.safetensors    AdamW moments: exp_avg.<HF name>, exp_avg_sq.<HF name>, HF shapes,
+//!                              in the state's float type (F32 / F64); metadata "step"
+//! DIR/trainer_state.json       {"format": "drpo-checkpoint", "version": 1,
+//!                               "optimizer": {"step", "dtype"}, "trainer": <the trainer's JSON>}
+//! ```
+//! So DIR loads anywhere a model folder does (`Model::load`, transformers), and `load_checkpoint`
+//! gives back the model, the optimizer state and the trainer's JSON (data order, RNG seed, metrics).
+//!
+//! Atomicity: the whole folder is written as `DIR.tmp` (each file fsynced), then renamed to DIR; an
+//! existing DIR is first renamed to `DIR.old` and deleted after the swap. A folder named DIR is
+//! therefore always complete. A crash inside the swap leaves `DIR.old` (the previous checkpoint) and
+//! `DIR.tmp` (the new one, complete: trainer_state.json is written last); loading DIR then fails with
+//! a hint naming the complete ones. The next save to DIR clears both.
+//!
+//! Resuming is bit-exact when the parameters and the state are saved in their own float type
+//! (f32 model with [`SaveDtype::F32`]); a BF16 save is an export, not a resumable state.
+
+use crate::cpu::Float;
+use crate::error::{check_len, read_file, read_json, write_atomic, Error, Result};
+use crate::layout::ParamLayout;
+use crate::model::Model;
+use crate::optim::AdamWState;
+use crate::weights::{save_params, SaveDtype};
+use safetensors::{Dtype, SafeTensors};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+pub const TRAINER_STATE_FILE: &str = "trainer_state.json";
+pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+const FORMAT: &str = "drpo-checkpoint";
+const VERSION: u64 = 1;
+
+/// Files of a model folder that are not weights or config, copied into a checkpoint when present.
+pub const TOKENIZER_FILES: [&str; 6] =
+    ["tokenizer.json", "tokenizer_config.json", "generation_config.json", "special_tokens_map.json", "vocab.json", "merges.txt"];
+
+/// A loaded training checkpoint.
+#[derive(Clone, Debug)]
+pub struct Checkpoint<T: Float> {
+    pub model: Model<T>,
+    pub optim: AdamWState<T>,
+    /// whatever the trainer saved (data position, RNG seed, metrics…)
+    pub trainer: Value,
+}
+
+/// `DIR` + suffix, as a sibling path (`runs/step_20` → `runs/step_20.tmp`).
+fn sibling(dir: &Path, suffix: &str) -> Result<PathBuf> {
+    let name = dir
+        .file_name()
+        .ok_or_else(|| Error::input(format!("checkpoint folder `{}` has no final name component", dir.display())))?;
+    let mut name = name.to_os_string();
+    name.push(suffix);
+    Ok(dir.with_file_name(name))
+}
+
+fn remove_dir_if_present(path: &Path) -> Result<()> {
+    match std::fs::remove_dir_all(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(path, e)),
+        _ => Ok(()),
+    }
+}
+
+/// Saves a training checkpoint into `dir` (replacing it atomically when it exists).
+/// `source_dir`: the model folder training started from, whose tokenizer files are copied.
+pub fn save_checkpoint<T: Float>(
+    dir: &Path,
+    model: &Model<T>,
+    optim: &AdamWState<T>,
+    trainer: &Value,
+    source_dir: Option<&Path>,
+    dtype: SaveDtype,
+) -> Result<()> {
+    const OP: &str = "save_checkpoint";
+    check_len(OP, "optimizer m", optim.m.len(), model.layout.total)?;
+    check_len(OP, "optimizer v", optim.v.len(), model.layout.total)?;
+    let tmp = sibling(dir, ".tmp")?;
+    let old = sibling(dir, ".old")?;
+    remove_dir_if_present(&tmp)?; // a leftover of an interrupted save
+    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+
+    if dtype == SaveDtype::BF16 {
+        // half's bf16::from_f64 (used by save_params) drops the low 32 bits of the f64 before
+        // rounding, so an f32 just above a bf16 tie rounds down. Rounding to bf16 here through f32
+        // (exact for f32 parameters) makes the values exact in bf16, which from_f64 keeps.
+        let rounded: Vec<T> = model.params.iter().map(|p| T::from_f32(half::bf16::from_f32(p.to_f64() as f32).to_f32())).collect();
+        save_params(&tmp, &model.cfg, &model.layout, &rounded, dtype)?;
+    } else {
+        save_params(&tmp, &model.cfg, &model.layout, &model.params, dtype)?;
+    }
+    if let Some(src) = source_dir {
+        for name in TOKENIZER_FILES {
+            let from = src.join(name);
+            if from.is_file() {
+                write_atomic(tmp.join(name), &read_file(&from)?)?;
+            }
+        }
+    }
+    write_atomic(tmp.join(OPTIMIZER_FILE), &optimizer_bytes(&tmp, &model.layout, optim)?)?;
+    let state = json!({
+        "format": FORMAT,
+        "version": VERSION,
+        "optimizer": { "step": optim.step, "dtype": T::NAME, "file": OPTIMIZER_FILE },
+        "trainer": trainer,
+    });
+    let path = tmp.join(TRAINER_STATE_FILE);
+    let text = serde_json::to_string_pretty(&state).map_err(|e| Error::json(&path, e))?;
+    write_atomic(&path, text.as_bytes())?;
+
+    // swap: DIR → DIR.old, DIR.tmp → DIR, drop DIR.old
+    remove_dir_if_present(&old)?;
+    let replaced = dir.exists();
+    if replaced {
+        std::fs::rename(dir, &old).map_err(|e| Error::io(dir, e))?;
+    }
+    std::fs::rename(&tmp, dir).map_err(|e| Error::io(dir, e))?;
+    if replaced {
+        remove_dir_if_present(&old)?;
+    }
+    // make the renames durable; a failure here (a file system without directory fsync) loses nothing
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if let Ok(d) = std::fs::File::open(parent) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
+}
+
+/// The moments as one safetensors file in the state's own float type (bit-exact round trip).
+fn optimizer_bytes<T: Float>(dir: &Path, layout: &ParamLayout, optim: &AdamWState<T>) -> Result<Vec<u8>> {
+    let is_f64 = T::NAME == "f64";
+    let encode = |xs: &[T]| -> Vec<u8> {
+        if is_f64 {
+            xs.iter().flat_map(|x| x.to_f64().to_le_bytes()).collect()
+        } else {
+            xs.iter().flat_map(|x| (x.to_f64() as f32).to_le_bytes()).collect()
+        }
+    };
+    let mut blobs = Vec::with_capacity(2 * layout.entries.len());
+    for e in &layout.entries {
+        blobs.push((format!("exp_avg.{}", e.name), e.shape.clone(), encode(&optim.m[e.range()])));
+        blobs.push((format!("exp_avg_sq.{}", e.name), e.shape.clone(), encode(&optim.v[e.range()])));
+    }
+    let dtype = if is_f64 { Dtype::F64 } else { Dtype::F32 };
+    let path = dir.join(OPTIMIZER_FILE);
+    let views = blobs
+        .iter()
+        .map(|(name, shape, bytes)| safetensors::tensor::TensorView::new(dtype, shape.clone(), bytes).map(|v| (name.clone(), v)))
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| Error::weights(&path, "", format!("cannot build safetensors views: {e}")))?;
+    let meta: HashMap<String, String> = [("format".to_string(), FORMAT.to_string()), ("step".to_string(), optim.step.to_string())].into();
+    safetensors::tensor::serialize(views, Some(meta)).map_err(|e| Error::weights(&path, "", format!("cannot serialize: {e}")))
+}
+
+/// Reads `dir/trainer_state.json` and checks its format; returns (optimizer step, trainer JSON).
+fn read_trainer_state(dir: &Path) -> Result<(u64, Value)> {
+    let path = dir.join(TRAINER_STATE_FILE);
+    if !path.is_file() {
+        let mut what = format!("`{}` is not a training checkpoint: it has no {TRAINER_STATE_FILE}", dir.display());
+        // trainer_state.json is written last, so a DIR.tmp holding it is complete
+        let survivors: Vec<String> = [(".tmp", "the new one"), (".old", "the previous one")]
+            .iter()
+            .filter_map(|(suffix, which)| {
+                let p = sibling(dir, suffix).ok()?;
+                p.join(TRAINER_STATE_FILE).is_file().then(|| format!("`{}` ({which})", p.display()))
+            })
+            .collect();
+        if !survivors.is_empty() {
+            what += &format!("\n  hint: a save was interrupted; the checkpoint is in {}", survivors.join(" or "));
+        }
+        return Err(Error::input(what));
+    }
+    let v = read_json(&path)?;
+    if v.get("format").and_then(Value::as_str) != Some(FORMAT) {
+        return Err(Error::config(&path, "format", format!("expected \"{FORMAT}\", got {}", v.get("format").unwrap_or(&Value::Null))));
+    }
+    match v.get("version").and_then(Value::as_u64) {
+        Some(VERSION) => {}
+        _ => {
+            let got = v.get("version").unwrap_or(&Value::Null);
+            return Err(Error::config(&path, "version", format!("expected {VERSION}, got {got} (written by another drpo version?)")));
+        }
+    }
+    let step = v
+        .pointer("/optimizer/step")
+        .and_then(Value::as_u64)
+        .ok_or_else(|| Error::config(&path, "optimizer.step", "missing or not a non-negative integer"))?;
+    Ok((step, v.get("trainer").cloned().unwrap_or(Value::Null)))
+}
+
+/// Loads the optimizer state and the trainer JSON of a checkpoint for a model of `layout`.
+pub fn load_optimizer_state<T: Float>(dir: &Path, layout: &ParamLayout) -> Result<(AdamWState<T>, Value)> {
+    let (step, trainer) = read_trainer_state(dir)?;
+    let path = dir.join(OPTIMIZER_FILE);
+    let file = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
+    // SAFETY: read-only private map; a file rewritten underneath gives wrong numbers, not unsafety.
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
+    let (_, meta) = SafeTensors::read_metadata(&map)
+        .map_err(|e| Error::weights(&path, "", format!("not a valid safetensors file (truncated or corrupt?): {e}")))?;
+    let st = SafeTensors::deserialize(&map)
+        .map_err(|e| Error::weights(&path, "", format!("not a valid safetensors file (truncated or corrupt?): {e}")))?;
+    let file_step = meta.metadata().as_ref().and_then(|m| m.get("step")).cloned().unwrap_or_else(|| "none".into());
+    if file_step != step.to_string() {
+        return Err(Error::weights(
+            &path,
+            "",
+            format!("optimizer step {file_step} in the file disagrees with {step} in {TRAINER_STATE_FILE} (files from different saves?)"),
+        ));
+    }
+    let mut state = AdamWState::<T> { m: vec![T::ZERO; layout.total], v: vec![T::ZERO; layout.total], step };
+    for e in &layout.entries {
+        for (prefix, dst) in [("exp_avg", &mut state.m), ("exp_avg_sq", &mut state.v)] {
+            let name = format!("{prefix}.{}", e.name);
+            let view = st.tensor(&name).map_err(|_| Error::weights(&path, &name, "missing (a checkpoint of another model?)"))?;
+            if view.shape() != e.shape.as_slice() {
+                return Err(Error::weights(&path, &name, format!("has shape {:?}, expected {:?} from config.json", view.shape(), e.shape)));
+            }
+            let out = &mut dst[e.range()];
+            let bytes = view.data();
+            match view.dtype() {
+                Dtype::F32 if bytes.len() == 4 * out.len() => {
+                    for (o, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+                        *o = T::from_f32(f32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+                    }
+                }
+                Dtype::F64 if bytes.len() == 8 * out.len() => {
+                    for (o, b) in out.iter_mut().zip(bytes.chunks_exact(8)) {
+                        *o = T::from_f64(f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]));
+                    }
+                }
+                d => {
+                    let what = format!("dtype {d:?} with {} bytes: expected F32 or F64 data of its shape", bytes.len());
+                    return Err(Error::weights(&path, &name, what));
+                }
+            }
+        }
+    }
+    Ok((state, trainer))
+}
+
+/// Loads a checkpoint written by [`save_checkpoint`]: the model (config.json + weights), the optimizer
+/// state and the trainer JSON.
+pub fn load_checkpoint<T: Float>(dir: &Path) -> Result<Checkpoint<T>> {
+    read_trainer_state(dir)?; // a model folder without state fails here, with the clearer message
+    let model = Model::<T>::load(dir)?;
+    let (optim, trainer) = load_optimizer_state(dir, &model.layout)?;
+    Ok(Checkpoint { model, optim, trainer })
+}
+
