@@ -282,7 +282,7 @@ pub fn compile_all(arch: &str) -> Result<Vec<KernelReport>> {
 pub fn parse_ptxas_report(family: &'static str, log: &str) -> Vec<KernelReport> {
     fn number_before(line: &str, unit: &str) -> Option<u32> {
         let at = line.find(unit)?;
-        line[..at].split(|c: char| !c.is_ascii_digit()).filter(|s| !s.is_empty()).next_back()?.parse().ok()
+        line[..at].split(|c: char| !c.is_ascii_digit()).rfind(|s| !s.is_empty())?.parse().ok()
     }
     fn number_after(line: &str, word: &str) -> Option<u32> {
         let at = line.find(word)? + word.len();
