@@ -56,7 +56,7 @@ fn logprobs_and_logits_match_the_fixtures() -> drpo::Result<()> {
         assert!(e <= 1e-4, "{name} logits f32: max_rel {e:.3e} > 1e-4");
         // the fused head at another temperature agrees with the CPU f64 model on the same weights
         let cpu64 = Model::<f64>::load(&dir)?;
-        let want06 = flat(&cpu64.score(&refs, 0.6, false)?.logp.iter().map(|r| r.iter().map(|&x| x as f32).collect()).collect::<Vec<_>>());
+        let want06: Vec<f64> = cpu64.score(&refs, 0.6, false)?.logp.concat();
         assert_close(&format!("{name} logprobs f32 temp 0.6"), &flat(&m32.score(&refs, 0.6)?), &want06, 1e-4);
 
         // bf16 storage against the CPU f64 model on the same bf16-rounded weights, so only the
