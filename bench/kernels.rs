@@ -1,1 +1,167 @@
-fn main() {}
+//! One line per kernel at Qwen2-0.5B sizes, with the bytes or flops it must move, so each line reads
+//! against the roofline (H100: ~3.0 TB/s measured copy, ~800 TFLOP/s bf16 dense).
+//!   cargo bench --bench kernels          (prints SKIP without a GPU)
+//! Times: median of 5 batches of `iters` launches between two events, after 3 warm-ups; inputs are
+//! random (never zeros); L2-resident when the working set fits in 50 MB (said per line).
+
+use drpo::gpu::attention::{Heads, SeqTable};
+use drpo::gpu::matmul::MatmulTile;
+use drpo::gpu::{self, bf16, Gpu, GpuFloat};
+use drpo::sampling::SamplingParams;
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+fn time_us(gpu: &Gpu, iters: usize, mut f: impl FnMut() -> drpo::Result<()>) -> drpo::Result<f64> {
+    for _ in 0..3 {
+        f()?;
+    }
+    let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+    let mut batches = Vec::new();
+    for _ in 0..5 {
+        let start = gpu.ctx.new_event(flags)?;
+        let end = gpu.ctx.new_event(flags)?;
+        start.record(&gpu.stream)?;
+        for _ in 0..iters {
+            f()?;
+        }
+        end.record(&gpu.stream)?;
+        batches.push(start.elapsed_ms(&end)? as f64 * 1e3 / iters as f64);
+    }
+    batches.sort_by(|a, b| a.total_cmp(b));
+    Ok(batches[2])
+}
+
+fn random<T: GpuFloat>(rng: &mut StdRng, n: usize, scale: f32) -> Vec<T> {
+    (0..n).map(|_| T::from_f32(rng.random_range(-scale..scale))).collect()
+}
+
+fn gbs(bytes: f64, us: f64) -> String {
+    format!("{us:9.2} us {:7.0} GB/s", bytes / us / 1e3)
+}
+fn tflops(flops: f64, us: f64) -> String {
+    format!("{us:9.2} us {:7.1} TFLOP/s", flops / us / 1e6)
+}
+
+fn run(gpu: &Gpu) -> drpo::Result<()> {
+    let mut rng = StdRng::seed_from_u64(1);
+    let s = &gpu.stream;
+    let (n, c, ff, v) = (4096usize, 896usize, 4864usize, 151_936usize);
+    let heads = Heads { nh: 14, nkv: 2, hd: 64 };
+    println!("{gpu:?}");
+
+    // embedding gather (bf16): ids in, n rows out, n rows of the table read
+    let table = s.clone_htod(&random::<bf16>(&mut rng, v * c, 1.0))?;
+    let ids = s.clone_htod(&(0..n).map(|_| rng.random_range(0..v as u32)).collect::<Vec<_>>())?;
+    let mut x = s.clone_htod(&random::<bf16>(&mut rng, n * c, 2.0))?;
+    let us = time_us(gpu, 200, || gpu::embedding::embedding_fwd(gpu, &mut x.as_view_mut(), &ids.as_view(), &table.as_view(), n, c, v))?;
+    println!("embedding_fwd bf16  n={n} c={c}            {}", gbs((2 * n * c * 2 + 4 * n) as f64, us));
+
+    // RMSNorm
+    let w = s.clone_htod(&random::<bf16>(&mut rng, c, 1.0))?;
+    let mut out = s.clone_htod(&random::<bf16>(&mut rng, n * c, 1.0))?;
+    let mut rstd = s.alloc_zeros::<f32>(n)?;
+    let us = time_us(gpu, 200, || {
+        gpu::rmsnorm::rmsnorm_fwd(gpu, &mut out.as_view_mut(), &mut rstd.as_view_mut(), &x.as_view(), &w.as_view(), n, c, 1e-6)
+    })?;
+    println!("rmsnorm_fwd bf16    n={n} c={c}            {}  (L2-resident)", gbs((2 * n * c * 2 + 2 * c + 4 * n) as f64, us));
+
+    // rotary on q (in place)
+    let (cos, sin) = gpu::rope::rope_table(32_768, heads.hd, 1e6);
+    let (cos, sin) = (s.clone_htod(&cos)?, s.clone_htod(&sin)?);
+    let pos = s.clone_htod(&(0..n as i32).collect::<Vec<_>>())?;
+    let mut q = s.clone_htod(&random::<bf16>(&mut rng, n * heads.nh * heads.hd, 2.0))?;
+    let us = time_us(gpu, 200, || {
+        gpu::rope::rope_fwd(gpu, &mut q.as_view_mut(), &pos.as_view(), &cos.as_view(), &sin.as_view(), n, heads.nh, heads.hd)
+    })?;
+    let qn = n * heads.nh * heads.hd;
+    println!("rope_fwd bf16       n={n} nh=14 hd=64       {}", gbs((2 * qn * 2 + n * heads.hd * 4) as f64, us));
+
+    // GEMMs: the MLP up projection (prefill) and the same at decode size, both tiles; the f32 path
+    let xw = s.clone_htod(&random::<bf16>(&mut rng, n * c, 1.0))?;
+    let wu = s.clone_htod(&random::<bf16>(&mut rng, 2 * ff * c, 0.05))?;
+    let mut y = s.alloc_zeros::<bf16>(n * 2 * ff)?;
+    for (rows, tile) in [(n, MatmulTile::Large), (n, MatmulTile::Small), (64, MatmulTile::Large), (64, MatmulTile::Small)] {
+        let us = time_us(gpu, 20, || {
+            gpu::matmul::matmul_fwd_with(gpu, tile, &mut y.slice_mut(0..rows * 2 * ff), &xw.slice(0..rows * c), &wu.as_view(), None, rows, c, 2 * ff)
+        })?;
+        let flops = 2.0 * rows as f64 * c as f64 * (2 * ff) as f64;
+        let bytes = ((rows * c + 2 * ff * c + rows * 2 * ff) * 2) as f64;
+        println!("matmul_fwd bf16 {tile:?}  m={rows} k={c} n={}  {}  {}", 2 * ff, tflops(flops, us), gbs(bytes, us));
+    }
+    let x32 = s.clone_htod(&random::<f32>(&mut rng, n * c, 1.0))?;
+    let w32 = s.clone_htod(&random::<f32>(&mut rng, 2 * ff * c, 0.05))?;
+    let mut y32 = s.alloc_zeros::<f32>(n * 2 * ff)?;
+    let us = time_us(gpu, 5, || gpu::matmul::matmul_fwd(gpu, &mut y32.as_view_mut(), &x32.as_view(), &w32.as_view(), None, n, c, 2 * ff))?;
+    println!("matmul_fwd f32      m={n} k={c} n={}   {}", 2 * ff, tflops(2.0 * (n * c * 2 * ff) as f64, us));
+
+    // attention: prefill 8 sequences × 512 tokens; decode 64 sequences over 1024 cached keys
+    let kvd = heads.nkv * heads.hd;
+    let qd = heads.nh * heads.hd;
+    for (label, seqs, cap) in [("prefill", vec![(0usize, 512usize); 8], 512usize), ("decode", vec![(1023, 1); 64], 1024)] {
+        let entries: Vec<_> = seqs.iter().enumerate().map(|(i, &(p, t))| (i, p, t)).collect();
+        let table = SeqTable::new(gpu, &entries, seqs.len(), cap)?;
+        let kc = s.clone_htod(&random::<bf16>(&mut rng, seqs.len() * cap * kvd, 1.0))?;
+        let vc = s.clone_htod(&random::<bf16>(&mut rng, seqs.len() * cap * kvd, 1.0))?;
+        let qq = s.clone_htod(&random::<bf16>(&mut rng, table.n_rows * qd, 1.0))?;
+        let mut att = s.alloc_zeros::<bf16>(table.n_rows * qd)?;
+        let us = time_us(gpu, 20, || {
+            if label == "decode" {
+                gpu::attention::attention_decode(gpu, &mut att.as_view_mut(), &qq.as_view(), &kc.as_view(), &vc.as_view(), &table, heads)
+            } else {
+                gpu::attention::attention_prefill(gpu, &mut att.as_view_mut(), &qq.as_view(), &kc.as_view(), &vc.as_view(), &table, heads)
+            }
+        })?;
+        let pairs: f64 = seqs.iter().map(|&(p, t)| (t * p + t * (t + 1) / 2) as f64).sum();
+        let flops = 4.0 * pairs * (heads.nh * heads.hd) as f64;
+        let bytes = (seqs.iter().map(|&(p, t)| (p + t) * kvd * 2 * 2).sum::<usize>() + table.n_rows * qd * 2 * 2) as f64;
+        println!("attention_{label:<7} bf16 seqs={} rows={} nh=14 nkv=2 hd=64  {}  {}", seqs.len(), table.n_rows, tflops(flops, us), gbs(bytes, us));
+    }
+
+    // SwiGLU and residual (elementwise, bandwidth-bound)
+    let mut act = s.alloc_zeros::<bf16>(n * ff)?;
+    let us = time_us(gpu, 100, || gpu::swiglu::swiglu_fwd(gpu, &mut act.as_view_mut(), &y.as_view(), n, ff))?;
+    println!("swiglu_fwd bf16     n={n} ff={ff}           {}", gbs((3 * n * ff * 2) as f64, us));
+    let us = time_us(gpu, 200, || gpu::residual::residual_add(gpu, &mut x.as_view_mut(), &out.as_view()))?;
+    println!("residual_add bf16   n={n} c={c}             {}", gbs((3 * n * c * 2) as f64, us));
+
+    // fused head: 1024 scored tokens over the full vocabulary; the logits would be 622 MB in f32
+    let rows = 1024;
+    let targets: Vec<u32> = (0..rows).map(|_| rng.random_range(0..v as u32)).collect();
+    let mut logp = s.alloc_zeros::<f32>(rows)?;
+    let mut lse = s.alloc_zeros::<f32>(rows)?;
+    let us = time_us(gpu, 5, || {
+        gpu::logprob::head_logprob(gpu, &mut logp.as_view_mut(), &mut lse.as_view_mut(), &xw.slice(0..rows * c), &table.as_view(), &targets, rows, c, v, 0.6)
+    })?;
+    println!("head_logprob bf16   n={rows} c={c} v={v}  {}", tflops(2.0 * (rows * c * v) as f64, us));
+
+    // sampler: 64 rows of the full vocabulary, top-p 0.9 (p in f64 scratch, several passes over it)
+    let b = 64;
+    let logits = s.clone_htod(&random::<f32>(&mut rng, b * v, 8.0))?;
+    let streams = s.clone_htod(&(0..b as u64).collect::<Vec<_>>())?;
+    let mut scratch = s.alloc_zeros::<f64>(b * v)?;
+    let mut toks = s.alloc_zeros::<u32>(b)?;
+    for params in [SamplingParams { temperature: 0.6, top_k: 0, top_p: 1.0 }, SamplingParams { temperature: 0.6, top_k: 0, top_p: 0.9 }] {
+        let us = time_us(gpu, 10, || {
+            gpu::sampling::sample(gpu, &mut toks.as_view_mut(), &mut scratch.as_view_mut(), &logits.as_view(), &streams.as_view(), b, v, &params, 7, 0)
+        })?;
+        println!("sample f32          rows={b} v={v} top_p={}   {}  (logits once + f64 scratch passes)", params.top_p, gbs((b * v * 4) as f64, us));
+    }
+    Ok(())
+}
+
+fn main() {
+    let gpu = match Gpu::new(0) {
+        Ok(g) => g,
+        Err(drpo::Error::NoDevice { why }) => {
+            println!("SKIP kernels bench: {why}");
+            return;
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = run(&gpu) {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}

@@ -1,1 +1,314 @@
-//! GPU model (to be written).
+//! Qwen2 forward on the GPU: the listing of `model::cpu`, op for op, with the kernels of `crate::gpu`.
+//!
+//! Storage type T is `f32` (every kernel on the CUDA cores: the path held to the CPU f32 reference,
+//! greedy decoding token-identical) or `bf16` (tensor-core GEMMs, f32 accumulation everywhere, every
+//! activation rounded once to bf16 when stored, including the residual stream).
+//!
+//! Parameters are one flat device buffer in [`ParamLayout`] order (the same offsets as the CPU
+//! `Model::params`), so gate_w and up_w, adjacent there, form one [2·ff, c] GEMM. Sequences are packed
+//! rows with a per-sequence KV cache slot, exactly as on the CPU: a full forward, a prefill and one
+//! decoding step are the same code; decoding steps (one row per sequence) use the decode kernel.
+//!
+//! ```text
+//! x = embed[ids]
+//! per layer: h = rmsnorm(x; ln1)   q,k,v = h·W{q,k,v}ᵀ + b   rope(q), rope(k)   cache ← k, v
+//!            att = attention(q, cache)   x += att·Woᵀ
+//!            h = rmsnorm(x; ln2)   gu = h·[Wg;Wu]ᵀ   act = silu(gate)⊙up   x += act·Wdᵀ
+//! hf = rmsnorm(x; norm)   scoring: fused head (log-probs, no logits)   generation: logits of last rows
+//! ```
+
+use crate::config::ModelConfig;
+use crate::cpu::Float;
+use crate::error::{Error, Result};
+use crate::generate::{GenerateOptions, Generation};
+use crate::gpu::attention::{attention_decode, attention_prefill, kv_append, Heads, SeqTable};
+use crate::gpu::{self, Gpu, GpuFloat};
+use crate::layout::ParamLayout;
+use crate::model::Model;
+use cudarc::driver::CudaSlice;
+use std::sync::Arc;
+
+/// A Qwen2 model on the GPU: config, layout, one flat parameter buffer, the rotary tables.
+pub struct GpuModel<T: GpuFloat> {
+    pub gpu: Arc<Gpu>,
+    pub cfg: ModelConfig,
+    pub layout: ParamLayout,
+    pub params: CudaSlice<T>,
+    /// [max_position_embeddings, head_dim / 2], f32 whatever T is
+    cos: CudaSlice<f32>,
+    sin: CudaSlice<f32>,
+}
+
+/// Keys and values of every layer for `slots` sequences.  k, v: [layers, slots, cap, kv_dim]
+pub struct GpuKvCache<T: GpuFloat> {
+    pub k: CudaSlice<T>,
+    pub v: CudaSlice<T>,
+    /// cached positions of each slot
+    pub lens: Vec<usize>,
+    pub slots: usize,
+    pub cap: usize,
+}
+
+impl<T: GpuFloat> GpuKvCache<T> {
+    pub fn new(gpu: &Gpu, cfg: &ModelConfig, slots: usize, cap: usize) -> Result<Self> {
+        let len = cfg.num_hidden_layers * slots * cap * cfg.kv_dim();
+        Ok(GpuKvCache {
+            k: gpu.stream.alloc_zeros::<T>(len.max(1))?,
+            v: gpu.stream.alloc_zeros::<T>(len.max(1))?,
+            lens: vec![0; slots],
+            slots,
+            cap,
+        })
+    }
+}
+
+/// The final-norm output of a forward and where each sequence's rows are.
+pub struct Hidden<T> {
+    /// [n_rows, hidden]
+    pub hf: CudaSlice<T>,
+    /// row ranges, one per chunk of the call
+    pub rows: Vec<std::ops::Range<usize>>,
+}
+
+impl<T: GpuFloat> GpuModel<T> {
+    /// Copies a CPU model's parameters (any float type) to the device as T.
+    pub fn from_cpu<U: Float>(gpu: Arc<Gpu>, model: &Model<U>) -> Result<Self> {
+        let host: Vec<T> = model.params.iter().map(|p| T::from_f32(p.to_f64() as f32)).collect();
+        let params = gpu.stream.clone_htod(&host)?;
+        let cfg = model.cfg.clone();
+        let (cos, sin) = gpu::rope::rope_table(cfg.max_position_embeddings, cfg.head_dim, cfg.rope_theta);
+        let (cos, sin) = (gpu.stream.clone_htod(&cos)?, gpu.stream.clone_htod(&sin)?);
+        for lr in &model.layout.layers {
+            assert_eq!(lr.gate_w.end, lr.up_w.start, "layout: up_w must follow gate_w (one fused GEMM)");
+        }
+        if cfg.head_dim > gpu::attention::MAX_HEAD_DIM || cfg.head_dim % 2 != 0 {
+            return Err(Error::input(format!(
+                "head_dim {} is not supported by the GPU attention kernels (even, ≤ {})",
+                cfg.head_dim,
+                gpu::attention::MAX_HEAD_DIM
+            )));
+        }
+        Ok(GpuModel { gpu, cfg, layout: model.layout.clone(), params, cos, sin })
+    }
+
+    fn heads(&self) -> Heads {
+        Heads { nh: self.cfg.num_attention_heads, nkv: self.cfg.num_key_value_heads, hd: self.cfg.head_dim }
+    }
+
+    /// Runs `chunks[i] = (slot, tokens)` after the cached prefix of each slot, appends their keys and
+    /// values to the cache, and returns the final-norm rows (the lm head's input). Chunks may be empty.
+    pub fn forward_hidden(&self, cache: &mut GpuKvCache<T>, chunks: &[(usize, &[u32])]) -> Result<Hidden<T>> {
+        let cfg = &self.cfg;
+        let gpu = &*self.gpu;
+        let (c, v, ff, hd) = (cfg.hidden_size, cfg.vocab_size, cfg.intermediate_size, cfg.head_dim);
+        let (nh, nkv, qd, kvd) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.q_dim(), cfg.kv_dim());
+        let eps = cfg.rms_norm_eps as f32;
+
+        let mut ids = Vec::new();
+        let mut rows = Vec::with_capacity(chunks.len());
+        let mut entries = Vec::new();
+        let mut seen = vec![false; cache.slots];
+        for &(slot, chunk) in chunks {
+            if slot >= cache.slots || std::mem::replace(&mut seen[slot], true) {
+                return Err(Error::input(format!("cache slot {slot} is out of range or used twice in one batch")));
+            }
+            if let Some((t, &id)) = chunk.iter().enumerate().find(|(_, &id)| id as usize >= v) {
+                return Err(Error::input(format!(
+                    "slot {slot}, position {}: token id {id} is out of range (vocab_size = {v})",
+                    cache.lens[slot] + t
+                )));
+            }
+            let end = cache.lens[slot] + chunk.len();
+            if end > cfg.max_position_embeddings || end > cache.cap {
+                return Err(Error::input(format!(
+                    "slot {slot} would be {end} tokens long (max_position_embeddings = {}, cache capacity = {})",
+                    cfg.max_position_embeddings, cache.cap
+                )));
+            }
+            rows.push(ids.len()..ids.len() + chunk.len());
+            ids.extend_from_slice(chunk);
+            if !chunk.is_empty() {
+                entries.push((slot, cache.lens[slot], chunk.len()));
+            }
+        }
+        let n = ids.len();
+        if n == 0 {
+            return Ok(Hidden { hf: gpu.stream.alloc_zeros::<T>(1)?, rows });
+        }
+        let table = SeqTable::new(gpu, &entries, cache.slots, cache.cap)?;
+        let decode = table.max_tq == 1;
+        let p = &self.params;
+        let w = |r: &std::ops::Range<usize>| p.slice(r.clone());
+
+        let ids_d = gpu.stream.clone_htod(&ids)?;
+        let mut x = gpu.stream.alloc_zeros::<T>(n * c)?;
+        let mut h = gpu.stream.alloc_zeros::<T>(n * c)?;
+        let mut rstd = gpu.stream.alloc_zeros::<f32>(n)?;
+        let mut q = gpu.stream.alloc_zeros::<T>(n * qd)?;
+        let mut k = gpu.stream.alloc_zeros::<T>(n * kvd)?;
+        let mut vv = gpu.stream.alloc_zeros::<T>(n * kvd)?;
+        let mut att = gpu.stream.alloc_zeros::<T>(n * qd)?;
+        let mut proj = gpu.stream.alloc_zeros::<T>(n * c)?;
+        let mut gu = gpu.stream.alloc_zeros::<T>(n * 2 * ff)?;
+        let mut act = gpu.stream.alloc_zeros::<T>(n * ff)?;
+        let per_layer = cache.slots * cache.cap * kvd;
+        let heads = self.heads();
+
+        gpu::embedding::embedding_fwd(gpu, &mut x.as_view_mut(), &ids_d.as_view(), &w(&self.layout.embed), n, c, v)?;
+        for (l, lr) in self.layout.layers.iter().enumerate() {
+            gpu::rmsnorm::rmsnorm_fwd(gpu, &mut h.as_view_mut(), &mut rstd.as_view_mut(), &x.as_view(), &w(&lr.ln1_w), n, c, eps)?;
+            gpu::matmul::matmul_fwd(gpu, &mut q.as_view_mut(), &h.as_view(), &w(&lr.q_w), Some(&w(&lr.q_b)), n, c, qd)?;
+            gpu::matmul::matmul_fwd(gpu, &mut k.as_view_mut(), &h.as_view(), &w(&lr.k_w), Some(&w(&lr.k_b)), n, c, kvd)?;
+            gpu::matmul::matmul_fwd(gpu, &mut vv.as_view_mut(), &h.as_view(), &w(&lr.v_w), Some(&w(&lr.v_b)), n, c, kvd)?;
+            let (cos, sin) = (self.cos.as_view(), self.sin.as_view());
+            gpu::rope::rope_fwd(gpu, &mut q.as_view_mut(), &table.row_pos.slice(0..n), &cos, &sin, n, nh, hd)?;
+            gpu::rope::rope_fwd(gpu, &mut k.as_view_mut(), &table.row_pos.slice(0..n), &cos, &sin, n, nkv, hd)?;
+
+            let layer = l * per_layer..(l + 1) * per_layer;
+            let mut kc = cache.k.slice_mut(layer.clone());
+            let mut vc = cache.v.slice_mut(layer);
+            kv_append(gpu, &mut kc, &mut vc, &k.as_view(), &vv.as_view(), &table, kvd)?;
+            if decode {
+                attention_decode(gpu, &mut att.as_view_mut(), &q.as_view(), &kc.as_view(), &vc.as_view(), &table, heads)?;
+            } else {
+                attention_prefill(gpu, &mut att.as_view_mut(), &q.as_view(), &kc.as_view(), &vc.as_view(), &table, heads)?;
+            }
+
+            gpu::matmul::matmul_fwd(gpu, &mut proj.as_view_mut(), &att.as_view(), &w(&lr.o_w), None, n, qd, c)?;
+            gpu::residual::residual_add(gpu, &mut x.as_view_mut(), &proj.as_view())?;
+            gpu::rmsnorm::rmsnorm_fwd(gpu, &mut h.as_view_mut(), &mut rstd.as_view_mut(), &x.as_view(), &w(&lr.ln2_w), n, c, eps)?;
+            let gate_up = lr.gate_w.start..lr.up_w.end;
+            gpu::matmul::matmul_fwd(gpu, &mut gu.as_view_mut(), &h.as_view(), &w(&gate_up), None, n, c, 2 * ff)?;
+            gpu::swiglu::swiglu_fwd(gpu, &mut act.as_view_mut(), &gu.as_view(), n, ff)?;
+            gpu::matmul::matmul_fwd(gpu, &mut proj.as_view_mut(), &act.as_view(), &w(&lr.down_w), None, n, ff, c)?;
+            gpu::residual::residual_add(gpu, &mut x.as_view_mut(), &proj.as_view())?;
+        }
+        for &(slot, chunk) in chunks {
+            cache.lens[slot] += chunk.len();
+        }
+        gpu::rmsnorm::rmsnorm_fwd(gpu, &mut h.as_view_mut(), &mut rstd.as_view_mut(), &x.as_view(), &w(&self.layout.final_norm), n, c, eps)?;
+        Ok(Hidden { hf: h, rows })
+    }
+
+    /// f32 logits of the given rows of `hidden`: [rows.len(), vocab]. Rows are gathered with the
+    /// embedding kernel (a row gather is what it is).
+    fn logits_of_rows(&self, hidden: &Hidden<T>, rows: &[u32]) -> Result<CudaSlice<f32>> {
+        let gpu = &*self.gpu;
+        let (c, v) = (self.cfg.hidden_size, self.cfg.vocab_size);
+        let n_hidden = hidden.rows.iter().map(|r| r.end).max().unwrap_or(0);
+        let b = rows.len();
+        let rows_d = gpu.stream.clone_htod(rows)?;
+        let mut picked = gpu.stream.alloc_zeros::<T>(b * c)?;
+        gpu::embedding::embedding_fwd(gpu, &mut picked.as_view_mut(), &rows_d.as_view(), &hidden.hf.slice(0..n_hidden * c), b, c, n_hidden)?;
+        let mut logits = gpu.stream.alloc_zeros::<f32>(b * v)?;
+        let lm = self.params.slice(self.layout.lm_head.clone());
+        gpu::matmul::matmul_fwd_f32out(gpu, &mut logits.as_view_mut(), &picked.as_view(), &lm, None, b, c, v)?;
+        Ok(logits)
+    }
+
+    /// Logits of fresh sequences, every row: [Σ len, vocab] (for checks against the CPU; scoring
+    /// uses the fused head instead and never forms them).
+    pub fn logits(&self, seqs: &[&[u32]]) -> Result<Vec<f32>> {
+        let cap = seqs.iter().map(|s| s.len()).max().unwrap_or(0).max(1);
+        let mut cache = GpuKvCache::new(&self.gpu, &self.cfg, seqs.len(), cap)?;
+        let chunks: Vec<(usize, &[u32])> = seqs.iter().enumerate().map(|(i, s)| (i, *s)).collect();
+        let hidden = self.forward_hidden(&mut cache, &chunks)?;
+        let n = hidden.rows.last().map_or(0, |r| r.end);
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let all: Vec<u32> = (0..n as u32).collect();
+        let logits = self.logits_of_rows(&hidden, &all)?;
+        Ok(self.gpu.stream.clone_dtoh(&logits)?)
+    }
+
+    /// logp[s][t] = log softmax(logits(x_≤t) / temp)[x_{t+1}] for every sequence (len − 1 values
+    /// each), as `Model::score(..).logp`, through the fused head (the [n, vocab] logits never exist).
+    pub fn score(&self, seqs: &[&[u32]], temp: f64) -> Result<Vec<Vec<f32>>> {
+        if !(temp > 0.0 && temp.is_finite()) {
+            return Err(Error::input(format!("temperature must be positive to score log-probs, got {temp}")));
+        }
+        let cap = seqs.iter().map(|s| s.len()).max().unwrap_or(0).max(1);
+        let mut cache = GpuKvCache::new(&self.gpu, &self.cfg, seqs.len(), cap)?;
+        let chunks: Vec<(usize, &[u32])> = seqs.iter().enumerate().map(|(i, s)| (i, *s)).collect();
+        let hidden = self.forward_hidden(&mut cache, &chunks)?;
+        // next token of every row; the last row of a sequence predicts nothing (target 0, dropped)
+        let targets: Vec<u32> = seqs.iter().flat_map(|s| s.iter().skip(1).copied().chain(s.first().map(|_| 0))).collect();
+        let n = targets.len();
+        if n == 0 {
+            return Ok(seqs.iter().map(|_| Vec::new()).collect());
+        }
+        let gpu = &*self.gpu;
+        let (c, v) = (self.cfg.hidden_size, self.cfg.vocab_size);
+        let mut logp = gpu.stream.alloc_zeros::<f32>(n)?;
+        let mut lse = gpu.stream.alloc_zeros::<f32>(n)?;
+        let lm = self.params.slice(self.layout.lm_head.clone());
+        gpu::logprob::head_logprob(gpu, &mut logp.as_view_mut(), &mut lse.as_view_mut(), &hidden.hf.slice(0..n * c), &lm, &targets, n, c, v, temp)?;
+        let rows = gpu.stream.clone_dtoh(&logp)?;
+        Ok(hidden.rows.iter().map(|r| rows[r.start..r.end.saturating_sub(1).max(r.start)].to_vec()).collect())
+    }
+
+    /// Batched generation with the KV cache, the same contract as `generate::generate` (prompts
+    /// prefilled together; each sequence stops at its own eos, kept as its last token, or after
+    /// max_new_tokens; sequence i draws uniform(seed, stream_offset + i, step)).
+    pub fn generate(&self, prompts: &[Vec<u32>], opts: &GenerateOptions) -> Result<Vec<Generation>> {
+        opts.sampling.validate()?;
+        let max_pos = self.cfg.max_position_embeddings;
+        for (i, p) in prompts.iter().enumerate() {
+            if p.is_empty() {
+                return Err(Error::input(format!("prompt {i} is empty")));
+            }
+            if p.len() + opts.max_new_tokens > max_pos {
+                return Err(Error::input(format!(
+                    "prompt {i} has {} tokens; with max_new_tokens = {} that exceeds max_position_embeddings = {max_pos}",
+                    p.len(),
+                    opts.max_new_tokens
+                )));
+            }
+        }
+        let gpu = &*self.gpu;
+        let (b, v) = (prompts.len(), self.cfg.vocab_size);
+        let mut out: Vec<Generation> = vec![Generation { tokens: Vec::new(), stopped_on_eos: false }; b];
+        if b == 0 || opts.max_new_tokens == 0 {
+            return Ok(out);
+        }
+        let cap = prompts.iter().map(Vec::len).max().unwrap_or(0) + opts.max_new_tokens;
+        let mut cache = GpuKvCache::new(gpu, &self.cfg, b, cap)?;
+        let mut scratch = gpu.stream.alloc_zeros::<f64>(b * v)?;
+        let mut tokens_d = gpu.stream.alloc_zeros::<u32>(b)?;
+
+        let chunks: Vec<(usize, &[u32])> = prompts.iter().enumerate().map(|(i, p)| (i, p.as_slice())).collect();
+        let mut hidden = self.forward_hidden(&mut cache, &chunks)?;
+        // the sequences whose next token is drawn now, and the hidden row that predicts it
+        let mut active: Vec<usize> = (0..b).collect();
+        let mut last_rows: Vec<u32> = hidden.rows.iter().map(|r| (r.end - 1) as u32).collect();
+        for step in 0..opts.max_new_tokens {
+            let rows = active.len();
+            let logits = self.logits_of_rows(&hidden, &last_rows)?;
+            let streams: Vec<u64> = active.iter().map(|&i| opts.stream_offset + i as u64).collect();
+            let streams_d = gpu.stream.clone_htod(&streams)?;
+            let mut tok_view = tokens_d.slice_mut(0..rows);
+            let mut scr_view = scratch.slice_mut(0..rows * v);
+            gpu::sampling::sample(gpu, &mut tok_view, &mut scr_view, &logits.as_view(), &streams_d.as_view(), rows, v, &opts.sampling, opts.seed, step as u64)?;
+            let drawn = gpu.stream.clone_dtoh(&tokens_d.slice(0..rows))?;
+            let mut next: Vec<(usize, u32)> = Vec::with_capacity(rows);
+            for (&i, &tok) in active.iter().zip(&drawn) {
+                out[i].tokens.push(tok);
+                if opts.eos_ids.contains(&tok) {
+                    out[i].stopped_on_eos = true;
+                } else if out[i].tokens.len() < opts.max_new_tokens {
+                    next.push((i, tok));
+                }
+            }
+            if next.is_empty() {
+                break;
+            }
+            let feed: Vec<[u32; 1]> = next.iter().map(|&(_, t)| [t]).collect();
+            let chunks: Vec<(usize, &[u32])> = next.iter().zip(&feed).map(|(&(i, _), t)| (i, &t[..])).collect();
+            hidden = self.forward_hidden(&mut cache, &chunks)?;
+            active = next.iter().map(|&(i, _)| i).collect();
+            last_rows = (0..active.len() as u32).collect();
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,189 @@
+// gemm.cuh — the main loops of y = x·Wᵀ, shared by matmul.cu (bias epilogue) and logprob.cu (fused
+// log-softmax epilogue). Prepended after common.cuh for those two families.
+//   x: [m, k] row-major   W: [n, k] row-major (the HF [out, in] layout)   acc: [m, n] f32
+// The product is "NT": both operands are read along k, so no transposed copy of W is ever made.
+// Sizes need not be multiples of any tile: out-of-range rows / columns / k are loaded as zeros and
+// out-of-range outputs are not written. Each output is summed over k in one fixed order by one thread
+// (no split-k, no atomics): bit-identical from run to run.
+
+// ---------------------------------------------------------------------------------------------
+// bf16 on tensor cores: mma.sync.m16n8k16 (sm_80+), bf16 operands, f32 accumulators.
+// Block tile BM×BN×32, WM×WN warps, each warp a (BM/WM)×(BN/WN) tile of 16×8 mma tiles.
+// Global → registers → shared, double-buffered: the next k-tile's loads are in flight while the
+// current one feeds the tensor cores. Shared rows are padded by 8 bf16 (16 B): with the 80-byte row
+// stride the 8 row groups of a fragment load hit 8 disjoint 4-bank sets (no bank conflicts).
+// Fragment layouts (PTX ISA, mma.m16n8k16, g = lane/4, t = lane%4):
+//   A (row-major 16×16): reg0 = A[g][2t..2t+1], reg1 = A[g+8][2t..], reg2 = A[g][2t+8..], reg3 = A[g+8][2t+8..]
+//   B ("col" 16×8 = W rows, k contiguous): reg0 = W[g][2t..2t+1], reg1 = W[g][2t+8..2t+9]
+//   C (16×8 f32): c0,c1 = C[g][2t, 2t+1], c2,c3 = C[g+8][2t, 2t+1]
+
+__device__ __forceinline__ void mma_bf16_16816(float* c, const unsigned* a, const unsigned* b) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+struct Chunk { unsigned w[4]; };   // 8 bf16, 16 bytes
+
+// 8 consecutive elements src[row, col .. col+8), zeros outside [rows, cols).
+// vec: cols % 8 == 0 and src 16-byte aligned, so a chunk is wholly in or out and loads as one 16-byte
+// access (a run-time flag, uniform over the grid: one instantiation keeps one set of shared buffers).
+__device__ __forceinline__ Chunk load_chunk(bool vec, const bf16* src, int row, int rows, int col, int cols) {
+    Chunk r = {{0u, 0u, 0u, 0u}};
+    if (row >= rows || col >= cols) return r;
+    const bf16* p = src + (size_t)row * cols + col;
+    if (vec) {
+        uint4 v = *(const uint4*)p;
+        r.w[0] = v.x; r.w[1] = v.y; r.w[2] = v.z; r.w[3] = v.w;
+    } else {
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            unsigned lo = col + 2 * i < cols ? p[2 * i] : 0u;
+            unsigned hi = col + 2 * i + 1 < cols ? p[2 * i + 1] : 0u;
+            r.w[i] = lo | (hi << 16);
+        }
+    }
+    return r;
+}
+
+template <int BM_, int BN_, int WM_, int WN_>
+struct TcGemm {
+    static constexpr int BM = BM_, BN = BN_, WM = WM_, WN = WN_;
+    static constexpr int BK = 32, LDS = BK + 8;
+    static constexpr int THREADS = WM * WN * 32;
+    static constexpr int WTM = BM / WM, WTN = BN / WN;     // warp tile
+    static constexpr int TM = WTM / 16, TN = WTN / 8;       // mma tiles per warp
+    static constexpr int CHUNKS_A = BM * BK / 8 / THREADS, CHUNKS_B = BN * BK / 8 / THREADS;
+    static_assert(CHUNKS_A * THREADS * 8 == BM * BK && CHUNKS_B * THREADS * 8 == BN * BK, "tile/threads mismatch");
+
+    // Row / column of accumulator acc[tm][tn][i] of this thread, relative to the block's (m0, n0).
+    static __device__ __forceinline__ int row_of(int tm, int i) {
+        int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+        return (warp / WN) * WTM + tm * 16 + lane / 4 + (i / 2) * 8;
+    }
+    static __device__ __forceinline__ int col_of(int tn, int i) {
+        int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+        return (warp % WN) * WTN + tn * 8 + (lane % 4) * 2 + (i % 2);
+    }
+
+    static __device__ void mainloop(float (&acc)[TM][TN][4], bool vec, const bf16* x, const bf16* w, int m, int n, int k, int m0, int n0) {
+        __shared__ __align__(16) bf16 As[2][BM * LDS];
+        __shared__ __align__(16) bf16 Bs[2][BN * LDS];
+        const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, wm = warp / WN, wn = warp % WN;
+#pragma unroll
+        for (int a = 0; a < TM; a++)
+#pragma unroll
+            for (int b = 0; b < TN; b++)
+#pragma unroll
+                for (int i = 0; i < 4; i++) acc[a][b][i] = 0.0f;
+
+        Chunk ra[CHUNKS_A], rb[CHUNKS_B];
+        auto fetch = [&](int k0) {
+#pragma unroll
+            for (int c = 0; c < CHUNKS_A; c++) {
+                int e = tid + c * THREADS;                      // chunk e: row e/4, k offset (e%4)·8
+                ra[c] = load_chunk(vec, x, m0 + e / 4, m, k0 + (e % 4) * 8, k);
+            }
+#pragma unroll
+            for (int c = 0; c < CHUNKS_B; c++) {
+                int e = tid + c * THREADS;
+                rb[c] = load_chunk(vec, w, n0 + e / 4, n, k0 + (e % 4) * 8, k);
+            }
+        };
+        auto stash = [&](int buf) {
+#pragma unroll
+            for (int c = 0; c < CHUNKS_A; c++) {
+                int e = tid + c * THREADS;
+                *(uint4*)&As[buf][(e / 4) * LDS + (e % 4) * 8] = make_uint4(ra[c].w[0], ra[c].w[1], ra[c].w[2], ra[c].w[3]);
+            }
+#pragma unroll
+            for (int c = 0; c < CHUNKS_B; c++) {
+                int e = tid + c * THREADS;
+                *(uint4*)&Bs[buf][(e / 4) * LDS + (e % 4) * 8] = make_uint4(rb[c].w[0], rb[c].w[1], rb[c].w[2], rb[c].w[3]);
+            }
+        };
+
+        const int ktiles = ceil_div(k, BK);
+        fetch(0);
+        stash(0);
+        __syncthreads();
+        for (int kt = 0; kt < ktiles; kt++) {
+            const int cur = kt & 1;
+            if (kt + 1 < ktiles) fetch((kt + 1) * BK);           // in flight during the mma below
+#pragma unroll
+            for (int kk = 0; kk < BK; kk += 16) {
+                unsigned af[TM][4], bfr[TN][2];
+#pragma unroll
+                for (int a = 0; a < TM; a++) {
+                    const bf16* p = &As[cur][(wm * WTM + a * 16 + lane / 4) * LDS + kk + (lane % 4) * 2];
+                    af[a][0] = *(const unsigned*)p;
+                    af[a][1] = *(const unsigned*)(p + 8 * LDS);
+                    af[a][2] = *(const unsigned*)(p + 8);
+                    af[a][3] = *(const unsigned*)(p + 8 * LDS + 8);
+                }
+#pragma unroll
+                for (int b = 0; b < TN; b++) {
+                    const bf16* q = &Bs[cur][(wn * WTN + b * 8 + lane / 4) * LDS + kk + (lane % 4) * 2];
+                    bfr[b][0] = *(const unsigned*)q;
+                    bfr[b][1] = *(const unsigned*)(q + 8);
+                }
+#pragma unroll
+                for (int a = 0; a < TM; a++)
+#pragma unroll
+                    for (int b = 0; b < TN; b++) mma_bf16_16816(acc[a][b], af[a], bfr[b]);
+            }
+            // buffer cur^1 was last read in iteration kt-1, which every thread has left (barrier below)
+            if (kt + 1 < ktiles) stash(cur ^ 1);
+            __syncthreads();
+        }
+    }
+};
+
+// The two tile shapes the launchers choose between (gpu::matmul::MatmulTile).
+typedef TcGemm<128, 128, 2, 4> TcLarge;   // 256 threads, warp tile 64×32: big m (prefill, scoring)
+typedef TcGemm<64, 64, 2, 2> TcSmall;     // 128 threads, warp tile 32×32: small m (decode), more blocks
+
+// ---------------------------------------------------------------------------------------------
+// f32 on the CUDA cores (the tight-check path): 64×64 block tile, k-step 16, 256 threads as 16×16,
+// each thread a 4×4 register tile at rows ty + 16i, columns tx + 16j (coalesced stores).
+// Shared tiles are stored k-major, so the inner loop reads 4 + 4 values and does 16 FMAs.
+
+struct SimtGemm {
+    static constexpr int BM = 64, BN = 64, BK = 16, THREADS = 256;
+    static __device__ __forceinline__ int row_of(int i) { return threadIdx.x / 16 + 16 * i; }
+    static __device__ __forceinline__ int col_of(int j) { return threadIdx.x % 16 + 16 * j; }
+
+    static __device__ void mainloop(float (&acc)[4][4], const float* x, const float* w, int m, int n, int k, int m0, int n0) {
+        __shared__ float As[BK][BM + 4];
+        __shared__ float Bs[BK][BN + 4];
+        const int tid = threadIdx.x;
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+#pragma unroll
+            for (int j = 0; j < 4; j++) acc[i][j] = 0.0f;
+        for (int k0 = 0; k0 < k; k0 += BK) {
+#pragma unroll
+            for (int l = 0; l < 4; l++) {
+                int e = tid + l * THREADS, r = e / BK, kk = e % BK;   // 16 consecutive k of a row per half-warp
+                As[kk][r] = (m0 + r < m && k0 + kk < k) ? x[(size_t)(m0 + r) * k + k0 + kk] : 0.0f;
+                Bs[kk][r] = (n0 + r < n && k0 + kk < k) ? w[(size_t)(n0 + r) * k + k0 + kk] : 0.0f;
+            }
+            __syncthreads();
+#pragma unroll
+            for (int kk = 0; kk < BK; kk++) {
+                float a[4], b[4];
+#pragma unroll
+                for (int i = 0; i < 4; i++) a[i] = As[kk][row_of(i)];
+#pragma unroll
+                for (int j = 0; j < 4; j++) b[j] = Bs[kk][col_of(j)];
+#pragma unroll
+                for (int i = 0; i < 4; i++)
+#pragma unroll
+                    for (int j = 0; j < 4; j++) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
+            }
+            __syncthreads();
+        }
+    }
+};

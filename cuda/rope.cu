@@ -1,0 +1,31 @@
+// Rotary position embedding, in place, HF rotate-half pairs (i, i + hd/2).
+// Reference: cpu::rope::rope_fwd (tables from cpu::rope::rope_tables).  Launcher: gpu::rope::rope_fwd.
+//   x'[i] = x[i]·cos − x[i+h]·sin,   x'[i+h] = x[i+h]·cos + x[i]·sin,   h = hd/2
+//   x: [n, heads, hd] (T)   pos: [n] (int, the position of each packed row)
+//   cos, sin: [max_pos, hd/2] (f32, computed in f64 on the host and rounded once, as the CPU f32 path)
+// Grid (n), block 128: one block per row, threads stride over the heads·hd/2 pairs.
+// Precision: each product and the difference are rounded separately (__fmul_rn/__fsub_rn: no FMA
+// contraction), which is exactly what the CPU f32 reference computes: the f32 path is bit-identical.
+// Determinism: elementwise.
+
+template <typename T>
+__device__ void rope_fwd(T* x, const int* pos, const float* cos_t, const float* sin_t, int heads, int hd) {
+    int half = hd / 2;
+    const float* cr = cos_t + (size_t)pos[blockIdx.x] * half;
+    const float* sr = sin_t + (size_t)pos[blockIdx.x] * half;
+    T* row = x + (size_t)blockIdx.x * heads * hd;
+    for (int k = threadIdx.x; k < heads * half; k += blockDim.x) {
+        int h = k / half, i = k % half;
+        T* v = row + h * hd;
+        float a = load(v + i), b = load(v + i + half), c = cr[i], s = sr[i];
+        store(v + i, __fsub_rn(__fmul_rn(a, c), __fmul_rn(b, s)));
+        store(v + i + half, __fadd_rn(__fmul_rn(b, c), __fmul_rn(a, s)));
+    }
+}
+
+extern "C" __global__ void rope_fwd_f32(float* x, const int* pos, const float* cos_t, const float* sin_t, int heads, int hd) {
+    rope_fwd(x, pos, cos_t, sin_t, heads, hd);
+}
+extern "C" __global__ void rope_fwd_bf16(bf16* x, const int* pos, const float* cos_t, const float* sin_t, int heads, int hd) {
+    rope_fwd(x, pos, cos_t, sin_t, heads, hd);
+}

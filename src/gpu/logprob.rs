@@ -1,0 +1,84 @@
+//! Launcher of `cuda/logprob.cu`: the fused lm head (GEMM + log-softmax + gather, no logits tensor).
+
+use super::{as_i32, grid, Gpu, GpuFloat};
+use crate::error::{check_len, Error, Result};
+use cudarc::driver::{CudaView, CudaViewMut, DevicePtr, LaunchConfig, PushKernelArg};
+
+/// Rows per launch pair: bounds the partials scratch to ROW_CHUNK · ceil(v / 64) · 8 bytes
+/// (≈ 78 MB at v = 151,936), whatever the number of scored tokens.
+pub const ROW_CHUNK: usize = 4096;
+
+/// logp[r] = log softmax(h[r]·Wᵀ / temp)[targets[r]] and lse[r] = logsumexp(h[r]·Wᵀ / temp), i.e.
+/// `cpu::logprob::logprob_fwd` of the logits `cpu::matmul::matmul_fwd(h, w)`, without ever
+/// materialising the [n, v] logits.   h: [n, c]   w: [v, c]   targets: [n] (host, each < v)   logp, lse: [n]
+#[allow(clippy::too_many_arguments)]
+pub fn head_logprob<T: GpuFloat>(
+    gpu: &Gpu,
+    logp: &mut CudaViewMut<f32>,
+    lse: &mut CudaViewMut<f32>,
+    h: &CudaView<T>,
+    w: &CudaView<T>,
+    targets: &[u32],
+    n: usize,
+    c: usize,
+    v: usize,
+    temp: f64,
+) -> Result<()> {
+    const OP: &str = "head_logprob";
+    check_len(OP, "logp", logp.len(), n)?;
+    check_len(OP, "lse", lse.len(), n)?;
+    check_len(OP, "h", h.len(), n * c)?;
+    check_len(OP, "w", w.len(), v * c)?;
+    check_len(OP, "targets", targets.len(), n)?;
+    if !(temp > 0.0 && temp.is_finite()) {
+        return Err(Error::input(format!("{OP}: temperature must be positive, got {temp}")));
+    }
+    if let Some((r, &t)) = targets.iter().enumerate().find(|(_, &t)| t as usize >= v) {
+        return Err(Error::input(format!("{OP}: target {t} of row {r} is not below the vocabulary size {v}")));
+    }
+    if n == 0 {
+        return Ok(());
+    }
+    let f32_path = T::NAME == "f32";
+    let (partial, bm, bn) = if f32_path { ("head_partial_f32", 64, 64) } else { ("head_partial_bf16", 128, 128) };
+    let nb = v.div_ceil(bn);
+    let chunk = ROW_CHUNK.min(n);
+    let mut part_m = gpu.stream.alloc_zeros::<f32>(chunk * nb)?;
+    let mut part_s = gpu.stream.alloc_zeros::<f32>(chunk * nb)?;
+    let mut z_target = gpu.stream.alloc_zeros::<f32>(chunk)?;
+    let targets_d = gpu.stream.clone_htod(targets)?;
+    let fp = gpu.function("logprob", partial)?;
+    let ff = gpu.function("logprob", "head_finish")?;
+    let (c32, v32, nb32) = (as_i32(OP, "c", c)?, as_i32(OP, "v", v)?, as_i32(OP, "nb", nb)?);
+    let inv_temp = (1.0 / temp) as f32;
+    let vec = {
+        let (ph, _gh) = h.device_ptr(&gpu.stream);
+        let (pw, _gw) = w.device_ptr(&gpu.stream);
+        (c % 8 == 0 && ph % 16 == 0 && pw % 16 == 0) as i32
+    };
+    for r0 in (0..n).step_by(chunk) {
+        let rows = chunk.min(n - r0);
+        let rows32 = rows as i32;
+        let hv = h.slice(r0 * c..(r0 + rows) * c);
+        let tv = targets_d.slice(r0..r0 + rows);
+        let cfg = LaunchConfig { grid_dim: (nb as u32, grid(rows, bm), 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        let mut args = gpu.stream.launch_builder(&fp);
+        args.arg(&mut part_m).arg(&mut part_s).arg(&mut z_target).arg(&hv).arg(w).arg(&tv);
+        args.arg(&rows32).arg(&c32).arg(&v32).arg(&inv_temp);
+        if !f32_path {
+            args.arg(&vec);
+        }
+        // SAFETY: order and types match head_partial_<T> in cuda/logprob.cu (only bf16 takes `vec`);
+        // partials hold rows·nb entries (rows ≤ chunk), targets < v checked on the host.
+        unsafe { gpu.launch(partial, cfg, &mut args) }?;
+
+        let mut lv = logp.slice_mut(r0..r0 + rows);
+        let mut sv = lse.slice_mut(r0..r0 + rows);
+        let cfg = LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        let mut args = gpu.stream.launch_builder(&ff);
+        args.arg(&mut lv).arg(&mut sv).arg(&part_m).arg(&part_s).arg(&z_target).arg(&nb32);
+        // SAFETY: order and types match head_finish; one block per row of this chunk, nb partials each.
+        unsafe { gpu.launch("head_finish", cfg, &mut args) }?;
+    }
+    Ok(())
+}

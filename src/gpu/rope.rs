@@ -1,0 +1,45 @@
+//! Launcher of `cuda/rope.cu`, and the cos/sin tables it reads.
+
+use super::{as_i32, Gpu, GpuFloat};
+use crate::error::{check_len, Result};
+use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
+
+/// cos and sin of every (position, frequency) for positions 0..max_pos: [max_pos, hd/2] each, the
+/// values of `cpu::rope::rope_tables::<f32>` (computed in f64, rounded once).
+pub fn rope_table(max_pos: usize, hd: usize, theta: f64) -> (Vec<f32>, Vec<f32>) {
+    let positions: Vec<usize> = (0..max_pos).collect();
+    crate::cpu::rope::rope_tables::<f32>(&positions, hd, theta)
+}
+
+/// Same contract as `cpu::rope::rope_fwd`, in place, with the row positions looked up in the
+/// tables of [`rope_table`].  x: [n, heads, hd]   pos: [n] (each < max_pos)   cos, sin: [max_pos, hd/2]
+#[allow(clippy::too_many_arguments)]
+pub fn rope_fwd<T: GpuFloat>(
+    gpu: &Gpu,
+    x: &mut CudaViewMut<T>,
+    pos: &CudaView<i32>,
+    cos: &CudaView<f32>,
+    sin: &CudaView<f32>,
+    n: usize,
+    heads: usize,
+    hd: usize,
+) -> Result<()> {
+    const OP: &str = "rope_fwd";
+    assert!(hd % 2 == 0, "rope_fwd: odd head dim {hd}");
+    check_len(OP, "x", x.len(), n * heads * hd)?;
+    check_len(OP, "pos", pos.len(), n)?;
+    check_len(OP, "sin", sin.len(), cos.len())?;
+    if n == 0 || hd == 0 {
+        return Ok(());
+    }
+    check_len(OP, "cos", cos.len(), cos.len() / (hd / 2) * (hd / 2))?;
+    let name = T::pick("rope_fwd_f32", "rope_fwd_bf16");
+    let f = gpu.function("rope", name)?;
+    let (h32, hd32) = (as_i32(OP, "heads", heads)?, as_i32(OP, "hd", hd)?);
+    let cfg = LaunchConfig { grid_dim: (n as u32, 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
+    let mut args = gpu.stream.launch_builder(&f);
+    args.arg(x).arg(pos).arg(cos).arg(sin).arg(&h32).arg(&hd32);
+    // SAFETY: order and types match rope_fwd_<T> in cuda/rope.cu; lengths checked above; positions are
+    // the caller's contract (< max_pos), as ids are for the embedding.
+    unsafe { gpu.launch(name, cfg, &mut args) }
+}

@@ -1,0 +1,63 @@
+//! Launchers of `cuda/sampling.cu`: the sampler and the Philox uniforms.
+
+use super::{as_i32, grid, Gpu};
+use crate::error::{check_len, Result};
+use crate::sampling::SamplingParams;
+use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
+
+/// tokens[r] = `sampling::sample(logits[r], params, rng::uniform(seed, streams[r], step))`.
+/// logits: [rows, v] (f32)   streams: [rows]   tokens: [rows]   scratch: [rows, v] (f64, overwritten)
+#[allow(clippy::too_many_arguments)]
+pub fn sample(
+    gpu: &Gpu,
+    tokens: &mut CudaViewMut<u32>,
+    scratch: &mut CudaViewMut<f64>,
+    logits: &CudaView<f32>,
+    streams: &CudaView<u64>,
+    rows: usize,
+    v: usize,
+    params: &SamplingParams,
+    seed: u64,
+    step: u64,
+) -> Result<()> {
+    const OP: &str = "sample";
+    params.validate()?;
+    check_len(OP, "tokens", tokens.len(), rows)?;
+    check_len(OP, "logits", logits.len(), rows * v)?;
+    check_len(OP, "streams", streams.len(), rows)?;
+    check_len(OP, "scratch", scratch.len(), rows * v)?;
+    if rows == 0 || v == 0 {
+        return Ok(());
+    }
+    let name = "sampling_fwd_f32";
+    let f = gpu.function("sampling", name)?;
+    let v32 = as_i32(OP, "v", v)?;
+    // top-k ≥ v keeps everything, exactly like 0
+    let top_k = if params.top_k >= v { 0 } else { params.top_k as i32 };
+    let cfg = LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (512, 1, 1), shared_mem_bytes: 0 };
+    let mut args = gpu.stream.launch_builder(&f);
+    args.arg(tokens).arg(scratch).arg(logits).arg(streams).arg(&v32);
+    args.arg(&params.temperature).arg(&top_k).arg(&params.top_p).arg(&seed).arg(&step);
+    // SAFETY: order and types match sampling_fwd_f32 (block 512 = SAMPLE_THREADS); lengths checked above.
+    unsafe { gpu.launch(name, cfg, &mut args) }
+}
+
+/// out[i] = `rng::uniform(seed, streams[i], steps[i])`, computed on the device (the sampler's own
+/// Philox), so tests can compare the bits with the CPU.   out, streams, steps: [n]
+pub fn philox_uniform(gpu: &Gpu, out: &mut CudaViewMut<f64>, seed: u64, streams: &CudaView<u64>, steps: &CudaView<u64>) -> Result<()> {
+    const OP: &str = "philox_uniform";
+    let n = out.len();
+    check_len(OP, "streams", streams.len(), n)?;
+    check_len(OP, "steps", steps.len(), n)?;
+    if n == 0 {
+        return Ok(());
+    }
+    let name = "philox_uniform_f64";
+    let f = gpu.function("sampling", name)?;
+    let n32 = as_i32(OP, "n", n)?;
+    let cfg = LaunchConfig { grid_dim: (grid(n, 256), 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+    let mut args = gpu.stream.launch_builder(&f);
+    args.arg(out).arg(&seed).arg(streams).arg(steps).arg(&n32);
+    // SAFETY: order and types match philox_uniform_f64; lengths checked above.
+    unsafe { gpu.launch(name, cfg, &mut args) }
+}

@@ -1,0 +1,102 @@
+//! GPU KV append + causal GQA attention (prefill over packed sequences with cached prefixes, and
+//! decode) against cpu::attention::attention_fwd per sequence, in f64 on the exact stored values.
+//! Cache positions that no sequence owns are NaN: a kernel reading them would fail the test.
+
+mod gpu_common;
+use drpo::cpu::attention::{attention_fwd, AttnShape};
+use drpo::gpu::attention::{attention_decode, attention_prefill, kv_append, Heads, SeqTable};
+use drpo::gpu::{bf16, Gpu, GpuFloat};
+use gpu_common::*;
+
+/// One batch: `(past, tq)` per sequence; slot s = entry s reversed, so slots ≠ entry order.
+fn run<T: GpuFloat>(gpu: &Gpu, rng: &mut rand::rngs::StdRng, seqs: &[(usize, usize)], heads: Heads, decode: bool) -> drpo::Result<()> {
+    let Heads { nh, nkv, hd } = heads;
+    let (qd, kvd) = (nh * hd, nkv * hd);
+    let n_seqs = seqs.len();
+    let cap = seqs.iter().map(|&(p, t)| p + t).max().unwrap() + 3;
+    let slot_of = |s: usize| n_seqs - 1 - s;
+    // every sequence's full keys/values (cached prefix + new rows)
+    let full_k: Vec<Vec<T>> = seqs.iter().map(|&(p, t)| uniform::<T>(rng, (p + t) * kvd, 2.0)).collect();
+    let full_v: Vec<Vec<T>> = seqs.iter().map(|&(p, t)| uniform::<T>(rng, (p + t) * kvd, 2.0)).collect();
+    let mut k_cache = nan::<T>(n_seqs * cap * kvd);
+    let mut v_cache = nan::<T>(n_seqs * cap * kvd);
+    let (mut k_new, mut v_new, mut q) = (Vec::new(), Vec::new(), Vec::new());
+    for (s, &(p, t)) in seqs.iter().enumerate() {
+        let base = slot_of(s) * cap * kvd;
+        k_cache[base..base + p * kvd].copy_from_slice(&full_k[s][..p * kvd]);
+        v_cache[base..base + p * kvd].copy_from_slice(&full_v[s][..p * kvd]);
+        k_new.extend_from_slice(&full_k[s][p * kvd..]);
+        v_new.extend_from_slice(&full_v[s][p * kvd..]);
+        q.extend(uniform::<T>(rng, t * qd, 2.0));
+    }
+    let n_rows: usize = seqs.iter().map(|s| s.1).sum();
+    let mut want = Vec::with_capacity(n_rows * qd);
+    let mut row = 0;
+    for (s, &(p, t)) in seqs.iter().enumerate() {
+        let shape = AttnShape { tq: t, tk: p + t, nh, nkv, hd };
+        let mut out = vec![0.0; t * qd];
+        let mut probs = vec![0.0; nh * t * (p + t)];
+        attention_fwd(&mut out, &mut probs, &widen(&q[row * qd..(row + t) * qd]), &widen(&full_k[s]), &widen(&full_v[s]), shape);
+        want.extend(out);
+        row += t;
+    }
+
+    let entries: Vec<(usize, usize, usize)> = seqs.iter().enumerate().map(|(s, &(p, t))| (slot_of(s), p, t)).collect();
+    let table = SeqTable::new(gpu, &entries, n_seqs, cap)?;
+    let (mut kc, mut vc) = (gpu.stream.clone_htod(&k_cache)?, gpu.stream.clone_htod(&v_cache)?);
+    let (kn, vn, qd_) = (gpu.stream.clone_htod(&k_new)?, gpu.stream.clone_htod(&v_new)?, gpu.stream.clone_htod(&q)?);
+    kv_append(gpu, &mut kc.as_view_mut(), &mut vc.as_view_mut(), &kn.as_view(), &vn.as_view(), &table, kvd)?;
+    let mut out = gpu.stream.clone_htod(&nan::<T>(n_rows * qd))?;
+    if decode {
+        attention_decode(gpu, &mut out.as_view_mut(), &qd_.as_view(), &kc.as_view(), &vc.as_view(), &table, heads)?;
+    } else {
+        attention_prefill(gpu, &mut out.as_view_mut(), &qd_.as_view(), &kc.as_view(), &vc.as_view(), &table, heads)?;
+    }
+    let what = format!("attention {} {} seqs={seqs:?} {heads:?}", if decode { "decode" } else { "prefill" }, T::NAME);
+    assert_close(&what, &widen(&gpu.stream.clone_dtoh(&out)?), &want, tol::<T>());
+
+    // the append wrote exactly the new rows at their slots (a copy: bit-exact) and nothing else
+    let got_k = gpu.stream.clone_dtoh(&kc)?;
+    for (s, &(p, t)) in seqs.iter().enumerate() {
+        let base = slot_of(s) * cap * kvd;
+        assert_eq!(widen(&got_k[base..base + (p + t) * kvd]), widen(&full_k[s]), "{what}: cache of sequence {s}");
+        assert!(widen(&got_k[base + (p + t) * kvd..base + cap * kvd]).iter().all(|x| x.is_nan()), "{what}: wrote past sequence {s}");
+    }
+    Ok(())
+}
+
+fn check<T: GpuFloat>(gpu: &Gpu, rng: &mut rand::rngs::StdRng) -> drpo::Result<()> {
+    let tiny = Heads { nh: 4, nkv: 2, hd: 16 };
+    let qwen05 = Heads { nh: 14, nkv: 2, hd: 64 };
+    let wide = Heads { nh: 4, nkv: 4, hd: 128 };
+    let mqa = Heads { nh: 6, nkv: 1, hd: 34 };
+    // prefill: fresh, odd lengths across tile edges (16 rows, 32 keys), continuations of a cache
+    run::<T>(gpu, rng, &[(0, 1)], tiny, false)?;
+    run::<T>(gpu, rng, &[(0, 17), (0, 1), (5, 33), (40, 3), (0, 64)], tiny, false)?;
+    run::<T>(gpu, rng, &[(0, 100), (31, 2)], qwen05, false)?;
+    run::<T>(gpu, rng, &[(0, 45), (7, 16)], wide, false)?;
+    run::<T>(gpu, rng, &[(0, 19), (3, 5)], mqa, false)?;
+    // decode: one row each, caches of 0, 31, 32, 33 and a few hundred keys (8 warps × 32 keys)
+    run::<T>(gpu, rng, &[(0, 1), (31, 1), (32, 1), (33, 1), (300, 1)], tiny, true)?;
+    run::<T>(gpu, rng, &[(257, 1), (1, 1)], qwen05, true)?;
+    run::<T>(gpu, rng, &[(600, 1)], wide, true)?;
+    run::<T>(gpu, rng, &[(70, 1), (0, 1)], mqa, true)?;
+    Ok(())
+}
+
+#[test]
+fn attention_gpu_matches_cpu() -> drpo::Result<()> {
+    let Some(gpu) = gpu_or_skip("attention") else { return Ok(()) };
+    let mut rng = rng("attention");
+    check::<f32>(&gpu, &mut rng)?;
+    check::<bf16>(&gpu, &mut rng)
+}
+
+#[test]
+fn seq_table_rejects_out_of_bounds_batches() {
+    let Some(gpu) = gpu_or_skip("seq_table") else { return };
+    assert!(SeqTable::new(&gpu, &[(0, 10, 5)], 1, 14).is_err(), "past + tq > cap");
+    assert!(SeqTable::new(&gpu, &[(1, 0, 5)], 1, 14).is_err(), "slot ≥ slots");
+    assert!(SeqTable::new(&gpu, &[(0, 0, 0)], 1, 14).is_err(), "no keys at all");
+    assert!(SeqTable::new(&gpu, &[(0, 9, 5)], 1, 14).is_ok());
+}

@@ -1,0 +1,95 @@
+//! Every kernel family compiles with NVRTC for sm_80 and sm_90 — no GPU needed — and every entry
+//! point the launchers call exists, with its registers / shared memory / spills printed (`--nocapture`).
+//! Without NVRTC the test fails, unless DRPO_ALLOW_NO_NVRTC=1 (then it prints SKIP and passes).
+
+use drpo::gpu::{compile_all, nvrtc_available, CHECK_ARCHS};
+
+/// Every entry point a launcher in src/gpu/ names, by family (kept by hand: a renamed kernel must
+/// fail here, on a machine without a GPU, not at the first launch on one).
+const ENTRY_POINTS: &[(&str, &[&str])] = &[
+    ("embedding", &["embedding_fwd_f32", "embedding_fwd_bf16"]),
+    ("rmsnorm", &["rmsnorm_fwd_f32", "rmsnorm_fwd_bf16"]),
+    ("rope", &["rope_fwd_f32", "rope_fwd_bf16"]),
+    (
+        "matmul",
+        &["matmul_fwd_f32", "matmul_fwd_bf16_large", "matmul_fwd_bf16_small", "matmul_fwd_bf16f32_large", "matmul_fwd_bf16f32_small"],
+    ),
+    (
+        "attention",
+        &["kv_append_f32", "kv_append_bf16", "attention_prefill_f32", "attention_prefill_bf16", "attention_decode_f32", "attention_decode_bf16"],
+    ),
+    ("swiglu", &["swiglu_fwd_f32", "swiglu_fwd_bf16"]),
+    ("residual", &["residual_add_f32", "residual_add_bf16"]),
+    ("logprob", &["head_partial_f32", "head_partial_bf16", "head_finish"]),
+    ("sampling", &["sampling_fwd_f32", "philox_uniform_f64"]),
+];
+
+fn nvrtc_or_skip() -> bool {
+    if nvrtc_available() {
+        return true;
+    }
+    println!("SKIP: NVRTC not found (run .ci/install-nvrtc.sh)");
+    assert!(
+        std::env::var("DRPO_ALLOW_NO_NVRTC").is_ok_and(|v| v == "1"),
+        "NVRTC not found (run .ci/install-nvrtc.sh, then eval its output); set DRPO_ALLOW_NO_NVRTC=1 to skip"
+    );
+    false
+}
+
+#[test]
+fn every_kernel_compiles_for_sm80_and_sm90() {
+    if !nvrtc_or_skip() {
+        return;
+    }
+    let (major, minor) = drpo::gpu::nvrtc_version().unwrap();
+    println!("NVRTC {major}.{minor}");
+    for arch in CHECK_ARCHS {
+        let rows = compile_all(arch).unwrap_or_else(|e| panic!("{arch}: {e}"));
+        println!("{:<10} {:<28} {:>5} {:>5} {:>7} {:>6} {:>6} {:>6}", "family", "kernel", "arch", "regs", "smem_B", "stack", "st_sp", "ld_sp");
+        for r in &rows {
+            println!(
+                "{:<10} {:<28} {:>5} {:>5} {:>7} {:>6} {:>6} {:>6}",
+                r.family, r.kernel, r.arch, r.registers, r.shared_bytes, r.stack_bytes, r.spill_store_bytes, r.spill_load_bytes
+            );
+        }
+        for (family, names) in ENTRY_POINTS {
+            for name in *names {
+                let row = rows.iter().find(|r| r.kernel == *name);
+                let row = row.unwrap_or_else(|| panic!("{arch}: kernel `{name}` missing from family `{family}`"));
+                assert_eq!(row.family, *family, "{name}: compiled in family {} instead of {family}", row.family);
+                assert_eq!(row.arch, arch, "{name}: compiled for {} instead of {arch}", row.arch);
+                assert!(row.registers > 0 && row.registers <= 255, "{name}: {} registers", row.registers);
+                // static shared memory above 48 KiB would need an opt-in attribute the launchers do not set
+                assert!(row.shared_bytes <= 48 * 1024, "{name}: {} bytes of static shared memory", row.shared_bytes);
+                assert_eq!((row.spill_store_bytes, row.spill_load_bytes), (0, 0), "{arch} {name}: register spills");
+            }
+        }
+        let known: usize = ENTRY_POINTS.iter().map(|(_, n)| n.len()).sum();
+        assert_eq!(rows.len(), known, "{arch}: kernels compiled that no launcher names (update ENTRY_POINTS)");
+    }
+}
+
+#[test]
+fn a_compile_error_reports_the_family_and_the_log() {
+    if !nvrtc_or_skip() {
+        return;
+    }
+    // An architecture NVRTC does not know: the error must carry NVRTC's own words, not a panic.
+    let e = compile_all("sm_1").unwrap_err();
+    let text = e.to_string();
+    println!("{text}");
+    assert!(matches!(e, drpo::Error::Nvrtc { .. }), "{text}");
+    assert!(text.contains("embedding"), "the first family is named: {text}");
+}
+
+#[test]
+fn gpu_new_without_a_driver_is_no_device() {
+    if drpo::gpu::driver_available() {
+        println!("SKIP gpu_new_without_a_driver_is_no_device: a CUDA driver is present here");
+        return;
+    }
+    match drpo::gpu::Gpu::new(0) {
+        Err(drpo::Error::NoDevice { why }) => println!("NoDevice: {why}"),
+        other => panic!("expected NoDevice, got {other:?}"),
+    }
+}

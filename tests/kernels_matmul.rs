@@ -1,0 +1,69 @@
+//! GPU linear layer (f32 CUDA cores; bf16 tensor cores, both tiles, 16-byte and scalar loads) against
+//! cpu::matmul::matmul_fwd in f64 on the exact stored values.
+
+mod gpu_common;
+use drpo::gpu::{self, bf16, matmul::MatmulTile, Gpu, GpuFloat};
+use gpu_common::*;
+
+/// (n, d_in, d_out): degenerate, odd (no size a multiple of a tile), k % 8 == 0, the Qwen2-0.5B widths
+const SIZES: [(usize, usize, usize); 7] = [(1, 1, 1), (3, 33, 17), (130, 72, 200), (5, 300, 7), (64, 896, 1000), (200, 896, 4864), (17, 4864, 896)];
+
+fn reference(x: &[f64], w: &[f64], b: Option<&[f64]>, n: usize, d_in: usize, d_out: usize) -> Vec<f64> {
+    let mut want = vec![0.0; n * d_out];
+    drpo::cpu::matmul::matmul_fwd(&mut want, x, w, b, n, d_in, d_out);
+    want
+}
+
+fn check<T: GpuFloat>(gpu: &Gpu, rng: &mut rand::rngs::StdRng, tile: MatmulTile) -> drpo::Result<()> {
+    for (i, &(n, d_in, d_out)) in SIZES.iter().enumerate() {
+        let with_bias = i % 2 == 0;
+        // one spare element in front: the view at offset 1 is only 2-byte aligned -> scalar loads
+        let misalign = i % 3 == 1;
+        let off = misalign as usize;
+        let x = uniform::<T>(rng, n * d_in + off, 1.0);
+        let w = uniform::<T>(rng, d_out * d_in + off, 0.1);
+        let b = uniform::<T>(rng, d_out, 0.5);
+        let want = reference(&widen(&x[off..]), &widen(&w[off..]), with_bias.then(|| widen(&b)).as_deref(), n, d_in, d_out);
+        let (xd, wd, bd) = (gpu.stream.clone_htod(&x)?, gpu.stream.clone_htod(&w)?, gpu.stream.clone_htod(&b)?);
+        let mut out = gpu.stream.clone_htod(&nan::<T>(n * d_out))?;
+        let bv = bd.as_view();
+        gpu::matmul::matmul_fwd_with(gpu, tile, &mut out.as_view_mut(), &xd.slice(off..), &wd.slice(off..), with_bias.then_some(&bv), n, d_in, d_out)?;
+        let got = widen(&gpu.stream.clone_dtoh(&out)?);
+        let what = format!("matmul {} {tile:?} n={n} d_in={d_in} d_out={d_out} bias={with_bias} misaligned={misalign}", T::NAME);
+        assert_close(&what, &got, &want, tol::<T>());
+        if T::NAME == "bf16" {
+            // f32 output of the same product (the logits path): only f32 rounding, so the f32 bound
+            let mut out32 = gpu.stream.clone_htod(&vec![f32::NAN; n * d_out])?;
+            gpu::matmul::matmul_fwd_f32out(gpu, &mut out32.as_view_mut(), &xd.slice(off..), &wd.slice(off..), with_bias.then_some(&bv), n, d_in, d_out)?;
+            let got = widen(&gpu.stream.clone_dtoh(&out32)?);
+            assert_close(&format!("{what} f32-out"), &got, &want, 1e-5);
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn matmul_fwd_gpu_matches_cpu() -> drpo::Result<()> {
+    let Some(gpu) = gpu_or_skip("matmul_fwd") else { return Ok(()) };
+    let mut rng = rng("matmul_fwd");
+    check::<f32>(&gpu, &mut rng, MatmulTile::Large)?;
+    check::<bf16>(&gpu, &mut rng, MatmulTile::Large)?;
+    check::<bf16>(&gpu, &mut rng, MatmulTile::Small)
+}
+
+#[test]
+fn matmul_is_deterministic() -> drpo::Result<()> {
+    let Some(gpu) = gpu_or_skip("matmul_deterministic") else { return Ok(()) };
+    let mut rng = rng("matmul_deterministic");
+    let (n, d_in, d_out) = (300, 896, 1000);
+    let (x, w) = (uniform::<bf16>(&mut rng, n * d_in, 1.0), uniform::<bf16>(&mut rng, d_out * d_in, 0.1));
+    let (xd, wd) = (gpu.stream.clone_htod(&x)?, gpu.stream.clone_htod(&w)?);
+    let mut runs = Vec::new();
+    for _ in 0..3 {
+        let mut out = gpu.stream.clone_htod(&nan::<bf16>(n * d_out))?;
+        gpu::matmul::matmul_fwd(&gpu, &mut out.as_view_mut(), &xd.as_view(), &wd.as_view(), None, n, d_in, d_out)?;
+        runs.push(gpu.stream.clone_dtoh(&out)?.iter().map(|v| v.to_bits()).collect::<Vec<u16>>());
+    }
+    assert!(runs.windows(2).all(|r| r[0] == r[1]), "matmul results differ between runs");
+    Ok(())
+}

@@ -1,0 +1,33 @@
+//! GPU rotary embedding against cpu::rope::rope_fwd with f64 tables at the same positions.
+
+mod gpu_common;
+use drpo::gpu::{self, bf16, Gpu, GpuFloat};
+use gpu_common::*;
+use rand::Rng;
+
+fn check<T: GpuFloat>(gpu: &Gpu, rng: &mut rand::rngs::StdRng) -> drpo::Result<()> {
+    for (n, heads, hd, max_pos) in [(1, 1, 2, 1), (3, 3, 16, 40), (37, 14, 64, 4096), (5, 2, 128, 32_768)] {
+        let theta = 1e6;
+        let x = uniform::<T>(rng, n * heads * hd, 3.0);
+        let pos: Vec<usize> = (0..n).map(|_| rng.random_range(0..max_pos)).collect();
+        let (cos64, sin64) = drpo::cpu::rope::rope_tables::<f64>(&pos, hd, theta);
+        let mut want = widen(&x);
+        drpo::cpu::rope::rope_fwd(&mut want, &cos64, &sin64, heads, hd);
+        let (cos, sin) = gpu::rope::rope_table(max_pos, hd, theta);
+        let (cd, sd) = (gpu.stream.clone_htod(&cos)?, gpu.stream.clone_htod(&sin)?);
+        let pd = gpu.stream.clone_htod(&pos.iter().map(|&p| p as i32).collect::<Vec<_>>())?;
+        let mut xd = gpu.stream.clone_htod(&x)?;
+        gpu::rope::rope_fwd(gpu, &mut xd.as_view_mut(), &pd.as_view(), &cd.as_view(), &sd.as_view(), n, heads, hd)?;
+        let got = widen(&gpu.stream.clone_dtoh(&xd)?);
+        assert_close(&format!("rope {} n={n} heads={heads} hd={hd}", T::NAME), &got, &want, tol::<T>());
+    }
+    Ok(())
+}
+
+#[test]
+fn rope_fwd_gpu_matches_cpu() -> drpo::Result<()> {
+    let Some(gpu) = gpu_or_skip("rope_fwd") else { return Ok(()) };
+    let mut rng = rng("rope_fwd");
+    check::<f32>(&gpu, &mut rng)?;
+    check::<bf16>(&gpu, &mut rng)
+}
