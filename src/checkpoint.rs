@@ -85,15 +85,7 @@ pub fn save_checkpoint<T: Float>(
     remove_dir_if_present(&tmp)?; // a leftover of an interrupted save
     std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
 
-    if dtype == SaveDtype::BF16 {
-        // half's bf16::from_f64 (used by save_params) drops the low 32 bits of the f64 before
-        // rounding, so an f32 just above a bf16 tie rounds down. Rounding to bf16 here through f32
-        // (exact for f32 parameters) makes the values exact in bf16, which from_f64 keeps.
-        let rounded: Vec<T> = model.params.iter().map(|p| T::from_f32(half::bf16::from_f32(p.to_f64() as f32).to_f32())).collect();
-        save_params(&tmp, &model.cfg, &model.layout, &rounded, dtype)?;
-    } else {
-        save_params(&tmp, &model.cfg, &model.layout, &model.params, dtype)?;
-    }
+    save_params(&tmp, &model.cfg, &model.layout, &model.params, dtype)?;
     if let Some(src) = source_dir {
         for name in TOKENIZER_FILES {
             let from = src.join(name);

@@ -3,10 +3,12 @@
 
 use crate::cpu::Float;
 use crate::error::Result;
-use crate::generate::{generate, GenerateOptions};
+use crate::engine::Engine;
+use crate::generate::GenerateOptions;
+use crate::rl::env::Environment;
 use crate::model::Model;
 use crate::sampling::SamplingParams;
-use crate::task::{generate_split, verify, Split, TaskConfig};
+use crate::task::{generate_split, Split, TaskConfig};
 use crate::tokenizer::Tokenizer;
 use serde::{Deserialize, Serialize};
 
@@ -99,40 +101,67 @@ pub fn report(graded: &[Graded], n_questions: usize) -> EvalReport {
     EvalReport { overall: summarize(None, n_questions, &all), per_level }
 }
 
-/// Generates `n_samples` responses to every prompt, in batches; returns (tokens, stopped on eos) in
-/// question-major order (question i's samples are rows i·n .. i·n + n).
-pub fn sample_responses<T: Float>(model: &Model<T>, prompts: &[Vec<u32>], eos: &[u32], opts: &EvalOptions) -> Result<Vec<(Vec<u32>, bool)>> {
-    let rows: Vec<Vec<u32>> = prompts.iter().flat_map(|p| std::iter::repeat_n(p.clone(), opts.n_samples)).collect();
-    let mut out = Vec::with_capacity(rows.len());
-    for (b, chunk) in rows.chunks(opts.batch_size.max(1)).enumerate() {
-        let g = GenerateOptions {
-            max_new_tokens: opts.max_new_tokens,
-            sampling: opts.sampling,
-            seed: opts.seed,
-            eos_ids: eos.to_vec(),
-            stream_offset: (b * opts.batch_size.max(1)) as u64,
-        };
-        out.extend(generate(model, chunk, &g)?.into_iter().map(|r| (r.tokens, r.stopped_on_eos)));
+/// Evaluates every problem of an environment: `n_samples` responses each, graded by its verifier.
+/// `on_batch(done, total)` reports progress.
+pub fn eval_env<T: Float>(
+    engine: &Engine,
+    model: &Model<T>,
+    env: &dyn Environment,
+    tok: &Tokenizer,
+    opts: &EvalOptions,
+    on_batch: &mut dyn FnMut(usize, usize),
+) -> Result<(EvalReport, Vec<Graded>)> {
+    let n = opts.n_samples.max(1);
+    let total = env.len() * n;
+    let mut graded = Vec::with_capacity(total);
+    let per_batch = (opts.batch_size.max(1) / n).max(1);
+    for first in (0..env.len()).step_by(per_batch) {
+        let ids: Vec<usize> = (first..(first + per_batch).min(env.len())).collect();
+        let prompts: Vec<Vec<u32>> = ids.iter().map(|&i| env.prompt(i).to_vec()).collect();
+        let o = EvalOptions { batch_size: prompts.len() * n, ..opts.clone() };
+        // streams continue across batches, so the samples do not depend on the batch size
+        let mut responses = Vec::new();
+        for (b, chunk) in prompts.iter().flat_map(|p| std::iter::repeat_n(p.clone(), n)).collect::<Vec<_>>().chunks(o.batch_size).enumerate() {
+            let g = GenerateOptions {
+                max_new_tokens: o.max_new_tokens,
+                sampling: o.sampling,
+                seed: o.seed,
+                eos_ids: tok.eos_ids().to_vec(),
+                stream_offset: (first * n + b * o.batch_size) as u64,
+            };
+            responses.extend(engine.generate(model, chunk, &g)?);
+        }
+        for (k, r) in responses.iter().enumerate() {
+            let i = ids[k / n];
+            let v = env.grade(i, &tok.decode(&r.tokens, true)?);
+            graded.push(Graded { level: env.level(i), correct: v.correct, length: r.tokens.len(), truncated: !r.stopped_on_eos, steps: v.steps });
+        }
+        on_batch(graded.len(), total);
     }
-    Ok(out)
+    Ok((report(&graded, env.len()), graded))
+}
+
+/// The markdown table of a report.
+pub fn markdown_table(r: &EvalReport) -> String {
+    let mut s = String::from("| level | questions | pass@1 | mean length | length (correct) | length (wrong) | truncated |\n|---|---|---|---|---|---|---|\n");
+    let opt = |x: Option<f64>| x.map_or("–".to_string(), |v| format!("{v:.1}"));
+    for st in r.per_level.iter().chain(std::iter::once(&r.overall)) {
+        s.push_str(&format!(
+            "| {} | {} | {:.4} | {:.1} | {} | {} | {:.3} |\n",
+            st.level.as_deref().unwrap_or("all"),
+            st.questions,
+            st.accuracy,
+            st.mean_length,
+            opt(st.mean_length_correct),
+            opt(st.mean_length_wrong),
+            st.truncation_rate
+        ));
+    }
+    s
 }
 
 /// The toy task's held-out split: `n_questions` eval questions, graded by [`crate::task::verify`].
-pub fn eval_toy<T: Float>(model: &Model<T>, tok: &Tokenizer, task: &TaskConfig, n_questions: usize, opts: &EvalOptions) -> Result<EvalReport> {
-    let examples = generate_split(task, Split::Eval, n_questions)?;
-    let prompts: Vec<Vec<u32>> = examples.iter().map(|e| tok.encode(&e.prompt())).collect::<Result<_>>()?;
-    let responses = sample_responses(model, &prompts, tok.eos_ids(), opts)?;
-    let mut graded = Vec::with_capacity(responses.len());
-    for (i, (tokens, eos)) in responses.iter().enumerate() {
-        let ex = &examples[i / opts.n_samples];
-        let v = verify(ex, &tok.decode(tokens, false)?);
-        graded.push(Graded {
-            level: Some(ex.level.to_string()),
-            correct: v.correct,
-            length: tokens.len(),
-            truncated: !eos,
-            steps: Some((v.necessary_steps, v.redundant_steps)),
-        });
-    }
-    Ok(report(&graded, examples.len()))
+pub fn eval_toy<T: Float>(engine: &Engine, model: &Model<T>, tok: &Tokenizer, task: &TaskConfig, n_questions: usize, opts: &EvalOptions) -> Result<EvalReport> {
+    let env = crate::rl::env::ToyEnv::new(generate_split(task, Split::Eval, n_questions)?, tok)?;
+    Ok(eval_env(engine, model, &env, tok, opts, &mut |_, _| {})?.0)
 }

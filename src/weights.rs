@@ -167,7 +167,8 @@ pub fn save_params<T: Float>(dir: &Path, cfg: &ModelConfig, layout: &ParamLayout
         let values = &params[e.range()];
         let bytes: Vec<u8> = match dtype {
             SaveDtype::F32 => values.iter().flat_map(|v| (v.to_f64() as f32).to_le_bytes()).collect(),
-            SaveDtype::BF16 => values.iter().flat_map(|v| half::bf16::from_f64(v.to_f64()).to_bits().to_le_bytes()).collect(),
+            // through f32: half's bf16::from_f64 drops the low f64 bits before rounding (double rounding)
+            SaveDtype::BF16 => values.iter().flat_map(|v| half::bf16::from_f32(v.to_f64() as f32).to_bits().to_le_bytes()).collect(),
         };
         blobs.push((e.name.clone(), e.shape.clone(), bytes));
     }

@@ -1,4 +1,6 @@
 //! Reinforcement learning: objectives, rewards (math grader), rollouts and the trainer.
 
+pub mod env;
 pub mod grader;
 pub mod objectives;
+pub mod trainer;

@@ -228,7 +228,7 @@ impl Batch<'_> {
 }
 
 /// Standard deviation used by the GRPO advantage.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub enum StdKind {
     /// Divide by K − 1 (torch default, the verl implementation).
     #[default]
@@ -238,7 +238,7 @@ pub enum StdKind {
 }
 
 /// Which reward shaping and advantage estimator a policy-gradient baseline uses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Baseline {
     /// GRPO on the accuracy reward r = c (ALP with β = 0, HAPO with w = 0).
     Grpo,
@@ -273,7 +273,7 @@ impl Baseline {
 }
 
 /// Every hyper-parameter of the objectives; `Default` = SPEC values.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Hyper {
     /// DRPO length temperature λ (SPEC §5.6: 0.1). `f64::INFINITY` = DisCO (uniform weights).
     pub lambda: f64,

@@ -48,7 +48,7 @@ pub fn alp_rewards(o: &Outcomes, beta: f64) -> Result<Vec<f64>> {
 }
 
 /// HAPO state: per problem (keyed by group id), the shortest correct length seen so far.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HapoHistory {
     pub shortest_correct: HashMap<usize, usize>,
 }

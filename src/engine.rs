@@ -1,0 +1,72 @@
+//! Where a command runs: `--device auto|cpu|gpu`. The CPU engine is the f32 reference model; the GPU
+//! engine holds the same weights in bf16 on the device and runs the hand-written kernels. Both give
+//! the same contract for scoring and generation.
+
+use crate::cpu::Float;
+use crate::error::{Error, Result};
+use crate::generate::{generate, GenerateOptions, Generation};
+use crate::gpu::Gpu;
+use crate::model::gpu::GpuModel;
+use crate::model::Model;
+use std::sync::Arc;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+pub enum Device {
+    /// the GPU when one is usable, else the CPU (with a one-line notice)
+    Auto,
+    Cpu,
+    Gpu,
+}
+
+pub enum Engine {
+    Cpu,
+    Gpu(GpuModel<half::bf16>),
+}
+
+impl Engine {
+    /// Picks the engine for `model`. `notice` receives the one line saying why `auto` fell back.
+    pub fn new<T: Float>(device: Device, model: &Model<T>, notice: &mut dyn FnMut(String)) -> Result<Engine> {
+        if device == Device::Cpu {
+            return Ok(Engine::Cpu);
+        }
+        match Gpu::new(0).and_then(|g| GpuModel::from_cpu(Arc::new(g), model)) {
+            Ok(m) => Ok(Engine::Gpu(m)),
+            Err(e) if device == Device::Auto && matches!(e, Error::NoDevice { .. }) => {
+                let first = e.to_string().lines().next().unwrap_or_default().to_string();
+                notice(format!("note: running on the CPU ({first})"));
+                Ok(Engine::Cpu)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Engine::Cpu => "cpu",
+            Engine::Gpu(_) => "gpu",
+        }
+    }
+
+    /// Refreshes the device copy after the CPU weights changed (training).
+    pub fn sync<T: Float>(&mut self, model: &Model<T>) -> Result<()> {
+        if let Engine::Gpu(g) = self {
+            *g = GpuModel::from_cpu(g.gpu.clone(), model)?;
+        }
+        Ok(())
+    }
+
+    pub fn generate<T: Float>(&self, model: &Model<T>, prompts: &[Vec<u32>], opts: &GenerateOptions) -> Result<Vec<Generation>> {
+        match self {
+            Engine::Cpu => generate(model, prompts, opts),
+            Engine::Gpu(g) => g.generate(prompts, opts),
+        }
+    }
+
+    /// Per-token next-token log-probs of each sequence (len − 1 each), in f64.
+    pub fn score<T: Float>(&self, model: &Model<T>, seqs: &[&[u32]], temp: f64) -> Result<Vec<Vec<f64>>> {
+        match self {
+            Engine::Cpu => Ok(model.score(seqs, temp, false)?.logp.iter().map(|r| r.iter().map(|x| x.to_f64()).collect()).collect()),
+            Engine::Gpu(g) => Ok(g.score(seqs, temp)?.iter().map(|r| r.iter().map(|&x| x as f64).collect()).collect()),
+        }
+    }
+}
