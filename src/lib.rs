@@ -25,6 +25,7 @@ pub mod layout;
 pub mod memory;
 pub mod model;
 pub mod optim;
+pub mod plot;
 pub mod policy;
 pub mod checkpoint;
 pub mod rl;

@@ -124,6 +124,16 @@ enum Cmd {
     },
     /// RL training (DRPO and the baselines) on the toy task or a math problem set.
     Train(TrainArgs),
+    /// The toy DRPO study end to end: SFT base, RL with DRPO / DisCO / GRPO-LP, evaluation, report.
+    Demo {
+        #[arg(long, default_value = "runs/demo")]
+        out: PathBuf,
+        /// a ≈ 3-minute version (one seed, fewer steps, easier task)
+        #[arg(long)]
+        quick: bool,
+        #[arg(long, value_enum, default_value = "auto")]
+        device: Device,
+    },
     /// pass@1 and response lengths on the toy task's held-out split or a math benchmark.
     Eval(EvalArgs),
 }
@@ -248,6 +258,12 @@ fn run(cmd: Cmd) -> Result<()> {
         Cmd::Kernels { arch } => kernels(&arch),
         Cmd::Sft { out, steps, seed, config } => sft(&out, steps, seed, config.as_deref()),
         Cmd::Train(a) => train(a),
+        Cmd::Demo { out, quick, device } => {
+            let study = drpo::study::StudyConfig::new(quick);
+            drpo::study::run_study(&study, &out, device, &mut |line| eprintln!("{line}"))?;
+            println!("report: {}", out.join("report.md").display());
+            Ok(())
+        }
         Cmd::Eval(a) => eval(a),
     }
 }
