@@ -18,6 +18,7 @@ pub enum Device {
     Gpu,
 }
 
+#[allow(clippy::large_enum_variant)] // one engine per process; boxing buys nothing
 pub enum Engine {
     Cpu,
     Gpu(GpuModel<half::bf16>),

@@ -372,7 +372,7 @@ fn generate_cmd(
     eos.sort_unstable();
     eos.dedup();
     let opts = drpo::generate::GenerateOptions { max_new_tokens, sampling, seed, eos_ids: eos, stream_offset: 0 };
-    let out = engine.generate(&model, &[ids.clone()], &opts)?;
+    let out = engine.generate(&model, std::slice::from_ref(&ids), &opts)?;
     let generated = &out[0].tokens;
     let text = match &tokenizer {
         Ok(tok) => tok.decode(generated, false)?,

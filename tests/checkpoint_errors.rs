@@ -110,7 +110,8 @@ fn config_errors() {
     let e = load_err(&dir);
     assert!(matches!(&e, Error::Weights { tensor, .. } if tensor == "model.embed_tokens.weight"), "{e:?}");
 
-    let cases: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>)> = vec![
+    type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+    let cases: Vec<(&str, Edit)> = vec![
         ("sliding window", Box::new(|v| v["use_sliding_window"] = true.into())),
         ("rope scaling", Box::new(|v| v["rope_scaling"] = serde_json::json!({"type": "yarn", "factor": 4.0}))),
         ("activation", Box::new(|v| v["hidden_act"] = "gelu".into())),

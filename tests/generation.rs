@@ -30,8 +30,8 @@ fn greedy_generation_matches_transformers() {
                 eos_ids: vec![], // the reference disabled eos stopping
                 stream_offset: 0,
             };
-            assert_eq!(generate(m64, &[prompt.clone()], &opts).unwrap()[0].tokens, want, "{name} f64");
-            assert_eq!(generate(m32, &[prompt.clone()], &opts).unwrap()[0].tokens, want, "{name} f32");
+            assert_eq!(generate(m64, std::slice::from_ref(&prompt), &opts).unwrap()[0].tokens, want, "{name} f64");
+            assert_eq!(generate(m32, std::slice::from_ref(&prompt), &opts).unwrap()[0].tokens, want, "{name} f32");
         });
     }
 }
@@ -116,7 +116,7 @@ fn batched_generation_equals_single_generation() {
     };
     let batched = generate(&m, &prompts, &opts).unwrap();
     for (i, p) in prompts.iter().enumerate() {
-        let alone = generate(&m, &[p.clone()], &GenerateOptions { stream_offset: i as u64, ..opts.clone() }).unwrap();
+        let alone = generate(&m, std::slice::from_ref(p), &GenerateOptions { stream_offset: i as u64, ..opts.clone() }).unwrap();
         assert_eq!(batched[i], alone[0], "prompt {i}");
     }
     // same seed → same tokens; the eos, when hit, is the last token

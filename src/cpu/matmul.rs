@@ -30,6 +30,7 @@ pub fn matmul_fwd<T: Float>(out: &mut [T], x: &[T], w: &[T], b: Option<&[T]>, n:
 }
 
 /// Backward of [`matmul_fwd`]; every output accumulates (`+=`).
+#[allow(clippy::too_many_arguments)]
 /// dx[r, i] += Σ_o dout[r, o] w[o, i]    dw[o, i] += Σ_r dout[r, o] x[r, i]    db[o] += Σ_r dout[r, o]
 pub fn matmul_bwd<T: Float>(
     dx: &mut [T],

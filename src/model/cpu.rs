@@ -136,7 +136,7 @@ impl<T: Float> Model<T> {
     /// Runs `chunks[s]` through the model after the cached prefix of sequence s, appends their keys and
     /// values to the cache, and returns the logits of every new row: [Σ_s len(chunks[s]), vocab].
     /// With `acts`, also records what [`Model::backward`] needs (only valid for an empty cache).
-    pub fn forward(&self, cache: &mut KvCache<T>, chunks: &[&[u32]], mut acts: Option<&mut Activations<T>>) -> Result<Vec<T>> {
+    pub fn forward(&self, cache: &mut KvCache<T>, chunks: &[&[u32]], acts: Option<&mut Activations<T>>) -> Result<Vec<T>> {
         let (x, ids, seqs, cos, sin, layer_acts) = self.decoder(cache, chunks, acts.is_some())?;
         let (c, v, n) = (self.cfg.hidden_size, self.cfg.vocab_size, ids.len());
         let mut rstd_f = vec![T::ZERO; n];
@@ -144,7 +144,7 @@ impl<T: Float> Model<T> {
         rmsnorm_fwd(&mut hf, &mut rstd_f, &x, self.w(&self.layout.final_norm), c, self.cfg.rms_norm_eps);
         let mut logits = vec![T::ZERO; n * v];
         matmul_fwd(&mut logits, &hf, self.w(&self.layout.lm_head), None, n, c, v);
-        if let Some(a) = acts.as_deref_mut() {
+        if let Some(a) = acts {
             *a = Activations { ids, seqs, cos, sin, layers: layer_acts, x_final: x, rstd_f, hf };
         }
         Ok(logits)

@@ -146,7 +146,7 @@ impl TrainConfig {
                 self.chunk_questions, self.mini_batch_questions, self.questions_per_step
             ));
         }
-        if !(self.temperature > 0.0) || self.max_new_tokens == 0 || self.inner_epochs == 0 {
+        if self.temperature.is_nan() || self.temperature <= 0.0 || self.max_new_tokens == 0 || self.inner_epochs == 0 {
             return bad("temperature, max_new_tokens and inner epochs must be positive".into());
         }
         Ok(())

@@ -49,3 +49,52 @@ pub fn assert_rel(what: &str, got: &[f64], want: &[f64], tol: f64) {
     println!("{what}: max_rel = {e:.3e} (worst #{i}: got {g:.12e}, want {w:.12e}, rel {we:.2e})");
     assert!(e <= tol, "{what}: max_rel {e:.3e} > {tol:.1e}");
 }
+
+/// A fresh, empty folder under the system temp dir, unique to this process and `name`.
+pub fn scratch_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("drpo-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The vendored GSM8K test set (`data/math-eval/gsm8k.json`).
+pub fn gsm8k_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/math-eval/gsm8k.json")
+}
+
+/// Writes the first `n` GSM8K records (in file order) whose chat-templated prompt, tokenized with the
+/// tokenizer of `model_dir`, leaves room for `max_new_tokens` within the model's
+/// max_position_embeddings, as a JSON array file at `out`. Returns the indices taken.
+/// (The tiny fixture has 256 positions; several of GSM8K's first problems alone are longer.)
+pub fn write_gsm8k_slice(model_dir: &std::path::Path, n: usize, max_new_tokens: usize, out: &std::path::Path) -> Vec<usize> {
+    let tok = drpo::tokenizer::Tokenizer::from_dir(model_dir).unwrap();
+    let max_pos = drpo::config::ModelConfig::from_dir(model_dir).unwrap().max_position_embeddings;
+    let records: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(gsm8k_path()).unwrap()).unwrap();
+    let mut taken = Vec::new();
+    for (i, r) in records.iter().enumerate() {
+        let problem = r["problem"].as_str().unwrap();
+        let chat = tok
+            .apply_chat_template(&[drpo::tokenizer::Message::user(drpo::rl::grader::math_prompt(problem))], true)
+            .unwrap();
+        if tok.encode(&chat).unwrap().len() + max_new_tokens <= max_pos {
+            taken.push(i);
+            if taken.len() == n {
+                break;
+            }
+        }
+    }
+    assert_eq!(taken.len(), n, "GSM8K has fewer than {n} problems short enough for {}", model_dir.display());
+    let slice: Vec<&serde_json::Value> = taken.iter().map(|&i| &records[i]).collect();
+    std::fs::write(out, serde_json::to_string(&slice).unwrap()).unwrap();
+    taken
+}
+
+/// Runs the `drpo` binary; returns (exit success, stdout, stderr), and asserts it did not panic.
+pub fn run_drpo(args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_drpo")).args(args).output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
+    println!("$ drpo {}\n-> {:?}\n{stdout}\n{stderr}", args.join(" "), out.status);
+    assert!(!stderr.contains("panicked"), "drpo {} panicked:\n{stderr}", args.join(" "));
+    (out.status.success(), stdout, stderr)
+}
