@@ -497,7 +497,17 @@ fn load_env(
             if let Some(k) = limit {
                 problems.truncate(k);
             }
-            Ok((Box::new(drpo::rl::env::MathEnv::new(problems, tok, think_rule(think, tok))?), 1024))
+            use drpo::rl::env::Environment;
+            let max_pos = ModelConfig::from_dir(model)?.max_position_embeddings;
+            let env = drpo::rl::env::MathEnv::new(problems, tok, think_rule(think, tok))?;
+            if let Some(i) = (0..env.len()).find(|&i| env.prompt(i).len() >= max_pos) {
+                return Err(Error::data(
+                    file,
+                    i,
+                    format!("the prompt has {} tokens, not less than max_position_embeddings = {max_pos}", env.prompt(i).len()),
+                ));
+            }
+            Ok((Box::new(env), 1024))
         }
         None => {
             let sft = toy_task_of(model)?;
@@ -557,9 +567,11 @@ fn train(a: TrainArgs) -> Result<()> {
 fn eval(a: EvalArgs) -> Result<()> {
     let tok = drpo::tokenizer::Tokenizer::from_dir(&a.model)?;
     let (env, toy_budget) = load_env(&a.model, a.data.as_deref(), a.limit, drpo::task::Split::Eval, &tok, a.think)?;
-    let max_new = a.max_new_tokens.unwrap_or(if a.data.is_some() { 8192 } else { toy_budget });
     let mcfg = ModelConfig::from_dir(&a.model)?;
     let max_prompt = (0..env.len()).map(|i| env.prompt(i).len()).max().unwrap_or(0) as u64;
+    // default: SPEC's 8192 (the toy budget for the toy task), capped by the model's context
+    let room = mcfg.max_position_embeddings.saturating_sub(max_prompt as usize);
+    let max_new = a.max_new_tokens.unwrap_or(if a.data.is_some() { 8192 } else { toy_budget }.min(room));
     let est = drpo::memory::generation(&mcfg, 4, a.batch_size as u64, max_prompt, max_prompt + max_new as u64);
     drpo::memory::ensure_fits("evaluation on the CPU (f32 weights, KV cache of one batch)", &est)?;
     let model = Model::<f32>::load(&a.model)?;

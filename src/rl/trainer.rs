@@ -311,7 +311,13 @@ impl<'a> Trainer<'a> {
 
     /// Runs the remaining steps; `on_step` sees every step's metrics.
     pub fn run(&mut self, on_step: &mut dyn FnMut(&StepMetrics)) -> Result<()> {
-        while self.state.step < self.cfg.steps {
+        self.run_until(self.cfg.steps, on_step)
+    }
+
+    /// Runs steps until `stop` (at most the configured number), writing metrics and checkpoints as
+    /// [`Trainer::run`] does; a later `run` on the same folder continues from the last checkpoint.
+    pub fn run_until(&mut self, stop: usize, on_step: &mut dyn FnMut(&StepMetrics)) -> Result<()> {
+        while self.state.step < stop.min(self.cfg.steps) {
             let m = self.train_step()?;
             let line = serde_json::to_string(&m).map_err(|e| Error::json(&self.run_dir, e))?;
             let path = self.run_dir.join("metrics.jsonl");
@@ -354,7 +360,7 @@ impl<'a> Trainer<'a> {
     }
 
     /// One training step (rollouts, then the optimizer steps of its mini-batches).
-    pub fn train_step(&mut self) -> Result<StepMetrics> {
+    fn train_step(&mut self) -> Result<StepMetrics> {
         let t0 = std::time::Instant::now();
         let cfg = self.cfg.clone();
         let hyper = cfg.effective_hyper();

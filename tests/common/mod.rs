@@ -98,3 +98,14 @@ pub fn run_drpo(args: &[&str]) -> (bool, String, String) {
     assert!(!stderr.contains("panicked"), "drpo {} panicked:\n{stderr}", args.join(" "));
     (out.status.success(), stdout, stderr)
 }
+
+/// A fresh toy model folder: the task tokenizer and a random model of the default SFT config's shape
+/// (init std 0.02), saved in f32.
+pub fn toy_model_dir(name: &str, seed: u64) -> PathBuf {
+    let dir = scratch_dir(name);
+    drpo::task::write_task_tokenizer(&dir).unwrap();
+    let tok = drpo::tokenizer::Tokenizer::from_dir(&dir).unwrap();
+    let model = drpo::model::Model::<f32>::random(drpo::sft::SftConfig::default().model_config(&tok), seed, 0.02);
+    drpo::weights::save_params(&dir, &model.cfg, &model.layout, &model.params, drpo::weights::SaveDtype::F32).unwrap();
+    dir
+}

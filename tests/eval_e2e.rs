@@ -1,0 +1,234 @@
+//! The command line end to end: `drpo eval` on a GSM8K slice and on the toy task, `drpo grade`,
+//! `drpo objective` against the oracle fixture, `drpo gradcheck`, and bad inputs failing with a
+//! message that names the file (never a panic).
+
+mod common;
+use common::*;
+use serde_json::{json, Value};
+use std::path::Path;
+
+fn s(p: &Path) -> String {
+    p.to_str().unwrap().to_string()
+}
+
+fn read_json(p: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).unwrap()
+}
+
+fn f(v: &Value) -> f64 {
+    v.as_f64().unwrap_or_else(|| panic!("not a number: {v}"))
+}
+
+/// Checks one EvalStats block: `questions` questions × `n` samples, lengths within the budget.
+/// Truncated responses are exactly `max_new` tokens long and the others at least 1, so
+/// mean_length ≥ max_new·t + (1 − t) for truncation rate t.
+fn check_stats(st: &Value, questions: usize, n: usize, max_new: usize) {
+    assert_eq!(st["questions"], questions, "{st}");
+    assert_eq!(st["responses"], questions * n, "{st}");
+    let (acc, len, trunc) = (f(&st["accuracy"]), f(&st["mean_length"]), f(&st["truncation_rate"]));
+    assert!((0.0..=1.0).contains(&acc), "accuracy {acc}");
+    assert!((0.0..=1.0).contains(&trunc), "truncation rate {trunc}");
+    assert!(len > 0.0 && len <= max_new as f64, "mean length {len} not in (0, {max_new}]");
+    assert!(len >= max_new as f64 * trunc + (1.0 - trunc) - 1e-12, "mean length {len} < the truncated responses' share ({trunc})");
+    // shares of a finite number of responses
+    let responses = (questions * n) as f64;
+    for x in [acc, trunc] {
+        assert!((x * responses - (x * responses).round()).abs() < 1e-9, "{x} is not a multiple of 1/{responses}");
+    }
+    let (correct, wrong) = (&st["mean_length_correct"], &st["mean_length_wrong"]);
+    if acc == 0.0 {
+        assert!(correct.is_null() && (f(wrong) - len).abs() < 1e-12, "no correct answer, so the wrong ones' length is the mean: {st}");
+    } else if acc == 1.0 {
+        assert!(wrong.is_null() && (f(correct) - len).abs() < 1e-12, "{st}");
+    } else {
+        assert!((acc * f(correct) + (1.0 - acc) * f(wrong) - len).abs() < 1e-9, "length split {correct} / {wrong} does not average to {len}");
+    }
+}
+
+#[test]
+fn eval_gsm8k_slice() {
+    let dir = scratch_dir("eval-gsm8k");
+    let model = fixture("qwen2-tiny");
+    let data = dir.join("gsm8k-20.json");
+    write_gsm8k_slice(&model, 20, 8, &data);
+    let run = |out: &Path| {
+        std::fs::create_dir_all(out).unwrap();
+        let (ok, stdout, stderr) = run_drpo(&[
+            "eval", "--model", &s(&model), "--data", &s(&data), "--n", "2", "--max-new-tokens", "8", "--out", &s(out), "--device", "cpu",
+        ]);
+        assert!(ok, "drpo eval failed:\n{stderr}");
+        stdout
+    };
+    let out = dir.join("a");
+    let stdout = run(&out);
+    let report = read_json(&out.join("eval.json"));
+    check_stats(&report["overall"], 20, 2, 8);
+    // a random model does not solve GSM8K
+    assert_eq!(f(&report["overall"]["accuracy"]), 0.0);
+    assert_eq!(report["per_level"], json!([]), "GSM8K records have no level");
+    assert_eq!(report["device"], "cpu");
+    assert_eq!(report["options"]["n_samples"], 2);
+    assert_eq!(report["options"]["max_new_tokens"], 8);
+    let md = std::fs::read_to_string(out.join("eval.md")).unwrap();
+    let all_row = md.lines().find(|l| l.starts_with("| all |")).unwrap_or_else(|| panic!("no `all` row in eval.md:\n{md}"));
+    assert!(all_row.starts_with(&format!("| all | 20 | {:.4} | {:.1} |", f(&report["overall"]["accuracy"]), f(&report["overall"]["mean_length"]))), "{all_row}");
+    assert!(stdout.contains(all_row), "the table printed differs from eval.md");
+
+    // same seed, same samples
+    let again = dir.join("b");
+    run(&again);
+    assert_eq!(read_json(&again.join("eval.json"))["overall"], report["overall"]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn eval_toy_task_on_a_random_model() {
+    let model = toy_model_dir("eval-toy-model", 3);
+    let out = scratch_dir("eval-toy-out");
+    let (ok, _, stderr) = run_drpo(&["eval", "--model", &s(&model), "--limit", "8", "--n", "2", "--out", &s(&out), "--device", "cpu"]);
+    assert!(ok, "toy eval failed:\n{stderr}");
+    let report = read_json(&out.join("eval.json"));
+    // without --max-new-tokens the toy budget applies: the longest trace of the SFT config's levels
+    let sft = drpo::sft::SftConfig::default();
+    let budget = drpo::task::trace_tokens(sft.max_level, 3 * sft.max_level + 8);
+    assert_eq!(report["options"]["max_new_tokens"], budget);
+    check_stats(&report["overall"], 8, 2, budget);
+    assert!(report["overall"]["mean_necessary_steps"].is_number(), "the toy verifier counts steps");
+    // levels are dealt round-robin: 8 questions of levels 1..=4 are 2 of each
+    let levels: Vec<&str> = report["per_level"].as_array().unwrap().iter().map(|l| l["level"].as_str().unwrap()).collect();
+    assert_eq!(levels, ["1", "2", "3", "4"]);
+    for l in report["per_level"].as_array().unwrap() {
+        check_stats(l, 2, 2, budget);
+    }
+    std::fs::remove_dir_all(&out).unwrap();
+    std::fs::remove_dir_all(&model).unwrap();
+}
+
+#[test]
+fn grade_cli() {
+    let dir = scratch_dir("grade-cli");
+    let input = dir.join("cases.json");
+    // verdicts by SPEC §8.2: the answer is the last \boxed{} after `</think>` (required unless --no-think)
+    let cases = json!({"cases": [
+        {"response": "Let me add. </think> The answer is \\boxed{18}.", "answer": "18"},
+        {"response": "</think> \\boxed{17}", "answer": "18"},
+        {"response": "no think block \\boxed{18}", "answer": 18},
+        {"response": "</think> \\boxed{\\frac{1}{2}}", "answer": ["0.5", "1/2"]},
+        {"response": "</think> nothing boxed, 18", "answer": "18"},
+    ]});
+    std::fs::write(&input, cases.to_string()).unwrap();
+    let out = dir.join("verdicts.json");
+    let (ok, _, stderr) = run_drpo(&["grade", "--input", &s(&input), "--out", &s(&out)]);
+    assert!(ok, "{stderr}");
+    assert_eq!(read_json(&out), json!({"verdicts": [true, false, false, true, false]}));
+    let (ok, _, stderr) = run_drpo(&["grade", "--input", &s(&input), "--out", &s(&out), "--no-think"]);
+    assert!(ok, "{stderr}");
+    assert_eq!(read_json(&out), json!({"verdicts": [true, false, true, true, false]}));
+
+    // a case without `response` fails, naming the file and the record
+    let bad = dir.join("bad-cases.json");
+    std::fs::write(&bad, json!({"cases": [{"response": "x", "answer": "1"}, {"answer": "1"}]}).to_string()).unwrap();
+    let (ok, _, stderr) = run_drpo(&["grade", "--input", &s(&bad), "--out", &s(&dir.join("x.json"))]);
+    assert!(!ok);
+    assert!(stderr.contains(&s(&bad)) && stderr.contains("record 1") && stderr.contains("response"), "{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// max|got − want| / max|want| over every number of two JSON values of the same shape.
+fn max_rel_json(got: &Value, want: &Value) -> f64 {
+    fn flatten(v: &Value, out: &mut Vec<f64>) {
+        match v {
+            Value::Number(n) => out.push(n.as_f64().unwrap()),
+            Value::Array(a) => a.iter().for_each(|x| flatten(x, out)),
+            other => panic!("unexpected {other}"),
+        }
+    }
+    let (mut g, mut w) = (Vec::new(), Vec::new());
+    flatten(got, &mut g);
+    flatten(want, &mut w);
+    assert_eq!(g.len(), w.len(), "shapes differ: {got} vs {want}");
+    let scale = w.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+    let diff = g.iter().zip(&w).fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+    if scale == 0.0 {
+        diff
+    } else {
+        diff / scale
+    }
+}
+
+#[test]
+fn objective_cli_matches_the_oracle_fixture() {
+    let dir = scratch_dir("objective-cli");
+    let input = fixture("qwen2-tiny").join("objectives.json");
+    let out = dir.join("out.json");
+    let (ok, _, stderr) = run_drpo(&["objective", "--input", &s(&input), "--out", &s(&out)]);
+    assert!(ok, "{stderr}");
+    let (want, got) = (read_json(&input), read_json(&out));
+    let (want, got) = (want["cases"].as_array().unwrap(), got["cases"].as_array().unwrap());
+    assert_eq!(got.len(), want.len());
+    // the oracle is torch autograd in f64 (tests/objectives.rs uses the same 1e-9 relative bound)
+    for (g, w) in got.iter().zip(want) {
+        assert_eq!(g["name"], w["name"]);
+        assert_eq!(g["num_groups_Q"], w["num_groups_Q"]);
+        assert_eq!(g["num_tokens"], w["num_tokens"]);
+        assert!(max_rel_json(&g["intermediate"]["scores"], &w["intermediate"]["scores"]) <= 1e-9);
+        for method in ["disco", "drpo", "grpo"] {
+            for (key, wv) in w[method].as_object().unwrap() {
+                let e = max_rel_json(&g[method][key], wv);
+                println!("{:40} {method:5} {key:15} max_rel {e:.2e}", w["name"].as_str().unwrap());
+                assert!(e <= 1e-9, "{} {method}.{key}: max_rel {e:.3e}", w["name"]);
+            }
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn gradcheck_cli_without_a_model() {
+    let (ok, stdout, stderr) = run_drpo(&["gradcheck"]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("pass"), "{stdout}");
+    assert!(!stdout.contains("FAIL"), "{stdout}");
+}
+
+/// A command that must fail: non-zero exit, a one-line `error:` naming `path`, no panic.
+fn fails_naming(args: &[&str], path: &Path, words: &[&str]) {
+    let (ok, _, stderr) = run_drpo(args);
+    assert!(!ok, "drpo {} should have failed", args.join(" "));
+    assert!(stderr.contains("error:"), "{stderr}");
+    assert!(stderr.contains(&s(path)), "the message should name {}:\n{stderr}", path.display());
+    for w in words {
+        assert!(stderr.contains(w), "the message should say `{w}`:\n{stderr}");
+    }
+}
+
+#[test]
+fn bad_inputs_fail_with_a_message() {
+    let dir = scratch_dir("bad-inputs");
+    let model = s(&fixture("qwen2-tiny"));
+    let out = s(&dir.join("out"));
+    let missing = dir.join("no-such-file.json");
+    fails_naming(&["eval", "--model", &model, "--data", &s(&missing), "--device", "cpu", "--out", &out], &missing, &[]);
+    fails_naming(&["train", "--model", &model, "--data", &s(&missing), "--device", "cpu", "--out", &out], &missing, &[]);
+
+    // record 1 lacks its answer
+    let malformed = dir.join("malformed.json");
+    std::fs::write(&malformed, r#"[{"problem": "1 + 1?", "answer": "2"}, {"problem": "2 + 2?"}]"#).unwrap();
+    for cmd in ["eval", "train"] {
+        fails_naming(&[cmd, "--model", &model, "--data", &s(&malformed), "--device", "cpu", "--out", &out], &malformed, &["record 1", "answer"]);
+    }
+    // not JSON at all
+    let garbage = dir.join("garbage.json");
+    std::fs::write(&garbage, "[{\"problem\": ").unwrap();
+    fails_naming(&["eval", "--model", &model, "--data", &s(&garbage), "--device", "cpu"], &garbage, &[]);
+
+    // a model folder that does not exist
+    let no_model = dir.join("no-model");
+    fails_naming(&["eval", "--model", &s(&no_model), "--device", "cpu"], &no_model, &[]);
+    // objective cases with a bad record
+    let cases = dir.join("cases.json");
+    std::fs::write(&cases, r#"{"cases": [{"name": "x", "responses": []}]}"#).unwrap();
+    fails_naming(&["objective", "--input", &s(&cases), "--out", &out], &cases, &["record 0"]);
+    fails_naming(&["objective", "--input", &s(&missing), "--out", &out], &missing, &[]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
