@@ -58,7 +58,8 @@ pub struct Graded {
     pub steps: Option<(usize, usize)>,
 }
 
-fn mean(xs: impl Iterator<Item = f64>) -> Option<f64> {
+/// The mean of a sequence (None when it is empty).
+pub(crate) fn mean(xs: impl Iterator<Item = f64>) -> Option<f64> {
     let (mut s, mut n) = (0.0, 0usize);
     for x in xs {
         s += x;

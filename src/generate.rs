@@ -25,10 +25,10 @@ pub struct Generation {
     pub stopped_on_eos: bool,
 }
 
-/// Generates a continuation of every prompt.
-pub fn generate<T: Float>(model: &Model<T>, prompts: &[Vec<u32>], opts: &GenerateOptions) -> Result<Vec<Generation>> {
+/// Checks the options and that every prompt is non-empty and leaves room for `max_new_tokens`
+/// within `max_pos` positions (shared by the CPU and GPU generators).
+pub fn check_request(prompts: &[Vec<u32>], opts: &GenerateOptions, max_pos: usize) -> Result<()> {
     opts.sampling.validate()?;
-    let max_pos = model.cfg.max_position_embeddings;
     for (i, p) in prompts.iter().enumerate() {
         if p.is_empty() {
             return Err(Error::input(format!("prompt {i} is empty")));
@@ -41,6 +41,12 @@ pub fn generate<T: Float>(model: &Model<T>, prompts: &[Vec<u32>], opts: &Generat
             )));
         }
     }
+    Ok(())
+}
+
+/// Generates a continuation of every prompt.
+pub fn generate<T: Float>(model: &Model<T>, prompts: &[Vec<u32>], opts: &GenerateOptions) -> Result<Vec<Generation>> {
+    check_request(prompts, opts, model.cfg.max_position_embeddings)?;
     let b = prompts.len();
     let v = model.cfg.vocab_size;
     let mut cache = KvCache::new(&model.cfg, b);

@@ -13,9 +13,7 @@ use std::path::{Path, PathBuf};
 
 /// A fresh folder under the system temp dir holding a copy of a fixture.
 fn scratch(test: &str, from: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("drpo-{test}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch_dir(test);
     for f in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json"] {
         std::fs::copy(fixture(from).join(f), dir.join(f)).unwrap();
     }

@@ -2,15 +2,13 @@
 //! log-probs (f32 and bf16 storage), greedy generation token-identical to the CPU on the f32 path,
 //! per-sequence eos stopping, and sampled tokens following the CPU sampler's distribution.
 
-mod common;
 mod gpu_common;
-use common::{fixture, read_tensor, FIXTURES};
 use drpo::generate::{generate, GenerateOptions};
 use drpo::gpu::bf16;
 use drpo::model::gpu::GpuModel;
 use drpo::model::Model;
 use drpo::sampling::{sampling_probs, SamplingParams};
-use gpu_common::{assert_close, gpu_or_skip};
+use gpu_common::{assert_close, fixture, gpu_or_skip, read_tensor, FIXTURES};
 use std::sync::Arc;
 
 fn fixture_inputs(dir: &std::path::Path) -> Vec<Vec<u32>> {

@@ -252,20 +252,7 @@ impl<T: GpuFloat> GpuModel<T> {
     /// prefilled together; each sequence stops at its own eos, kept as its last token, or after
     /// max_new_tokens; sequence i draws uniform(seed, stream_offset + i, step)).
     pub fn generate(&self, prompts: &[Vec<u32>], opts: &GenerateOptions) -> Result<Vec<Generation>> {
-        opts.sampling.validate()?;
-        let max_pos = self.cfg.max_position_embeddings;
-        for (i, p) in prompts.iter().enumerate() {
-            if p.is_empty() {
-                return Err(Error::input(format!("prompt {i} is empty")));
-            }
-            if p.len() + opts.max_new_tokens > max_pos {
-                return Err(Error::input(format!(
-                    "prompt {i} has {} tokens; with max_new_tokens = {} that exceeds max_position_embeddings = {max_pos}",
-                    p.len(),
-                    opts.max_new_tokens
-                )));
-            }
-        }
+        crate::generate::check_request(prompts, opts, self.cfg.max_position_embeddings)?;
         let gpu = &*self.gpu;
         let (b, v) = (prompts.len(), self.cfg.vocab_size);
         let mut out: Vec<Generation> = vec![Generation { tokens: Vec::new(), stopped_on_eos: false }; b];

@@ -23,6 +23,7 @@
 use crate::checkpoint::{load_checkpoint, save_checkpoint};
 use crate::engine::Engine;
 use crate::error::{read_json, write_atomic, Error, Result};
+use crate::eval::mean;
 use crate::generate::GenerateOptions;
 use crate::model::Model;
 use crate::optim::{clip_grad_norm, AdamWConfig, AdamWState, LrDecay, LrSchedule};
@@ -36,7 +37,6 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -208,15 +208,6 @@ struct Rollout {
     correct: bool,
     steps: Option<(usize, usize)>,
     old_logp: Vec<f64>,
-}
-
-fn mean(xs: impl Iterator<Item = f64>) -> Option<f64> {
-    let (mut s, mut n) = (0.0, 0usize);
-    for x in xs {
-        s += x;
-        n += 1;
-    }
-    (n > 0).then(|| s / n as f64)
 }
 
 /// The questions of step `step`: consecutive slices of per-epoch seeded permutations.
@@ -512,9 +503,4 @@ pub fn read_metrics(path: &Path) -> Result<Vec<StepMetrics>> {
         .filter(|(_, l)| !l.trim().is_empty())
         .map(|(i, l)| serde_json::from_str(l).map_err(|e| Error::data(path, i, e.to_string())))
         .collect()
-}
-
-/// The run's recorded settings, for reports.
-pub fn describe(cfg: &TrainConfig) -> serde_json::Value {
-    json!({ "objective": cfg.objective, "lambda": cfg.hyper.lambda, "grpo_alpha": cfg.hyper.grpo_alpha, "seed": cfg.seed })
 }

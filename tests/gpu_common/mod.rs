@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use drpo::gpu::{Gpu, GpuFloat};
-use rand::{rngs::StdRng, Rng, SeedableRng};
+use rand::{rngs::StdRng, Rng};
 
 /// The device, or None after printing why the test is skipped.
 pub fn gpu_or_skip(test: &str) -> Option<Gpu> {
@@ -23,15 +23,10 @@ pub fn gpu_or_skip(test: &str) -> Option<Gpu> {
     }
 }
 
-/// A seeded RNG; the seed is printed and `TEST_SEED=<n>` replays it.
-pub fn rng(test: &str) -> StdRng {
-    let seed = match std::env::var("TEST_SEED") {
-        Ok(s) => s.parse().expect("TEST_SEED must be an integer"),
-        Err(_) => rand::random::<u64>(),
-    };
-    println!("{test}: TEST_SEED={seed}");
-    StdRng::seed_from_u64(seed)
-}
+#[path = "../common/mod.rs"]
+mod common;
+#[allow(unused_imports)] // not every GPU test draws random inputs
+pub use common::*;
 
 /// n values uniform in [−scale, scale], rounded to T (the reference is fed these exact values).
 pub fn uniform<T: GpuFloat>(rng: &mut StdRng, n: usize, scale: f32) -> Vec<T> {
