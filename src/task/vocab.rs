@@ -29,8 +29,10 @@ pub const TASK_CHAT_TEMPLATE: &str = "{% for message in messages %}{{ '<|im_star
 
 /// Pre-tokenizer pattern: the multi-character words first (leftmost alternative wins), then any
 /// single character. Each match is its own piece; a character outside the vocabulary then fails to
-/// encode (the model has no unknown token, so nothing is silently replaced).
-const PIECES_REGEX: &str = r"\\boxed\{|check|system|user|assistant|(?s:.)";
+/// encode (the model has no unknown token, so nothing is silently replaced). "Any character" is
+/// `[\s\S]`, not `(?s:.)`: transformers' tokenizers (Python) compiles the pattern with Oniguruma, which
+/// rejects the `(?s:…)` group ("undefined group option"), so AutoTokenizer could not load the folder.
+const PIECES_REGEX: &str = r"\\boxed\{|check|system|user|assistant|[\s\S]";
 
 /// Builds the task tokenizer in memory: WordLevel over [`TASK_VOCAB`], a `Split` pre-tokenizer
 /// isolating every vocabulary piece, a `Fuse` decoder (tokens concatenated, no spaces added).
