@@ -134,7 +134,7 @@ pub fn eval_env<T: Float>(
         }
         for (k, r) in responses.iter().enumerate() {
             let i = ids[k / n];
-            let v = env.grade(i, &tok.decode(&r.tokens, true)?);
+            let v = env.grade(i, &tok.decode_lossy(&r.tokens, true)?);
             graded.push(Graded { level: env.level(i), correct: v.correct, length: r.tokens.len(), truncated: !r.stopped_on_eos, steps: v.steps });
         }
         on_batch(graded.len(), total);

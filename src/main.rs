@@ -375,7 +375,7 @@ fn generate_cmd(
     let out = engine.generate(&model, std::slice::from_ref(&ids), &opts)?;
     let generated = &out[0].tokens;
     let text = match &tokenizer {
-        Ok(tok) => tok.decode(generated, false)?,
+        Ok(tok) => tok.decode_lossy(generated, false)?, // `generated_ids` has every id
         Err(_) => String::new(),
     };
     if as_json {

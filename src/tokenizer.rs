@@ -250,6 +250,16 @@ impl Tokenizer {
             .map_err(|e| Error::Tokenizer { path: self.path.clone(), what: format!("decoding failed: {e}") })
     }
 
+    /// Ids -> text for a model's output: ids the tokenizer lacks are dropped, as transformers' `decode`
+    /// (and so verl's grading) drops them. A checkpoint may have more embedding rows than tokens
+    /// (Qwen2.5: vocab_size 151936, 151665 tokens; tests/fixtures/qwen2-odd: 400 and 384), and sampling
+    /// may pick one of those rows: that must not end a training run or an evaluation.
+    pub fn decode_lossy(&self, ids: &[u32], skip_special: bool) -> Result<String> {
+        let v = self.vocab_size();
+        let known: Vec<u32> = ids.iter().copied().filter(|&id| (id as usize) < v && self.inner.id_to_token(id).is_some()).collect();
+        self.decode(&known, skip_special)
+    }
+
     /// Number of ids, added tokens included (max id + 1 for a dense vocabulary).
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)

@@ -449,3 +449,61 @@ fn cli_train_on_gsm8k_then_eval() {
     assert!((0.0..=1.0).contains(&acc));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A checkpoint with more embedding rows than tokens (qwen2-odd: 400 rows, 384 tokens; Qwen2.5: 151936 and
+/// 151665) can sample an id the tokenizer lacks. Generation keeps it in the ids and leaves it out of the text
+/// (as transformers' decode), and training and evaluation grade the text instead of stopping with an error.
+#[test]
+fn cli_on_a_model_with_more_rows_than_tokens() {
+    let model = fixture("qwen2-odd");
+    let m = model.to_str().unwrap();
+    // the premise, at one known seed: a sampled id beyond the tokenizer
+    let (ok, stdout, stderr) = run_drpo(&[
+        "generate", "--model", m, "--prompt", "2+3?", "--chat", "--max-new-tokens", "40", "--temperature", "1.0", "--seed", "7", "--json",
+        "--device", "cpu",
+    ]);
+    assert!(ok, "drpo generate failed:\n{stderr}");
+    let out: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let ids: Vec<u64> = out["generated_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect();
+    assert!(ids.iter().any(|&i| i >= 384), "the premise: an id in 384..400 among {ids:?}");
+    let tok = Tokenizer::from_dir(&model).unwrap();
+    let known: Vec<u32> = ids.iter().filter(|&&i| i < 384).map(|&i| i as u32).collect();
+    assert_eq!(out["text"], tok.decode(&known, false).unwrap());
+
+    // these settings sampled id 399 in the first step's rollouts (the run stopped there before decode_lossy)
+    let dir = scratch_dir("cli-train-padded-vocab");
+    let data = dir.join("gsm8k-8.json");
+    write_gsm8k_slice(&model, 8, 24, &data);
+    let run = dir.join("run");
+    let (ok, _, stderr) = run_drpo(&[
+        "train", "--model", m, "--data", data.to_str().unwrap(), "--steps", "2", "--questions-per-step", "4", "--group-size", "2",
+        "--mini-batch-questions", "4", "--chunk-questions", "2", "--max-new-tokens", "24", "--temperature", "1.0", "--seed", "0",
+        "--device", "cpu", "--out", run.to_str().unwrap(),
+    ]);
+    assert!(ok, "drpo train failed:\n{stderr}");
+    assert_eq!(read_metrics(&run.join("metrics.jsonl")).unwrap().len(), 2);
+    let eval_out = dir.join("eval");
+    std::fs::create_dir_all(&eval_out).unwrap();
+    let (ok, _, stderr) = run_drpo(&[
+        "eval", "--model", m, "--data", data.to_str().unwrap(), "--n", "2", "--max-new-tokens", "24", "--temperature", "1.0", "--device",
+        "cpu", "--out", eval_out.to_str().unwrap(),
+    ]);
+    assert!(ok, "drpo eval failed:\n{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// metrics.jsonl, train_config.json and the trainer state are compared bit for bit after a JSON round
+/// trip, which needs serde_json's `float_roundtrip` feature: without it `1.215166643` (a step_seconds that
+/// made `trainer_toy_drpo` fail) parsed back as 1.2151666429999999.
+#[test]
+fn json_floats_round_trip_exactly() {
+    let mut rng = rng("json_floats_round_trip_exactly");
+    let mut values = vec![1.215166643f64, 3e-4, 2e-6, 1e-8, 0.1, 1.0 / 3.0, f64::MIN_POSITIVE, f64::MAX];
+    values.extend((0..20_000).map(|_| f64::from_bits(rng.random::<u64>() >> 2 | 0x3000_0000_0000_0000)));
+    values.extend((0..20_000).map(|_| rng.random::<f64>() * 10f64.powi(rng.random_range(-12..12))));
+    for x in values {
+        let text = serde_json::to_string(&x).unwrap();
+        let back: f64 = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.to_bits(), x.to_bits(), "{x:e} written as {text} reads back as {back:e}");
+    }
+}

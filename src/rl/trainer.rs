@@ -343,7 +343,7 @@ impl<'a> Trainer<'a> {
         let mut out = Vec::with_capacity(gens.len());
         for (k, (gen, old_logp)) in gens.into_iter().zip(old.logp).enumerate() {
             let problem = questions[k / g];
-            let text = self.tok.decode(&gen.tokens, false)?;
+            let text = self.tok.decode_lossy(&gen.tokens, false)?;
             let v = self.env.grade(problem, &text);
             out.push(Rollout { problem, tokens: gen.tokens, finished: gen.stopped_on_eos, correct: v.correct, steps: v.steps, old_logp });
         }
