@@ -56,8 +56,12 @@ fn hidden_states_match_reference() {
             }
             out
         };
-        assert_rel(&format!("{name} hidden.layer0"), &acts.layers[1].x_in, &pick("hidden.layer0"), 1e-10);
-        assert_rel(&format!("{name} hidden.layer1"), &acts.x_final, &pick("hidden.layer1"), 1e-10);
+        // the residual stream after layer l is the input of layer l + 1, after the last layer x_final
+        let last = m.cfg.num_hidden_layers - 1;
+        for l in 0..last {
+            assert_rel(&format!("{name} hidden.layer{l}"), &acts.layers[l + 1].x_in, &pick(&format!("hidden.layer{l}")), 1e-10);
+        }
+        assert_rel(&format!("{name} hidden.layer{last}"), &acts.x_final, &pick(&format!("hidden.layer{last}")), 1e-10);
         assert_rel(&format!("{name} hidden.final_norm"), &acts.hf, &pick("hidden.final_norm"), 1e-10);
         assert_rel(&format!("{name} hidden.embed"), &acts.layers[0].x_in, &pick("hidden.embed"), 1e-14);
     }

@@ -16,7 +16,10 @@ pub fn fixture(name: &str) -> PathBuf {
     data_dir().join(name)
 }
 
-pub const FIXTURES: [&str; 2] = ["qwen2-tiny", "qwen2-tiny-mqa"];
+/// The vendored fixtures (tests/fixtures/*/README.md). `qwen2-odd` (made by tests/hf/make_fixture.py) differs
+/// from the two tiny ones on every config axis: transformers-4 config layout, 3 layers, GQA 3:1, explicit head_dim,
+/// widths not powers of two, rope theta 1e6, eps 1e-5, untied, bf16, sharded, vocab larger than the tokenizer.
+pub const FIXTURES: [&str; 3] = ["qwen2-tiny", "qwen2-tiny-mqa", "qwen2-odd"];
 
 /// A seeded RNG; the seed is printed and `TEST_SEED=<n>` replays it.
 pub fn rng(test: &str) -> StdRng {
