@@ -133,17 +133,17 @@ fn run(gpu: &Gpu) -> drpo::Result<()> {
     })?;
     println!("head_logprob bf16   n={rows} c={c} v={v}  {}", tflops(2.0 * (rows * c * v) as f64, us));
 
-    // sampler: 64 rows of the full vocabulary, top-p 0.9 (p in f64 scratch, several passes over it)
+    // sampler: 64 rows of the full vocabulary, top-p 0.9 (fixed-point masses in u64 scratch, several passes over it)
     let b = 64;
     let logits = s.clone_htod(&random::<f32>(&mut rng, b * v, 8.0))?;
     let streams = s.clone_htod(&(0..b as u64).collect::<Vec<_>>())?;
-    let mut scratch = s.alloc_zeros::<f64>(b * v)?;
+    let mut scratch = s.alloc_zeros::<u64>(b * v)?;
     let mut toks = s.alloc_zeros::<u32>(b)?;
     for params in [SamplingParams { temperature: 0.6, top_k: 0, top_p: 1.0 }, SamplingParams { temperature: 0.6, top_k: 0, top_p: 0.9 }] {
         let us = time_us(gpu, 10, || {
             gpu::sampling::sample(gpu, &mut toks.as_view_mut(), &mut scratch.as_view_mut(), &logits.as_view(), &streams.as_view(), b, v, &params, 7, 0)
         })?;
-        println!("sample f32          rows={b} v={v} top_p={}   {}  (logits once + f64 scratch passes)", params.top_p, gbs((b * v * 4) as f64, us));
+        println!("sample f32          rows={b} v={v} top_p={}   {}  (logits once + u64 scratch passes)", params.top_p, gbs((b * v * 4) as f64, us));
     }
     Ok(())
 }

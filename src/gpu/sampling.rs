@@ -6,12 +6,13 @@ use crate::sampling::SamplingParams;
 use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
 
 /// tokens[r] = `sampling::sample(logits[r], params, rng::uniform(seed, streams[r], step))`.
-/// logits: [rows, v] (f32)   streams: [rows]   tokens: [rows]   scratch: [rows, v] (f64, overwritten)
+/// logits: [rows, v] (f32)   streams: [rows]   tokens: [rows]   scratch: [rows, v] (u64: the fixed-point
+/// masses of `sampling::fixed_point_probs`, overwritten)
 #[allow(clippy::too_many_arguments)]
 pub fn sample(
     gpu: &Gpu,
     tokens: &mut CudaViewMut<u32>,
-    scratch: &mut CudaViewMut<f64>,
+    scratch: &mut CudaViewMut<u64>,
     logits: &CudaView<f32>,
     streams: &CudaView<u64>,
     rows: usize,

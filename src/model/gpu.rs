@@ -261,7 +261,7 @@ impl<T: GpuFloat> GpuModel<T> {
         }
         let cap = prompts.iter().map(Vec::len).max().unwrap_or(0) + opts.max_new_tokens;
         let mut cache = GpuKvCache::new(gpu, &self.cfg, b, cap)?;
-        let mut scratch = gpu.stream.alloc_zeros::<f64>(b * v)?;
+        let mut scratch = gpu.stream.alloc_zeros::<u64>(b * v)?;
         let mut tokens_d = gpu.stream.alloc_zeros::<u32>(b)?;
 
         let chunks: Vec<(usize, &[u32])> = prompts.iter().enumerate().map(|(i, p)| (i, p.as_slice())).collect();
