@@ -100,3 +100,26 @@ fn seq_table_rejects_out_of_bounds_batches() {
     assert!(SeqTable::new(&gpu, &[(0, 0, 0)], 1, 14).is_err(), "no keys at all");
     assert!(SeqTable::new(&gpu, &[(0, 9, 5)], 1, 14).is_ok());
 }
+
+#[test]
+fn attention_refuses_more_sequences_than_a_grid_holds() -> drpo::Result<()> {
+    // sequences go on grid.z (prefill) / grid.y (decode), ≤ 65,535: an input error naming the op
+    let Some(gpu) = gpu_or_skip("attention_grid_limit") else { return Ok(()) };
+    let heads = Heads { nh: 4, nkv: 2, hd: 16 };
+    let n_seqs = 65_536;
+    let entries: Vec<(usize, usize, usize)> = (0..n_seqs).map(|s| (s, 0, 1)).collect();
+    let table = SeqTable::new(&gpu, &entries, n_seqs, 1)?;
+    let (qd, kvd) = (heads.nh * heads.hd, heads.nkv * heads.hd);
+    let kc = gpu.stream.alloc_zeros::<bf16>(n_seqs * kvd)?;
+    let vc = gpu.stream.alloc_zeros::<bf16>(n_seqs * kvd)?;
+    let q = gpu.stream.alloc_zeros::<bf16>(n_seqs * qd)?;
+    let mut out = gpu.stream.alloc_zeros::<bf16>(n_seqs * qd)?;
+    for (op, e) in [
+        ("attention_decode", attention_decode(&gpu, &mut out.as_view_mut(), &q.as_view(), &kc.as_view(), &vc.as_view(), &table, heads).unwrap_err()),
+        ("attention_prefill", attention_prefill(&gpu, &mut out.as_view_mut(), &q.as_view(), &kc.as_view(), &vc.as_view(), &table, heads).unwrap_err()),
+    ] {
+        println!("{e}");
+        assert!(matches!(e, drpo::Error::Input { .. }) && e.to_string().contains(op) && e.to_string().contains("65535"), "{e}");
+    }
+    Ok(())
+}

@@ -67,3 +67,22 @@ fn matmul_is_deterministic() -> drpo::Result<()> {
     assert!(runs.windows(2).all(|r| r[0] == r[1]), "matmul results differ between runs");
     Ok(())
 }
+
+#[test]
+fn matmul_refuses_a_grid_over_the_cuda_limit() -> drpo::Result<()> {
+    // rows go on grid.y (≤ 65,535 blocks): one row more than 65,535 tiles of 64 is an input error
+    // naming the op, not a launch failure
+    let Some(gpu) = gpu_or_skip("matmul_grid_limit") else { return Ok(()) };
+    let n = 65_535 * 64 + 1;
+    let (x, w) = (gpu.stream.clone_htod(&vec![bf16::from_f32(1.0); n])?, gpu.stream.clone_htod(&[bf16::from_f32(1.0)])?);
+    let mut out = gpu.stream.alloc_zeros::<bf16>(n)?;
+    let e = gpu::matmul::matmul_fwd_with(&gpu, MatmulTile::Small, &mut out.as_view_mut(), &x.as_view(), &w.as_view(), None, n, 1, 1).unwrap_err();
+    println!("{e}");
+    assert!(matches!(e, drpo::Error::Input { .. }) && e.to_string().contains("matmul_fwd") && e.to_string().contains("65535"), "{e}");
+    // 128-row tiles fit
+    gpu::matmul::matmul_fwd_with(&gpu, MatmulTile::Large, &mut out.as_view_mut(), &x.as_view(), &w.as_view(), None, n, 1, 1)?;
+    let (x32, w32) = (gpu.stream.clone_htod(&vec![1.0f32; n])?, gpu.stream.clone_htod(&[1.0f32])?);
+    let mut out32 = gpu.stream.alloc_zeros::<f32>(n)?;
+    assert!(gpu::matmul::matmul_fwd(&gpu, &mut out32.as_view_mut(), &x32.as_view(), &w32.as_view(), None, n, 1, 1).is_err());
+    Ok(())
+}

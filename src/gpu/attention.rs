@@ -1,6 +1,6 @@
 //! Launchers of `cuda/attention.cu`: KV-cache append, prefill (flash) attention, decode attention.
 
-use super::{as_i32, Gpu, GpuFloat};
+use super::{as_i32, blocks, grid_dims, Gpu, GpuFloat};
 use crate::error::{check_len, Error, Result};
 use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
 
@@ -90,7 +90,8 @@ pub fn kv_append<T: GpuFloat>(
     let name = T::pick("kv_append_f32", "kv_append_bf16");
     let f = gpu.function("attention", name)?;
     let (kvd32, cap32) = (as_i32(OP, "kvd", kvd)?, as_i32(OP, "cap", seqs.cap)?);
-    let cfg = LaunchConfig { grid_dim: (seqs.n_rows as u32, 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
+    let grid_dim = grid_dims(OP, [(seqs.n_rows, "rows"), (1, ""), (1, "")])?;
+    let cfg = LaunchConfig { grid_dim, block_dim: (128, 1, 1), shared_mem_bytes: 0 };
     let mut args = gpu.stream.launch_builder(&f);
     args.arg(k_cache).arg(v_cache).arg(k).arg(v).arg(&seqs.row_slot).arg(&seqs.row_pos).arg(&kvd32).arg(&cap32);
     // SAFETY: order and types match kv_append_<T>; SeqTable::new checked every slot < slots and
@@ -140,11 +141,8 @@ pub fn attention_prefill<T: GpuFloat>(
     let (nh32, nkv32, hd32, cap32) = (as_i32(OP, "nh", nh)?, as_i32(OP, "nkv", nkv)?, as_i32(OP, "hd", hd)?, as_i32(OP, "cap", seqs.cap)?);
     let scale = (1.0 / (hd as f64).sqrt()) as f32;
     const BQ: usize = 16; // ATT_BQ in attention.cu
-    let cfg = LaunchConfig {
-        grid_dim: (seqs.max_tq.div_ceil(BQ) as u32, nh as u32, seqs.n_seqs as u32),
-        block_dim: (128, 1, 1),
-        shared_mem_bytes: 0,
-    };
+    let grid_dim = grid_dims(OP, [(blocks(seqs.max_tq, BQ), "query tiles"), (nh, "heads"), (seqs.n_seqs, "sequences")])?;
+    let cfg = LaunchConfig { grid_dim, block_dim: (128, 1, 1), shared_mem_bytes: 0 };
     let mut args = gpu.stream.launch_builder(&f);
     args.arg(out).arg(q).arg(k_cache).arg(v_cache).arg(&seqs.slot).arg(&seqs.seq_start).arg(&seqs.past);
     args.arg(&nh32).arg(&nkv32).arg(&hd32).arg(&cap32).arg(&scale);
@@ -181,7 +179,8 @@ pub fn attention_decode<T: GpuFloat>(
     let f = gpu.function("attention", name)?;
     let (nh32, nkv32, hd32, cap32) = (as_i32(OP, "nh", nh)?, as_i32(OP, "nkv", nkv)?, as_i32(OP, "hd", hd)?, as_i32(OP, "cap", seqs.cap)?);
     let scale = (1.0 / (hd as f64).sqrt()) as f32;
-    let cfg = LaunchConfig { grid_dim: (nh as u32, seqs.n_seqs as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+    let grid_dim = grid_dims(OP, [(nh, "heads"), (seqs.n_seqs, "sequences"), (1, "")])?;
+    let cfg = LaunchConfig { grid_dim, block_dim: (256, 1, 1), shared_mem_bytes: 0 };
     let mut args = gpu.stream.launch_builder(&f);
     args.arg(out).arg(q).arg(k_cache).arg(v_cache).arg(&seqs.slot).arg(&seqs.past);
     args.arg(&nh32).arg(&nkv32).arg(&hd32).arg(&cap32).arg(&scale);

@@ -1,6 +1,6 @@
 //! Launcher of `cuda/logprob.cu`: the fused lm head (GEMM + log-softmax + gather, no logits tensor).
 
-use super::{as_i32, grid, Gpu, GpuFloat};
+use super::{as_i32, blocks, grid_dims, Gpu, GpuFloat};
 use crate::error::{check_len, Error, Result};
 use cudarc::driver::{CudaView, CudaViewMut, DevicePtr, LaunchConfig, PushKernelArg};
 
@@ -61,7 +61,8 @@ pub fn head_logprob<T: GpuFloat>(
         let rows32 = rows as i32;
         let hv = h.slice(r0 * c..(r0 + rows) * c);
         let tv = targets_d.slice(r0..r0 + rows);
-        let cfg = LaunchConfig { grid_dim: (nb as u32, grid(rows, bm), 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        let grid_dim = grid_dims(OP, [(nb, "vocabulary tiles"), (blocks(rows, bm), "row tiles"), (1, "")])?;
+        let cfg = LaunchConfig { grid_dim, block_dim: (256, 1, 1), shared_mem_bytes: 0 };
         let mut args = gpu.stream.launch_builder(&fp);
         args.arg(&mut part_m).arg(&mut part_s).arg(&mut z_target).arg(&hv).arg(w).arg(&tv);
         args.arg(&rows32).arg(&c32).arg(&v32).arg(&inv_temp);
@@ -74,7 +75,8 @@ pub fn head_logprob<T: GpuFloat>(
 
         let mut lv = logp.slice_mut(r0..r0 + rows);
         let mut sv = lse.slice_mut(r0..r0 + rows);
-        let cfg = LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        let grid_dim = grid_dims(OP, [(rows, "rows"), (1, ""), (1, "")])?;
+        let cfg = LaunchConfig { grid_dim, block_dim: (256, 1, 1), shared_mem_bytes: 0 };
         let mut args = gpu.stream.launch_builder(&ff);
         args.arg(&mut lv).arg(&mut sv).arg(&part_m).arg(&part_s).arg(&z_target).arg(&nb32);
         // SAFETY: order and types match head_finish; one block per row of this chunk, nb partials each.

@@ -1,6 +1,6 @@
 //! Launcher of `cuda/rope.cu`, and the cos/sin tables it reads.
 
-use super::{as_i32, Gpu, GpuFloat};
+use super::{as_i32, grid_dims, Gpu, GpuFloat};
 use crate::error::{check_len, Result};
 use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
 
@@ -36,7 +36,8 @@ pub fn rope_fwd<T: GpuFloat>(
     let name = T::pick("rope_fwd_f32", "rope_fwd_bf16");
     let f = gpu.function("rope", name)?;
     let (h32, hd32) = (as_i32(OP, "heads", heads)?, as_i32(OP, "hd", hd)?);
-    let cfg = LaunchConfig { grid_dim: (n as u32, 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
+    let grid_dim = grid_dims(OP, [(n, "rows"), (1, ""), (1, "")])?;
+    let cfg = LaunchConfig { grid_dim, block_dim: (128, 1, 1), shared_mem_bytes: 0 };
     let mut args = gpu.stream.launch_builder(&f);
     args.arg(x).arg(pos).arg(cos).arg(sin).arg(&h32).arg(&hd32);
     // SAFETY: order and types match rope_fwd_<T> in cuda/rope.cu; lengths checked above; positions are
