@@ -11,8 +11,9 @@
 //   out[i, h] = Σ_j softmax_j(q_i·k_j · scale) v_j,   scale = 1/sqrt(hd);   hd ≤ 128, even.
 //
 // kv_append_T:          grid (n), block 128: writes the new rows' k, v into the cache at (slot, position).
-// attention_prefill_T:  grid (ceil(max tq / 16), nh, n_seqs), block 128 (4 warps). A block owns 16
-//   query rows of one head: K/V tiles of 32 keys are staged in shared memory (f32), each lane scores
+// attention_prefill_T:  grid (ceil(max tq / 16), nh, n_seqs), block 128 (ATT_PREFILL_WARPS = 4 warps, a
+//   compile-time constant: the launcher's gpu::attention::PREFILL_WARPS, checked equal by
+//   tests/kernels_compile.rs). A block owns 16 query rows of one head: K/V tiles of 32 keys are staged in shared memory (f32), each lane scores
 //   one key of the tile, and each warp keeps an online softmax (running max m, sum l, f32 accumulator,
 //   hd/32 dims per lane) for its 4 rows. The [tq × tk] score matrix never exists anywhere.
 // attention_decode_T:   grid (nh, n_seqs), block 256 (8 warps), exactly one new row per sequence
@@ -22,8 +23,11 @@
 // Determinism: fixed orders everywhere (shuffle trees, warp-order merge): bit-identical run to run.
 // v1: CUDA cores only; a tensor-core prefill (mma for QKᵀ and PV) and split-k decode are the next steps.
 
-#define ATT_BQ 16        // query rows per prefill block
+#define ATT_BQ 16        // query rows per prefill block (gpu::attention::PREFILL_ROWS)
 #define ATT_BK 32        // keys per tile (one per lane)
+#define ATT_PREFILL_WARPS 4                          // warps per prefill block (gpu::attention::PREFILL_WARPS)
+#define ATT_RPW (ATT_BQ / ATT_PREFILL_WARPS)         // query rows per warp
+static_assert(ATT_BQ % ATT_PREFILL_WARPS == 0, "every warp owns the same number of query rows");
 #define ATT_HD_MAX 128
 #define ATT_DPL (ATT_HD_MAX / 32)   // head dims per lane
 
@@ -46,16 +50,16 @@ __device__ void attention_prefill(T* out, const T* q, const T* k_cache, const T*
     const int s = blockIdx.z, h = blockIdx.y, q0 = blockIdx.x * ATT_BQ;
     const int row0 = seq_start[s], tq = seq_start[s + 1] - row0, p = past[s];
     if (q0 >= tq) return;                                  // whole block: no barrier is skipped by some threads only
+    constexpr int NWARPS = ATT_PREFILL_WARPS, NT = NWARPS * 32, RPW = ATT_RPW;   // the launch is NT threads
     const int kvh = h / (nh / nkv), kvd = nkv * hd;
-    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nwarps = blockDim.x / 32;
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     const T* kc = k_cache + (size_t)slot[s] * cap * kvd + kvh * hd;
     const T* vc = v_cache + (size_t)slot[s] * cap * kvd + kvh * hd;
 
-    for (int e = threadIdx.x; e < ATT_BQ * hd; e += blockDim.x) {
+    for (int e = threadIdx.x; e < ATT_BQ * hd; e += NT) {
         int r = e / hd, d = e % hd;
         Qs[r][d] = q0 + r < tq ? load(q + ((size_t)(row0 + q0 + r) * nh + h) * hd + d) * scale : 0.0f;
     }
-    const int RPW = ATT_BQ / 4;                            // rows per warp (blockDim.x = 128)
     float m[RPW], l[RPW], acc[RPW][ATT_DPL];
 #pragma unroll
     for (int r = 0; r < RPW; r++) {
@@ -67,7 +71,7 @@ __device__ void attention_prefill(T* out, const T* q, const T* k_cache, const T*
     const int n_keys = p + min(q0 + ATT_BQ, tq);          // keys visible to the tile's last row
     for (int k0 = 0; k0 < n_keys; k0 += ATT_BK) {
         __syncthreads();                                   // previous tile fully consumed (and Qs written)
-        for (int e = threadIdx.x; e < ATT_BK * hd; e += blockDim.x) {
+        for (int e = threadIdx.x; e < ATT_BK * hd; e += NT) {
             int j = e / hd, d = e % hd;
             bool ok = k0 + j < n_keys;                     // rows past the end are zeros, never garbage: 0·NaN = NaN
             Ks[j][d] = ok ? load(kc + (size_t)(k0 + j) * kvd + d) : 0.0f;
@@ -76,7 +80,7 @@ __device__ void attention_prefill(T* out, const T* q, const T* k_cache, const T*
         __syncthreads();
 #pragma unroll
         for (int r = 0; r < RPW; r++) {
-            const int rr = warp + nwarps * r, qi = q0 + rr;
+            const int rr = warp + NWARPS * r, qi = q0 + rr;
             if (qi >= tq) continue;
             const int visible = p + qi + 1;                // keys 0 .. visible-1
             if (k0 >= visible) continue;                   // warp-uniform
@@ -106,7 +110,7 @@ __device__ void attention_prefill(T* out, const T* q, const T* k_cache, const T*
     }
 #pragma unroll
     for (int r = 0; r < RPW; r++) {
-        const int qi = q0 + warp + nwarps * r;
+        const int qi = q0 + warp + NWARPS * r;
         if (qi >= tq) continue;
         T* o = out + ((size_t)(row0 + qi) * nh + h) * hd;
 #pragma unroll
@@ -184,7 +188,7 @@ __device__ void attention_decode(T* out, const T* q, const T* k_cache, const T* 
                                                const int* row_pos, int kvd, int cap) {                            \
         kv_append(k_cache, v_cache, k, v, row_slot, row_pos, kvd, cap);                                           \
     }                                                                                                             \
-    extern "C" __global__ void __launch_bounds__(128) attention_prefill_##SUF(                                    \
+    extern "C" __global__ void __launch_bounds__(ATT_PREFILL_WARPS * 32) attention_prefill_##SUF(                                    \
         T* out, const T* q, const T* k_cache, const T* v_cache, const int* slot, const int* seq_start,            \
         const int* past, int nh, int nkv, int hd, int cap, float scale) {                                         \
         attention_prefill(out, q, k_cache, v_cache, slot, seq_start, past, nh, nkv, hd, cap, scale);              \

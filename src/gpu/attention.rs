@@ -7,6 +7,13 @@ use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, LaunchConfig, PushKernelA
 /// Largest head dim the kernels hold in registers / shared memory (Qwen2: 64 or 128).
 pub const MAX_HEAD_DIM: usize = 128;
 
+/// Query rows per prefill block: `ATT_BQ` in cuda/attention.cu.
+pub const PREFILL_ROWS: usize = 16;
+/// Warps per prefill block: `ATT_PREFILL_WARPS` in cuda/attention.cu, a compile-time constant there
+/// (the kernel's row-to-warp split and its loop strides assume exactly this many);
+/// tests/kernels_compile.rs checks the two agree.
+pub const PREFILL_WARPS: usize = 4;
+
 /// Where the packed rows of a batch come from, validated on the host and uploaded once per forward.
 /// Entry s: `tq[s]` new rows (rows `seq_start[s] ..`), appended after `past[s]` cached positions of
 /// cache slot `slot[s]`. Every row's slot and position are kept for the KV append and the rotary.
@@ -140,13 +147,13 @@ pub fn attention_prefill<T: GpuFloat>(
     let f = gpu.function("attention", name)?;
     let (nh32, nkv32, hd32, cap32) = (as_i32(OP, "nh", nh)?, as_i32(OP, "nkv", nkv)?, as_i32(OP, "hd", hd)?, as_i32(OP, "cap", seqs.cap)?);
     let scale = (1.0 / (hd as f64).sqrt()) as f32;
-    const BQ: usize = 16; // ATT_BQ in attention.cu
-    let grid_dim = grid_dims(OP, [(blocks(seqs.max_tq, BQ), "query tiles"), (nh, "heads"), (seqs.n_seqs, "sequences")])?;
-    let cfg = LaunchConfig { grid_dim, block_dim: (128, 1, 1), shared_mem_bytes: 0 };
+    let grid_dim = grid_dims(OP, [(blocks(seqs.max_tq, PREFILL_ROWS), "query tiles"), (nh, "heads"), (seqs.n_seqs, "sequences")])?;
+    let cfg = LaunchConfig { grid_dim, block_dim: (PREFILL_WARPS as u32 * 32, 1, 1), shared_mem_bytes: 0 };
     let mut args = gpu.stream.launch_builder(&f);
     args.arg(out).arg(q).arg(k_cache).arg(v_cache).arg(&seqs.slot).arg(&seqs.seq_start).arg(&seqs.past);
     args.arg(&nh32).arg(&nkv32).arg(&hd32).arg(&cap32).arg(&scale);
-    // SAFETY: order and types match attention_prefill_<T>; the SeqTable keeps every key index < cap
+    // SAFETY: order and types match attention_prefill_<T>; the block is the kernel's compile-time
+    // ATT_PREFILL_WARPS·32 threads; the SeqTable keeps every key index < cap
     // and every row < n_rows; heads checked (hd ≤ 128 fits the shared tiles).
     unsafe { gpu.launch(name, cfg, &mut args) }
 }
