@@ -32,9 +32,10 @@ fn check<T: GpuFloat>(gpu: &Gpu, rng: &mut rand::rngs::StdRng, tile: MatmulTile)
         let what = format!("matmul {} {tile:?} n={n} d_in={d_in} d_out={d_out} bias={with_bias} misaligned={misalign}", T::NAME);
         assert_close(&what, &got, &want, tol::<T>());
         if T::NAME == "bf16" {
-            // f32 output of the same product (the logits path): only f32 rounding, so the f32 bound
+            // f32 output of the same product (the logits path) with the same tile (matmul_fwd_f32out's
+            // own choice is Small at every size here): only f32 rounding, so the f32 bound
             let mut out32 = gpu.stream.clone_htod(&vec![f32::NAN; n * d_out])?;
-            gpu::matmul::matmul_fwd_f32out(gpu, &mut out32.as_view_mut(), &xd.slice(off..), &wd.slice(off..), with_bias.then_some(&bv), n, d_in, d_out)?;
+            gpu::matmul::matmul_fwd_f32out_with(gpu, tile, &mut out32.as_view_mut(), &xd.slice(off..), &wd.slice(off..), with_bias.then_some(&bv), n, d_in, d_out)?;
             let got = widen(&gpu.stream.clone_dtoh(&out32)?);
             assert_close(&format!("{what} f32-out"), &got, &want, 1e-5);
         }

@@ -105,6 +105,22 @@ pub fn matmul_fwd_f32out<T: GpuFloat>(
     launch::<T, f32>(gpu, tile, out, x, w, b, n, d_in, d_out)
 }
 
+/// [`matmul_fwd_f32out`] with the bf16 tile chosen by the caller (tests and benches cover both).
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_fwd_f32out_with<T: GpuFloat>(
+    gpu: &Gpu,
+    tile: MatmulTile,
+    out: &mut CudaViewMut<f32>,
+    x: &CudaView<T>,
+    w: &CudaView<T>,
+    b: Option<&CudaView<T>>,
+    n: usize,
+    d_in: usize,
+    d_out: usize,
+) -> Result<()> {
+    launch::<T, f32>(gpu, tile, out, x, w, b, n, d_in, d_out)
+}
+
 #[allow(clippy::too_many_arguments)]
 fn launch<T: GpuFloat, O: GpuFloat>(
     gpu: &Gpu,
