@@ -30,8 +30,19 @@ fn check<T: GpuFloat>(gpu: &Gpu, rng: &mut rand::rngs::StdRng, bound: f64) -> dr
         let mut lse = gpu.stream.clone_htod(&vec![f32::NAN; n])?;
         gpu::logprob::head_logprob(gpu, &mut logp.as_view_mut(), &mut lse.as_view_mut(), &hd.as_view(), &wd.as_view(), &targets, n, c, v, temp)?;
         let what = format!("head_logprob {} n={n} c={c} v={v} temp={temp} |h|≤{hs}", T::NAME);
-        assert_close(&format!("{what} logp"), &widen(&gpu.stream.clone_dtoh(&logp)?), &want, bound);
-        assert_close(&format!("{what} lse"), &widen(&gpu.stream.clone_dtoh(&lse)?), &want_lse, bound);
+        let (got_logp, got_lse) = (gpu.stream.clone_dtoh(&logp)?, gpu.stream.clone_dtoh(&lse)?);
+        assert_close(&format!("{what} logp"), &widen(&got_logp), &want, bound);
+        assert_close(&format!("{what} lse"), &widen(&got_lse), &want_lse, bound);
+        // a prepared scratch, used twice: the same bits as the one-shot call
+        let mut scratch = gpu::logprob::HeadScratch::new::<T>(gpu, &targets, v)?;
+        for _ in 0..2 {
+            let mut logp2 = gpu.stream.clone_htod(&vec![f32::NAN; n])?;
+            let mut lse2 = gpu.stream.clone_htod(&vec![f32::NAN; n])?;
+            gpu::logprob::head_logprob_with(gpu, &mut scratch, &mut logp2.as_view_mut(), &mut lse2.as_view_mut(), &hd.as_view(), &wd.as_view(), n, c, v, temp)?;
+            let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<u32>>();
+            assert_eq!(bits(&gpu.stream.clone_dtoh(&logp2)?), bits(&got_logp), "{what}: logp with a reused scratch");
+            assert_eq!(bits(&gpu.stream.clone_dtoh(&lse2)?), bits(&got_lse), "{what}: lse with a reused scratch");
+        }
     }
     Ok(())
 }
