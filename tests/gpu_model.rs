@@ -8,7 +8,7 @@ use drpo::gpu::bf16;
 use drpo::model::gpu::GpuModel;
 use drpo::model::Model;
 use drpo::sampling::{sampling_probs, SamplingParams};
-use gpu_common::{assert_close, fixture, gpu_or_skip, read_tensor, FIXTURES};
+use gpu_common::{assert_close, chain, fixture, gpu_or_skip, read_tensor, FIXTURES};
 use std::sync::Arc;
 
 fn fixture_inputs(dir: &std::path::Path) -> Vec<Vec<u32>> {
@@ -44,7 +44,8 @@ fn logprobs_and_logits_match_the_fixtures() -> drpo::Result<()> {
         // f32 storage: the oracle's bound for an f32 implementation (README: ~1e-4 on logits)
         let m32 = GpuModel::<f32>::from_cpu(gpu.clone(), &cpu)?;
         let want = reference_logprobs(&dir, &seqs);
-        assert_close(&format!("{name} logprobs f32"), &flat(&m32.score(&refs, 1.0)?), &want, 1e-4);
+        // (every log-prob also within 5σ of that, floor rms(want): per-token errors are noise-like)
+        assert_close(&format!("{name} logprobs f32"), &flat(&m32.score(&refs, 1.0)?), &want, chain(1e-4));
         let (logits, shape) = read_tensor(&dir.join("reference.safetensors"), "logits");
         let (t, v) = (shape[1], shape[2]);
         let want_logits: Vec<f64> = seqs.iter().enumerate().flat_map(|(b, s)| logits[b * t * v..(b * t + s.len()) * v].to_vec()).collect();
@@ -55,7 +56,7 @@ fn logprobs_and_logits_match_the_fixtures() -> drpo::Result<()> {
         // the fused head at another temperature agrees with the CPU f64 model on the same weights
         let cpu64 = Model::<f64>::load(&dir)?;
         let want06: Vec<f64> = cpu64.score(&refs, 0.6, false)?.logp.concat();
-        assert_close(&format!("{name} logprobs f32 temp 0.6"), &flat(&m32.score(&refs, 0.6)?), &want06, 1e-4);
+        assert_close(&format!("{name} logprobs f32 temp 0.6"), &flat(&m32.score(&refs, 0.6)?), &want06, chain(1e-4));
 
         // bf16 storage against the CPU f64 model on the same bf16-rounded weights, so only the
         // activations' bf16 roundings remain: ~14 per layer of relative size ≤ 2^-9. Bound set a
@@ -64,7 +65,7 @@ fn logprobs_and_logits_match_the_fixtures() -> drpo::Result<()> {
         let cpu_bf16 = Model::<f64>::from_params(cpu.cfg.clone(), rounded);
         let want_bf16: Vec<f64> = cpu_bf16.score(&refs, 1.0, false)?.logp.concat();
         let m16 = GpuModel::<bf16>::from_cpu(gpu.clone(), &cpu)?;
-        assert_close(&format!("{name} logprobs bf16"), &flat(&m16.score(&refs, 1.0)?), &want_bf16, 3e-2);
+        assert_close(&format!("{name} logprobs bf16"), &flat(&m16.score(&refs, 1.0)?), &want_bf16, chain(3e-2));
     }
     Ok(())
 }
