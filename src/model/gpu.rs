@@ -209,9 +209,9 @@ impl<T: GpuFloat> GpuModel<T> {
         Ok(Hidden { hf: h, rows })
     }
 
-    /// f32 logits of the given rows of `hidden`: [rows.len(), vocab]. Rows are gathered with the
-    /// embedding kernel (a row gather is what it is).
-    fn logits_of_rows(&self, hidden: &Hidden<T>, rows: &[u32]) -> Result<CudaSlice<f32>> {
+    /// f32 logits of the given rows of `hidden`: [rows.len(), vocab] (what generation samples from).
+    /// Rows are gathered with the embedding kernel (a row gather is what it is).
+    pub fn logits_of_rows(&self, hidden: &Hidden<T>, rows: &[u32]) -> Result<CudaSlice<f32>> {
         let gpu = &*self.gpu;
         let (c, v) = (self.cfg.hidden_size, self.cfg.vocab_size);
         let n_hidden = hidden.rows.iter().map(|r| r.end).max().unwrap_or(0);
