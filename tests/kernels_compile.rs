@@ -79,6 +79,7 @@ fn launchers_use_the_kernels_compile_time_block_shapes() {
     };
     assert_eq!(define("ATT_PREFILL_WARPS"), drpo::gpu::attention::PREFILL_WARPS, "prefill warps per block");
     assert_eq!(define("ATT_BQ"), drpo::gpu::attention::PREFILL_ROWS, "prefill query rows per block");
+    assert_eq!(define("ATT_DECODE_WARPS"), drpo::gpu::attention::DECODE_WARPS, "decode warps per block");
 }
 
 #[test]

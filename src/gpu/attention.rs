@@ -13,6 +13,8 @@ pub const PREFILL_ROWS: usize = 16;
 /// (the kernel's row-to-warp split and its loop strides assume exactly this many);
 /// tests/kernels_compile.rs checks the two agree.
 pub const PREFILL_WARPS: usize = 4;
+/// Warps per decode block: `ATT_DECODE_WARPS` in cuda/attention.cu (its shared tiles are sized by it).
+pub const DECODE_WARPS: usize = 8;
 
 /// Where the packed rows of a batch come from, validated on the host and uploaded once per forward.
 /// Entry s: `tq[s]` new rows (rows `seq_start[s] ..`), appended after `past[s]` cached positions of
@@ -159,7 +161,7 @@ pub fn attention_prefill<T: GpuFloat>(
 }
 
 /// [`attention_prefill`] for a decoding step: exactly one new row per sequence (row s of q and out),
-/// keys split across 8 warps per (head, sequence).
+/// keys split across [`DECODE_WARPS`] warps per (head, sequence).
 pub fn attention_decode<T: GpuFloat>(
     gpu: &Gpu,
     out: &mut CudaViewMut<T>,
@@ -187,7 +189,7 @@ pub fn attention_decode<T: GpuFloat>(
     let (nh32, nkv32, hd32, cap32) = (as_i32(OP, "nh", nh)?, as_i32(OP, "nkv", nkv)?, as_i32(OP, "hd", hd)?, as_i32(OP, "cap", seqs.cap)?);
     let scale = (1.0 / (hd as f64).sqrt()) as f32;
     let grid_dim = grid_dims(OP, [(nh, "heads"), (seqs.n_seqs, "sequences"), (1, "")])?;
-    let cfg = LaunchConfig { grid_dim, block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+    let cfg = LaunchConfig { grid_dim, block_dim: (DECODE_WARPS as u32 * 32, 1, 1), shared_mem_bytes: 0 };
     let mut args = gpu.stream.launch_builder(&f);
     args.arg(out).arg(q).arg(k_cache).arg(v_cache).arg(&seqs.slot).arg(&seqs.past);
     args.arg(&nh32).arg(&nkv32).arg(&hd32).arg(&cap32).arg(&scale);
