@@ -194,8 +194,8 @@ fn sampling_ties_are_decided_exactly() {
         let want = if top[..5].contains(&i) { 0.2 } else { 0.0 };
         assert!((p - want).abs() <= 1e-15, "token {i}: {p} vs {want}");
     }
-    for j in 0..5 {
-        assert_eq!(sample(&logits, &params(5, 1.0), (j as f64 + 0.5) / 5.0) as usize, top[j]);
+    for (j, &id) in top[..5].iter().enumerate() {
+        assert_eq!(sample(&logits, &params(5, 1.0), (j as f64 + 0.5) / 5.0) as usize, id);
     }
     // NaN logits leave no mass: the arg-max (NaN never wins)
     assert_eq!(sample(&[0.5, f32::NAN, 2.0, 1.0], &params(0, 0.9), 0.3), 2);
