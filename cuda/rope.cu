@@ -1,19 +1,26 @@
 // Rotary position embedding, in place, HF rotate-half pairs (i, i + hd/2).
 // Reference: cpu::rope::rope_fwd (tables from cpu::rope::rope_tables).  Launcher: gpu::rope::rope_fwd.
 //   x'[i] = x[i]·cos − x[i+h]·sin,   x'[i+h] = x[i+h]·cos + x[i]·sin,   h = hd/2
-//   x: [n, heads, hd] (T)   pos: [n] (int, the position of each packed row)
+//   x: [n, heads, hd] (T)   pos: [n] (int, the position of each packed row, < max_pos)
 //   cos, sin: [max_pos, hd/2] (f32, computed in f64 on the host and rounded once, as the CPU f32 path)
 // Grid (n), block 128: one block per row, threads stride over the heads·hd/2 pairs.
+// A position outside [0, max_pos) (the callers validate positions; this is a guard) makes the row NaN,
+// like a bad id in embedding.cu: no table read out of bounds, and nothing that can go unnoticed.
 // Precision: each product and the difference are rounded separately (__fmul_rn/__fsub_rn: no FMA
 // contraction), which is exactly what the CPU f32 reference computes: the f32 path is bit-identical.
 // Determinism: elementwise.
 
 template <typename T>
-__device__ void rope_fwd(T* x, const int* pos, const float* cos_t, const float* sin_t, int heads, int hd) {
+__device__ void rope_fwd(T* x, const int* pos, const float* cos_t, const float* sin_t, int heads, int hd, int max_pos) {
     int half = hd / 2;
-    const float* cr = cos_t + (size_t)pos[blockIdx.x] * half;
-    const float* sr = sin_t + (size_t)pos[blockIdx.x] * half;
+    const int p = pos[blockIdx.x];
     T* row = x + (size_t)blockIdx.x * heads * hd;
+    if (p < 0 || p >= max_pos) {
+        for (int k = threadIdx.x; k < heads * hd; k += blockDim.x) store(row + k, F32_NAN);
+        return;
+    }
+    const float* cr = cos_t + (size_t)p * half;
+    const float* sr = sin_t + (size_t)p * half;
     for (int k = threadIdx.x; k < heads * half; k += blockDim.x) {
         int h = k / half, i = k % half;
         T* v = row + h * hd;
@@ -23,9 +30,9 @@ __device__ void rope_fwd(T* x, const int* pos, const float* cos_t, const float* 
     }
 }
 
-extern "C" __global__ void rope_fwd_f32(float* x, const int* pos, const float* cos_t, const float* sin_t, int heads, int hd) {
-    rope_fwd(x, pos, cos_t, sin_t, heads, hd);
+extern "C" __global__ void rope_fwd_f32(float* x, const int* pos, const float* cos_t, const float* sin_t, int heads, int hd, int max_pos) {
+    rope_fwd(x, pos, cos_t, sin_t, heads, hd, max_pos);
 }
-extern "C" __global__ void rope_fwd_bf16(bf16* x, const int* pos, const float* cos_t, const float* sin_t, int heads, int hd) {
-    rope_fwd(x, pos, cos_t, sin_t, heads, hd);
+extern "C" __global__ void rope_fwd_bf16(bf16* x, const int* pos, const float* cos_t, const float* sin_t, int heads, int hd, int max_pos) {
+    rope_fwd(x, pos, cos_t, sin_t, heads, hd, max_pos);
 }

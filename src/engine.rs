@@ -48,10 +48,11 @@ impl Engine {
         }
     }
 
-    /// Refreshes the device copy after the CPU weights changed (training).
+    /// Refreshes the device copy after the CPU weights changed (training): the values are converted
+    /// and copied into the existing buffer; the rotary tables stay.
     pub fn sync<T: Float>(&mut self, model: &Model<T>) -> Result<()> {
         if let Engine::Gpu(g) = self {
-            *g = GpuModel::from_cpu(g.gpu.clone(), model)?;
+            g.update_params(model)?;
         }
         Ok(())
     }

@@ -1,12 +1,28 @@
 //! Next-token sampling from logits: greedy, temperature, top-k and top-p, given one uniform per row.
 //!
-//! The distribution is defined so a GPU kernel can reproduce it exactly:
-//! 1. temperature 0 → the arg-max (the lowest id among ties); otherwise p = softmax(logits / T);
-//! 2. rank tokens by (p descending, id ascending); top-k keeps the first k (k = 0: all);
-//! 3. top-p keeps the shortest prefix of that ranking whose mass, renormalised over the top-k set,
-//!    reaches `top_p` (at least one token; Hugging Face's order: top-k, then top-p);
-//! 4. the kept probabilities are renormalised and the token is the first id, in **id order**, whose
-//!    cumulative kept mass exceeds u · total (inverse CDF; id order needs no sort on the GPU).
+//! The distribution is defined so a GPU kernel reproduces it token for token:
+//! 1. temperature 0 → the arg-max of the logits (the lowest id among ties; NaN never wins);
+//! 2. otherwise p = softmax(logits / T) in f64, and each p becomes a **fixed-point mass**
+//!    f = ⌊p · 2^62⌋ (a u64; NaN → 0) — see [`fixed_point`];
+//! 3. rank tokens by (f descending, id ascending); top-k keeps the first k (k = 0: all);
+//! 4. top-p keeps the shortest prefix of that ranking whose mass M reaches `top_p` of the top-k mass
+//!    M_k, decided exactly as M · 2^32 ≥ ⌈top_p · 2^32⌉ · M_k (at least one token; top_p = 1: off;
+//!    Hugging Face's order: top-k, then top-p) — see [`reaches`];
+//! 5. with F = Σ kept f and the uniform's 53 bits u53 (u = u53 · 2^-53), the token is the first kept id
+//!    in **id order** whose cumulative kept mass exceeds ⌊u53 · F / 2^53⌋ (inverse CDF; id order needs
+//!    no sort on the GPU). F = 0 happens only when the logits hold NaN or +inf: then the arg-max.
+//!
+//! Why fixed point: every sum after the softmax is a sum of integers, which does not depend on its
+//! order, so the GPU's tree sums equal these sequential ones bit for bit, tokens of equal probability
+//! have identical masses (a tie group of j tokens has exactly j times the mass of one), and every
+//! comparison above is exact. In f64 the CPU decided `S16/S20 ≥ 0.8` with sequential sums and the GPU
+//! with `16t/(20t)` of a `t` that differed by ulps, so rows of tied logits kept different nuclei.
+//! What it costs: a probability below 2^-62 (≈ 2e-19) has zero mass and is never drawn; probabilities
+//! closer than 2^-62 rank as ties (in id order; possible only below p ≈ 2^-10); the top-p threshold is
+//! rounded up to a multiple of 2^-32 (≤ 2.3e-10 above `top_p`); token i is drawn with probability
+//! f_i / F up to the 2^-53 granularity of u. The CPU and GPU softmax may still differ by an ulp in p
+//! (exp, and the order of the sum Σe), which moves f by about one unit: a token can differ only where
+//! a comparison is within a few units of 2^-62 of its boundary.
 
 use crate::cpu::Float;
 use crate::error::{Error, Result};
@@ -54,68 +70,111 @@ pub fn argmax<T: Float>(row: &[T]) -> usize {
     best
 }
 
-/// The final sampling distribution over the vocabulary (steps 1-3 above; zeros outside the kept set).
+/// 2^62: the unit of the fixed-point masses.
+pub const FIXED_ONE: f64 = 4_611_686_018_427_387_904.0;
+
+/// A probability as a fixed-point mass ⌊p · 2^62⌋ (exact scaling, then truncation; NaN and p ≤ 0 → 0).
+/// p ≤ 1, so a mass is ≤ 2^62 and a sum over any vocabulary stays far below 2^64.
+pub fn fixed_point(p: f64) -> u64 {
+    if p > 0.0 {
+        (p * FIXED_ONE) as u64
+    } else {
+        0
+    }
+}
+
+/// ⌈top_p · 2^32⌉: the top-p threshold in units of 2^-32 (exact: the product only shifts the exponent).
+pub fn top_p_threshold(top_p: f64) -> u64 {
+    (top_p * 4_294_967_296.0).ceil() as u64
+}
+
+/// Does a prefix of mass `mass` reach the fraction tp32 · 2^-32 of the top-k mass `topk`?
+/// mass · 2^32 ≥ tp32 · topk, in 128-bit integers (both sides < 2^96): no rounding anywhere.
+pub fn reaches(mass: u64, tp32: u64, topk: u64) -> bool {
+    ((mass as u128) << 32) >= tp32 as u128 * topk as u128
+}
+
+/// p = softmax(logits / T) in f64 (m = max, e = exp(x/T − m), p = e / Σe summed left to right), as
+/// fixed-point masses (step 2 above).  T > 0.
+pub fn fixed_point_probs<T: Float>(logits: &[T], temperature: f64) -> Vec<u64> {
+    let inv_t = 1.0 / temperature;
+    let m = logits.iter().fold(f64::NEG_INFINITY, |m, x| m.max(x.to_f64() * inv_t));
+    let e: Vec<f64> = logits.iter().map(|x| (x.to_f64() * inv_t - m).exp()).collect();
+    let total: f64 = e.iter().sum();
+    e.iter().map(|&e| fixed_point(e / total)).collect()
+}
+
+/// The masses of the kept tokens (steps 2-4 above; 0 outside the kept set).  T > 0.
+pub fn kept_masses<T: Float>(logits: &[T], params: &SamplingParams) -> Vec<u64> {
+    let f = fixed_point_probs(logits, params.temperature);
+    let v = f.len();
+    let k = if params.top_k == 0 { v } else { params.top_k.min(v) };
+    if k == v && params.top_p >= 1.0 {
+        return f; // both filters off: every token is kept
+    }
+    let mut order: Vec<usize> = (0..v).collect();
+    order.sort_unstable_by(|&a, &b| f[b].cmp(&f[a]).then(a.cmp(&b)));
+    let topk: u64 = order[..k].iter().map(|&i| f[i]).sum();
+    let mut kept = k;
+    if params.top_p < 1.0 {
+        let tp32 = top_p_threshold(params.top_p);
+        let mut mass = 0;
+        kept = 0;
+        while kept < k {
+            mass += f[order[kept]];
+            kept += 1;
+            if reaches(mass, tp32, topk) {
+                break;
+            }
+        }
+    }
+    let mut out = vec![0; v];
+    for &i in &order[..kept] {
+        out[i] = f[i];
+    }
+    out
+}
+
+/// The final sampling distribution over the vocabulary: f_i / F on the kept set, 0 elsewhere (a
+/// one-hot arg-max at temperature 0, or when F = 0).
 pub fn sampling_probs<T: Float>(logits: &[T], params: &SamplingParams) -> Vec<f64> {
     let v = logits.len();
     let mut probs = vec![0.0; v];
     if v == 0 {
         return probs;
     }
-    if params.temperature == 0.0 {
+    let kept = if params.temperature == 0.0 { Vec::new() } else { kept_masses(logits, params) };
+    let total: u64 = kept.iter().sum();
+    if total == 0 {
         probs[argmax(logits)] = 1.0;
         return probs;
     }
-    let inv_t = 1.0 / params.temperature;
-    let m = logits.iter().fold(f64::NEG_INFINITY, |m, x| m.max(x.to_f64() * inv_t));
-    let mut total = 0.0;
-    for (p, x) in probs.iter_mut().zip(logits) {
-        *p = (x.to_f64() * inv_t - m).exp();
-        total += *p;
+    for (p, &f) in probs.iter_mut().zip(&kept) {
+        *p = f as f64 / total as f64;
     }
-    for p in probs.iter_mut() {
-        *p /= total;
-    }
-    if params.top_k == 0 && params.top_p >= 1.0 {
-        return probs;
-    }
-    let mut order: Vec<usize> = (0..v).collect();
-    order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
-    let k = if params.top_k == 0 { v } else { params.top_k.min(v) };
-    let topk_mass: f64 = order[..k].iter().map(|&i| probs[i]).sum();
-    let mut kept = 0;
-    let mut mass = 0.0;
-    while kept < k {
-        mass += probs[order[kept]];
-        kept += 1;
-        if params.top_p < 1.0 && mass / topk_mass >= params.top_p {
-            break;
-        }
-    }
-    let mut out = vec![0.0; v];
-    for &i in &order[..kept] {
-        out[i] = probs[i] / mass;
-    }
-    out
+    probs
 }
 
-/// Draws a token from [`sampling_probs`] with the uniform `u` ∈ [0, 1) (inverse CDF in id order).
+/// Draws a token from [`sampling_probs`] with the uniform `u` ∈ [0, 1), read as its 53 bits
+/// u53 = ⌊u · 2^53⌋ (exact for `rng::uniform`): the first kept id, in id order, whose cumulative mass
+/// exceeds ⌊u53 · F / 2^53⌋ < F.
 pub fn sample<T: Float>(logits: &[T], params: &SamplingParams, u: f64) -> u32 {
-    if params.temperature == 0.0 {
+    if params.temperature == 0.0 || logits.is_empty() {
         return argmax(logits) as u32;
     }
-    let probs = sampling_probs(logits, params);
-    let total: f64 = probs.iter().sum();
-    let target = u * total;
-    let mut cum = 0.0;
-    let mut last_kept = 0;
-    for (i, &p) in probs.iter().enumerate() {
-        if p > 0.0 {
-            cum += p;
-            last_kept = i;
-            if cum > target {
-                return i as u32;
-            }
+    let kept = kept_masses(logits, params);
+    let total: u64 = kept.iter().sum();
+    if total == 0 {
+        return argmax(logits) as u32; // NaN or +inf logits: no token has mass
+    }
+    let u53 = ((u * 9_007_199_254_740_992.0) as u64).min((1 << 53) - 1); // 2^53; u < 1
+    let target = ((u53 as u128 * total as u128) >> 53) as u64;
+    let mut cum = 0;
+    for (i, &f) in kept.iter().enumerate() {
+        cum += f;
+        if cum > target {
+            return i as u32;
         }
     }
-    last_kept as u32 // rounding left u·total at the very top: the last kept token
+    unreachable!("sample: target {target} ≥ kept mass {total}")
 }

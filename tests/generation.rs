@@ -173,6 +173,34 @@ fn sampling_distribution_and_frequencies() {
     assert_eq!(sample(&[1.0, 3.0, 3.0, 2.0], &SamplingParams::greedy(), 0.99), 1);
 }
 
+/// Tied probabilities: with fixed-point masses the nucleus of a tie group is a matter of counts, the
+/// same on any device (src/sampling.rs), and ties are taken in id order.
+#[test]
+fn sampling_ties_are_decided_exactly() {
+    // 20 tokens share the top logit (ids 7, 56, …), 980 a lower one
+    let mut logits = vec![-1.0f32; 1000];
+    let top: Vec<usize> = (0..20).map(|i| 7 + 49 * i).collect();
+    for &i in &top {
+        logits[i] = 2.0;
+    }
+    let params = |top_k, top_p| SamplingParams { temperature: 1.0, top_k, top_p };
+    let kept = |top_k, top_p| sampling_probs(&logits, &params(top_k, top_p)).iter().filter(|&&p| p > 0.0).count();
+    // 16/20 = 0.8 is below the threshold ⌈0.8·2^32⌉/2^32, so 17 are kept; 10/20 = 2^31/2^32 reaches 0.5
+    assert_eq!(kept(20, 0.8), 17);
+    assert_eq!(kept(20, 0.5), 10);
+    // top-k inside the tie group: the lowest ids, equal probabilities; the inverse CDF walks them in id order
+    let probs = sampling_probs(&logits, &params(5, 1.0));
+    for (i, &p) in probs.iter().enumerate() {
+        let want = if top[..5].contains(&i) { 0.2 } else { 0.0 };
+        assert!((p - want).abs() <= 1e-15, "token {i}: {p} vs {want}");
+    }
+    for (j, &id) in top[..5].iter().enumerate() {
+        assert_eq!(sample(&logits, &params(5, 1.0), (j as f64 + 0.5) / 5.0) as usize, id);
+    }
+    // NaN logits leave no mass: the arg-max (NaN never wins)
+    assert_eq!(sample(&[0.5, f32::NAN, 2.0, 1.0], &params(0, 0.9), 0.3), 2);
+}
+
 /// `forward_last` gives exactly the last row of each non-empty chunk of `forward`.
 #[test]
 fn forward_last_equals_last_rows() {

@@ -69,6 +69,19 @@ fn every_kernel_compiles_for_sm80_and_sm90() {
     }
 }
 
+/// The launch constants the Rust launchers share with a kernel's compile-time `#define`s (no NVRTC needed).
+#[test]
+fn launchers_use_the_kernels_compile_time_block_shapes() {
+    let src = include_str!("../cuda/attention.cu");
+    let define = |name: &str| -> usize {
+        let line = src.lines().find(|l| l.starts_with(&format!("#define {name} "))).unwrap_or_else(|| panic!("no #define {name}"));
+        line.split_whitespace().nth(2).unwrap().parse().unwrap()
+    };
+    assert_eq!(define("ATT_PREFILL_WARPS"), drpo::gpu::attention::PREFILL_WARPS, "prefill warps per block");
+    assert_eq!(define("ATT_BQ"), drpo::gpu::attention::PREFILL_ROWS, "prefill query rows per block");
+    assert_eq!(define("ATT_DECODE_WARPS"), drpo::gpu::attention::DECODE_WARPS, "decode warps per block");
+}
+
 #[test]
 fn a_compile_error_reports_the_family_and_the_log() {
     if !nvrtc_or_skip() {

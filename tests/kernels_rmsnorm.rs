@@ -15,8 +15,9 @@ fn check<T: GpuFloat>(gpu: &Gpu, rng: &mut rand::rngs::StdRng) -> drpo::Result<(
         let (xd, wd) = (gpu.stream.clone_htod(&x)?, gpu.stream.clone_htod(&w)?);
         gpu::rmsnorm::rmsnorm_fwd(gpu, &mut out.as_view_mut(), &mut rstd.as_view_mut(), &xd.as_view(), &wd.as_view(), n, c, 1e-6)?;
         let what = format!("rmsnorm {} n={n} c={c} |x|≤{scale}", T::NAME);
-        assert_close(&format!("{what} out"), &widen(&gpu.stream.clone_dtoh(&out)?), &want, tol::<T>());
-        assert_close(&format!("{what} rstd"), &widen(&gpu.stream.clone_dtoh(&rstd)?), &want_rstd, 1e-5);
+        // out: one rounding to T of an f32 product; rstd: an f32 tree sum and rsqrtf (f32 either way)
+        assert_close(&format!("{what} out"), &widen(&gpu.stream.clone_dtoh(&out)?), &want, once::<T>());
+        assert_close(&format!("{what} rstd"), &widen(&gpu.stream.clone_dtoh(&rstd)?), &want_rstd, F32);
     }
     Ok(())
 }

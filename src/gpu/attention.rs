@@ -1,11 +1,20 @@
 //! Launchers of `cuda/attention.cu`: KV-cache append, prefill (flash) attention, decode attention.
 
-use super::{as_i32, Gpu, GpuFloat};
+use super::{as_i32, blocks, grid_dims, Gpu, GpuFloat};
 use crate::error::{check_len, Error, Result};
 use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
 
 /// Largest head dim the kernels hold in registers / shared memory (Qwen2: 64 or 128).
 pub const MAX_HEAD_DIM: usize = 128;
+
+/// Query rows per prefill block: `ATT_BQ` in cuda/attention.cu.
+pub const PREFILL_ROWS: usize = 16;
+/// Warps per prefill block: `ATT_PREFILL_WARPS` in cuda/attention.cu, a compile-time constant there
+/// (the kernel's row-to-warp split and its loop strides assume exactly this many);
+/// tests/kernels_compile.rs checks the two agree.
+pub const PREFILL_WARPS: usize = 4;
+/// Warps per decode block: `ATT_DECODE_WARPS` in cuda/attention.cu (its shared tiles are sized by it).
+pub const DECODE_WARPS: usize = 8;
 
 /// Where the packed rows of a batch come from, validated on the host and uploaded once per forward.
 /// Entry s: `tq[s]` new rows (rows `seq_start[s] ..`), appended after `past[s]` cached positions of
@@ -90,7 +99,8 @@ pub fn kv_append<T: GpuFloat>(
     let name = T::pick("kv_append_f32", "kv_append_bf16");
     let f = gpu.function("attention", name)?;
     let (kvd32, cap32) = (as_i32(OP, "kvd", kvd)?, as_i32(OP, "cap", seqs.cap)?);
-    let cfg = LaunchConfig { grid_dim: (seqs.n_rows as u32, 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
+    let grid_dim = grid_dims(OP, [(seqs.n_rows, "rows"), (1, ""), (1, "")])?;
+    let cfg = LaunchConfig { grid_dim, block_dim: (128, 1, 1), shared_mem_bytes: 0 };
     let mut args = gpu.stream.launch_builder(&f);
     args.arg(k_cache).arg(v_cache).arg(k).arg(v).arg(&seqs.row_slot).arg(&seqs.row_pos).arg(&kvd32).arg(&cap32);
     // SAFETY: order and types match kv_append_<T>; SeqTable::new checked every slot < slots and
@@ -139,22 +149,19 @@ pub fn attention_prefill<T: GpuFloat>(
     let f = gpu.function("attention", name)?;
     let (nh32, nkv32, hd32, cap32) = (as_i32(OP, "nh", nh)?, as_i32(OP, "nkv", nkv)?, as_i32(OP, "hd", hd)?, as_i32(OP, "cap", seqs.cap)?);
     let scale = (1.0 / (hd as f64).sqrt()) as f32;
-    const BQ: usize = 16; // ATT_BQ in attention.cu
-    let cfg = LaunchConfig {
-        grid_dim: (seqs.max_tq.div_ceil(BQ) as u32, nh as u32, seqs.n_seqs as u32),
-        block_dim: (128, 1, 1),
-        shared_mem_bytes: 0,
-    };
+    let grid_dim = grid_dims(OP, [(blocks(seqs.max_tq, PREFILL_ROWS), "query tiles"), (nh, "heads"), (seqs.n_seqs, "sequences")])?;
+    let cfg = LaunchConfig { grid_dim, block_dim: (PREFILL_WARPS as u32 * 32, 1, 1), shared_mem_bytes: 0 };
     let mut args = gpu.stream.launch_builder(&f);
     args.arg(out).arg(q).arg(k_cache).arg(v_cache).arg(&seqs.slot).arg(&seqs.seq_start).arg(&seqs.past);
     args.arg(&nh32).arg(&nkv32).arg(&hd32).arg(&cap32).arg(&scale);
-    // SAFETY: order and types match attention_prefill_<T>; the SeqTable keeps every key index < cap
+    // SAFETY: order and types match attention_prefill_<T>; the block is the kernel's compile-time
+    // ATT_PREFILL_WARPS·32 threads; the SeqTable keeps every key index < cap
     // and every row < n_rows; heads checked (hd ≤ 128 fits the shared tiles).
     unsafe { gpu.launch(name, cfg, &mut args) }
 }
 
 /// [`attention_prefill`] for a decoding step: exactly one new row per sequence (row s of q and out),
-/// keys split across 8 warps per (head, sequence).
+/// keys split across [`DECODE_WARPS`] warps per (head, sequence).
 pub fn attention_decode<T: GpuFloat>(
     gpu: &Gpu,
     out: &mut CudaViewMut<T>,
@@ -181,7 +188,8 @@ pub fn attention_decode<T: GpuFloat>(
     let f = gpu.function("attention", name)?;
     let (nh32, nkv32, hd32, cap32) = (as_i32(OP, "nh", nh)?, as_i32(OP, "nkv", nkv)?, as_i32(OP, "hd", hd)?, as_i32(OP, "cap", seqs.cap)?);
     let scale = (1.0 / (hd as f64).sqrt()) as f32;
-    let cfg = LaunchConfig { grid_dim: (nh as u32, seqs.n_seqs as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+    let grid_dim = grid_dims(OP, [(nh, "heads"), (seqs.n_seqs, "sequences"), (1, "")])?;
+    let cfg = LaunchConfig { grid_dim, block_dim: (DECODE_WARPS as u32 * 32, 1, 1), shared_mem_bytes: 0 };
     let mut args = gpu.stream.launch_builder(&f);
     args.arg(out).arg(q).arg(k_cache).arg(v_cache).arg(&seqs.slot).arg(&seqs.past);
     args.arg(&nh32).arg(&nkv32).arg(&hd32).arg(&cap32).arg(&scale);

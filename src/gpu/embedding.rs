@@ -1,6 +1,6 @@
 //! Launcher of `cuda/embedding.cu`.
 
-use super::{as_i32, Gpu, GpuFloat};
+use super::{as_i32, grid_dims, Gpu, GpuFloat};
 use crate::error::{check_len, Result};
 use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
 
@@ -25,7 +25,8 @@ pub fn embedding_fwd<T: GpuFloat>(
     let name = T::pick("embedding_fwd_f32", "embedding_fwd_bf16");
     let f = gpu.function("embedding", name)?;
     let (c32, v32) = (as_i32(OP, "c", c)?, as_i32(OP, "v", v)?);
-    let cfg = LaunchConfig { grid_dim: (n as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+    let grid_dim = grid_dims(OP, [(n, "rows"), (1, ""), (1, "")])?;
+    let cfg = LaunchConfig { grid_dim, block_dim: (256, 1, 1), shared_mem_bytes: 0 };
     let mut args = gpu.stream.launch_builder(&f);
     args.arg(out).arg(ids).arg(table).arg(&c32).arg(&v32);
     // SAFETY: order and types match embedding_fwd_<T> in cuda/embedding.cu; lengths checked above.

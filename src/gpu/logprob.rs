@@ -1,12 +1,59 @@
 //! Launcher of `cuda/logprob.cu`: the fused lm head (GEMM + log-softmax + gather, no logits tensor).
 
-use super::{as_i32, grid, Gpu, GpuFloat};
+use super::{as_i32, blocks, grid_dims, Gpu, GpuFloat};
 use crate::error::{check_len, Error, Result};
-use cudarc::driver::{CudaView, CudaViewMut, DevicePtr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DevicePtr, LaunchConfig, PushKernelArg};
 
 /// Rows per launch pair: bounds the partials scratch to ROW_CHUNK · ceil(v / 64) · 8 bytes
 /// (≈ 78 MB at v = 151,936), whatever the number of scored tokens.
 pub const ROW_CHUNK: usize = 4096;
+
+/// (kernel, rows per block, vocabulary columns per block) of the partial kernel for T.
+fn tiles<T: GpuFloat>() -> (&'static str, usize, usize) {
+    if T::NAME == "f32" {
+        ("head_partial_f32", 64, 64)
+    } else {
+        ("head_partial_bf16", 128, 128)
+    }
+}
+
+/// The device side of one scoring call: the targets (checked < v on the host, uploaded once) and the
+/// per-chunk partials. Built once, it can serve any number of [`head_logprob_with`] calls with these
+/// targets (a benchmark times the kernels only; a caller scoring many batches of one shape reuses it).
+pub struct HeadScratch {
+    targets: CudaSlice<u32>,
+    part_m: CudaSlice<f32>,
+    part_s: CudaSlice<f32>,
+    z_target: CudaSlice<f32>,
+    n: usize,
+    v: usize,
+    /// the partial kernel the buffers are sized for
+    partial: &'static str,
+}
+
+impl HeadScratch {
+    /// Scratch for `targets.len()` rows over a vocabulary of `v`, for storage type T.
+    pub fn new<T: GpuFloat>(gpu: &Gpu, targets: &[u32], v: usize) -> Result<HeadScratch> {
+        const OP: &str = "head_logprob";
+        if let Some((r, &t)) = targets.iter().enumerate().find(|(_, &t)| t as usize >= v) {
+            return Err(Error::input(format!("{OP}: target {t} of row {r} is not below the vocabulary size {v}")));
+        }
+        let (partial, _, bn) = tiles::<T>();
+        let n = targets.len();
+        let chunk = ROW_CHUNK.min(n).max(1);
+        let nb = blocks(v, bn).max(1);
+        Ok(HeadScratch {
+            // a zero-length allocation is refused by some drivers: keep one element
+            targets: gpu.stream.clone_htod(if n == 0 { &[0][..] } else { targets })?,
+            part_m: gpu.stream.alloc_zeros::<f32>(chunk * nb)?,
+            part_s: gpu.stream.alloc_zeros::<f32>(chunk * nb)?,
+            z_target: gpu.stream.alloc_zeros::<f32>(chunk)?,
+            n,
+            v,
+            partial,
+        })
+    }
+}
 
 /// logp[r] = log softmax(h[r]·Wᵀ / temp)[targets[r]] and lse[r] = logsumexp(h[r]·Wᵀ / temp), i.e.
 /// `cpu::logprob::logprob_fwd` of the logits `cpu::matmul::matmul_fwd(h, w)`, without ever
@@ -24,29 +71,45 @@ pub fn head_logprob<T: GpuFloat>(
     v: usize,
     temp: f64,
 ) -> Result<()> {
+    check_len("head_logprob", "targets", targets.len(), n)?;
+    let mut scratch = HeadScratch::new::<T>(gpu, targets, v)?;
+    head_logprob_with(gpu, &mut scratch, logp, lse, h, w, n, c, v, temp)
+}
+
+/// [`head_logprob`] with the targets and buffers of a prepared [`HeadScratch`] (same n, v and T).
+#[allow(clippy::too_many_arguments)]
+pub fn head_logprob_with<T: GpuFloat>(
+    gpu: &Gpu,
+    scratch: &mut HeadScratch,
+    logp: &mut CudaViewMut<f32>,
+    lse: &mut CudaViewMut<f32>,
+    h: &CudaView<T>,
+    w: &CudaView<T>,
+    n: usize,
+    c: usize,
+    v: usize,
+    temp: f64,
+) -> Result<()> {
     const OP: &str = "head_logprob";
+    let (partial, bm, bn) = tiles::<T>();
     check_len(OP, "logp", logp.len(), n)?;
     check_len(OP, "lse", lse.len(), n)?;
     check_len(OP, "h", h.len(), n * c)?;
     check_len(OP, "w", w.len(), v * c)?;
-    check_len(OP, "targets", targets.len(), n)?;
+    check_len(OP, "scratch rows", scratch.n, n)?;
+    check_len(OP, "scratch vocabulary", scratch.v, v)?;
+    if scratch.partial != partial {
+        return Err(Error::input(format!("{OP}: scratch sized for {}, called for {partial}", scratch.partial)));
+    }
     if !(temp > 0.0 && temp.is_finite()) {
         return Err(Error::input(format!("{OP}: temperature must be positive, got {temp}")));
-    }
-    if let Some((r, &t)) = targets.iter().enumerate().find(|(_, &t)| t as usize >= v) {
-        return Err(Error::input(format!("{OP}: target {t} of row {r} is not below the vocabulary size {v}")));
     }
     if n == 0 {
         return Ok(());
     }
     let f32_path = T::NAME == "f32";
-    let (partial, bm, bn) = if f32_path { ("head_partial_f32", 64, 64) } else { ("head_partial_bf16", 128, 128) };
-    let nb = v.div_ceil(bn);
+    let nb = blocks(v, bn);
     let chunk = ROW_CHUNK.min(n);
-    let mut part_m = gpu.stream.alloc_zeros::<f32>(chunk * nb)?;
-    let mut part_s = gpu.stream.alloc_zeros::<f32>(chunk * nb)?;
-    let mut z_target = gpu.stream.alloc_zeros::<f32>(chunk)?;
-    let targets_d = gpu.stream.clone_htod(targets)?;
     let fp = gpu.function("logprob", partial)?;
     let ff = gpu.function("logprob", "head_finish")?;
     let (c32, v32, nb32) = (as_i32(OP, "c", c)?, as_i32(OP, "v", v)?, as_i32(OP, "nb", nb)?);
@@ -60,23 +123,26 @@ pub fn head_logprob<T: GpuFloat>(
         let rows = chunk.min(n - r0);
         let rows32 = rows as i32;
         let hv = h.slice(r0 * c..(r0 + rows) * c);
-        let tv = targets_d.slice(r0..r0 + rows);
-        let cfg = LaunchConfig { grid_dim: (nb as u32, grid(rows, bm), 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        let tv = scratch.targets.slice(r0..r0 + rows);
+        // row blocks on x (fastest): co-resident blocks share W's vocabulary tiles in L2
+        let grid_dim = grid_dims(OP, [(blocks(rows, bm), "row tiles"), (nb, "vocabulary tiles"), (1, "")])?;
+        let cfg = LaunchConfig { grid_dim, block_dim: (256, 1, 1), shared_mem_bytes: 0 };
         let mut args = gpu.stream.launch_builder(&fp);
-        args.arg(&mut part_m).arg(&mut part_s).arg(&mut z_target).arg(&hv).arg(w).arg(&tv);
+        args.arg(&mut scratch.part_m).arg(&mut scratch.part_s).arg(&mut scratch.z_target).arg(&hv).arg(w).arg(&tv);
         args.arg(&rows32).arg(&c32).arg(&v32).arg(&inv_temp);
         if !f32_path {
             args.arg(&vec);
         }
         // SAFETY: order and types match head_partial_<T> in cuda/logprob.cu (only bf16 takes `vec`);
-        // partials hold rows·nb entries (rows ≤ chunk), targets < v checked on the host.
+        // partials hold chunk·nb entries (rows ≤ chunk, grid.y = nb), targets < v checked by HeadScratch::new.
         unsafe { gpu.launch(partial, cfg, &mut args) }?;
 
         let mut lv = logp.slice_mut(r0..r0 + rows);
         let mut sv = lse.slice_mut(r0..r0 + rows);
-        let cfg = LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        let grid_dim = grid_dims(OP, [(rows, "rows"), (1, ""), (1, "")])?;
+        let cfg = LaunchConfig { grid_dim, block_dim: (256, 1, 1), shared_mem_bytes: 0 };
         let mut args = gpu.stream.launch_builder(&ff);
-        args.arg(&mut lv).arg(&mut sv).arg(&part_m).arg(&part_s).arg(&z_target).arg(&nb32);
+        args.arg(&mut lv).arg(&mut sv).arg(&scratch.part_m).arg(&scratch.part_s).arg(&scratch.z_target).arg(&nb32);
         // SAFETY: order and types match head_finish; one block per row of this chunk, nb partials each.
         unsafe { gpu.launch("head_finish", cfg, &mut args) }?;
     }

@@ -1,6 +1,6 @@
 //! Launchers of `cuda/matmul.cu`: y = x·Wᵀ + b with W stored [out, in].
 
-use super::{as_i32, grid, Gpu, GpuFloat, NULL_PTR};
+use super::{as_i32, blocks, grid_dims, Gpu, GpuFloat, NULL_PTR};
 use crate::error::{check_len, Result};
 use cudarc::driver::{CudaView, CudaViewMut, DevicePtr, LaunchConfig, PushKernelArg};
 
@@ -105,6 +105,22 @@ pub fn matmul_fwd_f32out<T: GpuFloat>(
     launch::<T, f32>(gpu, tile, out, x, w, b, n, d_in, d_out)
 }
 
+/// [`matmul_fwd_f32out`] with the bf16 tile chosen by the caller (tests and benches cover both).
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_fwd_f32out_with<T: GpuFloat>(
+    gpu: &Gpu,
+    tile: MatmulTile,
+    out: &mut CudaViewMut<f32>,
+    x: &CudaView<T>,
+    w: &CudaView<T>,
+    b: Option<&CudaView<T>>,
+    n: usize,
+    d_in: usize,
+    d_out: usize,
+) -> Result<()> {
+    launch::<T, f32>(gpu, tile, out, x, w, b, n, d_in, d_out)
+}
+
 #[allow(clippy::too_many_arguments)]
 fn launch<T: GpuFloat, O: GpuFloat>(
     gpu: &Gpu,
@@ -134,7 +150,9 @@ fn launch<T: GpuFloat, O: GpuFloat>(
     };
     let f = gpu.function("matmul", name)?;
     let (bm, threads) = if f32_in { (64, 256) } else { (tile.size(), tile.threads()) };
-    let cfg = LaunchConfig { grid_dim: (grid(d_out, bm), grid(n, bm), 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
+    // rows on grid.y (≤ 65,535 tiles: n ≤ 4.19M rows with 64-row tiles), columns on x
+    let grid_dim = grid_dims(OP, [(blocks(d_out, bm), "d_out / tile"), (blocks(n, bm), "rows / tile"), (1, "")])?;
+    let cfg = LaunchConfig { grid_dim, block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
     let vec = vec_ok(gpu, d_in, x, w);
     let mut args = gpu.stream.launch_builder(&f);
     args.arg(out).arg(x).arg(w);

@@ -413,9 +413,23 @@ impl Gpu {
     }
 }
 
-/// `ceil(a / b)` as a grid dimension.
-pub(crate) fn grid(a: usize, b: usize) -> u32 {
-    a.div_ceil(b) as u32
+/// `ceil(a / b)`: the blocks that cover a items, b per block.
+pub(crate) fn blocks(a: usize, b: usize) -> usize {
+    a.div_ceil(b)
+}
+
+/// CUDA's grid limits (every device since compute capability 3.0): x ≤ 2^31 − 1, y and z ≤ 65,535.
+pub const MAX_GRID: [usize; 3] = [(1 << 31) - 1, 65_535, 65_535];
+
+/// A launch grid checked against [`MAX_GRID`]: over the limit the launch itself would fail with an
+/// CUDA_ERROR_INVALID_VALUE that names nothing. `dims[i] = (blocks, what they count)`.
+pub(crate) fn grid_dims(op: &'static str, dims: [(usize, &str); 3]) -> Result<(u32, u32, u32)> {
+    for (axis, (&(n, what), max)) in ["x", "y", "z"].iter().zip(dims.iter().zip(MAX_GRID)) {
+        if n > max {
+            return Err(Error::input(format!("{op}: grid.{axis} = {n} blocks ({what}) exceeds CUDA's limit of {max}; split the call")));
+        }
+    }
+    Ok((dims[0].0 as u32, dims[1].0 as u32, dims[2].0 as u32))
 }
 
 /// Checks that a size fits the kernels' 32-bit index arguments.
@@ -447,6 +461,17 @@ ptxas info    : Used 10 registers, used 1 barriers, 256 bytes smem\n";
         assert_eq!((rows[0].registers, rows[0].shared_bytes, rows[0].barriers), (14, 0, 0));
         assert_eq!((rows[0].stack_bytes, rows[0].spill_store_bytes, rows[0].spill_load_bytes), (16, 8, 12));
         assert_eq!((rows[1].kernel.as_str(), rows[1].registers, rows[1].shared_bytes, rows[1].barriers), ("k", 10, 256, 1));
+    }
+
+    #[test]
+    fn grids_over_the_cuda_limits_are_input_errors() {
+        assert_eq!(grid_dims("op", [(MAX_GRID[0], "rows"), (65_535, "tiles"), (1, "")]).unwrap(), ((1 << 31) - 1, 65_535, 1));
+        let e = grid_dims("matmul_fwd", [(3, "column tiles"), (65_536, "row tiles of 64"), (1, "")]).unwrap_err();
+        assert!(matches!(e, Error::Input { .. }), "{e:?}");
+        let text = e.to_string();
+        assert!(text.contains("matmul_fwd") && text.contains("grid.y = 65536") && text.contains("65535"), "{text}");
+        assert!(grid_dims("op", [(1, ""), (1, ""), (65_536, "sequences")]).is_err());
+        assert!(grid_dims("op", [(1 << 31, "rows"), (1, ""), (1, "")]).is_err());
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Launcher of `cuda/rmsnorm.cu`.
 
-use super::{as_i32, Gpu, GpuFloat};
+use super::{as_i32, grid_dims, Gpu, GpuFloat};
 use crate::error::{check_len, Result};
 use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
 
@@ -27,7 +27,8 @@ pub fn rmsnorm_fwd<T: GpuFloat>(
     let name = T::pick("rmsnorm_fwd_f32", "rmsnorm_fwd_bf16");
     let f = gpu.function("rmsnorm", name)?;
     let c32 = as_i32(OP, "c", c)?;
-    let cfg = LaunchConfig { grid_dim: (n as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+    let grid_dim = grid_dims(OP, [(n, "rows"), (1, ""), (1, "")])?;
+    let cfg = LaunchConfig { grid_dim, block_dim: (256, 1, 1), shared_mem_bytes: 0 };
     let mut args = gpu.stream.launch_builder(&f);
     args.arg(out).arg(rstd).arg(x).arg(w).arg(&c32).arg(&eps);
     // SAFETY: order and types match rmsnorm_fwd_<T> in cuda/rmsnorm.cu; lengths checked above.

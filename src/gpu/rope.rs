@@ -1,6 +1,6 @@
 //! Launcher of `cuda/rope.cu`, and the cos/sin tables it reads.
 
-use super::{as_i32, Gpu, GpuFloat};
+use super::{as_i32, grid_dims, Gpu, GpuFloat};
 use crate::error::{check_len, Result};
 use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
 
@@ -13,6 +13,8 @@ pub fn rope_table(max_pos: usize, hd: usize, theta: f64) -> (Vec<f32>, Vec<f32>)
 
 /// Same contract as `cpu::rope::rope_fwd`, in place, with the row positions looked up in the
 /// tables of [`rope_table`].  x: [n, heads, hd]   pos: [n] (each < max_pos)   cos, sin: [max_pos, hd/2]
+/// Positions are the caller's contract (the model validates them); a position ≥ max_pos (or < 0)
+/// yields a NaN row, never a read past the tables.
 #[allow(clippy::too_many_arguments)]
 pub fn rope_fwd<T: GpuFloat>(
     gpu: &Gpu,
@@ -33,13 +35,15 @@ pub fn rope_fwd<T: GpuFloat>(
         return Ok(());
     }
     check_len(OP, "cos", cos.len(), cos.len() / (hd / 2) * (hd / 2))?;
+    let max_pos = as_i32(OP, "max_pos", cos.len() / (hd / 2))?;
     let name = T::pick("rope_fwd_f32", "rope_fwd_bf16");
     let f = gpu.function("rope", name)?;
     let (h32, hd32) = (as_i32(OP, "heads", heads)?, as_i32(OP, "hd", hd)?);
-    let cfg = LaunchConfig { grid_dim: (n as u32, 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
+    let grid_dim = grid_dims(OP, [(n, "rows"), (1, ""), (1, "")])?;
+    let cfg = LaunchConfig { grid_dim, block_dim: (128, 1, 1), shared_mem_bytes: 0 };
     let mut args = gpu.stream.launch_builder(&f);
-    args.arg(x).arg(pos).arg(cos).arg(sin).arg(&h32).arg(&hd32);
-    // SAFETY: order and types match rope_fwd_<T> in cuda/rope.cu; lengths checked above; positions are
-    // the caller's contract (< max_pos), as ids are for the embedding.
+    args.arg(x).arg(pos).arg(cos).arg(sin).arg(&h32).arg(&hd32).arg(&max_pos);
+    // SAFETY: order and types match rope_fwd_<T> in cuda/rope.cu; lengths checked above; the kernel
+    // reads the tables only at positions in [0, max_pos) (others give NaN rows).
     unsafe { gpu.launch(name, cfg, &mut args) }
 }

@@ -1,17 +1,18 @@
 //! Launchers of `cuda/sampling.cu`: the sampler and the Philox uniforms.
 
-use super::{as_i32, grid, Gpu};
+use super::{as_i32, blocks, grid_dims, Gpu};
 use crate::error::{check_len, Result};
 use crate::sampling::SamplingParams;
 use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
 
 /// tokens[r] = `sampling::sample(logits[r], params, rng::uniform(seed, streams[r], step))`.
-/// logits: [rows, v] (f32)   streams: [rows]   tokens: [rows]   scratch: [rows, v] (f64, overwritten)
+/// logits: [rows, v] (f32)   streams: [rows]   tokens: [rows]   scratch: [rows, v] (u64: the fixed-point
+/// masses of `sampling::fixed_point_probs`, overwritten)
 #[allow(clippy::too_many_arguments)]
 pub fn sample(
     gpu: &Gpu,
     tokens: &mut CudaViewMut<u32>,
-    scratch: &mut CudaViewMut<f64>,
+    scratch: &mut CudaViewMut<u64>,
     logits: &CudaView<f32>,
     streams: &CudaView<u64>,
     rows: usize,
@@ -34,7 +35,8 @@ pub fn sample(
     let v32 = as_i32(OP, "v", v)?;
     // top-k ≥ v keeps everything, exactly like 0
     let top_k = if params.top_k >= v { 0 } else { params.top_k as i32 };
-    let cfg = LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (512, 1, 1), shared_mem_bytes: 0 };
+    let grid_dim = grid_dims(OP, [(rows, "rows"), (1, ""), (1, "")])?;
+    let cfg = LaunchConfig { grid_dim, block_dim: (512, 1, 1), shared_mem_bytes: 0 };
     let mut args = gpu.stream.launch_builder(&f);
     args.arg(tokens).arg(scratch).arg(logits).arg(streams).arg(&v32);
     args.arg(&params.temperature).arg(&top_k).arg(&params.top_p).arg(&seed).arg(&step);
@@ -55,7 +57,8 @@ pub fn philox_uniform(gpu: &Gpu, out: &mut CudaViewMut<f64>, seed: u64, streams:
     let name = "philox_uniform_f64";
     let f = gpu.function("sampling", name)?;
     let n32 = as_i32(OP, "n", n)?;
-    let cfg = LaunchConfig { grid_dim: (grid(n, 256), 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+    let grid_dim = grid_dims(OP, [(blocks(n, 256), "n / 256"), (1, ""), (1, "")])?;
+    let cfg = LaunchConfig { grid_dim, block_dim: (256, 1, 1), shared_mem_bytes: 0 };
     let mut args = gpu.stream.launch_builder(&f);
     args.arg(out).arg(&seed).arg(streams).arg(steps).arg(&n32);
     // SAFETY: order and types match philox_uniform_f64; lengths checked above.

@@ -1,6 +1,6 @@
 //! Launcher of `cuda/swiglu.cu`.
 
-use super::{as_i32, grid, Gpu, GpuFloat};
+use super::{as_i32, blocks, grid_dims, Gpu, GpuFloat};
 use crate::error::{check_len, Result};
 use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
 
@@ -16,7 +16,8 @@ pub fn swiglu_fwd<T: GpuFloat>(gpu: &Gpu, out: &mut CudaViewMut<T>, gu: &CudaVie
     let name = T::pick("swiglu_fwd_f32", "swiglu_fwd_bf16");
     let f = gpu.function("swiglu", name)?;
     let (n32, ff32) = (as_i32(OP, "n", n)?, as_i32(OP, "ff", ff)?);
-    let cfg = LaunchConfig { grid_dim: (grid(n * ff, 256), 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+    let grid_dim = grid_dims(OP, [(blocks(n * ff, 256), "n·ff / 256"), (1, ""), (1, "")])?;
+    let cfg = LaunchConfig { grid_dim, block_dim: (256, 1, 1), shared_mem_bytes: 0 };
     let mut args = gpu.stream.launch_builder(&f);
     args.arg(out).arg(gu).arg(&n32).arg(&ff32);
     // SAFETY: order and types match swiglu_fwd_<T> in cuda/swiglu.cu; lengths checked above.

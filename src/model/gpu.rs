@@ -73,8 +73,7 @@ pub struct Hidden<T> {
 impl<T: GpuFloat> GpuModel<T> {
     /// Copies a CPU model's parameters (any float type) to the device as T.
     pub fn from_cpu<U: Float>(gpu: Arc<Gpu>, model: &Model<U>) -> Result<Self> {
-        let host: Vec<T> = model.params.iter().map(|p| T::from_f32(p.to_f64() as f32)).collect();
-        let params = gpu.stream.clone_htod(&host)?;
+        let params = gpu.stream.clone_htod(&Self::host_params(model))?;
         let cfg = model.cfg.clone();
         let (cos, sin) = gpu::rope::rope_table(cfg.max_position_embeddings, cfg.head_dim, cfg.rope_theta);
         let (cos, sin) = (gpu.stream.clone_htod(&cos)?, gpu.stream.clone_htod(&sin)?);
@@ -89,6 +88,26 @@ impl<T: GpuFloat> GpuModel<T> {
             )));
         }
         Ok(GpuModel { gpu, cfg, layout: model.layout.clone(), params, cos, sin })
+    }
+
+    /// Copies a CPU model's parameters into the existing device buffer, as T (what training needs after
+    /// each optimizer step): no allocation, and the rotary tables (max_pos × hd/2 cos/sin computed in
+    /// f64) are kept. The model must have this one's config (training changes values, not shapes).
+    pub fn update_params<U: Float>(&mut self, model: &Model<U>) -> Result<()> {
+        if model.cfg != self.cfg || model.params.len() != self.params.len() {
+            return Err(Error::input(format!(
+                "update_params: the CPU model ({} parameters) is not the GPU model's config ({} parameters)",
+                model.params.len(),
+                self.params.len()
+            )));
+        }
+        self.gpu.stream.memcpy_htod(&Self::host_params(model), &mut self.params)?;
+        Ok(())
+    }
+
+    /// The parameters as T (through f32: see NOTES.md on bf16 rounding).
+    fn host_params<U: Float>(model: &Model<U>) -> Vec<T> {
+        model.params.iter().map(|p| T::from_f32(p.to_f64() as f32)).collect()
     }
 
     fn heads(&self) -> Heads {
@@ -190,9 +209,9 @@ impl<T: GpuFloat> GpuModel<T> {
         Ok(Hidden { hf: h, rows })
     }
 
-    /// f32 logits of the given rows of `hidden`: [rows.len(), vocab]. Rows are gathered with the
-    /// embedding kernel (a row gather is what it is).
-    fn logits_of_rows(&self, hidden: &Hidden<T>, rows: &[u32]) -> Result<CudaSlice<f32>> {
+    /// f32 logits of the given rows of `hidden`: [rows.len(), vocab] (what generation samples from).
+    /// Rows are gathered with the embedding kernel (a row gather is what it is).
+    pub fn logits_of_rows(&self, hidden: &Hidden<T>, rows: &[u32]) -> Result<CudaSlice<f32>> {
         let gpu = &*self.gpu;
         let (c, v) = (self.cfg.hidden_size, self.cfg.vocab_size);
         let n_hidden = hidden.rows.iter().map(|r| r.end).max().unwrap_or(0);
@@ -261,7 +280,7 @@ impl<T: GpuFloat> GpuModel<T> {
         }
         let cap = prompts.iter().map(Vec::len).max().unwrap_or(0) + opts.max_new_tokens;
         let mut cache = GpuKvCache::new(gpu, &self.cfg, b, cap)?;
-        let mut scratch = gpu.stream.alloc_zeros::<f64>(b * v)?;
+        let mut scratch = gpu.stream.alloc_zeros::<u64>(b * v)?;
         let mut tokens_d = gpu.stream.alloc_zeros::<u32>(b)?;
 
         let chunks: Vec<(usize, &[u32])> = prompts.iter().enumerate().map(|(i, p)| (i, p.as_slice())).collect();
