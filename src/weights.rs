@@ -9,7 +9,7 @@ use crate::cpu::Float;
 use crate::error::{read_json, write_atomic, Error, Result};
 use crate::layout::ParamLayout;
 use safetensors::{Dtype, SafeTensors};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 /// The dtype weights are written in.
@@ -51,6 +51,8 @@ impl MappedFile {
 
 /// The weight files of a checkpoint folder and which file holds which tensor.
 pub struct WeightFiles {
+    /// what lists the tensors: `model.safetensors` or `model.safetensors.index.json` (for messages)
+    source: PathBuf,
     files: Vec<MappedFile>,
     /// tensor name → index into `files`
     index: HashMap<String, usize>,
@@ -64,7 +66,7 @@ impl WeightFiles {
             let file = MappedFile::open(&single)?;
             let names: Vec<String> = file.parse()?.names().into_iter().map(str::to_string).collect();
             let index = names.into_iter().map(|n| (n, 0)).collect();
-            return Ok(WeightFiles { files: vec![file], index });
+            return Ok(WeightFiles { source: single, files: vec![file], index });
         }
         if !sharded.exists() {
             return Err(Error::weights(dir, "", "no model.safetensors or model.safetensors.index.json in this folder"));
@@ -92,7 +94,7 @@ impl WeightFiles {
             };
             index.insert(tensor.clone(), k);
         }
-        Ok(WeightFiles { files, index })
+        Ok(WeightFiles { source: sharded, files, index })
     }
 
     /// (name, dtype, shape) of every tensor, sorted by name.
@@ -110,10 +112,7 @@ impl WeightFiles {
 
     /// Converts one tensor into `dst`, checking its shape.
     fn read_into<T: Float>(&self, name: &str, shape: &[usize], dst: &mut [T]) -> Result<()> {
-        let &k = self.index.get(name).ok_or_else(|| {
-            let where_ = self.files.first().map_or(PathBuf::new(), |f| f.path.clone());
-            Error::weights(where_, name, "missing from the checkpoint")
-        })?;
+        let &k = self.index.get(name).ok_or_else(|| Error::weights(&self.source, name, "missing from the checkpoint"))?;
         let file = &self.files[k];
         let st = file.parse()?;
         let view = st.tensor(name).map_err(|e| Error::weights(&file.path, name, format!("unreadable: {e}")))?;
@@ -147,11 +146,44 @@ impl WeightFiles {
         }
         Ok(())
     }
+
+    /// Tensors of the checkpoint that `layout` does not read, sorted; an error when there are any
+    /// (a config with fewer layers than the checkpoint would otherwise load a truncated model).
+    /// Allowed: `lm_head.weight` when the embeddings are tied (the loader ignores it) and rotary
+    /// `inv_freq` buffers that some older checkpoints store (recomputed from the config).
+    fn check_no_surplus(&self, layout: &ParamLayout) -> Result<()> {
+        let wanted: HashSet<&str> = layout.entries.iter().map(|e| e.name.as_str()).collect();
+        let mut surplus: Vec<&str> = self
+            .index
+            .keys()
+            .map(String::as_str)
+            .filter(|n| !wanted.contains(n))
+            .filter(|n| !(layout.tied && *n == "lm_head.weight"))
+            .filter(|n| !n.ends_with("rotary_emb.inv_freq"))
+            .collect();
+        if surplus.is_empty() {
+            return Ok(());
+        }
+        surplus.sort_unstable();
+        let shown = surplus.iter().take(5).map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ");
+        let more = if surplus.len() > 5 { format!(" and {} more", surplus.len() - 5) } else { String::new() };
+        Err(Error::weights(
+            &self.source,
+            "",
+            format!(
+                "{} tensor(s) that config.json does not account for: {shown}{more}\n  hint: does config.json \
+                 (num_hidden_layers, tie_word_embeddings) belong to these weights?",
+                surplus.len()
+            ),
+        ))
+    }
 }
 
 /// Loads every parameter of `layout` from the checkpoint folder `dir` into one flat buffer.
+/// Every tensor of the checkpoint must be read (see [`WeightFiles`]'s surplus check).
 pub fn load_params<T: Float>(dir: &Path, layout: &ParamLayout) -> Result<Vec<T>> {
     let files = WeightFiles::open(dir)?;
+    files.check_no_surplus(layout)?;
     let mut params = vec![T::ZERO; layout.total];
     for e in &layout.entries {
         files.read_into(&e.name, &e.shape, &mut params[e.range()])?;
