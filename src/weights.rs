@@ -191,34 +191,84 @@ pub fn load_params<T: Float>(dir: &Path, layout: &ParamLayout) -> Result<Vec<T>>
     Ok(params)
 }
 
-/// Writes `dir/model.safetensors` (HF names and shapes, atomically) and `dir/config.json`.
+/// One tensor for [`write_safetensors_atomic`]: a slice of a flat buffer, converted to `dtype` (F32,
+/// F64 or BF16) only when the writer asks for its bytes, so a save holds one converted tensor at a time.
+pub struct TensorOut<'a, T: Float> {
+    values: &'a [T],
+    shape: Vec<usize>,
+    dtype: Dtype,
+}
+
+impl<'a, T: Float> TensorOut<'a, T> {
+    pub fn new(values: &'a [T], shape: Vec<usize>, dtype: Dtype) -> Self {
+        assert_eq!(values.len(), shape.iter().product::<usize>(), "TensorOut: values do not match the shape");
+        assert!(matches!(dtype, Dtype::F32 | Dtype::F64 | Dtype::BF16), "TensorOut: dtype {dtype:?} is not written");
+        TensorOut { values, shape, dtype }
+    }
+}
+
+impl<T: Float> safetensors::View for TensorOut<'_, T> {
+    fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+        let v = self.values;
+        let bytes: Vec<u8> = match self.dtype {
+            Dtype::F64 => v.iter().flat_map(|x| x.to_f64().to_le_bytes()).collect(),
+            Dtype::F32 => v.iter().flat_map(|x| (x.to_f64() as f32).to_le_bytes()).collect(),
+            // through f32: half's bf16::from_f64 drops the low f64 bits before rounding (double rounding)
+            _ => v.iter().flat_map(|x| half::bf16::from_f32(x.to_f64() as f32).to_bits().to_le_bytes()).collect(),
+        };
+        std::borrow::Cow::Owned(bytes)
+    }
+    fn data_len(&self) -> usize {
+        self.values.len() * self.dtype.bitsize() / 8
+    }
+}
+
+/// Writes a safetensors file atomically (a temp file in the same folder, fsync, rename), converting
+/// one tensor at a time: the extra memory is one tensor's bytes, never the whole file. The layout is
+/// `safetensors::serialize`'s (sorted by dtype, then name; 8-byte-aligned header).
+pub fn write_safetensors_atomic<T: Float>(
+    path: &Path,
+    tensors: Vec<(String, TensorOut<'_, T>)>,
+    meta: HashMap<String, String>,
+) -> Result<()> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let result = safetensors::tensor::serialize_to_file(tensors, Some(meta), &tmp)
+        .map_err(|e| match e {
+            safetensors::SafeTensorError::IoError(io) => Error::io(&tmp, io),
+            other => Error::weights(path, "", format!("cannot serialize safetensors: {other}")),
+        })
+        .and_then(|()| {
+            // serialize_to_file flushes but does not fsync
+            let f = std::fs::OpenOptions::new().write(true).open(&tmp).map_err(|e| Error::io(&tmp, e))?;
+            f.sync_all().map_err(|e| Error::io(&tmp, e))
+        })
+        .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e)));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Writes `dir/model.safetensors` (HF names and shapes, atomically, one tensor converted at a time)
+/// and `dir/config.json`.
 pub fn save_params<T: Float>(dir: &Path, cfg: &ModelConfig, layout: &ParamLayout, params: &[T], dtype: SaveDtype) -> Result<()> {
     assert_eq!(params.len(), layout.total, "save_params: buffer does not match the layout");
-    let mut blobs: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::with_capacity(layout.entries.len());
-    for e in &layout.entries {
-        let values = &params[e.range()];
-        let bytes: Vec<u8> = match dtype {
-            SaveDtype::F32 => values.iter().flat_map(|v| (v.to_f64() as f32).to_le_bytes()).collect(),
-            // through f32: half's bf16::from_f64 drops the low f64 bits before rounding (double rounding)
-            SaveDtype::BF16 => values.iter().flat_map(|v| half::bf16::from_f32(v.to_f64() as f32).to_bits().to_le_bytes()).collect(),
-        };
-        blobs.push((e.name.clone(), e.shape.clone(), bytes));
-    }
     let st_dtype = match dtype {
         SaveDtype::F32 => Dtype::F32,
         SaveDtype::BF16 => Dtype::BF16,
     };
-    let views = blobs
-        .iter()
-        .map(|(name, shape, bytes)| {
-            safetensors::tensor::TensorView::new(st_dtype, shape.clone(), bytes).map(|v| (name.clone(), v))
-        })
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| Error::weights(dir, "", format!("cannot build safetensors views: {e}")))?;
+    let tensors = layout.entries.iter().map(|e| (e.name.clone(), TensorOut::new(&params[e.range()], e.shape.clone(), st_dtype))).collect();
     let meta: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
-    let file_bytes = safetensors::tensor::serialize(views, Some(meta))
-        .map_err(|e| Error::weights(dir, "", format!("cannot serialize safetensors: {e}")))?;
-    write_atomic(dir.join("model.safetensors"), &file_bytes)?;
+    write_safetensors_atomic(&dir.join("model.safetensors"), tensors, meta)?;
     let mut cfg = cfg.clone();
     cfg.torch_dtype = Some(dtype.hf_name().into());
     let text = serde_json::to_string_pretty(&cfg.to_json()).map_err(|e| Error::json(dir.join("config.json"), e))?;

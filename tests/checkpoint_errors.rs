@@ -317,3 +317,38 @@ fn absurd_config_sizes() {
     let e = drpo::layout::ParamLayout::try_new(&big).unwrap_err();
     assert!(matches!(&e, Error::Config { field, .. } if field == "num_hidden_layers"), "{e:?}");
 }
+
+/// The streaming save writes byte for byte what `safetensors::serialize` makes of whole-file buffers
+/// (the old way, the independent reference here), in F32 and BF16, and leaves no temp file behind.
+#[test]
+fn streaming_save_matches_serialize() {
+    for name in FIXTURES {
+        let m = Model::<f64>::load(&fixture(name)).unwrap();
+        for dtype in [SaveDtype::F32, SaveDtype::BF16] {
+            let dir = scratch_dir(&format!("stream-save-{name}-{dtype:?}"));
+            save_params(&dir, &m.cfg, &m.layout, &m.params, dtype).unwrap();
+            let blobs: Vec<(String, Vec<usize>, Vec<u8>)> = m
+                .layout
+                .entries
+                .iter()
+                .map(|e| {
+                    let vals = &m.params[e.range()];
+                    let bytes: Vec<u8> = match dtype {
+                        SaveDtype::F32 => vals.iter().flat_map(|&v| (v as f32).to_le_bytes()).collect(),
+                        SaveDtype::BF16 => vals.iter().flat_map(|&v| half::bf16::from_f32(v as f32).to_bits().to_le_bytes()).collect(),
+                    };
+                    (e.name.clone(), e.shape.clone(), bytes)
+                })
+                .collect();
+            let st = if dtype == SaveDtype::F32 { Dtype::F32 } else { Dtype::BF16 };
+            let views: Vec<(String, TensorView)> =
+                blobs.iter().map(|(n, s, b)| (n.clone(), TensorView::new(st, s.clone(), b).unwrap())).collect();
+            let meta: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
+            let want = safetensors::tensor::serialize(views, Some(meta)).unwrap();
+            assert!(std::fs::read(dir.join("model.safetensors")).unwrap() == want, "{name} {dtype:?}: file differs");
+            let mut names: Vec<String> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+            names.sort();
+            assert_eq!(names, ["config.json", "model.safetensors"], "{name} {dtype:?}");
+        }
+    }
+}
