@@ -5,6 +5,7 @@
 
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
+use crate::model::cpu::HEAD_ROWS;
 use std::path::Path;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -39,9 +40,10 @@ fn params(cfg: &ModelConfig) -> u64 {
 pub fn generation(cfg: &ModelConfig, elem: u64, batch: u64, max_prompt: u64, max_len: u64) -> MemoryEstimate {
     let (c, ff, v) = (cfg.hidden_size as u64, cfg.intermediate_size as u64, cfg.vocab_size as u64);
     let kv = mul(&[2, cfg.num_hidden_layers as u64, cfg.kv_dim() as u64]);
-    // prefill: one layer's activations for every prompt row, attention probabilities of one sequence
+    // prefill: one layer's activations for every prompt row (attention keeps one [tk] row of
+    // probabilities per (sequence, head) task, not [nh, t, t]), then the last rows' logits
     let rows = mul(&[batch, max_prompt]);
-    let prefill = add(&[mul(&[rows, add(&[mul(&[6, c]), mul(&[3, ff])])]), mul(&[cfg.num_attention_heads as u64, max_prompt, max_prompt])]);
+    let prefill = mul(&[rows, add(&[mul(&[6, c]), mul(&[3, ff])])]);
     MemoryEstimate {
         weights: mul(&[params(cfg), elem]),
         kv_cache: mul(&[batch, max_len, kv, elem]),
@@ -51,13 +53,15 @@ pub fn generation(cfg: &ModelConfig, elem: u64, batch: u64, max_prompt: u64, max
 }
 
 /// One training chunk of `rows` tokens in sequences of up to `seq_len` tokens: every layer's
-/// activations are kept for the backward pass, plus logits and their gradient, plus gradients and the
-/// two AdamW moments (f32) next to the weights.
+/// activations are kept for the backward pass (attention probabilities included), plus the head's
+/// logits and their gradient for one block of [`HEAD_ROWS`] rows, plus gradients and the two AdamW
+/// moments (f32) next to the weights.
 pub fn training(cfg: &ModelConfig, elem: u64, rows: u64, seq_len: u64) -> MemoryEstimate {
     let (c, ff, v) = (cfg.hidden_size as u64, cfg.intermediate_size as u64, cfg.vocab_size as u64);
     let (qd, kvd, nh) = (cfg.q_dim() as u64, cfg.kv_dim() as u64, cfg.num_attention_heads as u64);
     let per_row_layer = add(&[mul(&[4, c]), mul(&[2, qd]), mul(&[2, kvd]), mul(&[3, ff]), mul(&[nh, seq_len]), 2]);
-    let acts = mul(&[rows, add(&[mul(&[cfg.num_hidden_layers as u64, per_row_layer]), mul(&[3, c]), mul(&[2, v])])]);
+    let head = mul(&[2, HEAD_ROWS as u64, v]);
+    let acts = add(&[mul(&[rows, add(&[mul(&[cfg.num_hidden_layers as u64, per_row_layer]), mul(&[4, c]), 2])]), head]);
     let p = params(cfg);
     MemoryEstimate { weights: mul(&[p, elem]), kv_cache: 0, activations: mul(&[acts, elem]), optimizer: mul(&[p, add(&[elem, 8])]) }
 }
