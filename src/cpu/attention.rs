@@ -75,7 +75,7 @@ pub fn attention_head_infer<T: Float>(rows: &mut [&mut [T]], q: &[T], k: &[T], v
 
 /// Splits out: [t, nh, hd] into per-head lists of row slices: result[h][i] = out[i, h, :].
 pub fn head_slices<T>(out: &mut [T], nh: usize, hd: usize) -> Vec<Vec<&mut [T]>> {
-    let t = if nh * hd == 0 { 0 } else { out.len() / (nh * hd) };
+    let t = out.len().checked_div(nh * hd).unwrap_or(0);
     let mut heads: Vec<Vec<&mut [T]>> = (0..nh).map(|_| Vec::with_capacity(t)).collect();
     if hd == 0 {
         return heads;
