@@ -28,14 +28,34 @@ pub struct ModelConfig {
     pub torch_dtype: Option<String>,
 }
 
+/// Upper bounds on the size fields: far above any real checkpoint (Qwen2.5-72B: hidden 8192, MLP 29568,
+/// 80 layers, 64 heads, vocab 152064, 131072 positions), low enough that no size computed from them
+/// overflows (every parameter count fits in 2^60) and that a typo is an error, not an abort.
+const MAX_SIZES: [(&str, usize); 8] = [
+    ("vocab_size", 1 << 31), // ids are u32
+    ("hidden_size", 1 << 20),
+    ("intermediate_size", 1 << 22),
+    ("num_hidden_layers", 1 << 12),
+    ("num_attention_heads", 1 << 12),
+    ("num_key_value_heads", 1 << 12),
+    ("head_dim", 1 << 14),
+    ("max_position_embeddings", 1 << 30),
+];
+
 fn field_usize(v: &Value, path: &Path, name: &str) -> Result<usize> {
+    let max = MAX_SIZES.iter().find(|(n, _)| *n == name).map_or(usize::MAX, |&(_, m)| m);
     match v.get(name) {
         None | Some(Value::Null) => Err(Error::config(path, name, "missing (required)")),
-        Some(x) => x
-            .as_u64()
-            .filter(|&n| n > 0)
-            .map(|n| n as usize)
-            .ok_or_else(|| Error::config(path, name, format!("expected a positive integer, got {x}"))),
+        Some(x) => {
+            let n = x
+                .as_u64()
+                .filter(|&n| n > 0)
+                .ok_or_else(|| Error::config(path, name, format!("expected a positive integer, got {x}")))?;
+            usize::try_from(n)
+                .ok()
+                .filter(|&n| n <= max)
+                .ok_or_else(|| Error::config(path, name, format!("{n} is too large (at most {max} is accepted)")))
+        }
     }
 }
 
@@ -53,10 +73,15 @@ fn field_f64(v: &Value, path: &Path, name: &str) -> Result<Option<f64>> {
 /// A token id or a list of them (`eos_token_id` may be either).
 pub fn token_ids(v: Option<&Value>, path: &Path, name: &str) -> Result<Vec<u32>> {
     let bad = |x: &Value| Error::config(path, name, format!("expected a token id or a list of ids, got {x}"));
+    // an id past u32 is an error, not truncated to another token
+    let id = |x: &Value| -> Result<u32> {
+        let i = x.as_u64().ok_or_else(|| bad(x))?;
+        u32::try_from(i).map_err(|_| Error::config(path, name, format!("token id {i} does not fit in 32 bits")))
+    };
     match v {
         None | Some(Value::Null) => Ok(vec![]),
-        Some(Value::Array(a)) => a.iter().map(|x| x.as_u64().map(|i| i as u32).ok_or_else(|| bad(x))).collect(),
-        Some(x) => x.as_u64().map(|i| vec![i as u32]).ok_or_else(|| bad(x)),
+        Some(Value::Array(a)) => a.iter().map(id).collect(),
+        Some(x) => Ok(vec![id(x)?]),
     }
 }
 
@@ -144,7 +169,7 @@ impl ModelConfig {
         };
         let bos = token_ids(v.get("bos_token_id"), path, "bos_token_id")?;
         let dtype = v.get("torch_dtype").or_else(|| v.get("dtype")).and_then(Value::as_str).map(str::to_string);
-        Ok(ModelConfig {
+        let cfg = ModelConfig {
             vocab_size: field_usize(v, path, "vocab_size")?,
             hidden_size,
             intermediate_size: field_usize(v, path, "intermediate_size")?,
@@ -159,7 +184,10 @@ impl ModelConfig {
             bos_token_id: bos.first().copied(),
             eos_token_ids: token_ids(v.get("eos_token_id"), path, "eos_token_id")?,
             torch_dtype: dtype,
-        })
+        };
+        // every size derived from the config (tensor sizes, the parameter count) must be computable
+        crate::layout::ParamLayout::checked_total(&cfg, path)?;
+        Ok(cfg)
     }
 
     /// A config.json that transformers (4 and 5) and this loader both read back to the same model.

@@ -5,7 +5,9 @@
 //! Hugging Face tensor names; shapes are the HF shapes (linear weights `[out, in]`).
 
 use crate::config::ModelConfig;
+use crate::error::{Error, Result};
 use std::ops::Range;
+use std::path::Path;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct ParamEntry {
@@ -53,7 +55,39 @@ pub struct ParamLayout {
 }
 
 impl ParamLayout {
+    /// The number of parameters of `cfg`, with every product and sum checked: an error names the
+    /// config field whose tensor size overflows (`path` is the config file, for the message).
+    pub fn checked_total(cfg: &ModelConfig, path: &Path) -> Result<usize> {
+        let overflow = |field: &str| Error::config(path, field, "the model's size overflows (config too large)");
+        let mul = |a: usize, b: usize, field: &str| a.checked_mul(b).ok_or_else(|| overflow(field));
+        let (c, v, ff) = (cfg.hidden_size, cfg.vocab_size, cfg.intermediate_size);
+        let qd = mul(cfg.num_attention_heads, cfg.head_dim, "num_attention_heads")?;
+        let kvd = mul(cfg.num_key_value_heads, cfg.head_dim, "num_key_value_heads")?;
+        let embed = mul(v, c, "vocab_size")?;
+        // per layer: 2 norms, q (weight + bias), k and v (weight + bias), o, gate, up, down
+        let c1 = c.checked_add(1).ok_or_else(|| overflow("hidden_size"))?;
+        let attn = [mul(qd, c1, "num_attention_heads")?, mul(kvd, c1, "num_key_value_heads")?];
+        let mlp = mul(mul(3, c, "hidden_size")?, ff, "intermediate_size")?;
+        let layer = [mul(2, c, "hidden_size")?, attn[0], attn[1], attn[1], mul(c, qd, "num_attention_heads")?, mlp]
+            .into_iter()
+            .try_fold(0usize, |acc, x| acc.checked_add(x))
+            .ok_or_else(|| overflow("hidden_size"))?;
+        let layers = mul(layer, cfg.num_hidden_layers, "num_hidden_layers")?;
+        let head = if cfg.tie_word_embeddings { 0 } else { embed };
+        [embed, layers, c, head].into_iter().try_fold(0usize, |acc, x| acc.checked_add(x)).ok_or_else(|| overflow("num_hidden_layers"))
+    }
+
+    /// The layout of `cfg`, or a config error when its sizes overflow.
+    pub fn try_new(cfg: &ModelConfig) -> Result<Self> {
+        Self::checked_total(cfg, Path::new("config.json"))?;
+        Ok(Self::new(cfg))
+    }
+
+    /// The layout of `cfg`. Panics when the sizes overflow: configs read from a file have been
+    /// checked ([`ModelConfig::from_json`]); use [`ParamLayout::try_new`] for one built by hand.
     pub fn new(cfg: &ModelConfig) -> Self {
+        let total = Self::checked_total(cfg, Path::new("config"))
+            .unwrap_or_else(|e| panic!("ParamLayout::new on an unchecked config: {e}"));
         let (c, v, ff) = (cfg.hidden_size, cfg.vocab_size, cfg.intermediate_size);
         let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
         let mut entries = Vec::new();
@@ -86,7 +120,8 @@ impl ParamLayout {
         }
         let final_norm = add("model.norm.weight".into(), vec![c]);
         let lm_head = if cfg.tie_word_embeddings { embed.clone() } else { add("lm_head.weight".into(), vec![v, c]) };
-        ParamLayout { entries, embed, layers, final_norm, lm_head, tied: cfg.tie_word_embeddings, total: offset }
+        assert_eq!(offset, total, "ParamLayout::new: checked_total disagrees with the layout");
+        ParamLayout { entries, embed, layers, final_norm, lm_head, tied: cfg.tie_word_embeddings, total }
     }
 
     pub fn get(&self, name: &str) -> Option<&ParamEntry> {

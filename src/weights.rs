@@ -9,7 +9,7 @@ use crate::cpu::Float;
 use crate::error::{read_json, write_atomic, Error, Result};
 use crate::layout::ParamLayout;
 use safetensors::{Dtype, SafeTensors};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 /// The dtype weights are written in.
@@ -51,6 +51,8 @@ impl MappedFile {
 
 /// The weight files of a checkpoint folder and which file holds which tensor.
 pub struct WeightFiles {
+    /// what lists the tensors: `model.safetensors` or `model.safetensors.index.json` (for messages)
+    source: PathBuf,
     files: Vec<MappedFile>,
     /// tensor name → index into `files`
     index: HashMap<String, usize>,
@@ -64,7 +66,7 @@ impl WeightFiles {
             let file = MappedFile::open(&single)?;
             let names: Vec<String> = file.parse()?.names().into_iter().map(str::to_string).collect();
             let index = names.into_iter().map(|n| (n, 0)).collect();
-            return Ok(WeightFiles { files: vec![file], index });
+            return Ok(WeightFiles { source: single, files: vec![file], index });
         }
         if !sharded.exists() {
             return Err(Error::weights(dir, "", "no model.safetensors or model.safetensors.index.json in this folder"));
@@ -92,7 +94,7 @@ impl WeightFiles {
             };
             index.insert(tensor.clone(), k);
         }
-        Ok(WeightFiles { files, index })
+        Ok(WeightFiles { source: sharded, files, index })
     }
 
     /// (name, dtype, shape) of every tensor, sorted by name.
@@ -110,10 +112,7 @@ impl WeightFiles {
 
     /// Converts one tensor into `dst`, checking its shape.
     fn read_into<T: Float>(&self, name: &str, shape: &[usize], dst: &mut [T]) -> Result<()> {
-        let &k = self.index.get(name).ok_or_else(|| {
-            let where_ = self.files.first().map_or(PathBuf::new(), |f| f.path.clone());
-            Error::weights(where_, name, "missing from the checkpoint")
-        })?;
+        let &k = self.index.get(name).ok_or_else(|| Error::weights(&self.source, name, "missing from the checkpoint"))?;
         let file = &self.files[k];
         let st = file.parse()?;
         let view = st.tensor(name).map_err(|e| Error::weights(&file.path, name, format!("unreadable: {e}")))?;
@@ -147,11 +146,44 @@ impl WeightFiles {
         }
         Ok(())
     }
+
+    /// Tensors of the checkpoint that `layout` does not read, sorted; an error when there are any
+    /// (a config with fewer layers than the checkpoint would otherwise load a truncated model).
+    /// Allowed: `lm_head.weight` when the embeddings are tied (the loader ignores it) and rotary
+    /// `inv_freq` buffers that some older checkpoints store (recomputed from the config).
+    fn check_no_surplus(&self, layout: &ParamLayout) -> Result<()> {
+        let wanted: HashSet<&str> = layout.entries.iter().map(|e| e.name.as_str()).collect();
+        let mut surplus: Vec<&str> = self
+            .index
+            .keys()
+            .map(String::as_str)
+            .filter(|n| !wanted.contains(n))
+            .filter(|n| !(layout.tied && *n == "lm_head.weight"))
+            .filter(|n| !n.ends_with("rotary_emb.inv_freq"))
+            .collect();
+        if surplus.is_empty() {
+            return Ok(());
+        }
+        surplus.sort_unstable();
+        let shown = surplus.iter().take(5).map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ");
+        let more = if surplus.len() > 5 { format!(" and {} more", surplus.len() - 5) } else { String::new() };
+        Err(Error::weights(
+            &self.source,
+            "",
+            format!(
+                "{} tensor(s) that config.json does not account for: {shown}{more}\n  hint: does config.json \
+                 (num_hidden_layers, tie_word_embeddings) belong to these weights?",
+                surplus.len()
+            ),
+        ))
+    }
 }
 
 /// Loads every parameter of `layout` from the checkpoint folder `dir` into one flat buffer.
+/// Every tensor of the checkpoint must be read (see [`WeightFiles`]'s surplus check).
 pub fn load_params<T: Float>(dir: &Path, layout: &ParamLayout) -> Result<Vec<T>> {
     let files = WeightFiles::open(dir)?;
+    files.check_no_surplus(layout)?;
     let mut params = vec![T::ZERO; layout.total];
     for e in &layout.entries {
         files.read_into(&e.name, &e.shape, &mut params[e.range()])?;
@@ -159,34 +191,84 @@ pub fn load_params<T: Float>(dir: &Path, layout: &ParamLayout) -> Result<Vec<T>>
     Ok(params)
 }
 
-/// Writes `dir/model.safetensors` (HF names and shapes, atomically) and `dir/config.json`.
+/// One tensor for [`write_safetensors_atomic`]: a slice of a flat buffer, converted to `dtype` (F32,
+/// F64 or BF16) only when the writer asks for its bytes, so a save holds one converted tensor at a time.
+pub struct TensorOut<'a, T: Float> {
+    values: &'a [T],
+    shape: Vec<usize>,
+    dtype: Dtype,
+}
+
+impl<'a, T: Float> TensorOut<'a, T> {
+    pub fn new(values: &'a [T], shape: Vec<usize>, dtype: Dtype) -> Self {
+        assert_eq!(values.len(), shape.iter().product::<usize>(), "TensorOut: values do not match the shape");
+        assert!(matches!(dtype, Dtype::F32 | Dtype::F64 | Dtype::BF16), "TensorOut: dtype {dtype:?} is not written");
+        TensorOut { values, shape, dtype }
+    }
+}
+
+impl<T: Float> safetensors::View for TensorOut<'_, T> {
+    fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+        let v = self.values;
+        let bytes: Vec<u8> = match self.dtype {
+            Dtype::F64 => v.iter().flat_map(|x| x.to_f64().to_le_bytes()).collect(),
+            Dtype::F32 => v.iter().flat_map(|x| (x.to_f64() as f32).to_le_bytes()).collect(),
+            // through f32: half's bf16::from_f64 drops the low f64 bits before rounding (double rounding)
+            _ => v.iter().flat_map(|x| half::bf16::from_f32(x.to_f64() as f32).to_bits().to_le_bytes()).collect(),
+        };
+        std::borrow::Cow::Owned(bytes)
+    }
+    fn data_len(&self) -> usize {
+        self.values.len() * self.dtype.bitsize() / 8
+    }
+}
+
+/// Writes a safetensors file atomically (a temp file in the same folder, fsync, rename), converting
+/// one tensor at a time: the extra memory is one tensor's bytes, never the whole file. The layout is
+/// `safetensors::serialize`'s (sorted by dtype, then name; 8-byte-aligned header).
+pub fn write_safetensors_atomic<T: Float>(
+    path: &Path,
+    tensors: Vec<(String, TensorOut<'_, T>)>,
+    meta: HashMap<String, String>,
+) -> Result<()> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let result = safetensors::tensor::serialize_to_file(tensors, Some(meta), &tmp)
+        .map_err(|e| match e {
+            safetensors::SafeTensorError::IoError(io) => Error::io(&tmp, io),
+            other => Error::weights(path, "", format!("cannot serialize safetensors: {other}")),
+        })
+        .and_then(|()| {
+            // serialize_to_file flushes but does not fsync
+            let f = std::fs::OpenOptions::new().write(true).open(&tmp).map_err(|e| Error::io(&tmp, e))?;
+            f.sync_all().map_err(|e| Error::io(&tmp, e))
+        })
+        .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e)));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Writes `dir/model.safetensors` (HF names and shapes, atomically, one tensor converted at a time)
+/// and `dir/config.json`.
 pub fn save_params<T: Float>(dir: &Path, cfg: &ModelConfig, layout: &ParamLayout, params: &[T], dtype: SaveDtype) -> Result<()> {
     assert_eq!(params.len(), layout.total, "save_params: buffer does not match the layout");
-    let mut blobs: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::with_capacity(layout.entries.len());
-    for e in &layout.entries {
-        let values = &params[e.range()];
-        let bytes: Vec<u8> = match dtype {
-            SaveDtype::F32 => values.iter().flat_map(|v| (v.to_f64() as f32).to_le_bytes()).collect(),
-            // through f32: half's bf16::from_f64 drops the low f64 bits before rounding (double rounding)
-            SaveDtype::BF16 => values.iter().flat_map(|v| half::bf16::from_f32(v.to_f64() as f32).to_bits().to_le_bytes()).collect(),
-        };
-        blobs.push((e.name.clone(), e.shape.clone(), bytes));
-    }
     let st_dtype = match dtype {
         SaveDtype::F32 => Dtype::F32,
         SaveDtype::BF16 => Dtype::BF16,
     };
-    let views = blobs
-        .iter()
-        .map(|(name, shape, bytes)| {
-            safetensors::tensor::TensorView::new(st_dtype, shape.clone(), bytes).map(|v| (name.clone(), v))
-        })
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| Error::weights(dir, "", format!("cannot build safetensors views: {e}")))?;
+    let tensors = layout.entries.iter().map(|e| (e.name.clone(), TensorOut::new(&params[e.range()], e.shape.clone(), st_dtype))).collect();
     let meta: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
-    let file_bytes = safetensors::tensor::serialize(views, Some(meta))
-        .map_err(|e| Error::weights(dir, "", format!("cannot serialize safetensors: {e}")))?;
-    write_atomic(dir.join("model.safetensors"), &file_bytes)?;
+    write_safetensors_atomic(&dir.join("model.safetensors"), tensors, meta)?;
     let mut cfg = cfg.clone();
     cfg.torch_dtype = Some(dtype.hf_name().into());
     let text = serde_json::to_string_pretty(&cfg.to_json()).map_err(|e| Error::json(dir.join("config.json"), e))?;

@@ -198,3 +198,157 @@ fn sharded_f16_and_bf16_round_trip() {
     assert_eq!(a, b, "config.json round trip");
     assert!(tensors(&out.join("model.safetensors")).iter().any(|t| t.0 == "lm_head.weight"));
 }
+
+/// A config with fewer layers than the checkpoint used to load a truncated model silently; an untied
+/// config on a tied checkpoint's extra tensor likewise. Surplus tensors are an error naming them; a
+/// tied checkpoint's `lm_head.weight` and rotary `inv_freq` buffers are allowed.
+#[test]
+fn surplus_tensors() {
+    let dir = scratch("surplus", "qwen2-tiny");
+    edit_config(&dir, |v| v["num_hidden_layers"] = 1.into());
+    let e = load_err(&dir);
+    let file = dir.join("model.safetensors");
+    match &e {
+        Error::Weights { path, what, .. } => {
+            assert_eq!(path, &file);
+            assert!(what.contains("model.layers.1.input_layernorm.weight") && what.contains("num_hidden_layers"), "{what}");
+            // 12 tensors per layer: 5 named, the rest counted
+            assert!(what.starts_with("12 tensor(s)") && what.contains("and 7 more"), "{what}");
+        }
+        _ => panic!("{e:?}"),
+    }
+
+    // allowed extras: rotary inv_freq buffers (older checkpoints), lm_head.weight on a tied model
+    let dir = scratch("surplus-allowed", "qwen2-tiny");
+    let file = dir.join("model.safetensors");
+    let tied = Model::<f32>::load(&dir).unwrap();
+    assert!(tied.cfg.tie_word_embeddings);
+    let mut ts = tensors(&file);
+    let embed = ts.iter().find(|t| t.0 == "model.embed_tokens.weight").unwrap().clone();
+    ts.push(("lm_head.weight".into(), embed.1, embed.2.clone(), embed.3.iter().map(|b| b ^ 0x55).collect()));
+    ts.push(("model.layers.0.self_attn.rotary_emb.inv_freq".into(), Dtype::F32, vec![2], vec![0; 8]));
+    write_tensors(&file, &ts);
+    assert_eq!(Model::<f32>::load(&dir).unwrap().params, tied.params, "the extras are ignored");
+    // anything else is not
+    ts.push(("model.layers.0.self_attn.q_norm.weight".into(), Dtype::F32, vec![2], vec![0; 8]));
+    write_tensors(&file, &ts);
+    let e = load_err(&dir);
+    assert!(matches!(&e, Error::Weights { what, .. } if what.starts_with("1 tensor(s)") && what.contains("`model.layers.0.self_attn.q_norm.weight`")), "{e:?}");
+}
+
+/// A missing tensor names the file that lists the tensors: the single safetensors file, or the index
+/// of a sharded checkpoint (an empty `weight_map` named nothing: "error: : tensor …").
+#[test]
+fn missing_tensor_names_the_file() {
+    let dir = scratch("missing-tensor", "qwen2-tiny");
+    let all = tensors(&dir.join("model.safetensors"));
+    std::fs::remove_file(dir.join("model.safetensors")).unwrap();
+    let index = dir.join("model.safetensors.index.json");
+    std::fs::write(&index, serde_json::to_vec(&serde_json::json!({"metadata": {}, "weight_map": {}})).unwrap()).unwrap();
+    let e = load_err(&dir);
+    assert!(matches!(&e, Error::Weights { path, tensor, what } if path == &index && tensor == "model.embed_tokens.weight" && what.contains("missing")), "{e:?}");
+    assert!(e.to_string().starts_with(&index.display().to_string()), "{e}");
+
+    // two shards, a tensor of the second missing from the index: the index is named, not shard 1
+    let (a, b) = all.split_at(all.len() / 2);
+    write_tensors(&dir.join("model-00001-of-00002.safetensors"), a);
+    write_tensors(&dir.join("model-00002-of-00002.safetensors"), b);
+    let dropped = &b[0].0;
+    let map: serde_json::Map<String, serde_json::Value> = a
+        .iter()
+        .map(|t| (t.0.clone(), "model-00001-of-00002.safetensors".into()))
+        .chain(b[1..].iter().map(|t| (t.0.clone(), "model-00002-of-00002.safetensors".into())))
+        .collect();
+    std::fs::write(&index, serde_json::to_vec(&serde_json::json!({"weight_map": map})).unwrap()).unwrap();
+    let e = load_err(&dir);
+    assert!(matches!(&e, Error::Weights { path, tensor, .. } if path == &index && tensor == dropped), "{e:?}");
+
+    // single file
+    let dir = scratch("missing-tensor-single", "qwen2-tiny");
+    let file = dir.join("model.safetensors");
+    write_tensors(&file, &all[1..]);
+    let e = load_err(&dir);
+    assert!(matches!(&e, Error::Weights { path, tensor, .. } if path == &file && tensor == &all[0].0), "{e:?}");
+}
+
+/// Absurd sizes are config errors naming the field, not an abort (a 1e12-layer Vec, a wrapped
+/// parameter count); token ids past u32 are errors, not truncated to another id.
+#[test]
+fn absurd_config_sizes() {
+    let dir = scratch("absurd", "qwen2-tiny");
+    let orig: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
+    let cases: [(&str, serde_json::Value); 9] = [
+        ("num_hidden_layers", 1_000_000_000_000u64.into()),
+        ("vocab_size", (1u64 << 62).into()),
+        ("hidden_size", u64::MAX.into()),
+        ("intermediate_size", (1u64 << 40).into()),
+        ("num_attention_heads", (1u64 << 40).into()),
+        ("head_dim", (1u64 << 40).into()),
+        ("max_position_embeddings", u64::MAX.into()),
+        ("eos_token_id", ((1u64 << 32) + 5).into()),
+        ("bos_token_id", (1u64 << 32).into()),
+    ];
+    for (field, value) in cases {
+        edit_config(&dir, |v| {
+            *v = orig.clone();
+            v[field] = value.clone();
+        });
+        let e = load_err(&dir);
+        assert!(matches!(&e, Error::Config { field: f, .. } if f == field), "{field}: {e:?}");
+        // and before any weight is read: `inspect` reads the config the same way
+        let e = drpo::config::ModelConfig::from_dir(&dir).unwrap_err();
+        assert!(matches!(&e, Error::Config { field: f, .. } if f == field), "{field}: {e:?}");
+    }
+    edit_config(&dir, |v| {
+        *v = orig.clone();
+        v["eos_token_id"] = serde_json::json!([5, (1u64 << 32) + 5]);
+    });
+    assert!(matches!(load_err(&dir), Error::Config { field, what, .. } if field == "eos_token_id" && what.contains("4294967301")));
+
+    // the largest accepted sizes still give an exact parameter count (no wrap): 2^31 × 2^20 embedding
+    let mut big = drpo::config::ModelConfig::from_json(&orig, Path::new("x")).unwrap();
+    (big.vocab_size, big.hidden_size, big.tie_word_embeddings) = (1 << 31, 1 << 20, false);
+    let total = drpo::layout::ParamLayout::checked_total(&big, Path::new("x")).unwrap() as u128;
+    let (c, l, ff, qd, kvd) = (1u128 << 20, big.num_hidden_layers as u128, big.intermediate_size as u128, big.q_dim() as u128, big.kv_dim() as u128);
+    let want = 2 * (1u128 << 51) + c + l * (2 * c + qd * (c + 1) + 2 * kvd * (c + 1) + c * qd + 3 * c * ff);
+    assert_eq!(total, want);
+    // a hand-built config past usize: an error from try_new, not a wrap
+    big.num_hidden_layers = usize::MAX / 2;
+    let e = drpo::layout::ParamLayout::try_new(&big).unwrap_err();
+    assert!(matches!(&e, Error::Config { field, .. } if field == "num_hidden_layers"), "{e:?}");
+}
+
+/// The streaming save writes byte for byte what `safetensors::serialize` makes of whole-file buffers
+/// (the old way, the independent reference here), in F32 and BF16, and leaves no temp file behind.
+#[test]
+fn streaming_save_matches_serialize() {
+    for name in FIXTURES {
+        let m = Model::<f64>::load(&fixture(name)).unwrap();
+        for dtype in [SaveDtype::F32, SaveDtype::BF16] {
+            let dir = scratch_dir(&format!("stream-save-{name}-{dtype:?}"));
+            save_params(&dir, &m.cfg, &m.layout, &m.params, dtype).unwrap();
+            let blobs: Vec<(String, Vec<usize>, Vec<u8>)> = m
+                .layout
+                .entries
+                .iter()
+                .map(|e| {
+                    let vals = &m.params[e.range()];
+                    let bytes: Vec<u8> = match dtype {
+                        SaveDtype::F32 => vals.iter().flat_map(|&v| (v as f32).to_le_bytes()).collect(),
+                        SaveDtype::BF16 => vals.iter().flat_map(|&v| half::bf16::from_f32(v as f32).to_bits().to_le_bytes()).collect(),
+                    };
+                    (e.name.clone(), e.shape.clone(), bytes)
+                })
+                .collect();
+            let st = if dtype == SaveDtype::F32 { Dtype::F32 } else { Dtype::BF16 };
+            let views: Vec<(String, TensorView)> =
+                blobs.iter().map(|(n, s, b)| (n.clone(), TensorView::new(st, s.clone(), b).unwrap())).collect();
+            let meta: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
+            let want = safetensors::tensor::serialize(views, Some(meta)).unwrap();
+            assert!(std::fs::read(dir.join("model.safetensors")).unwrap() == want, "{name} {dtype:?}: file differs");
+            let mut names: Vec<String> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+            names.sort();
+            assert_eq!(names, ["config.json", "model.safetensors"], "{name} {dtype:?}");
+        }
+    }
+}

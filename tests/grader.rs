@@ -770,4 +770,39 @@ fn huge_and_deep_inputs() {
     assert!(!g(&slashes, "1"));
     let commas = format!("</think>\\boxed{{{}}}", "1,000".repeat(10_000));
     let _ = g(&commas, "1");
+    // recursion that never passed through a group: optional arguments of `\sqrt[` and `\\[`, and
+    // matrices inside matrices (each overflowed the stack: the whole process aborted)
+    for (what, n) in [("\\sqrt[", 20_000), ("\\\\[", 20_000), ("\\begin{pmatrix}", 30_000)] {
+        let nested = format!("</think>\\boxed{{{}}}", what.repeat(n));
+        assert!(!g(&nested, "1"), "{what}");
+    }
+}
+
+/// A matrix renders every cell right-aligned to the widest: 15,001 cells by a 15,000-wide cell would
+/// be a 2.25e8-character string (8 s, 1.3 GB). Past 1e5 characters the LaTeX conversion gives up and
+/// the normalization keeps the raw text instead of the rendered matrix.
+#[test]
+fn wide_matrix_is_not_rendered() {
+    let wide = format!("\\begin{{pmatrix}}{}{}\\end{{pmatrix}}", "&".repeat(15_000), "x".repeat(15_000));
+    let norm = normalize_sympy(&wide);
+    assert!(norm.starts_with("\\beginpmatrix&&&"), "{}", &norm[..40.min(norm.len())]);
+    assert_eq!(norm.len(), wide.len() - 4); // only the braces around the two `pmatrix` removed
+    assert!(!g(&format!("</think>\\boxed{{{wide}}}"), "x"));
+    // a small matrix still renders: `[   1  22; 333   4 ]`, then digits separated by spaces read as a
+    // mixed number (the authors' `(\d) +(\d)` → `\1+\2` rule) and spaces go
+    assert_eq!(normalize_sympy("\\begin{pmatrix} 1 & 22 \\\\ 333 & 4 \\end{pmatrix}"), "[1+22;333+4]");
+}
+
+/// A line break between two operands is a parse failure (sympy's implicit multiplication), which
+/// `tokenize` decided by looking for the next non-space character at *every* line break: a run of
+/// n line breaks cost O(n²) (100,000 took 4 s). The verdicts here are the point; the run is now linear.
+#[test]
+fn long_runs_of_line_breaks() {
+    let n = 200_000;
+    let breaks = "\n".repeat(n);
+    assert!(expressions_equal(&format!("x+{breaks}1"), "x+1"));
+    assert!(expressions_equal(&format!("x{breaks}+1"), "1+x"));
+    assert!(!expressions_equal(&format!("x{breaks}y"), "x*y")); // operand, breaks, operand: fails as in sympy
+    assert!(!expressions_equal(&format!("2{breaks}"), "3"));
+    assert!(expressions_equal(&format!("2{breaks}"), "2"));
 }

@@ -2,10 +2,12 @@
 //!
 //! The tq query rows sit at positions past..past+tq where past = tk − tq: row i sees keys 0..=past+i.
 //! Query head h reads kv head h / (nh / nkv) (HF `repeat_kv`: kv heads repeated contiguously).
-//! Scores are scaled by 1/sqrt(hd). The probabilities are returned for the backward pass; the
-//! reference keeps the whole [nh, tq, tk] matrix (the GPU kernel never does).
+//! Scores are scaled by 1/sqrt(hd). For training, [`attention_fwd`] returns the whole [nh, tq, tk]
+//! probability matrix for the backward pass; inference ([`attention_fwd_infer`]) keeps one [tk] row
+//! per task instead (the GPU kernels never keep it). Both compute each row identically.
 
 use super::{axpy, dot, Float};
+use rayon::prelude::*;
 
 /// Sizes of one attention call.
 #[derive(Clone, Copy, Debug)]
@@ -29,38 +31,91 @@ impl AttnShape {
 
 /// out[i, h, :] = Σ_{j ≤ past+i} p[h, i, j] · v[j, kvh, :],   p[h, i, :] = softmax_j(q[i,h]·k[j,kvh] / sqrt(hd))
 /// q, out: [tq, nh, hd]   k, v: [tk, nkv, hd]   probs: [nh, tq, tk] (masked entries 0)
+/// Heads run in parallel (rayon); each output and probability is computed by one thread in a fixed
+/// order, so the result does not depend on the thread count.
 pub fn attention_fwd<T: Float>(out: &mut [T], probs: &mut [T], q: &[T], k: &[T], v: &[T], s: AttnShape) {
     let AttnShape { tq, tk, nh, nkv, hd } = s;
-    let past = s.past();
+    s.past();
     assert!(out.len() == tq * nh * hd && q.len() == tq * nh * hd && probs.len() == nh * tq * tk);
     assert!(k.len() == tk * nkv * hd && v.len() == tk * nkv * hd, "attention_fwd: bad k/v lengths");
-    let scale = T::from_f64(1.0 / (hd as f64).sqrt());
-    for h in 0..nh {
-        let kvh = s.kv_head(h);
-        for i in 0..tq {
-            let qi = &q[(i * nh + h) * hd..(i * nh + h + 1) * hd];
-            let p = &mut probs[(h * tq + i) * tk..(h * tq + i + 1) * tk];
-            let visible = past + i + 1;
-            let mut m = T::NEG_INFINITY;
-            for j in 0..visible {
-                p[j] = dot(qi, &k[(j * nkv + kvh) * hd..(j * nkv + kvh + 1) * hd]) * scale;
-                m = m.max(p[j]);
-            }
-            let mut sum = T::ZERO;
-            for pj in &mut p[..visible] {
-                *pj = (*pj - m).exp();
-                sum += *pj;
-            }
-            for pj in &mut p[..visible] {
-                *pj /= sum;
-            }
-            p[visible..].fill(T::ZERO);
-            let o = &mut out[(i * nh + h) * hd..(i * nh + h + 1) * hd];
-            o.fill(T::ZERO);
-            for j in 0..visible {
-                axpy(o, p[j], &v[(j * nkv + kvh) * hd..(j * nkv + kvh + 1) * hd]);
-            }
+    if tq == 0 {
+        return;
+    }
+    let heads = head_slices(out, nh, hd);
+    heads.into_par_iter().zip(probs.par_chunks_mut(tq * tk)).enumerate().for_each(|(h, (mut o, p))| {
+        for (i, (oi, pi)) in o.iter_mut().zip(p.chunks_mut(tk)).enumerate() {
+            attend_row(oi, pi, q, k, v, s, h, i);
         }
+    });
+}
+
+/// [`attention_fwd`] without the probabilities (inference): the same arithmetic, row by row, with
+/// one [tk] scratch row per task, so the outputs are bitwise those of [`attention_fwd`].
+/// q, out: [tq, nh, hd]   k, v: [tk, nkv, hd]
+pub fn attention_fwd_infer<T: Float>(out: &mut [T], q: &[T], k: &[T], v: &[T], s: AttnShape) {
+    let AttnShape { tq, tk, nh, nkv, hd } = s;
+    s.past();
+    assert!(out.len() == tq * nh * hd && q.len() == tq * nh * hd, "attention_fwd_infer: bad q/out lengths");
+    assert!(k.len() == tk * nkv * hd && v.len() == tk * nkv * hd, "attention_fwd_infer: bad k/v lengths");
+    head_slices(out, nh, hd).into_par_iter().enumerate().for_each(|(h, mut rows)| attention_head_infer(&mut rows, q, k, v, s, h));
+}
+
+/// Query head h of [`attention_fwd_infer`], serially: `rows[i]` is out[i, h, :]. The model runs the
+/// heads of every sequence of a batch as one parallel loop of these.
+pub fn attention_head_infer<T: Float>(rows: &mut [&mut [T]], q: &[T], k: &[T], v: &[T], s: AttnShape, h: usize) {
+    let AttnShape { tq, tk, nh, nkv, hd } = s;
+    s.past();
+    assert!(rows.len() == tq && h < nh && rows.iter().all(|r| r.len() == hd), "attention_head_infer: bad rows");
+    assert!(q.len() == tq * nh * hd && k.len() == tk * nkv * hd && v.len() == tk * nkv * hd, "attention_head_infer: bad lengths");
+    let mut p = vec![T::ZERO; s.tk];
+    for (i, oi) in rows.iter_mut().enumerate() {
+        attend_row(oi, &mut p, q, k, v, s, h, i);
+    }
+}
+
+/// Splits out: [t, nh, hd] into per-head lists of row slices: result[h][i] = out[i, h, :].
+pub fn head_slices<T>(out: &mut [T], nh: usize, hd: usize) -> Vec<Vec<&mut [T]>> {
+    let t = out.len().checked_div(nh * hd).unwrap_or(0);
+    let mut heads: Vec<Vec<&mut [T]>> = (0..nh).map(|_| Vec::with_capacity(t)).collect();
+    if hd == 0 {
+        return heads;
+    }
+    for row in out.chunks_mut(nh * hd) {
+        for (h, piece) in row.chunks_mut(hd).enumerate() {
+            heads[h].push(piece);
+        }
+    }
+    heads
+}
+
+/// One query row i of head h: p[..visible] = softmax of the scaled scores (the rest of p zeroed),
+/// o = Σ_j p_j v_j.   o: [hd]   p: [tk]
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn attend_row<T: Float>(o: &mut [T], p: &mut [T], q: &[T], k: &[T], v: &[T], s: AttnShape, h: usize, i: usize) {
+    let AttnShape { tk, nh, nkv, hd, .. } = s;
+    let kvh = s.kv_head(h);
+    let scale = T::from_f64(1.0 / (hd as f64).sqrt());
+    let qi = &q[(i * nh + h) * hd..(i * nh + h + 1) * hd];
+    let visible = s.past() + i + 1;
+    debug_assert!(visible <= tk && p.len() == tk);
+    let mut m = T::NEG_INFINITY;
+    for j in 0..visible {
+        p[j] = dot(qi, &k[(j * nkv + kvh) * hd..(j * nkv + kvh + 1) * hd]) * scale;
+        m = m.max(p[j]);
+    }
+    let mut sum = T::ZERO;
+    for pj in &mut p[..visible] {
+        *pj = (*pj - m).exp();
+        sum += *pj;
+    }
+    for pj in &mut p[..visible] {
+        *pj /= sum;
+    }
+    p[visible..].fill(T::ZERO);
+    o.fill(T::ZERO);
+    for j in 0..visible {
+        axpy(o, p[j], &v[(j * nkv + kvh) * hd..(j * nkv + kvh + 1) * hd]);
     }
 }
 

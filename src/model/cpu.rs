@@ -15,7 +15,7 @@
 //! then logits = rmsnorm(x; norm)·W_lmᵀ (W_lm = the embedding when tied).
 
 use crate::config::ModelConfig;
-use crate::cpu::attention::{attention_bwd, attention_fwd, AttnShape};
+use crate::cpu::attention::{attention_bwd, attention_fwd, attention_head_infer, head_slices, AttnShape};
 use crate::cpu::embedding::{embedding_bwd, embedding_fwd};
 use crate::cpu::matmul::{matmul_bwd, matmul_fwd};
 use crate::cpu::rmsnorm::{rmsnorm_bwd, rmsnorm_fwd};
@@ -45,11 +45,26 @@ pub struct KvCache<T: Float> {
 }
 
 impl<T: Float> KvCache<T> {
+    /// An empty cache that grows as tokens arrive (by doubling: up to 2× the final size, plus a copy
+    /// while it grows). Prefer [`KvCache::with_capacity`] when the final length is known.
     pub fn new(cfg: &ModelConfig, n_seqs: usize) -> Self {
         let empty = vec![vec![Vec::new(); n_seqs]; cfg.num_hidden_layers];
         KvCache { k: empty.clone(), v: empty, lens: vec![0; n_seqs] }
     }
+
+    /// An empty cache with room for `max_len` tokens per sequence, allocated once: what the memory
+    /// estimate counts (`2 · layers · n_seqs · max_len · kv_dim` elements). Longer sequences still
+    /// work (the buffers then grow).
+    pub fn with_capacity(cfg: &ModelConfig, n_seqs: usize, max_len: usize) -> Self {
+        let per_seq = max_len.saturating_mul(cfg.kv_dim());
+        let make = || (0..cfg.num_hidden_layers).map(|_| (0..n_seqs).map(|_| Vec::with_capacity(per_seq)).collect()).collect();
+        KvCache { k: make(), v: make(), lens: vec![0; n_seqs] }
+    }
 }
+
+/// Rows of the lm head computed at once by the scoring path: [`HEAD_ROWS`, vocab] logits exist at a
+/// time, never [tokens, vocab] (151936 × 4 bytes = 0.6 MB per row at real vocab sizes).
+pub const HEAD_ROWS: usize = 64;
 
 /// Per-layer activations kept for the backward pass.  All [n, ·] over the packed rows.
 #[derive(Clone, Debug, Default)]
@@ -110,19 +125,19 @@ impl<T: Float> Model<T> {
     }
 
     /// Checks token ids and positions of a batch of chunks against the config.
-    fn validate(&self, cache: &KvCache<T>, chunks: &[&[u32]]) -> Result<()> {
-        if chunks.len() != cache.lens.len() {
-            return Err(Error::input(format!("{} token chunks for a cache of {} sequences", chunks.len(), cache.lens.len())));
+    fn validate(&self, lens: &[usize], chunks: &[&[u32]]) -> Result<()> {
+        if chunks.len() != lens.len() {
+            return Err(Error::input(format!("{} token chunks for a cache of {} sequences", chunks.len(), lens.len())));
         }
         for (s, chunk) in chunks.iter().enumerate() {
             if let Some((t, &id)) = chunk.iter().enumerate().find(|(_, &id)| id as usize >= self.cfg.vocab_size) {
                 return Err(Error::input(format!(
                     "sequence {s}, position {}: token id {id} is out of range (vocab_size = {})",
-                    cache.lens[s] + t,
+                    lens[s] + t,
                     self.cfg.vocab_size
                 )));
             }
-            let end = cache.lens[s] + chunk.len();
+            let end = lens[s] + chunk.len();
             if end > self.cfg.max_position_embeddings {
                 return Err(Error::input(format!(
                     "sequence {s} would be {end} tokens long, more than max_position_embeddings = {}",
@@ -137,7 +152,7 @@ impl<T: Float> Model<T> {
     /// values to the cache, and returns the logits of every new row: [Σ_s len(chunks[s]), vocab].
     /// With `acts`, also records what [`Model::backward`] needs (only valid for an empty cache).
     pub fn forward(&self, cache: &mut KvCache<T>, chunks: &[&[u32]], acts: Option<&mut Activations<T>>) -> Result<Vec<T>> {
-        let (x, ids, seqs, cos, sin, layer_acts) = self.decoder(cache, chunks, acts.is_some())?;
+        let (x, ids, seqs, cos, sin, layer_acts) = self.decoder(Some(cache), chunks, acts.is_some())?;
         let (c, v, n) = (self.cfg.hidden_size, self.cfg.vocab_size, ids.len());
         let mut rstd_f = vec![T::ZERO; n];
         let mut hf = vec![T::ZERO; n * c];
@@ -153,7 +168,7 @@ impl<T: Float> Model<T> {
     /// Like [`Model::forward`], but returns only the logits of the last new row of each sequence with a
     /// non-empty chunk ([that many, vocab]): what decoding needs, without [prompt rows × vocab] logits.
     pub fn forward_last(&self, cache: &mut KvCache<T>, chunks: &[&[u32]]) -> Result<Vec<T>> {
-        let (x, _, seqs, _, _, _) = self.decoder(cache, chunks, false)?;
+        let (x, _, seqs, _, _, _) = self.decoder(Some(cache), chunks, false)?;
         let (c, v) = (self.cfg.hidden_size, self.cfg.vocab_size);
         let last: Vec<T> = seqs.iter().filter(|r| !r.is_empty()).flat_map(|r| x[(r.end - 1) * c..r.end * c].iter().copied()).collect();
         let n = last.len() / c;
@@ -167,19 +182,23 @@ impl<T: Float> Model<T> {
 
     /// Embedding and decoder layers: the residual stream after the last layer, [n, c], plus the packed
     /// ids, row ranges, rope tables and (with `record`) the per-layer activations.
+    /// `cache`: `None` for fresh sequences whose keys and values are not kept (scoring): attention then
+    /// reads this chunk's own keys and values, and no cache is built.
     #[allow(clippy::type_complexity)]
     fn decoder(
         &self,
-        cache: &mut KvCache<T>,
+        mut cache: Option<&mut KvCache<T>>,
         chunks: &[&[u32]],
         record: bool,
     ) -> Result<(Vec<T>, Vec<u32>, Vec<Range<usize>>, Vec<T>, Vec<T>, Vec<LayerActs<T>>)> {
-        self.validate(cache, chunks)?;
+        let fresh = vec![0; chunks.len()];
+        let lens: Vec<usize> = cache.as_ref().map_or(fresh, |c| c.lens.clone());
+        self.validate(&lens, chunks)?;
         let cfg = &self.cfg;
         let (c, ff, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
         let (nh, nkv, qd, kvd) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.q_dim(), cfg.kv_dim());
         let eps = cfg.rms_norm_eps;
-        assert!(!record || cache.lens.iter().all(|&l| l == 0), "activations are recorded for fresh sequences only");
+        assert!(!record || lens.iter().all(|&l| l == 0), "activations are recorded for fresh sequences only");
 
         // packed rows: ids, positions and the row range of each sequence
         let mut ids = Vec::new();
@@ -188,7 +207,7 @@ impl<T: Float> Model<T> {
         for (s, chunk) in chunks.iter().enumerate() {
             seqs.push(ids.len()..ids.len() + chunk.len());
             ids.extend_from_slice(chunk);
-            positions.extend(cache.lens[s]..cache.lens[s] + chunk.len());
+            positions.extend(lens[s]..lens[s] + chunk.len());
         }
         let n = ids.len();
         let (cos, sin) = rope_tables::<T>(&positions, hd, cfg.rope_theta);
@@ -208,28 +227,52 @@ impl<T: Float> Model<T> {
             rope_fwd(&mut k, &cos, &sin, nkv, hd);
 
             // append the new keys/values, then attend per sequence over the whole cache
-            for (s, rows) in seqs.iter().enumerate() {
-                cache.k[l][s].extend_from_slice(&k[rows.start * kvd..rows.end * kvd]);
-                cache.v[l][s].extend_from_slice(&vv[rows.start * kvd..rows.end * kvd]);
+            if let Some(cache) = cache.as_deref_mut() {
+                for (s, rows) in seqs.iter().enumerate() {
+                    cache.k[l][s].extend_from_slice(&k[rows.start * kvd..rows.end * kvd]);
+                    cache.v[l][s].extend_from_slice(&vv[rows.start * kvd..rows.end * kvd]);
+                }
             }
-            let per_seq: Vec<(Vec<T>, Vec<T>)> = seqs
-                .par_iter()
-                .enumerate()
-                .map(|(s, rows)| {
-                    let tq = rows.len();
-                    let tk = cache.lens[s] + tq;
-                    let shape = AttnShape { tq, tk, nh, nkv, hd };
-                    let mut out = vec![T::ZERO; tq * qd];
-                    let mut probs = vec![T::ZERO; nh * tq * tk];
-                    attention_fwd(&mut out, &mut probs, &q[rows.start * qd..rows.end * qd], &cache.k[l][s], &cache.v[l][s], shape);
-                    (out, probs)
-                })
-                .collect();
+            // keys and values of sequence s: the cache, or (no cache) this chunk's own rows
+            let keys_values = |s: usize| -> (&[T], &[T]) {
+                match cache.as_deref() {
+                    Some(cache) => (&cache.k[l][s], &cache.v[l][s]),
+                    None => (&k[seqs[s].start * kvd..seqs[s].end * kvd], &vv[seqs[s].start * kvd..seqs[s].end * kvd]),
+                }
+            };
+            let shape = |s: usize| AttnShape { tq: seqs[s].len(), tk: lens[s] + seqs[s].len(), nh, nkv, hd };
             let mut att = vec![T::ZERO; n * qd];
-            let mut probs_all = Vec::with_capacity(seqs.len());
-            for (rows, (out, probs)) in seqs.iter().zip(per_seq) {
-                att[rows.start * qd..rows.end * qd].copy_from_slice(&out);
-                probs_all.push(probs);
+            let mut per_seq_out = Vec::with_capacity(seqs.len());
+            let mut rest = &mut att[..];
+            for rows in &seqs {
+                let (mine, tail) = rest.split_at_mut(rows.len() * qd);
+                per_seq_out.push(mine);
+                rest = tail;
+            }
+            let mut probs_all = Vec::new();
+            if record {
+                // training: every sequence's probabilities [nh, t, t] are kept for the backward
+                probs_all = per_seq_out
+                    .into_par_iter()
+                    .enumerate()
+                    .map(|(s, out)| {
+                        let shape = shape(s);
+                        let (ks, vs) = keys_values(s);
+                        let mut probs = vec![T::ZERO; nh * shape.tq * shape.tk];
+                        attention_fwd(out, &mut probs, &q[seqs[s].start * qd..seqs[s].end * qd], ks, vs, shape);
+                        probs
+                    })
+                    .collect();
+            } else {
+                // inference: one task per (sequence, head), one [tk] row of probabilities each
+                let mut tasks = Vec::with_capacity(seqs.len() * nh);
+                for (s, out) in per_seq_out.into_iter().enumerate().filter(|(s, _)| !seqs[*s].is_empty()) {
+                    tasks.extend(head_slices(out, nh, hd).into_iter().enumerate().map(|(h, rows)| (s, h, rows)));
+                }
+                tasks.into_par_iter().for_each(|(s, h, mut rows)| {
+                    let (ks, vs) = keys_values(s);
+                    attention_head_infer(&mut rows, &q[seqs[s].start * qd..seqs[s].end * qd], ks, vs, shape(s), h);
+                });
             }
 
             let x_in = if record { x.clone() } else { Vec::new() };
@@ -254,33 +297,52 @@ impl<T: Float> Model<T> {
                 layer_acts.push(LayerActs { x_in, rstd1, h1, q, k, v: vv, probs: probs_all, att, x_mid, rstd2, h2, gate, up, act });
             }
         }
-        for (s, rows) in seqs.iter().enumerate() {
-            cache.lens[s] += rows.len();
+        if let Some(cache) = cache {
+            for (s, rows) in seqs.iter().enumerate() {
+                cache.lens[s] += rows.len();
+            }
         }
         Ok((x, ids, seqs, cos, sin, layer_acts))
     }
 
-    /// Logits of fresh sequences (no cache kept): [Σ len, vocab].
+    /// Logits of fresh sequences (no cache kept): [Σ len, vocab]. This is [tokens × vocab] numbers;
+    /// for log-probs of long sequences use [`Model::score`], which never holds them all.
     pub fn logits(&self, seqs: &[&[u32]]) -> Result<Vec<T>> {
-        let mut cache = KvCache::new(&self.cfg, seqs.len());
-        self.forward(&mut cache, seqs, None)
+        let (x, ids, _, _, _, _) = self.decoder(None, seqs, false)?;
+        let (c, v, n) = (self.cfg.hidden_size, self.cfg.vocab_size, ids.len());
+        let mut rstd_f = vec![T::ZERO; n];
+        let mut hf = vec![T::ZERO; n * c];
+        rmsnorm_fwd(&mut hf, &mut rstd_f, &x, self.w(&self.layout.final_norm), c, self.cfg.rms_norm_eps);
+        let mut logits = vec![T::ZERO; n * v];
+        matmul_fwd(&mut logits, &hf, self.w(&self.layout.lm_head), None, n, c, v);
+        Ok(logits)
     }
 
     /// Gradient of a scalar loss w.r.t. every parameter, given d loss / d logits of every row of the
     /// forward that recorded `acts`.  dlogits: [n, vocab]; returns a flat buffer in layout order.
+    /// ([`Model::score_backward`] does the same from d loss / d logp without [n, vocab] buffers.)
     pub fn backward(&self, acts: &Activations<T>, dlogits: &[T]) -> Vec<T> {
-        let cfg = &self.cfg;
-        let (c, v, ff, hd) = (cfg.hidden_size, cfg.vocab_size, cfg.intermediate_size, cfg.head_dim);
-        let (nh, nkv, qd, kvd) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.q_dim(), cfg.kv_dim());
-        let n = acts.ids.len();
+        let (c, v, n) = (self.cfg.hidden_size, self.cfg.vocab_size, acts.ids.len());
         assert_eq!(dlogits.len(), n * v, "backward: dlogits does not match the recorded forward");
         let mut grads = vec![T::ZERO; self.layout.total];
-
-        // head: logits = hf · W_lmᵀ, hf = rmsnorm(x_final)
+        // head: logits = hf · W_lmᵀ
         let mut dhf = vec![T::ZERO; n * c];
         matmul_bwd(&mut dhf, &mut grads[self.layout.lm_head.clone()], None, dlogits, &acts.hf, self.w(&self.layout.lm_head), n, c, v);
+        self.backward_from_hf(acts, &dhf, &mut grads);
+        grads
+    }
+
+    /// The backward below the lm head: from d loss / d hf (hf = rmsnorm(x_final), [n, c]) through the
+    /// final norm, every layer and the embedding, accumulating into `grads` (which already holds the
+    /// lm head's gradient).
+    fn backward_from_hf(&self, acts: &Activations<T>, dhf: &[T], grads: &mut [T]) {
+        let cfg = &self.cfg;
+        let (c, ff, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
+        let (nh, nkv, qd, kvd) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.q_dim(), cfg.kv_dim());
+        let n = acts.ids.len();
+        assert_eq!(acts.layers.len(), cfg.num_hidden_layers, "backward: the forward recorded no activations");
         let mut dx = vec![T::ZERO; n * c];
-        rmsnorm_bwd(&mut dx, &mut grads[self.layout.final_norm.clone()], &dhf, &acts.x_final, self.w(&self.layout.final_norm), &acts.rstd_f, c);
+        rmsnorm_bwd(&mut dx, &mut grads[self.layout.final_norm.clone()], dhf, &acts.x_final, self.w(&self.layout.final_norm), &acts.rstd_f, c);
 
         for (lr, a) in self.layout.layers.iter().zip(&acts.layers).rev() {
             // MLP branch: x_out = x_mid + act·Wdᵀ; the residual passes dx through unchanged
@@ -316,14 +378,13 @@ impl<T: Float> Model<T> {
             rope_bwd(&mut dk, &acts.cos, &acts.sin, nkv, hd);
             let mut dh1 = vec![T::ZERO; n * c];
             for (dy, w, b, d_out) in [(&dq, &lr.q_w, &lr.q_b, qd), (&dk, &lr.k_w, &lr.k_b, kvd), (&dv, &lr.v_w, &lr.v_b, kvd)] {
-                let (dw, db) = split_two(&mut grads, w, b);
+                let (dw, db) = split_two(grads, w, b);
                 matmul_bwd(&mut dh1, dw, Some(db), dy, &a.h1, self.w(w), n, c, d_out);
             }
             rmsnorm_bwd(&mut dx, &mut grads[lr.ln1_w.clone()], &dh1, &a.x_in, self.w(&lr.ln1_w), &a.rstd1, c);
         }
         // tied: the lm-head contribution is already in the embedding's range; this adds the gather's
         embedding_bwd(&mut grads[self.layout.embed.clone()], &dx, &acts.ids, c);
-        grads
     }
 }
 
@@ -339,8 +400,10 @@ fn split_two<'a, T>(buf: &'a mut [T], a: &Range<usize>, b: &Range<usize>) -> (&'
 pub struct Scored<T> {
     /// logp[s][t] = log softmax(logits(x_≤t) / temp)[x_{t+1}],  len(seq s) − 1 entries
     pub logp: Vec<Vec<T>>,
+    /// the recorded forward (empty unless scored with `record`); `acts.hf` is what the head's
+    /// backward recomputes the logits from, [`HEAD_ROWS`] rows at a time
     pub acts: Activations<T>,
-    pub logits: Vec<T>,
+    /// log-sum-exp of logits / temp of every row: [n]
     pub lse: Vec<T>,
     /// next token of every row (the last row of a sequence has none; it gets 0 and no gradient)
     pub targets: Vec<u32>,
@@ -349,42 +412,85 @@ pub struct Scored<T> {
 
 impl<T: Float> Model<T> {
     /// Log-probabilities of every next token of each sequence under softmax(logits / temp).
-    /// With `record`, keeps the activations for [`Model::score_backward`].
+    /// With `record`, keeps the activations for [`Model::score_backward`]. The lm head runs
+    /// [`HEAD_ROWS`] rows at a time: [HEAD_ROWS, vocab] logits at most, whatever the batch.
     pub fn score(&self, seqs: &[&[u32]], temp: f64, record: bool) -> Result<Scored<T>> {
         if !(temp > 0.0 && temp.is_finite()) {
             return Err(Error::input(format!("temperature must be positive to score log-probs, got {temp}")));
         }
-        let mut cache = KvCache::new(&self.cfg, seqs.len());
-        let mut acts = Activations::default();
-        let logits = self.forward(&mut cache, seqs, record.then_some(&mut acts))?;
+        let (x, ids, seq_rows, cos, sin, layers) = self.decoder(None, seqs, record)?;
+        let (c, n) = (self.cfg.hidden_size, ids.len());
+        let mut rstd_f = vec![T::ZERO; n];
+        let mut hf = vec![T::ZERO; n * c];
+        rmsnorm_fwd(&mut hf, &mut rstd_f, &x, self.w(&self.layout.final_norm), c, self.cfg.rms_norm_eps);
         let targets: Vec<u32> = seqs.iter().flat_map(|s| s.iter().skip(1).copied().chain(s.first().map(|_| 0))).collect();
-        let n = targets.len();
         let (mut logp_rows, mut lse) = (vec![T::ZERO; n], vec![T::ZERO; n]);
-        crate::cpu::logprob::logprob_fwd(&mut logp_rows, &mut lse, &logits, &targets, self.cfg.vocab_size, temp);
+        self.head_blocks(&hf, |rows, logits| {
+            let r = rows.clone();
+            crate::cpu::logprob::logprob_fwd(&mut logp_rows[r.clone()], &mut lse[r.clone()], logits, &targets[r], self.cfg.vocab_size, temp);
+        });
         let mut logp = Vec::with_capacity(seqs.len());
         let mut row = 0;
         for s in seqs {
             logp.push(logp_rows[row..row + s.len().saturating_sub(1)].to_vec());
             row += s.len();
         }
-        let keep = |v: Vec<T>| if record { v } else { Vec::new() };
-        Ok(Scored { logp, acts, logits: keep(logits), lse, targets, temp })
+        let acts = if record {
+            Activations { ids, seqs: seq_rows, cos, sin, layers, x_final: x, rstd_f, hf }
+        } else {
+            Activations::default()
+        };
+        Ok(Scored { logp, acts, lse, targets, temp })
+    }
+
+    /// Calls `f(rows, logits)` for consecutive blocks of at most [`HEAD_ROWS`] rows of hf: [n, c],
+    /// with logits = hf[rows] · W_lmᵀ ([rows.len(), vocab], one buffer reused).
+    fn head_blocks(&self, hf: &[T], mut f: impl FnMut(Range<usize>, &[T])) {
+        let (c, v) = (self.cfg.hidden_size, self.cfg.vocab_size);
+        let n = hf.len() / c.max(1);
+        let mut logits = vec![T::ZERO; HEAD_ROWS.min(n) * v];
+        for r0 in (0..n).step_by(HEAD_ROWS) {
+            let r1 = (r0 + HEAD_ROWS).min(n);
+            let block = &mut logits[..(r1 - r0) * v];
+            matmul_fwd(block, &hf[r0 * c..r1 * c], self.w(&self.layout.lm_head), None, r1 - r0, c, v);
+            f(r0..r1, block);
+        }
     }
 
     /// Parameter gradient of a loss given d loss / d logp[s][t] for the log-probs of [`Model::score`].
+    /// The head's logits are recomputed from hf, [`HEAD_ROWS`] rows at a time (the same numbers as
+    /// the forward's, bit for bit); d logits never exists for more rows than that.
     pub fn score_backward(&self, scored: &Scored<T>, dlogp: &[Vec<T>]) -> Vec<T> {
-        assert!(!scored.logits.is_empty(), "score_backward needs a score(.., record = true)");
+        assert!(!scored.acts.layers.is_empty(), "score_backward needs a score(.., record = true)");
         assert_eq!(dlogp.len(), scored.logp.len(), "score_backward: one dlogp row per sequence");
-        let v = self.cfg.vocab_size;
+        let (c, v) = (self.cfg.hidden_size, self.cfg.vocab_size);
         let mut dlogp_rows = Vec::with_capacity(scored.targets.len());
         for (d, lp) in dlogp.iter().zip(&scored.logp) {
             assert_eq!(d.len(), lp.len(), "score_backward: dlogp row length");
             dlogp_rows.extend_from_slice(d);
             dlogp_rows.push(T::ZERO); // the last position predicts nothing
         }
-        let mut dlogits = vec![T::ZERO; scored.logits.len()];
-        crate::cpu::logprob::logprob_bwd(&mut dlogits, &dlogp_rows, &scored.logits, &scored.lse, &scored.targets, v, scored.temp);
-        self.backward(&scored.acts, &dlogits)
+        let n = scored.targets.len();
+        let hf = &scored.acts.hf;
+        let mut grads = vec![T::ZERO; self.layout.total];
+        let mut dhf = vec![T::ZERO; n * c];
+        let mut dlogits = vec![T::ZERO; HEAD_ROWS.min(n) * v];
+        let lm = self.layout.lm_head.clone();
+        self.head_blocks(hf, |rows, logits| {
+            // rows with no gradient contribute exactly nothing: skip a block made only of them
+            if dlogp_rows[rows.clone()].iter().all(|&g| g == T::ZERO) {
+                return;
+            }
+            let m = rows.len();
+            let dl = &mut dlogits[..m * v];
+            dl.fill(T::ZERO);
+            let r = rows.clone();
+            crate::cpu::logprob::logprob_bwd(dl, &dlogp_rows[r.clone()], logits, &scored.lse[r.clone()], &scored.targets[r], v, scored.temp);
+            let (r0, r1) = (rows.start, rows.end);
+            matmul_bwd(&mut dhf[r0 * c..r1 * c], &mut grads[lm.clone()], None, dl, &hf[r0 * c..r1 * c], self.w(&lm), m, c, v);
+        });
+        self.backward_from_hf(&scored.acts, &dhf, &mut grads);
+        grads
     }
 }
 

@@ -121,6 +121,9 @@ fn tokenize(s: &str) -> Option<Vec<Tok>> {
     let c: Vec<char> = s.chars().collect();
     let mut out = Vec::new();
     let mut i = 0;
+    // end of the whitespace run after the last line break looked at: a run of n line breaks is
+    // searched once, not n times (that was O(n²))
+    let mut ws_end = 0;
     while i < c.len() {
         let ch = c[i];
         if matches!(ch, ' ' | '\t' | '\x0c') {
@@ -129,9 +132,14 @@ fn tokenize(s: &str) -> Option<Vec<Tok>> {
             // Python joins lines inside the `(…)-(…)` parentheses, but sympy's implicit multiplication
             // breaks on a line break between two operands (`70\npi` fails, `9.6\n` is fine)
             let ends_operand = matches!(out.last(), Some(Tok::Num(_) | Tok::Name(_) | Tok::Op(")" | "]" | "!")));
-            let next = c[i + 1..].iter().find(|c| !c.is_whitespace());
-            if ends_operand && next.is_some_and(|&d| d.is_alphanumeric() || d == '_' || d == '.' || d == '(') {
-                return None;
+            if ends_operand {
+                if ws_end <= i {
+                    ws_end = c[i + 1..].iter().position(|c| !c.is_whitespace()).map_or(c.len(), |k| i + 1 + k);
+                }
+                let next = c.get(ws_end);
+                if next.is_some_and(|&d| d.is_alphanumeric() || d == '_' || d == '.' || d == '(') {
+                    return None;
+                }
             }
             i += 1;
         } else if ch.is_ascii_digit() || (ch == '.' && c.get(i + 1).is_some_and(|d| d.is_ascii_digit())) {

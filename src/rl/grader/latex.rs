@@ -12,7 +12,9 @@
 //! - `pmatrix`, `bmatrix`, `array` → `[ a b; c d ]` with cells right-aligned to the widest;
 //! - a space after a letter macro is swallowed (`\pi r` → `πr`); `--` → `–`, `---` → `—`, `''` → `”`.
 //!
-//! Returns `None` where pylatexenc raises (a `\sqrt` with no argument), so the caller keeps its text.
+//! Returns `None` where pylatexenc raises (a `\sqrt` with no argument), so the caller keeps its text;
+//! also for input nested deeper than 200 nodes, and for a matrix whose aligned rendering would pass
+//! 100,000 characters (cells × widest cell): limits that keep adversarial model output cheap.
 
 /// Converts LaTeX to text; `None` where the original converter fails.
 pub fn latex_to_text(src: &str) -> Option<String> {
@@ -31,11 +33,15 @@ enum Stop {
 struct Parser {
     c: Vec<char>,
     i: usize,
-    /// Nesting of groups being rendered; past [`MAX_DEPTH`] the conversion gives up (no deep recursion).
+    /// Nesting of nodes being rendered; past [`MAX_DEPTH`] the conversion gives up (no deep recursion).
     depth: usize,
 }
 
 const MAX_DEPTH: usize = 200;
+
+/// A matrix renders as cells × (widest cell) characters (every cell is right-aligned to the widest);
+/// past this many the conversion gives up rather than blow a short input up quadratically.
+const MAX_MATRIX_CHARS: usize = 100_000;
 
 /// What a macro does with its arguments.
 enum Spec {
@@ -58,16 +64,6 @@ impl Parser {
 
     /// Renders nodes until `stop`; `\end{…}` and `}` end the corresponding levels.
     fn nodes_until(&mut self, stop: Stop) -> Option<String> {
-        self.depth += 1;
-        if self.depth > MAX_DEPTH {
-            return None;
-        }
-        let out = self.nodes_until_inner(stop);
-        self.depth -= 1;
-        out
-    }
-
-    fn nodes_until_inner(&mut self, stop: Stop) -> Option<String> {
         let mut out = String::new();
         while let Some(ch) = self.peek() {
             match ch {
@@ -98,7 +94,16 @@ impl Parser {
     }
 
     /// One node: a character, a group, a macro with its arguments, a comment or an environment.
+    /// Every recursion of the parser (groups, optional arguments, environments, matrix cells) passes
+    /// through here, so this is where the depth is counted.
     fn node(&mut self) -> Option<String> {
+        self.depth += 1;
+        let out = if self.depth > MAX_DEPTH { None } else { self.node_inner() };
+        self.depth -= 1;
+        out
+    }
+
+    fn node_inner(&mut self) -> Option<String> {
         let ch = self.peek()?;
         self.i += 1;
         match ch {
@@ -344,6 +349,10 @@ impl Parser {
         }
         let cells: Vec<Vec<String>> = rows.iter().map(|r| r.iter().map(|c| c.trim().to_string()).collect()).collect();
         let width = cells.iter().flatten().map(|c| c.chars().count()).max().unwrap_or(0);
+        let n_cells: usize = cells.iter().map(Vec::len).sum();
+        if n_cells.saturating_mul(width) > MAX_MATRIX_CHARS {
+            return None;
+        }
         let lines: Vec<String> =
             cells.iter().map(|r| r.iter().map(|c| format!("{c:>width$}")).collect::<Vec<_>>().join(" ")).collect();
         Some(format!("[ {} ]", lines.join("; ")))
@@ -460,5 +469,36 @@ mod tests {
         assert_eq!(t("5\\").as_deref(), Some("5"));
         assert_eq!(t("5\\sqrt\\"), None);
         assert_eq!(t("\\sqrt[3]{2}").as_deref(), Some("√[3](2)"));
+    }
+
+    /// Every recursive path is cut at 200 nested nodes: groups, `\sqrt[` and `\\[` optional arguments,
+    /// matrices in matrices, other environments. Below the limit the same inputs convert.
+    #[test]
+    fn depth_limit_on_every_recursion() {
+        let open = |what: &str, n: usize| what.repeat(n);
+        assert_eq!(t(&(open("{", 199) + "5" + &open("}", 199))).as_deref(), Some("5"));
+        assert_eq!(t(&(open("{", 200) + "5" + &open("}", 200))), None);
+        let (mut src, mut want) = ("2".to_string(), "2".to_string());
+        for _ in 0..60 {
+            src = format!("\\sqrt[{src}]{{3}}");
+            want = format!("√[{want}](3)");
+        }
+        assert_eq!(t(&src), Some(want));
+        for deep in [open("\\sqrt[", 20_000), open("\\\\[", 20_000), open("\\begin{pmatrix}", 30_000), open("\\begin{center}", 30_000)]
+        {
+            assert_eq!(t(&deep), None, "{}", &deep[..20]);
+        }
+    }
+
+    /// A matrix renders as cells × widest cell characters; past 1e5 it is not rendered.
+    #[test]
+    fn matrix_size_limit() {
+        // 2 cells of width 50,000: 100,000 characters, the limit itself, still renders
+        let at_limit = format!("\\begin{{pmatrix}}{}&x\\end{{pmatrix}}", "y".repeat(50_000));
+        assert_eq!(t(&at_limit).map(|s| s.chars().count()), Some(2 + 50_000 + 1 + 50_000 + 2));
+        let over = format!("\\begin{{pmatrix}}{}&x&z\\end{{pmatrix}}", "y".repeat(50_000));
+        assert_eq!(t(&over), None);
+        let wide = format!("\\begin{{pmatrix}}{}{}\\end{{pmatrix}}", "&".repeat(15_000), "x".repeat(15_000));
+        assert_eq!(t(&wide), None);
     }
 }
