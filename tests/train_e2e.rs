@@ -875,3 +875,43 @@ fn settings_files_merge_nested_objects() {
     assert_eq!(serde_json::to_value(Hyper { lambda: f64::INFINITY, ..Hyper::default() }).unwrap()["lambda"], "inf");
     assert!(serde_json::from_value::<Hyper>(serde_json::json!({"lambda": "big"})).is_err());
 }
+
+/// `drpo train --data` without --max-new-tokens caps SPEC's 8192 to the context left after the longest
+/// prompt (as eval does), drops prompts over --max-prompt-tokens with a count, and records the
+/// schedule options. `--steps 0` writes the run folder without training.
+#[test]
+fn cli_train_caps_the_budget_and_filters_long_prompts() {
+    let dir = scratch_dir("cli-train-caps");
+    let model = fixture("qwen2-tiny");
+    let data = dir.join("gsm8k-20.json");
+    write_gsm8k_slice(&model, 20, 8, &data);
+    let tok = Tokenizer::from_dir(&model).unwrap();
+    let problems = drpo::data::load_problems(&data).unwrap();
+    let env = drpo::rl::env::MathEnv::new(problems, &tok, drpo::rl::grader::GraderConfig::default()).unwrap();
+    let mut lens: Vec<usize> = (0..env.len()).map(|i| env.prompt(i).len()).collect();
+    lens.sort_unstable();
+    // a limit that keeps the shorter half
+    let limit = lens[9];
+    let kept = lens.iter().filter(|&&l| l <= limit).count();
+    let out = dir.join("run");
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let (ok, _, stderr) = run_drpo(&[
+        "train", "--model", &s(&model), "--data", &s(&data), "--steps", "0", "--questions-per-step", "4", "--group-size", "2",
+        "--mini-batch-questions", "4", "--chunk-questions", "2", "--max-prompt-tokens", &limit.to_string(), "--lr-decay", "cosine",
+        "--warmup-steps", "3", "--min-lr", "1e-7", "--device", "cpu", "--out", &s(&out),
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(stderr.contains(&format!("dropped {} of 20 problems", 20 - kept)), "{stderr}");
+    let cfg: TrainConfig = serde_json::from_str(&std::fs::read_to_string(out.join("train_config.json")).unwrap()).unwrap();
+    let ctx = drpo::config::ModelConfig::from_dir(&model).unwrap().max_position_embeddings;
+    assert_eq!(cfg.max_new_tokens, ctx - limit.min(lens[kept - 1]), "8192 capped by the context after the longest kept prompt");
+    assert!(stderr.contains("capped"), "{stderr}");
+    assert_eq!((cfg.max_prompt_tokens, cfg.lr_decay, cfg.warmup_steps, cfg.min_lr), (limit, drpo::rl::trainer::LrDecayKind::Cosine, 3, 1e-7));
+    // an explicit budget beyond the context is refused before any work
+    let (ok, _, stderr) = run_drpo(&[
+        "train", "--model", &s(&model), "--data", &s(&data), "--steps", "0", "--max-new-tokens", &ctx.to_string(), "--device", "cpu",
+        "--out", &s(&dir.join("run2")),
+    ]);
+    assert!(!ok && stderr.contains("exceeds max_position_embeddings"), "{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
