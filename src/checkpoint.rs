@@ -3,7 +3,8 @@
 //! ```text
 //! DIR/config.json              ModelConfig::to_json (torch_dtype = the saved dtype)
 //! DIR/model.safetensors        the weights, HF names and shapes (weights::save_params)
-//! DIR/tokenizer.json …         copied from the source model folder when present
+//! DIR/tokenizer.json …         tokenizer files and chat template, copied from the source model folder
+//!                              when present (TOKENIZER_FILES)
 //! DIR/optimizer.safetensors    AdamW moments: exp_avg.<HF name>, exp_avg_sq.<HF name>, HF shapes,
 //!                              in the state's float type (F32 / F64); metadata "step"
 //! DIR/trainer_state.json       {"format": "drpo-checkpoint", "version": 1,
@@ -12,11 +13,13 @@
 //! So DIR loads anywhere a model folder does (`Model::load`, transformers), and `load_checkpoint`
 //! gives back the model, the optimizer state and the trainer's JSON (data order, RNG seed, metrics).
 //!
-//! Atomicity: the whole folder is written as `DIR.tmp` (each file fsynced), then renamed to DIR; an
-//! existing DIR is first renamed to `DIR.old` and deleted after the swap. A folder named DIR is
-//! therefore always complete. A crash inside the swap leaves `DIR.old` (the previous checkpoint) and
-//! `DIR.tmp` (the new one, complete: trainer_state.json is written last); loading DIR then fails with
-//! a hint naming the complete ones. The next save to DIR clears both.
+//! Atomicity: the whole folder is written as `DIR.tmp` (each file fsynced, then the folder itself),
+//! then renamed to DIR; an existing DIR is first renamed to `DIR.old` and deleted after the swap. A
+//! folder named DIR is therefore always complete. A crash inside the swap leaves `DIR.old` (the
+//! previous checkpoint) and/or `DIR.tmp` (the new one, complete when it holds trainer_state.json,
+//! which is written last). [`recover_interrupted_save`] puts the newest complete one back as DIR; a
+//! resuming trainer calls it before looking for DIR. [`load_checkpoint`] itself never moves folders:
+//! on a missing DIR it fails with a hint naming the complete survivors.
 //!
 //! Resuming is bit-exact when the parameters and the state are saved in their own float type
 //! (f32 model with [`SaveDtype::F32`]); a BF16 save is an export, not a resumable state.
@@ -37,9 +40,20 @@ pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 const FORMAT: &str = "drpo-checkpoint";
 const VERSION: u64 = 1;
 
-/// Files of a model folder that are not weights or config, copied into a checkpoint when present.
-pub const TOKENIZER_FILES: [&str; 6] =
-    ["tokenizer.json", "tokenizer_config.json", "generation_config.json", "special_tokens_map.json", "vocab.json", "merges.txt"];
+/// Files of a model folder that are not weights or config, copied into a checkpoint when present
+/// (transformers ≥ 4.43 keeps the chat template in chat_template.jinja / .json, not in
+/// tokenizer_config.json).
+pub const TOKENIZER_FILES: [&str; 9] = [
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "generation_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
+    "vocab.json",
+    "merges.txt",
+];
 
 /// A loaded training checkpoint.
 #[derive(Clone, Debug)]
@@ -104,6 +118,8 @@ pub fn save_checkpoint<T: Float>(
     let path = tmp.join(TRAINER_STATE_FILE);
     let text = serde_json::to_string_pretty(&state).map_err(|e| Error::json(&path, e))?;
     write_atomic(&path, text.as_bytes())?;
+    // the folder's entries (every file's name) are durable before the folder becomes DIR
+    sync_dir(&tmp);
 
     // swap: DIR → DIR.old, DIR.tmp → DIR, drop DIR.old
     remove_dir_if_present(&old)?;
@@ -115,13 +131,69 @@ pub fn save_checkpoint<T: Float>(
     if replaced {
         remove_dir_if_present(&old)?;
     }
-    // make the renames durable; a failure here (a file system without directory fsync) loses nothing
-    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-        if let Ok(d) = std::fs::File::open(parent) {
-            let _ = d.sync_all();
-        }
-    }
+    // make the renames durable
+    sync_parent(dir);
     Ok(())
+}
+
+/// fsync of a folder (its entries). Best effort: a file system without directory fsync loses nothing
+/// but the durability guarantee of a rename that already happened.
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+fn sync_parent(path: &Path) {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => sync_dir(p),
+        _ => sync_dir(Path::new(".")),
+    }
+}
+
+/// A checkpoint folder is complete when it holds trainer_state.json: [`save_checkpoint`] writes it
+/// last, after every other file was written and fsynced.
+pub fn is_complete(dir: &Path) -> bool {
+    dir.join(TRAINER_STATE_FILE).is_file()
+}
+
+/// Repairs what an interrupted [`save_checkpoint`] to `dir` left behind, before anything loads `dir`:
+///
+/// * `dir` complete: nothing to do (a leftover `DIR.tmp` / `DIR.old` is cleared by the next save);
+/// * else, `DIR.tmp` complete (the crash came after the new checkpoint was written): it becomes `dir`;
+/// * else, `DIR.old` complete (the crash came between the two renames, or the new one is partial):
+///   the previous checkpoint becomes `dir` again.
+///
+/// An incomplete `dir` (not written by this module) is moved aside to `DIR.incomplete`, never deleted.
+/// Returns a sentence saying what was done, or None when there was nothing to repair.
+pub fn recover_interrupted_save(dir: &Path) -> Result<Option<String>> {
+    if is_complete(dir) {
+        return Ok(None);
+    }
+    let tmp = sibling(dir, ".tmp")?;
+    let old = sibling(dir, ".old")?;
+    let source = if is_complete(&tmp) {
+        (tmp, "the new checkpoint written just before the interruption")
+    } else if is_complete(&old) {
+        (old, "the previous checkpoint (the new one was not complete)")
+    } else {
+        return Ok(None);
+    };
+    let mut what = String::new();
+    if dir.exists() {
+        let aside = sibling(dir, ".incomplete")?;
+        remove_dir_if_present(&aside)?;
+        std::fs::rename(dir, &aside).map_err(|e| Error::io(dir, e))?;
+        what = format!(" (the incomplete `{}` was moved to `{}`)", dir.display(), aside.display());
+    }
+    std::fs::rename(&source.0, dir).map_err(|e| Error::io(&source.0, e))?;
+    sync_parent(dir);
+    Ok(Some(format!(
+        "a checkpoint save was interrupted: restored `{}` from `{}`, {}{what}",
+        dir.display(),
+        source.0.display(),
+        source.1
+    )))
 }
 
 /// The moments as one safetensors file in the state's own float type (bit-exact round trip).

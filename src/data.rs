@@ -29,11 +29,14 @@ pub struct Problem {
     pub level: Option<String>,
 }
 
-/// Loads a JSON array (the file starts with `[`) or JSONL (one object per non-empty line) of problems.
+/// Loads a JSON array (the file starts with `[`, after an optional UTF-8 byte-order mark) or JSONL (one
+/// object per non-empty line) of problems.
 /// Errors name the file and the record (0-based index; for JSONL, the index among non-empty lines).
 pub fn load_problems(path: &Path) -> Result<Vec<Problem>> {
     let bytes = read_file(path)?;
     let text = std::str::from_utf8(&bytes).map_err(|e| Error::json(path, format!("not UTF-8: {e}")))?;
+    // a UTF-8 byte-order mark (Windows editors write one) is not part of the JSON
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let records: Vec<Value> = if text.trim_start().starts_with('[') {
         let v: Value = serde_json::from_str(text).map_err(|e| Error::json(path, e))?;
         match v {

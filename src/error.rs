@@ -140,8 +140,8 @@ pub fn read_json(path: impl AsRef<Path>) -> Result<serde_json::Value> {
     serde_json::from_slice(&bytes).map_err(|e| Error::json(path, e))
 }
 
-/// Writes a file atomically: a temporary file in the same folder, fsync, then rename over the target.
-/// A crash leaves either the old file or the new one, never a half-written one.
+/// Writes a file atomically: a temporary file in the same folder, fsync, rename over the target, then
+/// fsync of the folder. A crash leaves either the old file or the new one, never a half-written one.
 pub fn write_atomic(path: impl AsRef<Path>, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     let path = path.as_ref();
@@ -158,6 +158,10 @@ pub fn write_atomic(path: impl AsRef<Path>, bytes: &[u8]) -> Result<()> {
     if let Err(e) = result {
         let _ = std::fs::remove_file(&tmp);
         return Err(Error::io(path, e));
+    }
+    // the rename is durable once the folder's entry is (best effort: some file systems refuse)
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
     }
     Ok(())
 }

@@ -31,7 +31,8 @@ pub struct EvalStats {
     pub responses: usize,
     /// pass@1 averaged over the samples
     pub accuracy: f64,
-    /// mean response length in tokens (eos included)
+    /// mean response length in tokens, the EOS token included (as training's L; SPEC's evaluation
+    /// re-tokenizes the text without special tokens, so its lengths are one lower on finished responses)
     pub mean_length: f64,
     pub mean_length_correct: Option<f64>,
     pub mean_length_wrong: Option<f64>,
@@ -40,6 +41,9 @@ pub struct EvalStats {
     /// toy task only: mean necessary / redundant steps per response
     pub mean_necessary_steps: Option<f64>,
     pub mean_redundant_steps: Option<f64>,
+    /// responses holding sampled ids the tokenizer could not decode (graded on the decodable text)
+    #[serde(default)]
+    pub undecodable_responses: usize,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -56,6 +60,8 @@ pub struct Graded {
     pub length: usize,
     pub truncated: bool,
     pub steps: Option<(usize, usize)>,
+    /// the response held ids the tokenizer could not decode (graded without them)
+    pub undecodable: bool,
 }
 
 /// The mean of a sequence (None when it is empty).
@@ -81,6 +87,7 @@ pub fn summarize(level: Option<String>, questions: usize, g: &[&Graded]) -> Eval
         truncation_rate: mean(g.iter().map(|r| r.truncated as u8 as f64)).unwrap_or(0.0),
         mean_necessary_steps: mean(g.iter().filter_map(|r| r.steps.map(|s| s.0 as f64))),
         mean_redundant_steps: mean(g.iter().filter_map(|r| r.steps.map(|s| s.1 as f64))),
+        undecodable_responses: g.iter().filter(|r| r.undecodable).count(),
     }
 }
 
@@ -102,8 +109,11 @@ pub fn report(graded: &[Graded], n_questions: usize) -> EvalReport {
     EvalReport { overall: summarize(None, n_questions, &all), per_level }
 }
 
-/// Evaluates every problem of an environment: `n_samples` responses each, graded by its verifier.
-/// `on_batch(done, total)` reports progress.
+/// Evaluates every problem of an environment: `n_samples` responses each, graded by its verifier
+/// on the response text alone (special tokens kept, as the trainer decodes; ids the tokenizer does
+/// not know are skipped and the response counted in `undecodable_responses`).
+/// Rows (problem i, sample j) are generated in order, `batch_size` at a time; row r draws from
+/// stream r, so the samples do not depend on the batch size. `on_batch(done, total)` reports progress.
 pub fn eval_env<T: Float>(
     engine: &Engine,
     model: &Model<T>,
@@ -113,29 +123,32 @@ pub fn eval_env<T: Float>(
     on_batch: &mut dyn FnMut(usize, usize),
 ) -> Result<(EvalReport, Vec<Graded>)> {
     let n = opts.n_samples.max(1);
-    let total = env.len() * n;
+    let total = env.len().checked_mul(n).ok_or_else(|| crate::Error::input(format!("{} problems × {n} samples overflows", env.len())))?;
+    let batch = opts.batch_size.max(1);
     let mut graded = Vec::with_capacity(total);
-    let per_batch = (opts.batch_size.max(1) / n).max(1);
-    for first in (0..env.len()).step_by(per_batch) {
-        let ids: Vec<usize> = (first..(first + per_batch).min(env.len())).collect();
-        let prompts: Vec<Vec<u32>> = ids.iter().map(|&i| env.prompt(i).to_vec()).collect();
-        let o = EvalOptions { batch_size: prompts.len() * n, ..opts.clone() };
-        // streams continue across batches, so the samples do not depend on the batch size
-        let mut responses = Vec::new();
-        for (b, chunk) in prompts.iter().flat_map(|p| std::iter::repeat_n(p.clone(), n)).collect::<Vec<_>>().chunks(o.batch_size).enumerate() {
-            let g = GenerateOptions {
-                max_new_tokens: o.max_new_tokens,
-                sampling: o.sampling,
-                seed: o.seed,
-                eos_ids: tok.eos_ids().to_vec(),
-                stream_offset: (first * n + b * o.batch_size) as u64,
-            };
-            responses.extend(engine.generate(model, chunk, &g)?);
-        }
-        for (k, r) in responses.iter().enumerate() {
-            let i = ids[k / n];
-            let v = env.grade(i, &tok.decode_lossy(&r.tokens, true)?);
-            graded.push(Graded { level: env.level(i), correct: v.correct, length: r.tokens.len(), truncated: !r.stopped_on_eos, steps: v.steps });
+    for first in (0..total).step_by(batch) {
+        let rows = first..(first + batch).min(total);
+        let prompts: Vec<Vec<u32>> = rows.clone().map(|r| env.prompt(r / n).to_vec()).collect();
+        let g = GenerateOptions {
+            max_new_tokens: opts.max_new_tokens,
+            sampling: opts.sampling,
+            seed: opts.seed,
+            eos_ids: tok.eos_ids().to_vec(),
+            stream_offset: first as u64,
+        };
+        let responses = engine.generate(model, &prompts, &g)?;
+        for (r, resp) in rows.zip(&responses) {
+            let i = r / n;
+            let (text, skipped) = tok.decode_lenient(&resp.tokens, false)?;
+            let v = env.grade(i, &text);
+            graded.push(Graded {
+                level: env.level(i),
+                correct: v.correct,
+                length: resp.tokens.len(),
+                truncated: !resp.stopped_on_eos,
+                steps: v.steps,
+                undecodable: skipped > 0,
+            });
         }
         on_batch(graded.len(), total);
     }
@@ -143,8 +156,10 @@ pub fn eval_env<T: Float>(
 }
 
 /// The markdown table of a report.
+/// Lengths are response tokens with the EOS token counted (SPEC's evaluation does not count it).
 pub fn markdown_table(r: &EvalReport) -> String {
-    let mut s = String::from("| level | questions | pass@1 | mean length | length (correct) | length (wrong) | truncated |\n|---|---|---|---|---|---|---|\n");
+    let mut s = String::from("Lengths are response tokens, the EOS token included (as in training; SPEC's evaluation re-tokenizes the text without special tokens, one token less per finished response).\n\n");
+    s.push_str("| level | questions | pass@1 | mean length | length (correct) | length (wrong) | truncated |\n|---|---|---|---|---|---|---|\n");
     let opt = |x: Option<f64>| x.map_or("–".to_string(), |v| format!("{v:.1}"));
     for st in r.per_level.iter().chain(std::iter::once(&r.overall)) {
         s.push_str(&format!(
@@ -156,6 +171,12 @@ pub fn markdown_table(r: &EvalReport) -> String {
             opt(st.mean_length_correct),
             opt(st.mean_length_wrong),
             st.truncation_rate
+        ));
+    }
+    if r.overall.undecodable_responses > 0 {
+        s.push_str(&format!(
+            "\n{} of {} responses hold sampled ids the tokenizer cannot decode; they were graded without them.\n",
+            r.overall.undecodable_responses, r.overall.responses
         ));
     }
     s

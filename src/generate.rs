@@ -33,7 +33,8 @@ pub fn check_request(prompts: &[Vec<u32>], opts: &GenerateOptions, max_pos: usiz
         if p.is_empty() {
             return Err(Error::input(format!("prompt {i} is empty")));
         }
-        if p.len() + opts.max_new_tokens > max_pos {
+        // checked: a huge max_new_tokens must not wrap around and pass (release builds do not trap)
+        if p.len().checked_add(opts.max_new_tokens).is_none_or(|t| t > max_pos) {
             return Err(Error::input(format!(
                 "prompt {i} has {} tokens; with max_new_tokens = {} that exceeds max_position_embeddings = {max_pos}",
                 p.len(),

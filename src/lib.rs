@@ -31,6 +31,7 @@ pub mod checkpoint;
 pub mod rl;
 pub mod rng;
 pub mod sampling;
+pub mod settings;
 pub mod sft;
 pub mod study;
 pub mod task;

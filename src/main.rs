@@ -25,10 +25,19 @@ enum FloatType {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Config summary, parameter count, dtypes and a memory estimate of a checkpoint.
+    /// Config summary, parameter count, dtypes, eos ids and the memory a command would need.
     Inspect {
         #[arg(long)]
         model: PathBuf,
+        /// sequences generated (or scored for training) together [default: 8]
+        #[arg(long)]
+        batch: Option<u64>,
+        /// prompt tokens per sequence [default: 1024, capped at half the context]
+        #[arg(long)]
+        prompt_tokens: Option<u64>,
+        /// new tokens per sequence [default: 8192, capped by the context left after the prompt]
+        #[arg(long)]
+        new_tokens: Option<u64>,
     },
     /// Log-probabilities of every next token of token sequences.
     Logprobs {
@@ -40,10 +49,11 @@ enum Cmd {
         /// JSON file written: {"logprobs": [[...], ...]}, row i has len_i − 1 entries
         #[arg(long)]
         out: PathBuf,
-        /// CPU float type (the GPU runs bf16)
+        /// CPU float type (the GPU runs bf16; f64 needs the CPU)
         #[arg(long, value_enum, default_value = "f32")]
         dtype: FloatType,
-        #[arg(long, value_enum, default_value = "auto")]
+        /// the CPU by default: exact numbers are this command's purpose (the GPU computes in bf16)
+        #[arg(long, value_enum, default_value = "cpu")]
         device: Device,
     },
     /// Generate a continuation of a prompt.
@@ -123,11 +133,12 @@ enum Cmd {
         config: Option<PathBuf>,
     },
     /// RL training (DRPO and the baselines) on the toy task or a math problem set.
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     /// The toy DRPO study end to end: SFT base, RL with DRPO / DisCO / GRPO-LP, evaluation, report.
     Demo {
-        #[arg(long, default_value = "runs/demo")]
-        out: PathBuf,
+        /// output folder [default: runs/demo, or runs/demo-quick with --quick]
+        #[arg(long)]
+        out: Option<PathBuf>,
         /// a ≈ 3-minute version (one seed, fewer steps, easier task)
         #[arg(long)]
         quick: bool,
@@ -156,14 +167,30 @@ struct TrainArgs {
     config: Option<PathBuf>,
     #[arg(long)]
     steps: Option<usize>,
+    /// DRPO's λ; `inf` = DisCO
     #[arg(long)]
     lambda: Option<f64>,
     #[arg(long)]
     tau: Option<f64>,
+    /// GRPO-LP's and RLOO-LP's α
     #[arg(long)]
     alpha: Option<f64>,
     #[arg(long)]
     lr: Option<f64>,
+    /// linear warmup length, in optimizer steps
+    #[arg(long)]
+    warmup_steps: Option<u64>,
+    /// the rate after the warmup
+    #[arg(long, value_enum)]
+    lr_decay: Option<drpo::rl::trainer::LrDecayKind>,
+    /// the rate the cosine decays to
+    #[arg(long)]
+    min_lr: Option<f64>,
+    #[arg(long)]
+    weight_decay: Option<f64>,
+    /// max global L2 norm of the gradient
+    #[arg(long)]
+    grad_clip: Option<f64>,
     #[arg(long)]
     questions_per_step: Option<usize>,
     #[arg(long)]
@@ -173,9 +200,17 @@ struct TrainArgs {
     #[arg(long)]
     chunk_questions: Option<usize>,
     #[arg(long)]
+    inner_epochs: Option<usize>,
+    #[arg(long)]
     temperature: Option<f64>,
     #[arg(long)]
+    top_p: Option<f64>,
+    /// generation budget C [default: 8192 for --data, the toy budget otherwise; capped by the context]
+    #[arg(long)]
     max_new_tokens: Option<usize>,
+    /// --data problems whose templated prompt is longer are dropped [default: 1024]
+    #[arg(long)]
+    max_prompt_tokens: Option<usize>,
     #[arg(long)]
     save_every: Option<usize>,
     #[arg(long)]
@@ -203,7 +238,7 @@ struct EvalArgs {
     temperature: f64,
     #[arg(long, default_value_t = 0.95)]
     top_p: f64,
-    /// evaluate only the first K problems
+    /// evaluate only the first K problems (K ≥ 1)
     #[arg(long)]
     limit: Option<usize>,
     /// folder for eval.json and eval.md
@@ -241,10 +276,17 @@ fn main() -> ExitCode {
 
 fn run(cmd: Cmd) -> Result<()> {
     match cmd {
-        Cmd::Inspect { model } => inspect(&model),
+        Cmd::Inspect { model, batch, prompt_tokens, new_tokens } => inspect(&model, batch, prompt_tokens, new_tokens),
         Cmd::Logprobs { model, input, out, dtype, device } => match dtype {
             FloatType::F32 => logprobs::<f32>(&model, &input, &out, device),
-            FloatType::F64 => logprobs::<f64>(&model, &input, &out, device),
+            FloatType::F64 => {
+                // f64 asks for exact numbers: the GPU computes in bf16
+                let device = match device {
+                    Device::Gpu => return Err(Error::input("--dtype f64 runs on the CPU only (the GPU computes in bf16); use --device cpu")),
+                    _ => Device::Cpu,
+                };
+                logprobs::<f64>(&model, &input, &out, device)
+            }
         },
         Cmd::Generate { model, prompt, chat, prompt_ids, max_new_tokens, temperature, top_k, top_p, seed, json, device } => {
             let sampling = drpo::sampling::SamplingParams { temperature, top_k, top_p };
@@ -257,8 +299,9 @@ fn run(cmd: Cmd) -> Result<()> {
         }
         Cmd::Kernels { arch } => kernels(&arch),
         Cmd::Sft { out, steps, seed, config } => sft(&out, steps, seed, config.as_deref()),
-        Cmd::Train(a) => train(a),
+        Cmd::Train(a) => train(*a),
         Cmd::Demo { out, quick, device } => {
+            let out = out.unwrap_or_else(|| PathBuf::from(if quick { "runs/demo-quick" } else { "runs/demo" }));
             let study = drpo::study::StudyConfig::new(quick);
             drpo::study::run_study(&study, &out, device, &mut |line| eprintln!("{line}"))?;
             println!("report: {}", out.join("report.md").display());
@@ -272,7 +315,29 @@ fn gib(bytes: f64) -> String {
     format!("{:.3} GiB", bytes / (1u64 << 30) as f64)
 }
 
-fn inspect(dir: &Path) -> Result<()> {
+/// eos ids of one JSON source: `field` of `dir/file` (an id, a list of ids, or for tokenizer_config a
+/// token string resolved through the tokenizer). None when the file or the field is absent.
+fn eos_of(dir: &Path, file: &str, tok: Option<&drpo::tokenizer::Tokenizer>) -> Result<Option<Vec<u32>>> {
+    let path = dir.join(file);
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let v = read_json(&path)?;
+    if file == "tokenizer_config.json" {
+        let name = match v.get("eos_token") {
+            Some(serde_json::Value::String(s)) => Some(s.clone()),
+            Some(serde_json::Value::Object(o)) => o.get("content").and_then(|c| c.as_str()).map(str::to_string),
+            _ => None,
+        };
+        return Ok(name.map(|n| tok.and_then(|t| t.token_to_id(&n)).into_iter().collect()));
+    }
+    match v.get("eos_token_id") {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        x => drpo::config::token_ids(x, &path, "eos_token_id").map(Some),
+    }
+}
+
+fn inspect(dir: &Path, batch: Option<u64>, prompt_tokens: Option<u64>, new_tokens: Option<u64>) -> Result<()> {
     let cfg = ModelConfig::from_dir(dir)?;
     let layout = drpo::layout::ParamLayout::new(&cfg);
     let files = drpo::weights::WeightFiles::open(dir)?;
@@ -291,17 +356,49 @@ fn inspect(dir: &Path) -> Result<()> {
         cfg.head_dim,
         cfg.rope_theta
     );
-    println!("context      {} positions   rms eps {:e}   tied embeddings {}", cfg.max_position_embeddings, cfg.rms_norm_eps, cfg.tie_word_embeddings);
-    println!("eos ids      {:?}   bos {:?}", cfg.eos_token_ids, cfg.bos_token_id);
+    let ctx = cfg.max_position_embeddings as u64;
+    println!("context      {} positions   rms eps {:e}   tied embeddings {}", ctx, cfg.rms_norm_eps, cfg.tie_word_embeddings);
+    let tok = drpo::tokenizer::Tokenizer::from_dir(dir).ok();
+    let show = |x: Option<Vec<u32>>| x.map_or("–".to_string(), |ids| format!("{ids:?}"));
+    println!(
+        "eos ids      generation_config {}   tokenizer_config {}   config {}   → used {}",
+        show(eos_of(dir, "generation_config.json", tok.as_ref())?),
+        show(eos_of(dir, "tokenizer_config.json", tok.as_ref())?),
+        show(eos_of(dir, "config.json", None)?),
+        tok.as_ref().map_or("– (no tokenizer.json)".to_string(), |t| format!("{:?}", t.eos_ids()))
+    );
+    if let Some(t) = &tok {
+        println!("tokenizer    {} ids (the model has {} rows)   chat template {:?}   bos {:?}", t.vocab_size(), cfg.vocab_size, t.chat_family(), cfg.bos_token_id);
+    }
     println!("parameters   {} ({:.3} B)   {} tensors in the checkpoint, dtypes {}", layout.total, n / 1e9, tensors.len(), dtypes.join(", "));
     let kv_per_token = 2.0 * cfg.num_hidden_layers as f64 * cfg.kv_dim() as f64;
     println!("memory       weights: {} in bf16, {} in f32, {} in f64", gib(2.0 * n), gib(4.0 * n), gib(8.0 * n));
     println!("             KV cache per token: {} KiB in f32", kv_per_token * 4.0 / 1024.0);
     println!("             training state (f32 params + grads + 2 AdamW moments): {}", gib(16.0 * n));
-    let g = drpo::memory::generation(&cfg, 4, 8, 1024, 1024 + 8192);
-    println!("             CPU generation, 8 sequences of 1024 + 8192 tokens (f32): {}", gib(g.total() as f64));
-    let t = drpo::memory::training(&cfg, 4, 32 * (1024 + 8192), 1024 + 8192);
-    println!("             CPU training chunk, 4 questions × 8 responses of 1024 + 8192 tokens (f32): {}", gib(t.total() as f64));
+    let b = batch.unwrap_or(8).max(1);
+    let p = prompt_tokens.unwrap_or_else(|| 1024.min(ctx / 2)).max(1);
+    let new = new_tokens.unwrap_or_else(|| 8192.min(ctx.saturating_sub(p))).max(1);
+    let seq = p.saturating_add(new);
+    if seq > ctx {
+        println!("             note: {p} + {new} tokens exceed the context of {ctx}: generate / eval / train would refuse");
+    }
+    let g = drpo::memory::generation(&cfg, 4, b, p, seq);
+    println!(
+        "             generate / eval, {b} sequences of {p} + {new} tokens (f32): {}  (weights {}, KV cache {}, activations {})",
+        gib(g.total() as f64),
+        gib(g.weights as f64),
+        gib(g.kv_cache as f64),
+        gib(g.activations as f64)
+    );
+    let t = drpo::memory::training(&cfg, 4, b.saturating_mul(seq), seq);
+    println!(
+        "             train, a chunk of {b} sequences of {p} + {new} tokens (f32): {}  (weights {}, optimizer {}, activations {})",
+        gib(t.total() as f64),
+        gib(t.weights as f64),
+        gib(t.optimizer as f64),
+        gib(t.activations as f64)
+    );
+    println!("             (train also holds the rollout KV cache of questions × G sequences: the generate line with --batch Q·G)");
     if let Some(a) = drpo::memory::available_bytes() {
         println!("             available on this machine: {}", gib(a as f64));
     }
@@ -311,17 +408,21 @@ fn inspect(dir: &Path) -> Result<()> {
 fn logprobs<T: drpo::cpu::Float>(dir: &Path, input: &Path, out: &Path, device: Device) -> Result<()> {
     let v = read_json(input)?;
     let rows = v.get("sequences").and_then(|s| s.as_array()).ok_or_else(|| Error::json(input, "expected {\"sequences\": [[id, ...], ...]}"))?;
+    let vocab = ModelConfig::from_dir(dir)?.vocab_size;
     let mut seqs = Vec::with_capacity(rows.len());
     for (i, row) in rows.iter().enumerate() {
         let ids = row
             .as_array()
-            .ok_or_else(|| Error::data(input, i, "a sequence must be a list of token ids"))?
+            .ok_or_else(|| Error::data(input, i, "sequence {i}: a sequence must be a list of token ids"))?
             .iter()
             .map(|x| x.as_u64().filter(|&t| t <= u32::MAX as u64).map(|t| t as u32))
             .collect::<Option<Vec<u32>>>()
-            .ok_or_else(|| Error::data(input, i, "token ids must be non-negative integers"))?;
+            .ok_or_else(|| Error::data(input, i, format!("sequence {i}: token ids must be non-negative integers")))?;
         if ids.is_empty() {
-            return Err(Error::data(input, i, "empty sequence"));
+            return Err(Error::data(input, i, format!("sequence {i}: empty sequence")));
+        }
+        if let Some((t, &id)) = ids.iter().enumerate().find(|(_, &id)| id as usize >= vocab) {
+            return Err(Error::data(input, i, format!("sequence {i}: token id {id} at position {t} is out of range (the model's vocab_size is {vocab})")));
         }
         seqs.push(ids);
     }
@@ -331,6 +432,18 @@ fn logprobs<T: drpo::cpu::Float>(dir: &Path, input: &Path, out: &Path, device: D
     let lp = engine.score(&model, &refs, 1.0)?;
     let text = serde_json::to_vec(&json!({ "logprobs": lp })).map_err(|e| Error::json(out, e))?;
     write_atomic(out, &text)
+}
+
+/// One warning line when prompts will be rendered with a chat template this tool does not recognise.
+fn warn_chat_family(tok: &drpo::tokenizer::Tokenizer) {
+    use drpo::tokenizer::ChatFamily;
+    match tok.chat_family() {
+        ChatFamily::Unrecognised => eprintln!(
+            "warning: the chat template is neither ChatML nor DeepSeek-R1; prompts are rendered as ChatML, which may not be what the model was trained on"
+        ),
+        ChatFamily::NoTemplate => eprintln!("warning: the checkpoint has no chat template; prompts are rendered as ChatML"),
+        ChatFamily::ChatMl | ChatFamily::DeepSeekR1 => {}
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -346,8 +459,27 @@ fn generate_cmd(
     device: Device,
 ) -> Result<()> {
     let cfg = ModelConfig::from_dir(dir)?;
-    let prompt_len = prompt_ids.as_ref().map_or(1024, Vec::len) as u64;
-    let est = drpo::memory::generation(&cfg, 4, 1, prompt_len, prompt_len + max_new_tokens as u64);
+    let max_pos = cfg.max_position_embeddings as u64;
+    let max_new = max_new_tokens as u64;
+    // up front, with checked sums: a huge --max-new-tokens must not wrap around and pass
+    let (prompt_len, total) = match &prompt_ids {
+        Some(ids) => (ids.len() as u64, (ids.len() as u64).checked_add(max_new)),
+        // a text's length is known once tokenized (checked again then); it has at least one token
+        None => {
+            let p = 1024.min(max_pos.saturating_sub(max_new)).max(1);
+            (p, p.checked_add(max_new))
+        }
+    };
+    let total = match total {
+        Some(t) if t <= max_pos => t,
+        _ => {
+            return Err(Error::input(format!(
+                "--max-new-tokens {max_new_tokens} with a prompt of {} tokens exceeds max_position_embeddings = {max_pos}",
+                if prompt_ids.is_some() { prompt_len.to_string() } else { "at least 1".to_string() }
+            )))
+        }
+    };
+    let est = drpo::memory::generation(&cfg, 4, 1, prompt_len, total);
     drpo::memory::ensure_fits("generation on the CPU (f32 weights, KV cache)", &est)?;
     let model = Model::<f32>::load(dir)?;
     let engine = Engine::new(device, &model, &mut |n| eprintln!("{n}"))?;
@@ -357,6 +489,7 @@ fn generate_cmd(
         (Some(text), None) => {
             let tok = tokenizer.as_ref().map_err(|e| Error::input(format!("--prompt needs the model's tokenizer: {e}")))?;
             let text = if chat {
+                warn_chat_family(tok);
                 tok.apply_chat_template(&[drpo::tokenizer::Message::user(text)], true)?
             } else {
                 text.to_string()
@@ -375,7 +508,13 @@ fn generate_cmd(
     let out = engine.generate(&model, std::slice::from_ref(&ids), &opts)?;
     let generated = &out[0].tokens;
     let text = match &tokenizer {
-        Ok(tok) => tok.decode_lossy(generated, false)?, // `generated_ids` has every id
+        Ok(tok) => {
+            let (text, skipped) = tok.decode_lenient(generated, false)?;
+            if skipped > 0 {
+                eprintln!("note: {skipped} generated ids are not in the tokenizer ({} ids); the text leaves them out", tok.vocab_size());
+            }
+            text
+        }
         Err(_) => String::new(),
     };
     if as_json {
@@ -431,23 +570,15 @@ fn progress(len: u64, what: &str) -> indicatif::ProgressBar {
     bar
 }
 
-fn json_overrides<T: serde::Serialize + serde::de::DeserializeOwned>(base: T, file: Option<&Path>) -> Result<T> {
-    let Some(file) = file else { return Ok(base) };
-    let mut v = serde_json::to_value(&base).map_err(|e| Error::json(file, e))?;
-    let patch = read_json(file)?;
-    let obj = patch.as_object().ok_or_else(|| Error::json(file, "expected a JSON object of settings"))?;
-    for (k, val) in obj {
-        let target = v.as_object_mut().ok_or_else(|| Error::json(file, "settings are not an object"))?;
-        if !target.contains_key(k) {
-            return Err(Error::config(file, k.clone(), "unknown setting"));
-        }
-        target.insert(k.clone(), val.clone());
+fn json_overrides<T: serde::Serialize + serde::de::DeserializeOwned>(base: T, file: Option<&Path>) -> Result<(T, serde_json::Value)> {
+    match file {
+        None => Ok((base, json!({}))),
+        Some(file) => drpo::settings::overrides_from_file(base, file),
     }
-    serde_json::from_value(v).map_err(|e| Error::json(file, e))
 }
 
 fn sft(out: &Path, steps: Option<usize>, seed: Option<u64>, config: Option<&Path>) -> Result<()> {
-    let mut cfg = json_overrides(drpo::sft::SftConfig::default(), config)?;
+    let (mut cfg, _) = json_overrides(drpo::sft::SftConfig::default(), config)?;
     if let Some(s) = steps {
         cfg.steps = s;
     }
@@ -483,6 +614,19 @@ fn think_rule(think: Think, tok: &drpo::tokenizer::Tokenizer) -> drpo::rl::grade
     drpo::rl::grader::GraderConfig { require_think_close: on }
 }
 
+/// The canonical form of a path for the run record (the path as given when it cannot be resolved).
+fn canonical(p: &Path) -> String {
+    std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf()).display().to_string()
+}
+
+/// The toy task's generation budget for a model fine-tuned by `drpo sft`.
+fn toy_budget(model: &Path) -> Result<usize> {
+    let sft = toy_task_of(model)?;
+    Ok(drpo::task::trace_tokens(sft.max_level, 3 * sft.max_level + 8))
+}
+
+/// The problems of a command: a --data file (its first `limit` problems; for training, prompts
+/// over `max_prompt_tokens` dropped with a line saying how many), or the toy task's split.
 fn load_env(
     model: &Path,
     data: Option<&Path>,
@@ -490,7 +634,11 @@ fn load_env(
     split: drpo::task::Split,
     tok: &drpo::tokenizer::Tokenizer,
     think: Think,
-) -> Result<(Box<dyn drpo::rl::env::Environment>, usize)> {
+    max_prompt_tokens: Option<usize>,
+) -> Result<Box<dyn drpo::rl::env::Environment>> {
+    if limit == Some(0) {
+        return Err(Error::input("--limit 0 selects no problem; give K ≥ 1 or leave --limit out"));
+    }
     match data {
         Some(file) => {
             let mut problems = drpo::data::load_problems(file)?;
@@ -499,7 +647,19 @@ fn load_env(
             }
             use drpo::rl::env::Environment;
             let max_pos = ModelConfig::from_dir(model)?.max_position_embeddings;
-            let env = drpo::rl::env::MathEnv::new(problems, tok, think_rule(think, tok))?;
+            let mut env = drpo::rl::env::MathEnv::new(problems, tok, think_rule(think, tok))?;
+            // training grades decode(prompt + response), evaluation the response alone (SPEC §8.2)
+            env.grade_with_prompt = matches!(split, drpo::task::Split::Train);
+            if let Some(max) = max_prompt_tokens {
+                let before = env.len();
+                let dropped = env.retain_prompts_up_to(max);
+                if dropped > 0 {
+                    eprintln!("dropped {dropped} of {before} problems whose prompt has more than {max} tokens (max_prompt_tokens)");
+                }
+                if env.is_empty() {
+                    return Err(Error::input(format!("{}: no problem has a prompt of at most {max} tokens", file.display())));
+                }
+            }
             if let Some(i) = (0..env.len()).find(|&i| env.prompt(i).len() >= max_pos) {
                 return Err(Error::data(
                     file,
@@ -507,7 +667,7 @@ fn load_env(
                     format!("the prompt has {} tokens, not less than max_position_embeddings = {max_pos}", env.prompt(i).len()),
                 ));
             }
-            Ok((Box::new(env), 1024))
+            Ok(Box::new(env))
         }
         None => {
             let sft = toy_task_of(model)?;
@@ -516,48 +676,73 @@ fn load_env(
                 drpo::task::Split::Eval => 200,
             });
             let examples = drpo::task::generate_split(&sft.task(), split, n)?;
-            let budget = drpo::task::trace_tokens(sft.max_level, 3 * sft.max_level + 8);
-            Ok((Box::new(drpo::rl::env::ToyEnv::new(examples, tok)?), budget))
+            Ok(Box::new(drpo::rl::env::ToyEnv::new(examples, tok)?))
         }
     }
 }
 
 fn train(a: TrainArgs) -> Result<()> {
     let tok = drpo::tokenizer::Tokenizer::from_dir(&a.model)?;
-    let (env, toy_budget) = load_env(&a.model, a.data.as_deref(), a.limit, drpo::task::Split::Train, &tok, Think::Auto)?;
+    warn_chat_family(&tok);
+    let mcfg = ModelConfig::from_dir(&a.model)?;
     let base = if a.data.is_some() {
         drpo::rl::trainer::TrainConfig { objective: a.objective, ..Default::default() }
     } else {
-        drpo::study::toy_train_config(a.objective, toy_budget)
+        drpo::study::toy_train_config(a.objective, toy_budget(&a.model)?)
     };
-    let mut cfg = json_overrides(base, a.config.as_deref())?;
+    let (mut cfg, from_file) = json_overrides(base, a.config.as_deref())?;
     cfg.objective = a.objective;
     macro_rules! set {
         ($($opt:ident => $field:expr),*) => { $(if let Some(v) = a.$opt { $field = v; })* };
     }
     set!(steps => cfg.steps, lambda => cfg.hyper.lambda, tau => cfg.hyper.tau, lr => cfg.lr,
+         warmup_steps => cfg.warmup_steps, lr_decay => cfg.lr_decay, min_lr => cfg.min_lr,
+         weight_decay => cfg.weight_decay, grad_clip => cfg.grad_clip,
          questions_per_step => cfg.questions_per_step, group_size => cfg.group_size,
          mini_batch_questions => cfg.mini_batch_questions, chunk_questions => cfg.chunk_questions,
-         temperature => cfg.temperature, max_new_tokens => cfg.max_new_tokens, save_every => cfg.save_every, seed => cfg.seed);
+         inner_epochs => cfg.inner_epochs, temperature => cfg.temperature, top_p => cfg.top_p,
+         max_new_tokens => cfg.max_new_tokens, max_prompt_tokens => cfg.max_prompt_tokens,
+         save_every => cfg.save_every, seed => cfg.seed);
     if let Some(alpha) = a.alpha {
         cfg.hyper.grpo_alpha = alpha;
         cfg.hyper.rloo_alpha = alpha;
     }
-    let mcfg = ModelConfig::from_dir(&a.model)?;
-    let max_prompt = (0..env.len()).map(|i| env.prompt(i).len()).max().unwrap_or(0) as u64;
-    let seq = max_prompt + cfg.max_new_tokens as u64;
-    let rows = (cfg.chunk_questions * cfg.group_size) as u64 * seq;
+    cfg.source = drpo::rl::trainer::RunSource { model: Some(canonical(&a.model)), data: a.data.as_deref().map(canonical), limit: a.limit };
+    cfg.validate()?;
+    let max_prompt_filter = a.data.is_some().then_some(cfg.max_prompt_tokens);
+    let env = load_env(&a.model, a.data.as_deref(), a.limit, drpo::task::Split::Train, &tok, Think::Auto, max_prompt_filter)?;
+    let max_prompt = (0..env.len()).map(|i| env.prompt(i).len()).max().unwrap_or(0);
+    // the default budget (SPEC's 8192, or the toy's) is capped by the context, as in eval
+    let room = mcfg.max_position_embeddings.saturating_sub(max_prompt);
+    if a.max_new_tokens.is_none() && from_file.get("max_new_tokens").is_none() && cfg.max_new_tokens > room {
+        eprintln!("max_new_tokens: {} capped to {room} (context {} − longest prompt {max_prompt})", cfg.max_new_tokens, mcfg.max_position_embeddings);
+        cfg.max_new_tokens = room;
+    }
+    if max_prompt.checked_add(cfg.max_new_tokens).is_none_or(|t| t > mcfg.max_position_embeddings) {
+        return Err(Error::input(format!(
+            "max_new_tokens = {} after the longest prompt ({max_prompt} tokens) exceeds max_position_embeddings = {}",
+            cfg.max_new_tokens, mcfg.max_position_embeddings
+        )));
+    }
+    cfg.validate()?;
+    let max_prompt = max_prompt as u64;
+    let seq = max_prompt.saturating_add(cfg.max_new_tokens as u64);
+    let rows = ((cfg.chunk_questions * cfg.group_size) as u64).saturating_mul(seq);
     let mut est = drpo::memory::training(&mcfg, 4, rows, seq);
     est.kv_cache = drpo::memory::generation(&mcfg, 4, (cfg.questions_per_step * cfg.group_size) as u64, max_prompt, seq).kv_cache;
     drpo::memory::ensure_fits("training on the CPU (weights, optimizer, one chunk's activations, rollout KV cache)", &est)?;
     let model = Model::<f32>::load(&a.model)?;
     let engine = Engine::new(a.device, &model, &mut |n| eprintln!("{n}"))?;
     let mut trainer = drpo::rl::trainer::Trainer::new(cfg, model, env.as_ref(), &tok, &a.out, &a.model, engine)?;
+    for line in &trainer.notices {
+        eprintln!("note: {line}");
+    }
     let bar = progress(trainer.cfg.steps as u64, "train");
     bar.set_position(trainer.step() as u64);
     trainer.run(&mut |m| {
         bar.set_position(m.step as u64 + 1);
-        bar.set_message(format!("acc {:.3} len {:.1} kl {:.1e}", m.accuracy, m.mean_length, m.kl_last));
+        let kl = m.kl_last.map_or("–".to_string(), |k| format!("{k:.1e}"));
+        bar.set_message(format!("acc {:.3} len {:.1} kl {kl}", m.accuracy, m.mean_length));
     })?;
     bar.finish();
     eprintln!("run written to {}", a.out.display());
@@ -566,24 +751,30 @@ fn train(a: TrainArgs) -> Result<()> {
 
 fn eval(a: EvalArgs) -> Result<()> {
     let tok = drpo::tokenizer::Tokenizer::from_dir(&a.model)?;
-    let (env, toy_budget) = load_env(&a.model, a.data.as_deref(), a.limit, drpo::task::Split::Eval, &tok, a.think)?;
+    warn_chat_family(&tok);
+    let env = load_env(&a.model, a.data.as_deref(), a.limit, drpo::task::Split::Eval, &tok, a.think, None)?;
     let mcfg = ModelConfig::from_dir(&a.model)?;
     let max_prompt = (0..env.len()).map(|i| env.prompt(i).len()).max().unwrap_or(0) as u64;
     // default: SPEC's 8192 (the toy budget for the toy task), capped by the model's context
     let room = mcfg.max_position_embeddings.saturating_sub(max_prompt as usize);
-    let max_new = a.max_new_tokens.unwrap_or(if a.data.is_some() { 8192 } else { toy_budget }.min(room));
-    let est = drpo::memory::generation(&mcfg, 4, a.batch_size as u64, max_prompt, max_prompt + max_new as u64);
+    let default_budget = if a.data.is_some() { 8192 } else { toy_budget(&a.model)? };
+    let max_new = a.max_new_tokens.unwrap_or(default_budget.min(room));
+    let n = a.n.max(1);
+    let responses = env.len().checked_mul(n).ok_or_else(|| Error::input(format!("--n {n} × {} problems overflows", env.len())))?;
+    // the batches eval really generates: at most --batch-size sequences, at most every response
+    let batch = a.batch_size.max(1).min(responses) as u64;
+    let est = drpo::memory::generation(&mcfg, 4, batch, max_prompt, max_prompt.saturating_add(max_new as u64));
     drpo::memory::ensure_fits("evaluation on the CPU (f32 weights, KV cache of one batch)", &est)?;
     let model = Model::<f32>::load(&a.model)?;
     let engine = Engine::new(a.device, &model, &mut |n| eprintln!("{n}"))?;
     let opts = drpo::eval::EvalOptions {
-        n_samples: a.n.max(1),
+        n_samples: n,
         max_new_tokens: max_new,
         sampling: drpo::sampling::SamplingParams { temperature: a.temperature, top_k: 0, top_p: a.top_p },
         seed: a.seed,
         batch_size: a.batch_size,
     };
-    let bar = progress((env.len() * opts.n_samples) as u64, "eval");
+    let bar = progress(responses as u64, "eval");
     let (report, _) = drpo::eval::eval_env(&engine, &model, env.as_ref(), &tok, &opts, &mut |done, _| bar.set_position(done as u64))?;
     bar.finish();
     let table = drpo::eval::markdown_table(&report);

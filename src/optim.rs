@@ -4,10 +4,15 @@
 //! One optimizer step (PyTorch `torch.optim.AdamW`, t = the step count after incrementing it):
 //! ```text
 //! p ← p · (1 − lr·wd)                                    decoupled decay, before the moments
-//! m ← m + (1 − β1)(g − m)                                 = β1·m + (1 − β1)·g  (torch's lerp_)
-//! v ← β2·v + (1 − β2)·g²
-//! p ← p − (lr / (1 − β1ᵗ)) · m / (sqrt(v) / sqrt(1 − β2ᵗ) + eps)
+//! m ← m + (1 − β1)(g − m)                                 = β1·m + (1 − β1)·g  (torch's lerp_; for
+//!                                                          β1 ≤ 0.5 its other form g − (g − m)·β1)
+//! v ← β2·v + (1 − β2)·(g·g)                               (mul_, then addcmul_)
+//! p ← p − (lr / (1 − β1ᵗ)) · (m / (sqrt(v) / sqrt(1 − β2ᵗ) + eps))      (addcdiv_)
 //! ```
+//! The element-wise rounding order is torch's on CUDA, where verl trains (`_single_tensor_adamw` and
+//! the default `_foreach` path): `addcmul_(t1, t2, value)` computes self + value·(t1·t2) and
+//! `addcdiv_` self + value·(t1/t2) (ATen's CUDA kernels; its CPU kernels multiply value·t1 first,
+//! which can differ in the last bit).
 //! Weight decay applies to every parameter (norm weights and biases included), as verl passes all
 //! of the actor's parameters to one AdamW group. Scalars (bias corrections, step size) are computed in
 //! f64 and rounded once to the buffer's float type; the element-wise arithmetic runs in that type.
@@ -67,6 +72,8 @@ impl<T: Float> AdamWState<T> {
         let decay = T::from_f64(1.0 - lr * cfg.weight_decay);
         let step_size = T::from_f64(lr / bias_correction1);
         let (one_minus_b1, b2, one_minus_b2) = (T::from_f64(1.0 - cfg.beta1), T::from_f64(cfg.beta2), T::from_f64(1.0 - cfg.beta2));
+        // torch's lerp_(end, w): self + w·(end − self) for |w| < 0.5, else end − (end − self)·(1 − w)
+        let (lerp_low, one_minus_w) = ((1.0 - cfg.beta1).abs() < 0.5, T::ONE - one_minus_b1);
         let (bc2_sqrt, eps) = (T::from_f64(bias_correction2_sqrt), T::from_f64(cfg.eps));
         params
             .par_chunks_mut(CHUNK)
@@ -77,10 +84,11 @@ impl<T: Float> AdamWState<T> {
                 for i in 0..p.len() {
                     let gi = g[i];
                     p[i] *= decay;
-                    m[i] += one_minus_b1 * (gi - m[i]);
-                    v[i] = b2 * v[i] + one_minus_b2 * gi * gi;
+                    let diff = gi - m[i];
+                    m[i] = if lerp_low { m[i] + one_minus_b1 * diff } else { gi - diff * one_minus_w };
+                    v[i] = b2 * v[i] + one_minus_b2 * (gi * gi);
                     let denom = v[i].sqrt() / bc2_sqrt + eps;
-                    p[i] -= step_size * m[i] / denom;
+                    p[i] -= step_size * (m[i] / denom);
                 }
             });
     }

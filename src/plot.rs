@@ -20,22 +20,50 @@ fn esc(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
 
-fn bounds(series: &[Series]) -> (f64, f64, f64, f64) {
+/// Axis ticks at "nice" numbers: a step of 1, 2 or 5 × 10^k, the nearest to (hi − lo)/`target`; the axis runs from the last tick ≤ lo to the first tick ≥ hi. Returns the ticks and
+/// the decimals that print the step exactly. A degenerate range (lo = hi) is widened by 1 around it.
+pub fn nice_ticks(lo: f64, hi: f64, target: usize) -> (Vec<f64>, usize) {
+    let (lo, hi) = if !(lo.is_finite() && hi.is_finite()) {
+        (0.0, 1.0)
+    } else if hi - lo < 1e-12 * lo.abs().max(1.0) {
+        (lo - 0.5, hi + 0.5)
+    } else {
+        (lo, hi)
+    };
+    let raw = (hi - lo) / target.max(1) as f64;
+    let mag = 10f64.powf(raw.log10().floor());
+    // the nearest of 1, 2, 5, 10 × mag (Heckbert's "nice numbers"), so the tick count stays near target
+    let f = raw / mag;
+    let step = mag * if f < 1.5 { 1.0 } else if f < 3.0 { 2.0 } else if f < 7.0 { 5.0 } else { 10.0 };
+    let first = (lo / step + 1e-9).floor() as i64;
+    let last = (hi / step - 1e-9).ceil() as i64;
+    // k·step, not a running sum: no accumulated rounding in the labels
+    let ticks = (first..=last).map(|k| k as f64 * step).collect();
+    let decimals = (-step.log10().floor()).max(0.0) as usize;
+    (ticks, decimals)
+}
+
+/// Data bounds of all finite points, widened to nice ticks: (x ticks, x decimals, y ticks, y decimals).
+fn axes(series: &[Series]) -> (Vec<f64>, usize, Vec<f64>, usize) {
     let pts = series.iter().flat_map(|s| s.points.iter()).filter(|p| p.0.is_finite() && p.1.is_finite());
     let (mut x0, mut x1, mut y0, mut y1) = (f64::INFINITY, f64::NEG_INFINITY, f64::INFINITY, f64::NEG_INFINITY);
     for &(x, y) in pts {
         (x0, x1, y0, y1) = (x0.min(x), x1.max(x), y0.min(y), y1.max(y));
     }
     if !x0.is_finite() {
-        return (0.0, 1.0, 0.0, 1.0);
+        (x0, x1, y0, y1) = (0.0, 1.0, 0.0, 1.0);
     }
-    let pad = |a: f64, b: f64| if b - a < 1e-12 { (a - 0.5, b + 0.5) } else { (a - 0.05 * (b - a), b + 0.05 * (b - a)) };
-    let ((x0, x1), (y0, y1)) = (pad(x0, x1), pad(y0, y1));
-    (x0, x1, y0, y1)
+    let (xt, xd) = nice_ticks(x0, x1, 5);
+    let (yt, yd) = nice_ticks(y0, y1, 5);
+    (xt, xd, yt, yd)
 }
 
-fn frame(title: &str, xlabel: &str, ylabel: &str, b: (f64, f64, f64, f64)) -> String {
-    let (x0, x1, y0, y1) = b;
+/// (x0, x1, y0, y1) of the plot area: the first and last ticks.
+type Bounds = (f64, f64, f64, f64);
+
+fn frame(title: &str, xlabel: &str, ylabel: &str, series: &[Series]) -> (String, Bounds) {
+    let (xt, xd, yt, yd) = axes(series);
+    let b = (xt[0], xt[xt.len() - 1], yt[0], yt[yt.len() - 1]);
     let mut s = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{H}\" font-family=\"sans-serif\" font-size=\"12\">\n\
          <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
@@ -46,14 +74,15 @@ fn frame(title: &str, xlabel: &str, ylabel: &str, b: (f64, f64, f64, f64)) -> St
         W - L - R,
         H - T - B
     );
-    for k in 0..=4 {
-        let f = k as f64 / 4.0;
-        let (xv, yv) = (x0 + f * (x1 - x0), y0 + f * (y1 - y0));
-        let (px, py) = (L + f * (W - L - R), H - B - f * (H - T - B));
-        s += &format!("<line x1=\"{px}\" y1=\"{}\" x2=\"{px}\" y2=\"{}\" stroke=\"#ddd\"/>\n", T, H - B);
-        s += &format!("<line x1=\"{L}\" y1=\"{py}\" x2=\"{}\" y2=\"{py}\" stroke=\"#ddd\"/>\n", W - R);
-        s += &format!("<text x=\"{px}\" y=\"{}\" text-anchor=\"middle\">{}</text>\n", H - B + 16.0, tick(xv));
-        s += &format!("<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text>\n", L - 6.0, py + 4.0, tick(yv));
+    for &xv in &xt {
+        let (px, _) = to_px(b, xv, b.2);
+        s += &format!("<line x1=\"{px:.1}\" y1=\"{T}\" x2=\"{px:.1}\" y2=\"{}\" stroke=\"#ddd\"/>\n", H - B);
+        s += &format!("<text x=\"{px:.1}\" y=\"{}\" text-anchor=\"middle\">{xv:.xd$}</text>\n", H - B + 16.0);
+    }
+    for &yv in &yt {
+        let (_, py) = to_px(b, b.0, yv);
+        s += &format!("<line x1=\"{L}\" y1=\"{py:.1}\" x2=\"{}\" y2=\"{py:.1}\" stroke=\"#ddd\"/>\n", W - R);
+        s += &format!("<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{yv:.yd$}</text>\n", L - 6.0, py + 4.0);
     }
     s += &format!("<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{}</text>\n", (L + W - R) / 2.0, H - 12.0, esc(xlabel));
     s += &format!(
@@ -62,20 +91,10 @@ fn frame(title: &str, xlabel: &str, ylabel: &str, b: (f64, f64, f64, f64)) -> St
         (T + H - B) / 2.0,
         esc(ylabel)
     );
-    s
+    (s, b)
 }
 
-fn tick(v: f64) -> String {
-    if v.abs() >= 100.0 {
-        format!("{v:.0}")
-    } else if v.abs() >= 10.0 {
-        format!("{v:.1}")
-    } else {
-        format!("{v:.3}")
-    }
-}
-
-fn to_px(b: (f64, f64, f64, f64), x: f64, y: f64) -> (f64, f64) {
+fn to_px(b: Bounds, x: f64, y: f64) -> (f64, f64) {
     let (x0, x1, y0, y1) = b;
     (L + (x - x0) / (x1 - x0) * (W - L - R), H - B - (y - y0) / (y1 - y0) * (H - T - B))
 }
@@ -95,8 +114,7 @@ fn legend(s: &mut String, i: usize, name: &str) {
 
 /// Lines through each series' points, in x order.
 pub fn line_chart(title: &str, xlabel: &str, ylabel: &str, series: &[Series]) -> String {
-    let b = bounds(series);
-    let mut s = frame(title, xlabel, ylabel, b);
+    let (mut s, b) = frame(title, xlabel, ylabel, series);
     for (i, se) in series.iter().enumerate() {
         let pts: Vec<String> = se
             .points
@@ -115,8 +133,7 @@ pub fn line_chart(title: &str, xlabel: &str, ylabel: &str, series: &[Series]) ->
 
 /// A marker per point (each series one colour), e.g. accuracy against length per method.
 pub fn scatter(title: &str, xlabel: &str, ylabel: &str, series: &[Series]) -> String {
-    let b = bounds(series);
-    let mut s = frame(title, xlabel, ylabel, b);
+    let (mut s, b) = frame(title, xlabel, ylabel, series);
     for (i, se) in series.iter().enumerate() {
         for &(x, y) in se.points.iter().filter(|p| p.0.is_finite() && p.1.is_finite()) {
             let (px, py) = to_px(b, x, y);

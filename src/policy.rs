@@ -23,6 +23,10 @@ pub fn score_responses<T: Float>(
     record: bool,
 ) -> Result<ScoredResponses<T>> {
     assert_eq!(prompts.len(), responses.len(), "score_responses: one response per prompt");
+    // the first response token is predicted by the last prompt position: a prompt needs one
+    if let Some(i) = prompts.iter().position(|p| p.is_empty()) {
+        return Err(crate::Error::input(format!("score_responses: prompt {i} is empty (a response needs a prompt token to follow)")));
+    }
     let seqs: Vec<Vec<u32>> = prompts.iter().zip(responses).map(|(p, r)| [*p, *r].concat()).collect();
     let refs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
     let scored = model.score(&refs, temp, record)?;

@@ -117,10 +117,18 @@ pub struct SftStep {
 }
 
 /// Trains the toy base model and writes it to `out` as a Hugging Face checkpoint (config.json,
-/// model.safetensors, tokenizer.json, tokenizer_config.json) plus `sft_config.json` and `sft_log.jsonl`.
+/// model.safetensors, tokenizer.json, tokenizer_config.json) plus `sft_log.jsonl` and, last,
+/// `sft_config.json` (deleted at the start: a folder holding it holds the weights of that config).
 pub fn run_sft(cfg: &SftConfig, out: &Path, on_step: &mut dyn FnMut(&SftStep)) -> Result<Model<f32>> {
     cfg.validate()?;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    // sft_config.json marks a finished base (a study reuses a folder holding it): remove a previous
+    // one first, so a run stopped before the end never leaves new weights under an old config
+    let marker = out.join("sft_config.json");
+    match std::fs::remove_file(&marker) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io(&marker, e)),
+        _ => {}
+    }
     crate::task::write_task_tokenizer(out)?;
     let tok = Tokenizer::from_dir(out)?;
     let examples = generate_split(&cfg.task(), Split::Train, cfg.n_train)?;
@@ -162,7 +170,7 @@ pub fn run_sft(cfg: &SftConfig, out: &Path, on_step: &mut dyn FnMut(&SftStep)) -
         on_step(&rec);
     }
     crate::weights::save_params(out, &model.cfg, &model.layout, &model.params, crate::weights::SaveDtype::F32)?;
-    write_atomic(out.join("sft_config.json"), serde_json::to_string_pretty(cfg).map_err(|e| Error::json(out, e))?.as_bytes())?;
     write_atomic(out.join("sft_log.jsonl"), log.as_bytes())?;
+    write_atomic(&marker, serde_json::to_string_pretty(cfg).map_err(|e| Error::json(out, e))?.as_bytes())?;
     Ok(model)
 }

@@ -14,19 +14,35 @@ pub fn toy_train_config(objective: ObjectiveKind, max_new_tokens: usize) -> Trai
         steps: 60,
         questions_per_step: 16,
         group_size: 8,
-        mini_batch_questions: 16,
+        // two optimizer steps per RL step: the second is off-policy, so the KL penalty acts
+        mini_batch_questions: 8,
         chunk_questions: 4,
         inner_epochs: 1,
         temperature: 1.0,
         top_p: 1.0,
         max_new_tokens,
+        max_prompt_tokens: 1024,
         lr: 3e-4,
         warmup_steps: 0,
+        lr_decay: crate::rl::trainer::LrDecayKind::Constant,
+        min_lr: 0.0,
         weight_decay: 0.0,
         grad_clip: 1.0,
         seed: 0,
         save_every: 0,
+        source: crate::rl::trainer::RunSource::default(),
     }
+}
+
+/// A short stable hash of a configuration (FNV-1a of its JSON, 32 bits in hex): folder names that
+/// differ whenever a setting does, so a changed configuration never reuses or clobbers a folder.
+pub fn config_hash<T: Serialize>(cfg: &T) -> String {
+    let text = serde_json::to_string(cfg).unwrap_or_default();
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in text.as_bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{:08x}", (h ^ (h >> 32)) as u32)
 }
 
 use crate::engine::{Device, Engine};
@@ -129,11 +145,27 @@ fn eval_model(model: &Model<f32>, tok: &Tokenizer, study: &StudyConfig, budget: 
     Ok(eval_env(engine, model, &env, tok, &opts, &mut |_, _| {})?.0)
 }
 
+/// The RL configuration of one run of the study.
+pub fn run_config(study: &StudyConfig, m: &Method, seed: u64, budget: usize, base_dir: &Path) -> TrainConfig {
+    let mut cfg = toy_train_config(m.objective, budget);
+    cfg.steps = study.rl_steps;
+    cfg.seed = seed;
+    if m.objective == ObjectiveKind::Drpo {
+        cfg.hyper.lambda = m.lambda;
+    }
+    cfg.hyper.grpo_alpha = m.alpha;
+    let base = std::fs::canonicalize(base_dir).unwrap_or_else(|_| base_dir.to_path_buf());
+    cfg.source.model = Some(base.display().to_string());
+    cfg
+}
+
 /// Runs the whole study into `out` and writes `out/report.md`; `log` gets one line per phase.
-/// The SFT base and finished RL runs found in `out` with the same settings are reused.
+/// Folders are named by a hash of their settings (`base-<hash>`, `runs/<method>-seed<s>-<hash>`):
+/// the SFT base and finished RL runs found there are reused, and a study with other settings in the
+/// same `out` never overwrites them.
 pub fn run_study(study: &StudyConfig, out: &Path, device: Device, log: &mut dyn FnMut(String)) -> Result<Vec<RunResult>> {
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    let base_dir = out.join("base");
+    let base_dir = out.join(format!("base-{}", config_hash(&study.sft)));
     let cached = base_dir.join("sft_config.json").exists()
         && base_dir.join("model.safetensors").exists()
         && serde_json::from_value::<SftConfig>(read_json(base_dir.join("sft_config.json"))?).ok().as_ref() == Some(&study.sft);
@@ -150,24 +182,22 @@ pub fn run_study(study: &StudyConfig, out: &Path, device: Device, log: &mut dyn 
     let engine = Engine::new(device, &base, &mut |n| log(n))?;
     let mut results = vec![RunResult { method: "base (SFT)".into(), seed: None, eval: eval_model(&base, &tok, study, budget, &engine)?, metrics: vec![] }];
     log(format!("base model: pass@1 {:.3}, length {:.1} ({:.0} s)", results[0].eval.overall.accuracy, results[0].eval.overall.mean_length, t0.elapsed().as_secs_f64()));
+    drop(engine);
     let train_env = ToyEnv::new(generate_split(&study.sft.task(), Split::Train, study.sft.n_train)?, &tok)?;
     for m in &study.methods {
         for &seed in &study.seeds {
-            let mut cfg = toy_train_config(m.objective, budget);
-            cfg.steps = study.rl_steps;
-            cfg.seed = seed;
-            cfg.questions_per_step = 16;
-            cfg.mini_batch_questions = 8;
-            if m.objective == ObjectiveKind::Drpo {
-                cfg.hyper.lambda = m.lambda;
-            }
-            cfg.hyper.grpo_alpha = m.alpha;
+            let cfg = run_config(study, m, seed, budget, &base_dir);
             let slug: String = m.name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' { c } else { '-' }).collect();
-            let run_dir = out.join("runs").join(format!("{slug}-seed{seed}"));
+            let run_dir = out.join("runs").join(format!("{slug}-seed{seed}-{}", config_hash(&cfg)));
             let t = std::time::Instant::now();
             let mut trainer = Trainer::new(cfg, base.clone(), &train_env, &tok, &run_dir, &base_dir, Engine::new(device, &base, &mut |_| {})?)?;
+            for line in &trainer.notices {
+                log(format!("note: {line}"));
+            }
             trainer.run(&mut |_| {})?;
-            let eval = eval_model(&trainer.model, &tok, study, budget, &engine)?;
+            // the trainer's engine holds the trained weights (a GPU engine generates from its own copy,
+            // synced after every step); an engine built from the base would evaluate the base again
+            let eval = eval_model(&trainer.model, &tok, study, budget, &trainer.engine)?;
             log(format!(
                 "{} seed {seed}: pass@1 {:.3}, length {:.1} ({:.0} s)",
                 m.name,
@@ -183,11 +213,20 @@ pub fn run_study(study: &StudyConfig, out: &Path, device: Device, log: &mut dyn 
     Ok(results)
 }
 
-fn mean_sd(xs: &[f64]) -> (f64, f64) {
+/// Mean and sample standard deviation (None for fewer than two values).
+fn mean_sd(xs: &[f64]) -> (f64, Option<f64>) {
     let n = xs.len() as f64;
     let m = xs.iter().sum::<f64>() / n;
-    let sd = if xs.len() > 1 { (xs.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (n - 1.0)).sqrt() } else { 0.0 };
+    let sd = (xs.len() > 1).then(|| (xs.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (n - 1.0)).sqrt());
     (m, sd)
+}
+
+/// `value ± sd` with `decimals`, or `value ± –` when there is a single seed.
+fn with_sd(value: f64, sd: Option<f64>, decimals: usize) -> String {
+    match sd {
+        Some(sd) => format!("{value:.decimals$} ± {sd:.decimals$}"),
+        None => format!("{value:.decimals$} ± –"),
+    }
 }
 
 /// report.md, results.json and the two SVG figures.
@@ -195,12 +234,14 @@ pub fn write_report(study: &StudyConfig, out: &Path, results: &[RunResult]) -> R
     let base = &results[0].eval;
     let (acc0, len0) = (base.overall.accuracy, base.overall.mean_length);
     let mut md = String::from("# DRPO toy study\n\n");
+    let rl = toy_train_config(ObjectiveKind::Drpo, 0);
     md += &format!(
         "Base model: SFT of a {}-layer, {}-wide Qwen2 model on arithmetic chains of levels {}..={} with padded traces. \
-         RL: {} steps of {} questions × {} rollouts; evaluation: {} held-out questions × {} samples at T = {}. \
-         Mean ± sample sd over seeds {:?}.\n\n",
-        study.sft.num_layers, study.sft.hidden_size, study.sft.min_level, study.sft.max_level, study.rl_steps, 16, 8,
-        study.eval_questions, study.eval_samples, study.eval_temperature, study.seeds
+         RL: {} steps of {} questions × {} rollouts at T = {} ({} optimizer steps per RL step); evaluation: {} held-out questions × {} samples at T = {}. \
+         Mean ± sample sd over seeds {:?} (– with one seed). \
+         The Δ columns are relative changes vs the base model, in percent of the base's value.\n\n",
+        study.sft.num_layers, study.sft.hidden_size, study.sft.min_level, study.sft.max_level, study.rl_steps, rl.questions_per_step,
+        rl.group_size, rl.temperature, rl.optimizer_steps_per_step(), study.eval_questions, study.eval_samples, study.eval_temperature, study.seeds
     );
     md += "| method | pass@1 | Δ pass@1 vs base | length (tokens) | Δ length vs base | length of correct | redundant steps | necessary steps |\n|---|---|---|---|---|---|---|---|\n";
     md += &format!(
@@ -223,8 +264,10 @@ pub fn write_report(study: &StudyConfig, out: &Path, results: &[RunResult]) -> R
         let (red, _) = pick(&|r| r.eval.overall.mean_redundant_steps.unwrap_or(f64::NAN));
         let (nec, _) = pick(&|r| r.eval.overall.mean_necessary_steps.unwrap_or(f64::NAN));
         md += &format!(
-            "| {name} | {a:.3} ± {asd:.3} | {:+.1}% | {l:.1} ± {lsd:.1} | {:+.1}% | {lc:.1} | {red:.2} | {nec:.2} |\n",
+            "| {name} | {} | {:+.1}% | {} | {:+.1}% | {lc:.1} | {red:.2} | {nec:.2} |\n",
+            with_sd(a, asd, 3),
             100.0 * (a - acc0) / acc0.max(1e-9),
+            with_sd(l, lsd, 1),
             100.0 * (l - len0) / len0.max(1e-9)
         );
         tradeoff.push(Series { name: name.to_string(), points: runs.iter().map(|r| (r.eval.overall.mean_length, r.eval.overall.accuracy)).collect() });

@@ -250,14 +250,19 @@ impl Tokenizer {
             .map_err(|e| Error::Tokenizer { path: self.path.clone(), what: format!("decoding failed: {e}") })
     }
 
-    /// Ids -> text for a model's output: ids the tokenizer lacks are dropped, as transformers' `decode`
-    /// (and so verl's grading) drops them. A checkpoint may have more embedding rows than tokens
-    /// (Qwen2.5: vocab_size 151936, 151665 tokens; tests/fixtures/qwen2-odd: 400 and 384), and sampling
-    /// may pick one of those rows: that must not end a training run or an evaluation.
-    pub fn decode_lossy(&self, ids: &[u32], skip_special: bool) -> Result<String> {
+    /// Ids -> text for model output: ids the tokenizer does not know (a model's vocab_size is often
+    /// larger than its tokenizer: Qwen2.5 has 151,936 rows for 151,665 tokens, and a sampler can draw
+    /// the padding rows) are skipped. Returns the text and how many ids were skipped. User input
+    /// goes through the strict [`decode`](Self::decode).
+    pub fn decode_lenient(&self, ids: &[u32], skip_special: bool) -> Result<(String, usize)> {
         let v = self.vocab_size();
         let known: Vec<u32> = ids.iter().copied().filter(|&id| (id as usize) < v && self.inner.id_to_token(id).is_some()).collect();
-        self.decode(&known, skip_special)
+        let skipped = ids.len() - known.len();
+        let text = self
+            .inner
+            .decode(&known, skip_special)
+            .map_err(|e| Error::Tokenizer { path: self.path.clone(), what: format!("decoding failed: {e}") })?;
+        Ok((text, skipped))
     }
 
     /// Number of ids, added tokens included (max id + 1 for a dense vocabulary).

@@ -265,3 +265,98 @@ fn broken_checkpoints_give_clear_errors() {
         let _ = std::fs::remove_dir_all(scratch(name).parent().unwrap().join(format!("checkpoint-{name}-{}", std::process::id())));
     }
 }
+
+/// recover_interrupted_save at both interruption points of the swap, and the cases it leaves alone.
+#[test]
+fn interrupted_swaps_are_repaired() {
+    use drpo::checkpoint::recover_interrupted_save;
+    let step_of = |dir: &Path| load_checkpoint::<f32>(dir).unwrap().optim.step;
+    // two saves: old = step 3, new = step 4
+    let dir = saved("recover-a");
+    let new_one = dir.with_file_name("new");
+    {
+        let src = fixture("qwen2-tiny");
+        let model = Model::<f32>::load(&src).unwrap();
+        let mut optim = AdamWState::new(model.layout.total);
+        optim.step = 4;
+        save_checkpoint(&new_one, &model, &optim, &json!({"seed": 1}), Some(&src), SaveDtype::F32).unwrap();
+    }
+    let (tmp, old) = (dir.with_file_name("ckpt.tmp"), dir.with_file_name("ckpt.old"));
+
+    // nothing to do for a complete folder
+    assert_eq!(recover_interrupted_save(&dir).unwrap(), None);
+
+    // (1) after DIR → DIR.old, before DIR.tmp → DIR: the complete new one becomes DIR
+    std::fs::rename(&dir, &old).unwrap();
+    copy_dir(&new_one, &tmp);
+    let note = recover_interrupted_save(&dir).unwrap().expect("a repair");
+    println!("{note}");
+    assert!(note.contains("ckpt.tmp"), "{note}");
+    assert_eq!(step_of(&dir), 4);
+    assert!(!tmp.exists() && old.exists(), "DIR.old is left for the next save to clear");
+
+    // (2) while DIR.tmp was being written (no trainer_state.json yet), DIR already renamed away:
+    //     the previous checkpoint comes back
+    std::fs::remove_dir_all(&dir).unwrap();
+    copy_dir(&new_one, &tmp);
+    std::fs::remove_file(tmp.join(TRAINER_STATE_FILE)).unwrap();
+    let note = recover_interrupted_save(&dir).unwrap().expect("a repair");
+    assert!(note.contains("ckpt.old"), "{note}");
+    assert_eq!(step_of(&dir), 3);
+
+    // an incomplete DIR with a complete DIR.tmp: DIR is moved aside, never deleted
+    std::fs::remove_dir_all(&tmp).unwrap();
+    copy_dir(&new_one, &tmp);
+    std::fs::remove_file(dir.join(TRAINER_STATE_FILE)).unwrap();
+    let note = recover_interrupted_save(&dir).unwrap().expect("a repair");
+    assert!(note.contains("ckpt.incomplete"), "{note}");
+    assert_eq!(step_of(&dir), 4);
+    assert!(dir.with_file_name("ckpt.incomplete").join(OPTIMIZER_FILE).exists());
+
+    // no survivor at all: nothing to do, and loading says what is missing
+    let lone = scratch("recover-none").join("ckpt");
+    assert_eq!(recover_interrupted_save(&lone).unwrap(), None);
+    assert!(load_err(&lone).contains(TRAINER_STATE_FILE));
+    let _ = std::fs::remove_dir_all(dir.parent().unwrap());
+    let _ = std::fs::remove_dir_all(lone.parent().unwrap());
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+/// The chat template and the other tokenizer files travel with a checkpoint (transformers ≥ 4.43
+/// writes the template to chat_template.jinja, not tokenizer_config.json).
+#[test]
+fn checkpoints_copy_the_chat_template() {
+    let src = scratch("template-src");
+    for f in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json"] {
+        std::fs::copy(fixture("qwen2-tiny").join(f), src.join(f)).unwrap();
+    }
+    // the template only in chat_template.jinja
+    let mut cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(src.join("tokenizer_config.json")).unwrap()).unwrap();
+    let template = cfg.as_object_mut().unwrap().remove("chat_template").map(|t| t.as_str().unwrap().to_string());
+    let template = template.unwrap_or_else(|| "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}".into());
+    std::fs::write(src.join("tokenizer_config.json"), cfg.to_string()).unwrap();
+    std::fs::write(src.join("chat_template.jinja"), &template).unwrap();
+    std::fs::write(src.join("added_tokens.json"), "{}").unwrap();
+    std::fs::write(src.join("chat_template.json"), json!({"chat_template": template}).to_string()).unwrap();
+    for f in ["chat_template.jinja", "chat_template.json", "added_tokens.json", "special_tokens_map.json"] {
+        assert!(TOKENIZER_FILES.contains(&f), "{f}");
+    }
+    let model = Model::<f32>::load(&src).unwrap();
+    let dir = scratch("template-ckpt").join("ckpt");
+    save_checkpoint(&dir, &model, &AdamWState::new(model.layout.total), &json!({}), Some(&src), SaveDtype::F32).unwrap();
+    for f in ["chat_template.jinja", "chat_template.json", "added_tokens.json"] {
+        assert_eq!(std::fs::read(dir.join(f)).unwrap(), std::fs::read(src.join(f)).unwrap(), "{f}");
+    }
+    let (a, b) = (drpo::tokenizer::Tokenizer::from_dir(&src).unwrap(), drpo::tokenizer::Tokenizer::from_dir(&dir).unwrap());
+    assert_eq!(a.chat_template(), b.chat_template());
+    assert_eq!(b.chat_template(), Some(template.as_str()));
+    let _ = std::fs::remove_dir_all(&src);
+    let _ = std::fs::remove_dir_all(dir.parent().unwrap());
+}

@@ -198,3 +198,19 @@ fn malformed_files_name_file_and_record() {
     assert!(matches!(load_problems(&dir.join("missing.json")), Err(Error::Io { .. })));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A UTF-8 byte-order mark (Notepad's "UTF-8 with BOM") is skipped: the file is still a JSON array,
+/// not mistaken for JSONL; a JSONL file with a BOM loads too.
+#[test]
+fn byte_order_mark_is_skipped() {
+    let dir = temp_dir("bom");
+    let array = dir.join("bom.json");
+    std::fs::write(&array, "\u{feff}[{\"problem\": \"a\",\n \"answer\": \"1\"},\n {\"problem\": \"b\", \"answer\": 2}]").unwrap();
+    let got = load_problems(&array).unwrap();
+    assert_eq!(got.len(), 2);
+    assert_eq!((got[0].problem.as_str(), got[1].answers[0].as_str()), ("a", "2"));
+    let lines = dir.join("bom.jsonl");
+    std::fs::write(&lines, "\u{feff}{\"problem\": \"a\", \"answer\": \"1\"}\n{\"problem\": \"b\", \"answer\": \"2\"}\n").unwrap();
+    assert_eq!(load_problems(&lines).unwrap().len(), 2);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -232,3 +232,106 @@ fn bad_inputs_fail_with_a_message() {
     fails_naming(&["objective", "--input", &s(&missing), "--out", &out], &missing, &[]);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Batches never exceed --batch-size, even with more samples per problem than the batch holds, and
+/// the samples do not depend on the batch size (row r draws from stream r).
+#[test]
+fn eval_batches_respect_the_batch_size() {
+    let model_dir = toy_model_dir("eval-batches-model", 12);
+    let tok = drpo::tokenizer::Tokenizer::from_dir(&model_dir).unwrap();
+    let model = drpo::model::Model::<f32>::load(&model_dir).unwrap();
+    let task = drpo::sft::SftConfig::default().task();
+    let env = drpo::rl::env::ToyEnv::new(drpo::task::generate_split(&task, drpo::task::Split::Eval, 5).unwrap(), &tok).unwrap();
+    let run = |batch_size: usize| {
+        let opts = drpo::eval::EvalOptions {
+            n_samples: 5,
+            max_new_tokens: 16,
+            sampling: drpo::sampling::SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0 },
+            seed: 4,
+            batch_size,
+        };
+        let mut steps = Vec::new();
+        let mut last = 0;
+        let (report, graded) = drpo::eval::eval_env(&drpo::engine::Engine::Cpu, &model, &env, &tok, &opts, &mut |done, total| {
+            assert_eq!(total, 25);
+            steps.push(done - last);
+            last = done;
+        })
+        .unwrap();
+        (report, graded, steps)
+    };
+    let (whole, graded_whole, steps_whole) = run(64);
+    assert_eq!(steps_whole, [25]);
+    for batch_size in [2, 3, 7] {
+        let (report, graded, steps) = run(batch_size);
+        println!("batch {batch_size}: {steps:?}");
+        // n = 5 > batch size: the old code generated 5 sequences per batch whatever --batch-size said
+        assert!(steps.iter().all(|&s| s <= batch_size), "batch {batch_size}: {steps:?}");
+        assert_eq!(steps.iter().sum::<usize>(), 25);
+        let key = |g: &[drpo::eval::Graded]| g.iter().map(|x| (x.length, x.correct, x.truncated, x.steps)).collect::<Vec<_>>();
+        assert_eq!(key(&graded), key(&graded_whole), "batch {batch_size}: samples changed");
+        assert_eq!(report.overall, whole.overall);
+    }
+    std::fs::remove_dir_all(&model_dir).unwrap();
+}
+
+#[test]
+fn eval_limit_zero_is_an_error() {
+    let model = fixture("qwen2-tiny");
+    let (ok, _, stderr) = run_drpo(&["eval", "--model", &s(&model), "--data", &s(&gsm8k_path()), "--limit", "0", "--device", "cpu"]);
+    assert!(!ok && stderr.contains("--limit 0"), "{stderr}");
+}
+
+/// `drpo logprobs`: the CPU by default (exact numbers), f64 refused on the GPU, out-of-range ids
+/// named with the file and the sequence.
+#[test]
+fn logprobs_cli_checks() {
+    let dir = scratch_dir("logprobs-cli");
+    let model = fixture("qwen2-tiny");
+    let input = dir.join("in.json");
+    let out = dir.join("out.json");
+    std::fs::write(&input, r#"{"sequences": [[1, 2, 3], [4, 5]]}"#).unwrap();
+    let (ok, _, stderr) = run_drpo(&["logprobs", "--model", &s(&model), "--input", &s(&input), "--out", &s(&out), "--dtype", "f64"]);
+    assert!(ok, "{stderr}");
+    assert!(!stderr.contains("note: running on the CPU"), "the default device is the CPU, no fallback notice: {stderr}");
+    // f64 numbers equal the library's f64 CPU scoring bit for bit
+    let m = drpo::model::Model::<f64>::load(&model).unwrap();
+    let want = m.score(&[&[1, 2, 3], &[4, 5]], 1.0, false).unwrap().logp;
+    let got: Vec<Vec<f64>> = serde_json::from_value(read_json(&out)["logprobs"].clone()).unwrap();
+    assert_eq!(got, want);
+    let (ok, _, stderr) = run_drpo(&["logprobs", "--model", &s(&model), "--input", &s(&input), "--out", &s(&out), "--dtype", "f64", "--device", "gpu"]);
+    assert!(!ok && stderr.contains("f64 runs on the CPU only"), "{stderr}");
+    let vocab = drpo::config::ModelConfig::from_dir(&model).unwrap().vocab_size;
+    std::fs::write(&input, format!(r#"{{"sequences": [[1, 2], [3, {vocab}, 4]]}}"#)).unwrap();
+    let (ok, _, stderr) = run_drpo(&["logprobs", "--model", &s(&model), "--input", &s(&input), "--out", &s(&out)]);
+    assert!(!ok && stderr.contains("in.json") && stderr.contains("sequence 1") && stderr.contains(&format!("token id {vocab} at position 1")), "{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `drpo inspect` reports the memory of a given batch and lengths, capped by the context by default,
+/// and the eos ids of every source.
+#[test]
+fn inspect_reports_a_commands_memory() {
+    let model = fixture("qwen2-tiny");
+    let (ok, stdout, stderr) = run_drpo(&["inspect", "--model", &s(&model)]);
+    assert!(ok, "{stderr}");
+    let ctx = drpo::config::ModelConfig::from_dir(&model).unwrap().max_position_embeddings;
+    // defaults: prompt min(1024, ctx/2), new tokens the rest of the context
+    let (p, n) = (1024.min(ctx / 2), 8192.min(ctx - 1024.min(ctx / 2)));
+    assert!(stdout.contains(&format!("8 sequences of {p} + {n} tokens")), "{stdout}");
+    assert!(!stdout.contains("exceed the context"), "{stdout}");
+    for source in ["generation_config", "tokenizer_config", "config", "→ used"] {
+        assert!(stdout.contains(source), "{source}: {stdout}");
+    }
+    let (ok, stdout, _) = run_drpo(&["inspect", "--model", &s(&model), "--batch", "3", "--prompt-tokens", "100", "--new-tokens", "1000"]);
+    assert!(ok);
+    assert!(stdout.contains("3 sequences of 100 + 1000 tokens") && stdout.contains("exceed the context"), "{stdout}");
+    // the estimate grows with the batch
+    let gib = |out: &str, what: &str| -> f64 {
+        let line = out.lines().find(|l| l.contains(what)).unwrap();
+        line.split(": ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap()
+    };
+    let (_, one, _) = run_drpo(&["inspect", "--model", &s(&model), "--batch", "1", "--prompt-tokens", "10", "--new-tokens", "10"]);
+    let (_, many, _) = run_drpo(&["inspect", "--model", &s(&model), "--batch", "64", "--prompt-tokens", "10", "--new-tokens", "10"]);
+    assert!(gib(&many, "generate / eval") > gib(&one, "generate / eval"), "{one}\n{many}");
+}

@@ -212,3 +212,34 @@ fn forward_last_equals_last_rows() {
     let want: Vec<f64> = [2usize, 8].iter().flat_map(|&r| full[r * v..(r + 1) * v].to_vec()).collect();
     assert_eq!(last, want);
 }
+
+/// A huge max_new_tokens must not wrap `prompt + max_new_tokens` around (release builds do not
+/// trap on overflow) and pass the context check, to fail only after generating everything.
+#[test]
+fn max_new_tokens_overflow_is_refused_up_front() {
+    let model = Model::<f32>::load(&fixture("qwen2-tiny")).unwrap();
+    let max_pos = model.cfg.max_position_embeddings;
+    let prompt = vec![vec![1u32, 2, 3]];
+    for max_new_tokens in [usize::MAX, usize::MAX - 1, usize::MAX - 2, max_pos - 2] {
+        let opts = GenerateOptions { max_new_tokens, sampling: SamplingParams::default(), seed: 0, eos_ids: vec![], stream_offset: 0 };
+        let err = drpo::generate::check_request(&prompt, &opts, max_pos).unwrap_err();
+        assert!(err.to_string().contains("exceeds max_position_embeddings"), "{max_new_tokens}: {err}");
+        assert!(generate(&model, &prompt, &opts).is_err());
+    }
+    let ok = GenerateOptions { max_new_tokens: max_pos - 3, sampling: SamplingParams::default(), seed: 0, eos_ids: vec![], stream_offset: 0 };
+    drpo::generate::check_request(&prompt, &ok, max_pos).unwrap();
+    // the CLI refuses it before loading anything
+    let (ok, _, stderr) = run_drpo(&[
+        "generate", "--model", fixture("qwen2-tiny").to_str().unwrap(), "--prompt-ids", "1,2,3", "--max-new-tokens",
+        &usize::MAX.to_string(), "--device", "cpu",
+    ]);
+    assert!(!ok && stderr.contains("exceeds max_position_embeddings"), "{stderr}");
+}
+
+/// A response needs a prompt token before it: an empty prompt is an error, not an index underflow.
+#[test]
+fn scoring_a_response_after_an_empty_prompt_is_an_error() {
+    let model = Model::<f32>::load(&fixture("qwen2-tiny")).unwrap();
+    let err = drpo::policy::score_responses(&model, &[&[], &[1, 2]], &[&[3, 4], &[5]], 1.0, false).err().expect("an error");
+    assert!(err.to_string().contains("prompt 0 is empty"), "{err}");
+}

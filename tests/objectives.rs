@@ -8,8 +8,8 @@
 use std::path::PathBuf;
 
 use drpo::rl::objectives::{
-    alp_rewards, baseline_advantages, clipped_surrogate, disco, drpo, evaluate_cases, grpo_advantages, hapo_rewards,
-    kimi_length_rewards, length_weights, policy_gradient, rloo_advantages, rloo_lp_rewards, run_objective_file,
+    alp_rewards, baseline_advantages, baseline_advantages_keyed, clipped_surrogate, disco, drpo, evaluate_cases,
+    grpo_advantages, hapo_rewards, hapo_rewards_keyed, kimi_length_rewards, length_weights, policy_gradient, rloo_advantages, rloo_lp_rewards, run_objective_file,
     shorter_better_rewards, Baseline, Batch, DiscoOutput, HapoHistory, Hyper, Outcomes, StdKind,
 };
 use drpo::Error;
@@ -729,6 +729,96 @@ fn hapo_history_is_read_before_update() {
     let mut history = HapoHistory::default();
     baseline_advantages(Baseline::Hapo, &o, &Hyper::default(), &mut history).unwrap();
     assert_eq!(history, h1);
+}
+
+/// A trainer's group ids are slots of a step; HAPO's history must follow the problem: keyed by
+/// `keys`, problem 7 seen in slot 0 of one step is found again in slot 3 of the next.
+#[test]
+fn hapo_history_keyed_by_problem() {
+    let step1 = Owned::with_scores(&[0, 0, 1, 1], &[1, 0, 1, 1], &[30, 10, 12, 16], 64, &[-1.0; 4]);
+    let keys1 = [7, 7, 2, 2];
+    let (_, h1) = hapo_rewards_keyed(&step1.outcomes(), &keys1, 1.0, &HapoHistory::default()).unwrap();
+    assert_eq!(h1.shortest_correct, [(7, 30), (2, 12)].into_iter().collect(), "keyed by problem, not slot");
+    // next step: problem 7 now in slot 3 (with L = 30 = h: x = cos(π/2) ≈ 0), slot 0 a new problem
+    let step2 = Owned::with_scores(&[3, 3, 0, 0], &[1, 0, 1, 0], &[30, 60, 30, 60], 64, &[-1.0; 4]);
+    let keys2 = [7, 7, 5, 5];
+    let (r, h2) = hapo_rewards_keyed(&step2.outcomes(), &keys2, 1.0, &h1).unwrap();
+    // problem 7: h = 30 → correct L = 30: cos(π/2) ≈ 6e-17; wrong L = 60 = 2h: x = −1 → min(0, −1) = −1
+    assert!((r[0] - 1.0).abs() < 1e-15 && r[1] == -1.0, "{r:?}");
+    // problem 5 has no history: plain correctness
+    assert_eq!((r[2], r[3]), (1.0, 0.0));
+    assert_eq!(h2.shortest_correct[&5], 30);
+    // by group id (the old keying) slot 0 would have read problem 7's history for problem 5
+    let (by_slot, _) = hapo_rewards(&step2.outcomes(), 1.0, &HapoHistory { shortest_correct: [(0, 30)].into_iter().collect() }).unwrap();
+    assert_ne!(by_slot[3], r[3]);
+    // the dispatcher passes the keys through
+    let mut h = h1.clone();
+    baseline_advantages_keyed(Baseline::Hapo, &step2.outcomes(), &keys2, &Hyper::default(), &mut h).unwrap();
+    assert_eq!(h, h2);
+    // a group whose members have different keys is a caller bug
+    let e = hapo_rewards_keyed(&step2.outcomes(), &[7, 8, 5, 5], 1.0, &h1).unwrap_err();
+    assert!(e.to_string().contains("mixes problem keys"), "{e}");
+}
+
+/// RLOO-LP reads `finished`: a correct but truncated answer is treated as wrong (reward 0) and left
+/// out of the length statistics of the correct ones. Reference by hand from SPEC §7.1.
+#[test]
+fn rloo_lp_treats_unfinished_correct_answers_as_wrong() {
+    let mut b = Owned::with_scores(&[0, 0, 0, 0, 1, 1], &[1, 1, 1, 0, 1, 1], &[10, 8, 20, 5, 7, 9], 32, &[-1.0; 6]);
+    b.finished = vec![true, false, true, true, false, false];
+    let alpha = 0.2;
+    let r = rloo_lp_rewards(&b.outcomes(), alpha).unwrap();
+    // group 0: S = {0, 2}, μ = 15, σ = 5 (population), so z = ∓1/(1 + 2e-8)
+    let sig = |x: f64| 1.0 / (1.0 + (-x).exp());
+    let z = 5.0 / (5.0 + 1e-7);
+    let want = [1.0 - alpha * sig(-z), 0.0, 1.0 - alpha * sig(z), 0.0, 0.0, 0.0];
+    for (k, (g, w)) in r.iter().zip(want).enumerate() {
+        assert!((g - w).abs() < 1e-15, "r[{k}] = {g}, want {w}");
+    }
+    // all truncated in group 1: nobody solved it
+    let hyper = Hyper { rloo_alpha: alpha, ..Hyper::default() };
+    let (r2, adv) = baseline_advantages(Baseline::RlooLp, &b.outcomes(), &hyper, &mut HapoHistory::default()).unwrap();
+    assert_eq!(r2, r);
+    let total: f64 = want[..4].iter().sum();
+    for k in 0..4 {
+        assert!((adv[k] - (want[k] - (total - want[k]) / 3.0)).abs() < 1e-15, "A[{k}]");
+    }
+    assert_eq!((adv[4], adv[5]), (0.0, 0.0));
+    // with every answer finished, the truncated one would count as correct
+    b.finished = vec![true; 6];
+    assert!(rloo_lp_rewards(&b.outcomes(), alpha).unwrap()[1] > 0.0);
+}
+
+/// Finite log-probs whose sums overflow (|ℓ| near f64::MAX) give an input error, never NaN or ±inf:
+/// the score s = Σℓ/L, the KL, and the surrogate's ratio.
+#[test]
+fn overflowing_finite_input_is_an_error_not_nan() {
+    let mut b = Owned::with_scores(&[0, 0], &[1, 0], &[2, 1], 8, &[-0.5, -0.5]);
+    b.logp = vec![-1.5e308, -1.5e308, -0.5];
+    b.old_logp = b.logp.clone();
+    for out in [drpo(&b.batch(), &Hyper::default()), disco(&b.batch(), &Hyper::default())] {
+        match out {
+            Err(Error::Input { what }) => assert!(what.contains("response 0") && what.contains("overflows"), "{what}"),
+            other => panic!("expected an input error, got {other:?}"),
+        }
+    }
+    // the scores are fine but the KL sum overflows
+    let mut b = Owned::with_scores(&[0, 0], &[1, 0], &[2, 1], 8, &[-0.5, -0.5]);
+    b.old_logp = vec![1.5e308, 1.5e308, -0.5];
+    b.logp = vec![-1.0e308, -1.0e308, -0.5];
+    match drpo(&b.batch(), &Hyper::default()) {
+        Err(Error::Input { what }) => assert!(what.contains("overflows"), "{what}"),
+        other => panic!("expected an input error, got {other:?}"),
+    }
+    // the surrogate: ℓ − ℓ^old = 800 makes ρ = +inf
+    let mut b = Owned::with_scores(&[0, 0], &[1, 0], &[1, 1], 8, &[-0.5, -0.5]);
+    b.logp[0] = 799.5;
+    match clipped_surrogate(&b.batch(), &[1.0, -1.0], None) {
+        Err(Error::Input { what }) => assert!(what.contains("overflows"), "{what}"),
+        other => panic!("expected an input error, got {other:?}"),
+    }
+    // a zero advantage still contributes exactly 0, whatever ρ
+    assert!(clipped_surrogate(&b.batch(), &[0.0, -1.0], None).unwrap().j.is_finite());
 }
 
 // ---------------------------------------------------------------------------------------------

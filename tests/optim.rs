@@ -135,6 +135,77 @@ fn many_steps_match_a_scalar_reimplementation() {
     assert!(worst32 < 1e-5, "f32 AdamW drifts from the reference: {worst32:.3e}");
 }
 
+/// torch's AdamW step, operation by operation, in the parameters' float type: the order of
+/// `_single_tensor_adamw` / `_foreach` on CUDA (where verl trains). Python scalars are doubles, cast
+/// to the tensor's type at each op; `addcmul_(t1, t2, value)` is self + value·(t1·t2), `addcdiv_` is
+/// self + value·(t1/t2), `lerp_(end, w)` is self + w·(end − self) for |w| < 0.5, else
+/// end − (end − self)·(1 − w).
+trait TorchFloat: Copy + std::ops::Add<Output = Self> + std::ops::Sub<Output = Self> + std::ops::Mul<Output = Self> + std::ops::Div<Output = Self> {
+    fn of(x: f64) -> Self;
+    fn sqrt(self) -> Self;
+}
+impl TorchFloat for f32 {
+    fn of(x: f64) -> Self {
+        x as f32
+    }
+    fn sqrt(self) -> Self {
+        f32::sqrt(self)
+    }
+}
+impl TorchFloat for f64 {
+    fn of(x: f64) -> Self {
+        x
+    }
+    fn sqrt(self) -> Self {
+        f64::sqrt(self)
+    }
+}
+
+fn torch_adamw_step<T: TorchFloat>(p: &mut T, m: &mut T, v: &mut T, g: T, t: i32, c: &AdamWConfig, lr: f64) {
+    *p = *p * T::of(1.0 - lr * c.weight_decay); //                 param.mul_(1 - lr * wd)
+    let w = T::of(1.0 - c.beta1); //                                exp_avg.lerp_(grad, 1 - beta1)
+    *m = if (1.0 - c.beta1).abs() < 0.5 { *m + w * (g - *m) } else { g - (g - *m) * (T::of(1.0) - w) };
+    *v = *v * T::of(c.beta2); //                                    exp_avg_sq.mul_(beta2)
+    *v = *v + T::of(1.0 - c.beta2) * (g * g); //                    .addcmul_(grad, grad, value=1 - beta2)
+    let step_size = lr / (1.0 - c.beta1.powf(t as f64)); //          Python floats: beta1 ** step
+    let bc2_sqrt = (1.0 - c.beta2.powf(t as f64)).sqrt();
+    let denom = (*v).sqrt() / T::of(bc2_sqrt) + T::of(c.eps); //    (exp_avg_sq.sqrt() / bc2_sqrt).add_(eps)
+    *p = *p + T::of(-step_size) * (*m / denom); //                  param.addcdiv_(exp_avg, denom, value=-step_size)
+}
+
+/// Bit for bit torch's rounding order, in f32 and f64, on random data over 25 steps, for β1 = 0.9
+/// (lerp's first form) and β1 = 0.3 (its second form).
+#[test]
+fn adamw_rounds_like_torch() {
+    let mut rng = rng("adamw_rounds_like_torch");
+    for beta1 in [0.9, 0.3] {
+        let cfg = AdamWConfig { beta1, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 };
+        let sched = LrSchedule { lr: 3e-3, warmup_steps: 2, decay: LrDecay::Cosine { min_lr: 1e-4, total_steps: 25 } };
+        let n = 40_001;
+        let p0: Vec<f32> = (0..n).map(|_| rng.random_range(-2.0f32..2.0)).collect();
+        let (mut p32, mut p64) = (p0.clone(), p0.iter().map(|&x| x as f64).collect::<Vec<f64>>());
+        let (mut st32, mut st64) = (AdamWState::<f32>::new(n), AdamWState::<f64>::new(n));
+        let mut r32: Vec<(f32, f32, f32)> = p0.iter().map(|&p| (p, 0.0, 0.0)).collect();
+        let mut r64: Vec<(f64, f64, f64)> = p0.iter().map(|&p| (p as f64, 0.0, 0.0)).collect();
+        for t in 1..=25 {
+            let lr = sched.lr_at(st32.step);
+            // gradients over many magnitudes, so products and quotients round in every way
+            let g: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0f32..1.0) * 10f32.powi(rng.random_range(-6..3))).collect();
+            let g64: Vec<f64> = g.iter().map(|&x| x as f64).collect();
+            st32.step(&mut p32, &g, &cfg, lr);
+            st64.step(&mut p64, &g64, &cfg, lr);
+            for ((r, s), &gi) in r32.iter_mut().zip(r64.iter_mut()).zip(&g) {
+                torch_adamw_step(&mut r.0, &mut r.1, &mut r.2, gi, t, &cfg, lr);
+                torch_adamw_step(&mut s.0, &mut s.1, &mut s.2, gi as f64, t, &cfg, lr);
+            }
+        }
+        let diff32 = (0..n).filter(|&i| p32[i].to_bits() != r32[i].0.to_bits() || st32.m[i].to_bits() != r32[i].1.to_bits() || st32.v[i].to_bits() != r32[i].2.to_bits()).count();
+        let diff64 = (0..n).filter(|&i| p64[i].to_bits() != r64[i].0.to_bits() || st64.m[i].to_bits() != r64[i].1.to_bits() || st64.v[i].to_bits() != r64[i].2.to_bits()).count();
+        println!("β1 = {beta1}: elements differing from torch's order: f32 {diff32}, f64 {diff64} of {n}");
+        assert_eq!((diff32, diff64), (0, 0), "β1 = {beta1}");
+    }
+}
+
 #[test]
 fn clipping_follows_torch() {
     // ‖(3, 4)‖ = 5 > 1: scaled by 1 / (5 + 1e-6)

@@ -25,8 +25,14 @@ pub trait Environment: Sync {
     fn prompt(&self, i: usize) -> &[u32];
     /// Difficulty label of problem `i`, when the data has one.
     fn level(&self, i: usize) -> Option<String>;
-    /// Grades the decoded response text of problem `i`.
+    /// Grades the decoded text of a response to problem `i`: the response alone, or the prompt and
+    /// the response decoded together when [`grades_prompt_and_response`](Self::grades_prompt_and_response).
     fn grade(&self, i: usize, response: &str) -> Verdict;
+    /// True when the trainer should grade decode(prompt + response) (SPEC §8.2's training reward)
+    /// rather than the response alone (evaluation, the toy task).
+    fn grades_prompt_and_response(&self) -> bool {
+        false
+    }
 }
 
 pub struct ToyEnv {
@@ -61,6 +67,9 @@ pub struct MathEnv {
     pub problems: Vec<Problem>,
     prompts: Vec<Vec<u32>>,
     pub grader: GraderConfig,
+    /// grade decode(prompt + response) as SPEC §8.2's training reward does (false: the response
+    /// alone, as in evaluation). The verdicts differ only when the prompt itself holds `</think>`.
+    pub grade_with_prompt: bool,
 }
 
 impl MathEnv {
@@ -70,7 +79,18 @@ impl MathEnv {
             .iter()
             .map(|p| tok.encode(&tok.apply_chat_template(&[Message::user(math_prompt(&p.problem))], true)?))
             .collect::<Result<_>>()?;
-        Ok(MathEnv { problems, prompts, grader })
+        Ok(MathEnv { problems, prompts, grader, grade_with_prompt: false })
+    }
+
+    /// Drops the problems whose templated prompt has more than `max_tokens` tokens (SPEC §5.6's
+    /// max_prompt_length filter of the training set); returns how many were dropped.
+    pub fn retain_prompts_up_to(&mut self, max_tokens: usize) -> usize {
+        let before = self.problems.len();
+        let keep: Vec<bool> = self.prompts.iter().map(|p| p.len() <= max_tokens).collect();
+        let mut k = keep.iter();
+        self.problems.retain(|_| *k.next().unwrap_or(&true));
+        self.prompts.retain(|p| p.len() <= max_tokens);
+        before - self.problems.len()
     }
 }
 
@@ -86,5 +106,8 @@ impl Environment for MathEnv {
     }
     fn grade(&self, i: usize, response: &str) -> Verdict {
         Verdict { correct: grade(response, &self.problems[i].answers, &self.grader), steps: None }
+    }
+    fn grades_prompt_and_response(&self) -> bool {
+        self.grade_with_prompt
     }
 }

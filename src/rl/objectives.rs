@@ -59,6 +59,7 @@
 //! HAPO           x = cos((L_i/h)·π/2) if L_i < 2h else −1;  f = 0 if h unknown,
 //!                f = max(−0.7, x) if c_i else min(0, x);   r_i = c_i + w·f          w = hapo_w
 //!                afterwards h ← min(h, min length of this batch's correct responses of the problem)
+//!                (h is keyed by group id, or by a separate problem key: [`baseline_advantages_keyed`])
 //! ShorterBetter  SOL = min_{c=1} L (no correct: mean L);  r_i = α c_i − β |L_i − SOL|
 //! Kimi           λ_i = 0.5 − (L_i − Lmin)/(Lmax − Lmin) (0 if Lmax = Lmin);
 //!                r_i = c_i + weight · (λ_i if c_i else min(0, λ_i))
@@ -89,8 +90,9 @@
 //!   non-finite log-prob is an error ([`Error::Input`]), never a silent NaN: with EOS counted every
 //!   generated response has L ≥ 1, so L = 0 is a caller bug.
 //! * A zero advantage contributes exactly 0 to J and to the gradient, even if ρ overflows.
-//! * Any finite input gives finite outputs, except a log-ratio ℓ − ℓ^old above ~709, where ρ itself
-//!   overflows f64 (surrogate only).
+//! * NaN or ±inf never comes out of finite input: where finite inputs overflow (log-probs near
+//!   ±f64::MAX in a score, the KL or the loss; a log-ratio ℓ − ℓ^old above ~709 making ρ infinite in
+//!   the surrogate), the result is an [`Error::Input`] instead.
 
 use std::collections::BTreeMap;
 
@@ -105,17 +107,19 @@ mod rewards;
 pub use cases::{evaluate_cases, run_objective_file};
 pub use discriminative::{disco, drpo, length_weights, log_mean_exp, DiscoOutput, GroupStats};
 pub use policy_gradient::{
-    baseline_advantages, clipped_surrogate, grpo, grpo_advantages, policy_gradient, rloo_advantages, PgOutput,
+    baseline_advantages, baseline_advantages_keyed, clipped_surrogate, grpo, grpo_advantages, policy_gradient,
+    rloo_advantages, PgOutput,
 };
 pub use rewards::{
-    alp_rewards, grpo_lp_rewards, hapo_rewards, kimi_length_rewards, rloo_lp_rewards, shorter_better_rewards,
-    HapoHistory,
+    alp_rewards, grpo_lp_rewards, hapo_rewards, hapo_rewards_keyed, kimi_length_rewards, rloo_lp_rewards,
+    shorter_better_rewards, HapoHistory,
 };
 
 /// What the grader and the length shaping see of `n` responses (no log-probs).
 #[derive(Clone, Copy, Debug)]
 pub struct Outcomes<'a> {
-    /// `[n]` group (question) id; HAPO also uses it as the problem key of its history.
+    /// `[n]` group (question) id; HAPO also uses it as the problem key of its history unless the
+    /// caller gives other keys ([`baseline_advantages_keyed`]).
     pub group: &'a [usize],
     /// `[n]` the grader's verdict.
     pub correct: &'a [bool],
@@ -212,18 +216,32 @@ impl Batch<'_> {
         Ok(())
     }
 
-    /// `[n]` log-L scores s_i = (1/L_i) Σ_t ℓ_{i,t}.
-    pub fn scores(&self) -> Vec<f64> {
+    /// `[n]` log-L scores s_i = (1/L_i) Σ_t ℓ_{i,t}. Finite log-probs can still overflow the sum
+    /// (|ℓ| near f64::MAX): that is an error naming the response, never a silent ±inf.
+    pub fn scores(&self) -> Result<Vec<f64>> {
         let off = self.offsets();
         (0..self.outcomes.n())
-            .map(|i| self.logp[off[i]..off[i + 1]].iter().sum::<f64>() / self.outcomes.len[i] as f64)
+            .map(|i| {
+                let s = self.logp[off[i]..off[i + 1]].iter().sum::<f64>() / self.outcomes.len[i] as f64;
+                if s.is_finite() {
+                    Ok(s)
+                } else {
+                    Err(Error::input(format!("objectives: response {i}: the mean log-prob overflows ({s}); log-probs are too large in magnitude")))
+                }
+            })
             .collect()
     }
 
-    /// k1 estimate of KL(π_old ‖ π_θ): K = (1/T) Σ (ℓ^old − ℓ) over every token of the batch.
-    pub fn k1_kl(&self) -> f64 {
+    /// k1 estimate of KL(π_old ‖ π_θ): K = (1/T) Σ (ℓ^old − ℓ) over every token of the batch;
+    /// an error when the sum overflows.
+    pub fn k1_kl(&self) -> Result<f64> {
         let diff: f64 = self.old_logp.iter().zip(self.logp).map(|(o, l)| o - l).sum();
-        diff / self.num_tokens() as f64
+        let k = diff / self.num_tokens() as f64;
+        if k.is_finite() {
+            Ok(k)
+        } else {
+            Err(Error::input(format!("objectives: the KL estimate overflows ({k}); log-probs are too large in magnitude")))
+        }
     }
 }
 
@@ -272,10 +290,13 @@ impl Baseline {
     }
 }
 
-/// Every hyper-parameter of the objectives; `Default` = SPEC values.
+/// Every hyper-parameter of the objectives; `Default` = SPEC values. In JSON a missing field takes its
+/// default, and λ = +∞ is written as the string `"inf"` (JSON has no infinity; a number is read too).
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct Hyper {
     /// DRPO length temperature λ (SPEC §5.6: 0.1). `f64::INFINITY` = DisCO (uniform weights).
+    #[serde(with = "lambda_json")]
     pub lambda: f64,
     /// Log-sum-exp temperature τ over the negatives (10).
     pub tau: f64,
@@ -364,6 +385,40 @@ impl Hyper {
             }
         }
         Ok(())
+    }
+}
+
+/// λ in JSON: a finite number as a number, ±∞ as `"inf"` / `"-inf"` (NaN as `"nan"`, which
+/// validation rejects); read back from a number or one of those strings (`"infinity"`, `"+inf"` too).
+mod lambda_json {
+    use serde::{de::Error as _, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(x: &f64, s: S) -> Result<S::Ok, S::Error> {
+        match *x {
+            x if x.is_finite() => s.serialize_f64(x),
+            x if x.is_nan() => s.serialize_str("nan"),
+            x if x > 0.0 => s.serialize_str("inf"),
+            _ => s.serialize_str("-inf"),
+        }
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum NumberOrText {
+        Number(f64),
+        Text(String),
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        match NumberOrText::deserialize(d)? {
+            NumberOrText::Number(x) => Ok(x),
+            NumberOrText::Text(t) => match t.trim().to_ascii_lowercase().as_str() {
+                "inf" | "+inf" | "infinity" | "+infinity" => Ok(f64::INFINITY),
+                "-inf" | "-infinity" => Ok(f64::NEG_INFINITY),
+                "nan" => Ok(f64::NAN),
+                _ => Err(D::Error::custom(format!("lambda: expected a number or \"inf\", got \"{t}\""))),
+            },
+        }
     }
 }
 

@@ -2,25 +2,34 @@
 //! batching of SPEC §5.1:
 //!
 //! ```text
-//! per step: Q questions (a seeded shuffle, epoch by epoch), G rollouts each at temperature T
+//! per step: Q questions (SPEC §5.6's dataloader: shuffle, drop_last), G rollouts each at temperature T
 //!   old log-probs: re-scored with the current weights at temperature T (not taken from the sampler)
 //!   for each inner epoch, for each mini-batch of questions (consecutive, in step order):
 //!       grads = 0
 //!       for each chunk of `chunk_questions` questions (their G rollouts together):
 //!           objective on the chunk (groups complete; KL pooled over the chunk's tokens)
 //!           grads += ∇(chunk loss) / (number of chunks in the mini-batch)
-//!       clip the global grad norm; AdamW step
+//!       clip the global grad norm; AdamW step (skipped when the norm is not finite)
 //! ```
 //! So the discriminative part is divided by the questions of the mini-batch, and the KL penalty is
-//! computed per chunk and averaged over chunks, as SPEC §5.2 asks of a single-process implementation.
+//! computed per chunk and averaged over chunks, as SPEC §5.2 asks of a single-process implementation
+//! ([`minibatch_gradient`] is one mini-batch of this loop).
 //! Policy-gradient baselines compute their rewards and advantages once per step on all rollouts
 //! (they are constants of the step; HAPO's history is read, then updated, once per step).
 //!
-//! A run folder holds `train_config.json`, `metrics.jsonl` (one line per step) and `checkpoint/`
-//! (HF weights + optimizer + trainer state, see [`crate::checkpoint`]); `resume` continues from it
-//! bit-identically on the CPU.
+//! Data order ([`questions_of_step`]): epoch e is a permutation of the problems seeded by
+//! (seed, e); step s of the epoch takes its s-th slice of Q problems; the < Q problems left at the
+//! end of an epoch are dropped (drop_last), so a step never spans two epochs and never holds a problem
+//! twice. The group id of a rollout is its question's slot in the step (verl gives each prompt row its
+//! own uid); the problem index is only HAPO's history key.
+//!
+//! A run folder holds `train_config.json` (every setting, the start model, data file and limit, and
+//! the device), `metrics.jsonl` (one line per step) and `checkpoint/` (HF weights + optimizer +
+//! trainer state, see [`crate::checkpoint`]); a run there is resumed bit-identically on the CPU, after
+//! repairing an interrupted checkpoint save.
 
-use crate::checkpoint::{load_checkpoint, save_checkpoint};
+use crate::checkpoint::{load_checkpoint, recover_interrupted_save, save_checkpoint};
+use crate::cpu::Float;
 use crate::engine::Engine;
 use crate::error::{read_json, write_atomic, Error, Result};
 use crate::eval::mean;
@@ -65,7 +74,21 @@ pub enum ObjectiveKind {
 }
 
 impl ObjectiveKind {
-    fn baseline(self) -> Option<Baseline> {
+    /// Every objective, in declaration order.
+    pub const ALL: [ObjectiveKind; 9] = [
+        ObjectiveKind::Drpo,
+        ObjectiveKind::Disco,
+        ObjectiveKind::Grpo,
+        ObjectiveKind::GrpoLp,
+        ObjectiveKind::RlooLp,
+        ObjectiveKind::Alp,
+        ObjectiveKind::Hapo,
+        ObjectiveKind::ShorterBetter,
+        ObjectiveKind::Kimi,
+    ];
+
+    /// The policy-gradient baseline, or None for the discriminative objectives (DRPO, DisCO).
+    pub fn baseline(self) -> Option<Baseline> {
         Some(match self {
             ObjectiveKind::Drpo | ObjectiveKind::Disco => return None,
             ObjectiveKind::Grpo => Baseline::Grpo,
@@ -77,6 +100,29 @@ impl ObjectiveKind {
             ObjectiveKind::Kimi => Baseline::Kimi,
         })
     }
+}
+
+/// What the learning rate does after the warmup (the schedule of [`crate::optim::LrSchedule`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum LrDecayKind {
+    /// the base rate (SPEC §5.6)
+    #[default]
+    Constant,
+    /// half a cosine from the base rate down to `min_lr` at the run's last optimizer step
+    Cosine,
+}
+
+/// Where a run's problems and start weights came from. Part of the configuration: a resume with a
+/// different start model, data file or `--limit` is refused like any other changed setting.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunSource {
+    /// the model folder training started from (canonical path)
+    pub model: Option<String>,
+    /// the problem set (canonical path); None = the toy task
+    pub data: Option<String>,
+    /// `--limit`: only the first K problems
+    pub limit: Option<usize>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -99,13 +145,30 @@ pub struct TrainConfig {
     pub top_p: f64,
     /// generation budget = C of the length reward (SPEC: 8192)
     pub max_new_tokens: usize,
+    /// problems whose templated prompt is longer are dropped from a `--data` training set
+    /// (SPEC §5.6: max_prompt_length 1024)
+    #[serde(default = "default_max_prompt_tokens")]
+    pub max_prompt_tokens: usize,
     pub lr: f64,
+    /// linear warmup, in optimizer steps (see NOTES: verl counts training steps)
     pub warmup_steps: u64,
+    #[serde(default)]
+    pub lr_decay: LrDecayKind,
+    /// the rate the cosine decays to
+    #[serde(default)]
+    pub min_lr: f64,
     pub weight_decay: f64,
     pub grad_clip: f64,
     pub seed: u64,
     /// checkpoint every this many steps (0: only at the end)
     pub save_every: usize,
+    /// where the problems and the start weights came from (filled by the caller)
+    #[serde(default)]
+    pub source: RunSource,
+}
+
+fn default_max_prompt_tokens() -> usize {
+    1024
 }
 
 impl Default for TrainConfig {
@@ -123,46 +186,103 @@ impl Default for TrainConfig {
             temperature: 0.6,
             top_p: 1.0,
             max_new_tokens: 8192,
+            max_prompt_tokens: 1024,
             lr: 2e-6,
             warmup_steps: 0,
+            lr_decay: LrDecayKind::Constant,
+            min_lr: 0.0,
             weight_decay: 0.01,
             grad_clip: 1.0,
             seed: 0,
             save_every: 20,
+            source: RunSource::default(),
         }
     }
 }
 
 impl TrainConfig {
+    /// Rejects settings the trainer cannot run; the error names the field.
     pub fn validate(&self) -> Result<()> {
         self.hyper.validate()?;
-        let bad = |w: String| Err(Error::input(format!("train config: {w}")));
-        if self.questions_per_step == 0 || self.group_size == 0 || self.chunk_questions == 0 || self.mini_batch_questions == 0 {
-            return bad("questions per step, group size, mini-batch and chunk sizes must be positive".into());
+        let bad = |field: &str, why: String| Err(Error::input(format!("train config: {field}: {why}")));
+        for (field, v) in [
+            ("questions_per_step", self.questions_per_step),
+            ("group_size", self.group_size),
+            ("mini_batch_questions", self.mini_batch_questions),
+            ("chunk_questions", self.chunk_questions),
+            ("inner_epochs", self.inner_epochs),
+            ("max_new_tokens", self.max_new_tokens),
+            ("max_prompt_tokens", self.max_prompt_tokens),
+        ] {
+            if v == 0 {
+                return bad(field, "must be positive".into());
+            }
         }
-        if self.questions_per_step % self.mini_batch_questions != 0 || self.mini_batch_questions % self.chunk_questions != 0 {
-            return bad(format!(
-                "chunk ({}) must divide the mini-batch ({}), which must divide the questions per step ({})",
-                self.chunk_questions, self.mini_batch_questions, self.questions_per_step
-            ));
+        if self.mini_batch_questions % self.chunk_questions != 0 {
+            return bad(
+                "chunk_questions",
+                format!("{} must divide mini_batch_questions = {}", self.chunk_questions, self.mini_batch_questions),
+            );
         }
-        if self.temperature.is_nan() || self.temperature <= 0.0 || self.max_new_tokens == 0 || self.inner_epochs == 0 {
-            return bad("temperature, max_new_tokens and inner epochs must be positive".into());
+        if self.questions_per_step % self.mini_batch_questions != 0 {
+            return bad(
+                "mini_batch_questions",
+                format!("{} must divide questions_per_step = {}", self.mini_batch_questions, self.questions_per_step),
+            );
+        }
+        // rollouts per step, and the rollout stream of the last one, must fit in the counters
+        let rows = self.questions_per_step.checked_mul(self.group_size);
+        if rows.and_then(|r| r.checked_mul(self.steps.max(1))).is_none_or(|r| u64::try_from(r).is_err()) {
+            return bad("questions_per_step", "questions_per_step × group_size × steps overflows".into());
+        }
+        if !(self.temperature.is_finite() && self.temperature > 0.0) {
+            return bad("temperature", format!("{} must be finite and > 0", self.temperature));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return bad("top_p", format!("{} must be in (0, 1]", self.top_p));
+        }
+        if !(self.lr.is_finite() && self.lr >= 0.0) {
+            return bad("lr", format!("{} must be finite and ≥ 0", self.lr));
+        }
+        if !(self.min_lr.is_finite() && self.min_lr >= 0.0) {
+            return bad("min_lr", format!("{} must be finite and ≥ 0", self.min_lr));
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return bad("weight_decay", format!("{} must be finite and ≥ 0", self.weight_decay));
+        }
+        if !(self.grad_clip.is_finite() && self.grad_clip > 0.0) {
+            return bad("grad_clip", format!("{} must be finite and > 0", self.grad_clip));
         }
         Ok(())
     }
 
     /// The objective's hyper-parameters as used (DisCO forces λ = ∞).
-    fn effective_hyper(&self) -> Hyper {
+    pub fn effective_hyper(&self) -> Hyper {
         let mut h = self.hyper;
         if self.objective == ObjectiveKind::Disco {
             h.lambda = f64::INFINITY;
         }
         h
     }
+
+    /// Optimizer steps per training step: mini-batches × inner epochs.
+    pub fn optimizer_steps_per_step(&self) -> u64 {
+        ((self.questions_per_step / self.mini_batch_questions.max(1)) * self.inner_epochs) as u64
+    }
+
+    /// The learning-rate schedule over optimizer steps; the cosine ends at the run's last one.
+    pub fn lr_schedule(&self) -> LrSchedule {
+        let decay = match self.lr_decay {
+            LrDecayKind::Constant => LrDecay::Constant,
+            LrDecayKind::Cosine => {
+                LrDecay::Cosine { min_lr: self.min_lr, total_steps: (self.steps as u64).saturating_mul(self.optimizer_steps_per_step()) }
+            }
+        };
+        LrSchedule { lr: self.lr, warmup_steps: self.warmup_steps, decay }
+    }
 }
 
-/// One line of metrics.jsonl.
+/// One line of metrics.jsonl. Fields that can be non-finite are `None` (JSON null) when they are.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct StepMetrics {
     pub step: usize,
@@ -172,24 +292,43 @@ pub struct StepMetrics {
     pub mean_redundant_steps: Option<f64>,
     pub mean_necessary_steps: Option<f64>,
     pub truncation_rate: f64,
+    /// responses holding sampled ids the tokenizer cannot decode (graded on the decodable text)
+    pub undecodable_responses: usize,
     /// k1 KL(π_old ‖ π_θ) of the last chunk of the last mini-batch (the most off-policy one)
-    pub kl_last: f64,
+    pub kl_last: Option<f64>,
     /// mean over chunks of the KL penalty value
-    pub penalty: f64,
+    pub penalty: Option<f64>,
     /// −mean old log-prob per token: an unbiased estimate of the policy's per-token entropy at T
     pub entropy: f64,
     /// share of questions whose group has both correct and wrong answers
     pub valid_group_share: f64,
-    /// DRPO/DisCO: mean and min weight ŵ of the positives of valid groups (×|P|, so mean-one ω);
-    /// baselines: mean advantage of correct responses and the share of negative ones
-    pub weight_or_adv_mean: Option<f64>,
-    pub weight_or_adv_min: Option<f64>,
+    /// DRPO/DisCO: max and min of ω = |P|·ŵ over the positives of valid groups (ω averages 1 in
+    /// each group, so its mean says nothing)
+    pub omega_max: Option<f64>,
+    pub omega_min: Option<f64>,
+    /// DRPO/DisCO: effective sample size of the positives' weights, 1/(|P|·Σŵ²) ∈ (0, 1], averaged
+    /// over valid groups (1 = uniform weights, as DisCO; 1/|P| = all weight on one answer)
+    pub weight_ess: Option<f64>,
+    /// baselines: mean and min advantage of the correct responses, and the share of them below 0
+    pub adv_mean_correct: Option<f64>,
+    pub adv_min_correct: Option<f64>,
     pub negative_advantage_share_correct: Option<f64>,
-    pub loss: f64,
-    pub objective: f64,
-    pub grad_norm: f64,
-    pub lr: f64,
+    pub loss: Option<f64>,
+    pub objective: Option<f64>,
+    /// mean and max over the step's optimizer steps of the gradient norm before clipping
+    pub grad_norm_mean: Option<f64>,
+    pub grad_norm_max: Option<f64>,
+    /// optimizer steps skipped because the gradient norm was not finite
+    pub skipped_optimizer_steps: usize,
+    /// mean and max over the step's optimizer steps of the learning rate
+    pub lr_mean: f64,
+    pub lr_max: f64,
     pub step_seconds: f64,
+}
+
+/// `Some(x)` for a finite x.
+fn finite(x: f64) -> Option<f64> {
+    x.is_finite().then_some(x)
 }
 
 /// Trainer state saved with each checkpoint.
@@ -200,30 +339,129 @@ struct TrainerState {
     hapo: HapoHistory,
 }
 
-/// One rollout.
-struct Rollout {
-    problem: usize,
-    tokens: Vec<u32>,
-    finished: bool,
-    correct: bool,
-    steps: Option<(usize, usize)>,
-    old_logp: Vec<f64>,
+/// One rollout of a step.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rollout {
+    /// index of the problem in the environment (HAPO's history key)
+    pub problem: usize,
+    /// group id: the question's slot in the step (0..Q)
+    pub group: usize,
+    /// the response tokens, EOS included when it stopped on one
+    pub tokens: Vec<u32>,
+    pub finished: bool,
+    pub correct: bool,
+    pub steps: Option<(usize, usize)>,
+    /// ids the tokenizer could not decode (skipped in the graded text)
+    pub undecodable: usize,
+    /// log-probs of `tokens` under the weights that sampled them, at the run's temperature
+    pub old_logp: Vec<f64>,
 }
 
-/// The questions of step `step`: consecutive slices of per-epoch seeded permutations.
-fn questions_of_step(n_problems: usize, per_step: usize, seed: u64, step: usize) -> Vec<usize> {
-    let mut out = Vec::with_capacity(per_step);
-    let mut pos = step * per_step;
-    while out.len() < per_step {
-        let epoch = pos / n_problems;
-        let mut perm: Vec<usize> = (0..n_problems).collect();
-        perm.shuffle(&mut StdRng::seed_from_u64(seed ^ (epoch as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)));
-        let from = pos % n_problems;
-        let take = (n_problems - from).min(per_step - out.len());
-        out.extend_from_slice(&perm[from..from + take]);
-        pos += take;
+/// The questions of step `step`: epoch e = step / ⌊n/q⌋ shuffles the problems with a generator seeded
+/// by (seed, e); the step takes slice step mod ⌊n/q⌋ of q problems. The n mod q problems left over in
+/// an epoch are not used in it (drop_last). Errors when q = 0 or the set has fewer than q problems.
+pub fn questions_of_step(n_problems: usize, per_step: usize, seed: u64, step: usize) -> Result<Vec<usize>> {
+    if per_step == 0 || n_problems < per_step {
+        return Err(Error::input(format!("{per_step} questions per step but only {n_problems} problems in the training set")));
     }
-    out
+    let steps_per_epoch = n_problems / per_step;
+    let (epoch, slot) = (step / steps_per_epoch, step % steps_per_epoch);
+    let mut perm: Vec<usize> = (0..n_problems).collect();
+    perm.shuffle(&mut StdRng::seed_from_u64(seed ^ (epoch as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)));
+    Ok(perm[slot * per_step..(slot + 1) * per_step].to_vec())
+}
+
+/// One chunk's numbers from [`minibatch_gradient`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct ChunkResult {
+    pub loss: f64,
+    pub objective: f64,
+    pub kl: f64,
+    pub penalty: f64,
+    /// DRPO/DisCO: ŵ of the positives of each valid group (each list sums to 1); empty for baselines
+    pub positive_weights: Vec<Vec<f64>>,
+}
+
+/// The gradient of one mini-batch and its chunks' numbers.
+#[derive(Clone, Debug)]
+pub struct MiniBatchGradient<T> {
+    /// `[params]` ∇ of the mini-batch loss (1/chunks) Σ_B loss_B, in layout order
+    pub grads: Vec<T>,
+    pub chunks: Vec<ChunkResult>,
+}
+
+/// The gradient of one mini-batch (SPEC §5.1): the rollouts are cut into chunks of
+/// `chunk_questions · group_size` rows; each chunk's loss comes from the objective on that chunk
+/// (groups by [`Rollout::group`], KL pooled over its tokens), its token gradient is scaled by
+/// 1/(number of chunks) and backpropagated through the model at the run's temperature. For DRPO the
+/// per-token coefficient is thus −g_i/(Q_mb·L_i) − (1/n_chunks)·β[K_B − δ]_+/T_B.
+///
+/// prompts: `[rows]` the prompt of each rollout.  advantages: `[rows]` the baselines' advantages
+/// (None: DRPO / DisCO from `cfg`).
+pub fn minibatch_gradient<T: Float>(
+    model: &Model<T>,
+    cfg: &TrainConfig,
+    prompts: &[&[u32]],
+    rollouts: &[Rollout],
+    advantages: Option<&[f64]>,
+) -> Result<MiniBatchGradient<T>> {
+    crate::error::check_len("minibatch_gradient", "prompts", prompts.len(), rollouts.len())?;
+    if let Some(a) = advantages {
+        crate::error::check_len("minibatch_gradient", "advantages", a.len(), rollouts.len())?;
+    }
+    let hyper = cfg.effective_hyper();
+    let rows_per_chunk = cfg.chunk_questions * cfg.group_size;
+    let n_chunks = rollouts.len().div_ceil(rows_per_chunk).max(1);
+    let scale = 1.0 / n_chunks as f64;
+    let mut grads = vec![T::ZERO; model.layout.total];
+    let mut chunks = Vec::with_capacity(n_chunks);
+    for (ci, chunk) in rollouts.chunks(rows_per_chunk).enumerate() {
+        let first = ci * rows_per_chunk;
+        let resps: Vec<&[u32]> = chunk.iter().map(|r| r.tokens.as_slice()).collect();
+        let scored = score_responses(model, &prompts[first..first + chunk.len()], &resps, cfg.temperature, true)?;
+        let logp: Vec<f64> = scored.logp.concat();
+        let old: Vec<f64> = chunk.iter().flat_map(|r| r.old_logp.iter().copied()).collect();
+        let group: Vec<usize> = chunk.iter().map(|r| r.group).collect();
+        let correct: Vec<bool> = chunk.iter().map(|r| r.correct).collect();
+        let finished: Vec<bool> = chunk.iter().map(|r| r.finished).collect();
+        let len: Vec<usize> = chunk.iter().map(|r| r.tokens.len()).collect();
+        let batch = Batch {
+            outcomes: Outcomes { group: &group, correct: &correct, finished: &finished, len: &len, max_len: cfg.max_new_tokens },
+            logp: &logp,
+            old_logp: &old,
+        };
+        let (dlogp, result) = match advantages {
+            None => {
+                let out = objectives::drpo(&batch, &hyper)?;
+                let positive_weights = out
+                    .groups
+                    .iter()
+                    .filter(|gs| gs.valid)
+                    .map(|gs| gs.members.iter().filter(|&&i| correct[i]).map(|&i| out.weights[i]).collect())
+                    .collect();
+                let r = ChunkResult { loss: out.loss, objective: out.j, kl: out.kl, penalty: out.penalty, positive_weights };
+                (out.dlogp, r)
+            }
+            Some(adv) => {
+                let out = objectives::clipped_surrogate(&batch, &adv[first..first + chunk.len()], hyper.clip_eps)?;
+                let r = ChunkResult { loss: out.loss, objective: out.j, kl: out.kl, penalty: out.penalty, positive_weights: Vec::new() };
+                (out.dlogp, r)
+            }
+        };
+        // flat [T] → per response, scaled by 1/chunks (the chunk mean of SPEC §5.1)
+        let mut rows = Vec::with_capacity(chunk.len());
+        let mut at = 0;
+        for l in &len {
+            rows.push(dlogp[at..at + l].iter().map(|d| d * scale).collect::<Vec<f64>>());
+            at += l;
+        }
+        let g = backward_responses(model, &scored, &rows);
+        for (a, b) in grads.iter_mut().zip(&g) {
+            *a += *b;
+        }
+        chunks.push(result);
+    }
+    Ok(MiniBatchGradient { grads, chunks })
 }
 
 /// A training run in a folder.
@@ -236,12 +474,18 @@ pub struct Trainer<'a> {
     pub run_dir: PathBuf,
     /// folder with the tokenizer files to copy into checkpoints
     pub source_dir: PathBuf,
+    /// where rollouts are generated; synced with `model` after every step (evaluate through it)
     pub engine: Engine,
+    /// lines for the user (e.g. an interrupted checkpoint save that was repaired); the caller prints them
+    pub notices: Vec<String>,
     state: TrainerState,
 }
 
+const CONFIG_FILE: &str = "train_config.json";
+
 impl<'a> Trainer<'a> {
     /// Starts a run in `run_dir` from `model`, or resumes the one there if it has a checkpoint.
+    /// A folder whose train_config.json differs from `cfg` (the device aside) is refused.
     pub fn new(
         cfg: TrainConfig,
         model: Model<f32>,
@@ -255,39 +499,54 @@ impl<'a> Trainer<'a> {
         if env.is_empty() {
             return Err(Error::input("the training set has no problems"));
         }
-        if cfg.questions_per_step > env.len() {
-            return Err(Error::input(format!(
-                "{} questions per step but only {} problems in the training set",
-                cfg.questions_per_step,
-                env.len()
-            )));
-        }
+        questions_of_step(env.len(), cfg.questions_per_step, cfg.seed, 0)?;
         std::fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))?;
+        let mut notices = Vec::new();
         let ckpt = run_dir.join("checkpoint");
-        let (model, opt, state) = if ckpt.join(crate::checkpoint::TRAINER_STATE_FILE).exists() {
-            let saved = read_json(run_dir.join("train_config.json"))?;
-            let saved: TrainConfig = serde_json::from_value(saved).map_err(|e| Error::json(run_dir.join("train_config.json"), e))?;
+        notices.extend(recover_interrupted_save(&ckpt)?);
+        let config_path = run_dir.join(CONFIG_FILE);
+        if config_path.exists() {
+            let saved = read_json(&config_path)?;
+            let saved: TrainConfig = serde_json::from_value(saved).map_err(|e| Error::json(&config_path, e))?;
             if saved != cfg {
                 return Err(Error::input(format!(
-                    "{} holds a run with a different configuration; use another --out folder or the same settings",
-                    run_dir.display()
+                    "{} holds a run with a different configuration ({}); use another --out folder or the same settings",
+                    run_dir.display(),
+                    config_difference(&saved, &cfg)
                 )));
             }
+        }
+        let (model, opt, state) = if crate::checkpoint::is_complete(&ckpt) {
             let c = load_checkpoint::<f32>(&ckpt)?;
             let state: TrainerState =
                 serde_json::from_value(c.trainer).map_err(|e| Error::json(ckpt.join(crate::checkpoint::TRAINER_STATE_FILE), e))?;
             truncate_metrics(&run_dir.join("metrics.jsonl"), state.step)?;
             (c.model, c.optim, state)
         } else {
-            let text = serde_json::to_string_pretty(&cfg).map_err(|e| Error::json(run_dir, e))?;
-            write_atomic(run_dir.join("train_config.json"), text.as_bytes())?;
+            let mut v = serde_json::to_value(&cfg).map_err(|e| Error::json(&config_path, e))?;
+            if let Some(obj) = v.as_object_mut() {
+                obj.insert("device".into(), engine.name().into()); // recorded, not compared
+            }
+            let text = serde_json::to_string_pretty(&v).map_err(|e| Error::json(&config_path, e))?;
+            write_atomic(&config_path, text.as_bytes())?;
             let _ = std::fs::remove_file(run_dir.join("metrics.jsonl"));
             let opt = AdamWState::new(model.layout.total);
             (model, opt, TrainerState::default())
         };
         let mut engine = engine;
         engine.sync(&model)?;
-        Ok(Trainer { cfg, model, opt, env, tok, run_dir: run_dir.to_path_buf(), source_dir: source_dir.to_path_buf(), engine, state })
+        Ok(Trainer {
+            cfg,
+            model,
+            opt,
+            env,
+            tok,
+            run_dir: run_dir.to_path_buf(),
+            source_dir: source_dir.to_path_buf(),
+            engine,
+            notices,
+            state,
+        })
     }
 
     /// The next step to run (after a resume: the first one not yet done).
@@ -324,16 +583,30 @@ impl<'a> Trainer<'a> {
         Ok(())
     }
 
+    /// The text the verifier grades for a rollout: the response, or the prompt and the response
+    /// decoded together (SPEC §8.2) when the environment asks for it; special tokens kept, ids the
+    /// tokenizer does not know skipped and counted.
+    fn graded_text(&self, problem: usize, tokens: &[u32]) -> Result<(String, usize)> {
+        if self.env.grades_prompt_and_response() {
+            let ids = [self.env.prompt(problem), tokens].concat();
+            self.tok.decode_lenient(&ids, false)
+        } else {
+            self.tok.decode_lenient(tokens, false)
+        }
+    }
+
     fn rollouts(&self, questions: &[usize]) -> Result<Vec<Rollout>> {
         let cfg = &self.cfg;
         let g = cfg.group_size;
         let prompts: Vec<Vec<u32>> = questions.iter().flat_map(|&q| std::iter::repeat_n(self.env.prompt(q).to_vec(), g)).collect();
+        // validate() checked that Q·G·steps fits
+        let stream_offset = (self.state.step as u64).checked_mul(prompts.len() as u64).ok_or_else(|| Error::input("rollout stream index overflows"))?;
         let opts = GenerateOptions {
             max_new_tokens: cfg.max_new_tokens,
             sampling: SamplingParams { temperature: cfg.temperature, top_k: 0, top_p: cfg.top_p },
             seed: cfg.seed,
             eos_ids: self.tok.eos_ids().to_vec(),
-            stream_offset: (self.state.step * prompts.len()) as u64,
+            stream_offset,
         };
         let gens = self.engine.generate(&self.model, &prompts, &opts)?;
         // old log-probs: the current weights, temperature T, recomputed (SPEC §5.1)
@@ -343,9 +616,18 @@ impl<'a> Trainer<'a> {
         let mut out = Vec::with_capacity(gens.len());
         for (k, (gen, old_logp)) in gens.into_iter().zip(old.logp).enumerate() {
             let problem = questions[k / g];
-            let text = self.tok.decode_lossy(&gen.tokens, false)?;
+            let (text, undecodable) = self.graded_text(problem, &gen.tokens)?;
             let v = self.env.grade(problem, &text);
-            out.push(Rollout { problem, tokens: gen.tokens, finished: gen.stopped_on_eos, correct: v.correct, steps: v.steps, old_logp });
+            out.push(Rollout {
+                problem,
+                group: k / g,
+                tokens: gen.tokens,
+                finished: gen.stopped_on_eos,
+                correct: v.correct,
+                steps: v.steps,
+                undecodable,
+                old_logp,
+            });
         }
         Ok(out)
     }
@@ -356,94 +638,52 @@ impl<'a> Trainer<'a> {
         let cfg = self.cfg.clone();
         let hyper = cfg.effective_hyper();
         let g = cfg.group_size;
-        let questions = questions_of_step(self.env.len(), cfg.questions_per_step, cfg.seed, self.state.step);
+        let questions = questions_of_step(self.env.len(), cfg.questions_per_step, cfg.seed, self.state.step)?;
         let rollouts = self.rollouts(&questions)?;
-        let c_max = cfg.max_new_tokens;
 
         // baselines: rewards and advantages once per step, on all rollouts
         let advantages = match cfg.objective.baseline() {
             None => None,
             Some(b) => {
-                let group: Vec<usize> = rollouts.iter().map(|r| r.problem).collect();
+                let group: Vec<usize> = rollouts.iter().map(|r| r.group).collect();
+                let problem: Vec<usize> = rollouts.iter().map(|r| r.problem).collect();
                 let correct: Vec<bool> = rollouts.iter().map(|r| r.correct).collect();
                 let finished: Vec<bool> = rollouts.iter().map(|r| r.finished).collect();
                 let len: Vec<usize> = rollouts.iter().map(|r| r.tokens.len()).collect();
-                let o = Outcomes { group: &group, correct: &correct, finished: &finished, len: &len, max_len: c_max };
-                Some(objectives::baseline_advantages(b, &o, &hyper, &mut self.state.hapo)?.1)
+                let o = Outcomes { group: &group, correct: &correct, finished: &finished, len: &len, max_len: cfg.max_new_tokens };
+                Some(objectives::baseline_advantages_keyed(b, &o, &problem, &hyper, &mut self.state.hapo)?.1)
             }
         };
 
         let adamw = AdamWConfig { weight_decay: cfg.weight_decay, ..AdamWConfig::default() };
-        let sched = LrSchedule { lr: cfg.lr, warmup_steps: cfg.warmup_steps, decay: LrDecay::Constant };
-        let (mut kl_last, mut penalties, mut losses, mut objs, mut grad_norm, mut lr) = (0.0, Vec::new(), Vec::new(), Vec::new(), 0.0, 0.0);
-        let (mut weights_seen, mut adv_correct) = (Vec::new(), Vec::new());
-        let rows_per_chunk = cfg.chunk_questions * g;
-        let chunks_per_mb = cfg.mini_batch_questions / cfg.chunk_questions;
+        let sched = cfg.lr_schedule();
+        let (mut kl_last, mut penalties, mut losses, mut objs) = (f64::NAN, Vec::new(), Vec::new(), Vec::new());
+        let (mut grad_norms, mut lrs, mut skipped) = (Vec::new(), Vec::new(), 0usize);
+        let mut positive_weights: Vec<Vec<f64>> = Vec::new();
+        let mb_rows = cfg.mini_batch_questions * g;
         for epoch in 0..cfg.inner_epochs {
-            let mb_rows = cfg.mini_batch_questions * g;
             for (mi, mb) in rollouts.chunks(mb_rows).enumerate() {
-                let mut grads = vec![0.0f32; self.model.layout.total];
-                for (ci, chunk) in mb.chunks(rows_per_chunk).enumerate() {
-                    let first_row = mi * mb_rows + ci * rows_per_chunk;
-                    let prompts: Vec<&[u32]> = chunk.iter().map(|r| self.env.prompt(r.problem)).collect();
-                    let resps: Vec<&[u32]> = chunk.iter().map(|r| r.tokens.as_slice()).collect();
-                    let scored = score_responses(&self.model, &prompts, &resps, cfg.temperature, true)?;
-                    let logp: Vec<f64> = scored.logp.concat();
-                    let old: Vec<f64> = chunk.iter().flat_map(|r| r.old_logp.iter().copied()).collect();
-                    let group: Vec<usize> = chunk.iter().map(|r| r.problem).collect();
-                    let correct: Vec<bool> = chunk.iter().map(|r| r.correct).collect();
-                    let finished: Vec<bool> = chunk.iter().map(|r| r.finished).collect();
-                    let len: Vec<usize> = chunk.iter().map(|r| r.tokens.len()).collect();
-                    let batch = Batch {
-                        outcomes: Outcomes { group: &group, correct: &correct, finished: &finished, len: &len, max_len: c_max },
-                        logp: &logp,
-                        old_logp: &old,
-                    };
-                    let (dlogp, loss, obj, kl, penalty) = match &advantages {
-                        None => {
-                            let out = objectives::drpo(&batch, &hyper)?;
-                            if epoch == 0 {
-                                for gs in out.groups.iter().filter(|gs| gs.valid) {
-                                    for &i in &gs.members {
-                                        if correct[i] {
-                                            weights_seen.push(out.weights[i] * gs.n_pos as f64);
-                                        }
-                                    }
-                                }
-                            }
-                            (out.dlogp, out.loss, out.j, out.kl, out.penalty)
-                        }
-                        Some(adv) => {
-                            let a = &adv[first_row..first_row + chunk.len()];
-                            if epoch == 0 {
-                                adv_correct.extend(a.iter().zip(&correct).filter(|(_, &c)| c).map(|(&x, _)| x));
-                            }
-                            let out = objectives::clipped_surrogate(&batch, a, hyper.clip_eps)?;
-                            (out.dlogp, out.loss, out.j, out.kl, out.penalty)
-                        }
-                    };
-                    kl_last = kl;
-                    penalties.push(penalty);
-                    losses.push(loss);
-                    objs.push(obj);
-                    // flat [T] → per response, scaled by 1/chunks (the chunk-mean of SPEC §5.1)
-                    let scale = 1.0 / chunks_per_mb as f64;
-                    let mut rows = Vec::with_capacity(chunk.len());
-                    let mut at = 0;
-                    for l in &len {
-                        rows.push(dlogp[at..at + l].iter().map(|d| d * scale).collect::<Vec<f64>>());
-                        at += l;
-                    }
-                    let gch = backward_responses(&self.model, &scored, &rows);
-                    for (a, b) in grads.iter_mut().zip(&gch) {
-                        *a += *b;
+                let prompts: Vec<&[u32]> = mb.iter().map(|r| self.env.prompt(r.problem)).collect();
+                let adv = advantages.as_ref().map(|a| &a[mi * mb_rows..mi * mb_rows + mb.len()]);
+                let MiniBatchGradient { mut grads, chunks } = minibatch_gradient(&self.model, &cfg, &prompts, mb, adv)?;
+                for c in chunks {
+                    kl_last = c.kl;
+                    penalties.push(c.penalty);
+                    losses.push(c.loss);
+                    objs.push(c.objective);
+                    if epoch == 0 {
+                        positive_weights.extend(c.positive_weights);
                     }
                 }
-                grad_norm = clip_grad_norm(&mut grads, cfg.grad_clip);
-                lr = sched.lr_at(self.state.optimizer_steps);
-                if grad_norm.is_finite() {
+                let norm = clip_grad_norm(&mut grads, cfg.grad_clip);
+                let lr = sched.lr_at(self.state.optimizer_steps);
+                grad_norms.push(norm);
+                lrs.push(lr);
+                if norm.is_finite() {
                     self.opt.step(&mut self.model.params, &grads, &adamw, lr);
                     self.state.optimizer_steps += 1;
+                } else {
+                    skipped += 1;
                 }
             }
         }
@@ -451,19 +691,23 @@ impl<'a> Trainer<'a> {
 
         let n = rollouts.len() as f64;
         let tokens: usize = rollouts.iter().map(|r| r.tokens.len()).sum();
-        let valid = questions
-            .iter()
-            .enumerate()
-            .filter(|(k, _)| {
+        let valid = (0..questions.len())
+            .filter(|&k| {
                 let grp = &rollouts[k * g..(k + 1) * g];
                 grp.iter().any(|r| r.correct) && grp.iter().any(|r| !r.correct)
             })
             .count();
-        let (wa_mean, wa_min, neg_share) = if advantages.is_some() {
-            (mean(adv_correct.iter().copied()), adv_correct.iter().copied().reduce(f64::min), mean(adv_correct.iter().map(|&a| (a < 0.0) as u8 as f64)))
-        } else {
-            (mean(weights_seen.iter().copied()), weights_seen.iter().copied().reduce(f64::min), None)
+        // ω = |P|·ŵ per positive; ESS = 1/(|P| Σ ŵ²) per valid group
+        let omegas = positive_weights.iter().flat_map(|w| w.iter().map(move |x| x * w.len() as f64));
+        let omega_max = omegas.clone().reduce(f64::max);
+        let omega_min = omegas.reduce(f64::min);
+        let weight_ess = mean(positive_weights.iter().map(|w| 1.0 / (w.len() as f64 * w.iter().map(|x| x * x).sum::<f64>())));
+        let adv_correct: Vec<f64> = match &advantages {
+            Some(a) => a.iter().zip(&rollouts).filter(|(_, r)| r.correct).map(|(&x, _)| x).collect(),
+            None => Vec::new(),
         };
+        let grad_norm_mean = mean(grad_norms.iter().copied()).and_then(finite);
+        let grad_norm_max = if grad_norms.iter().all(|x| x.is_finite()) { grad_norms.iter().copied().reduce(f64::max) } else { None };
         Ok(StepMetrics {
             step: self.state.step,
             accuracy: rollouts.iter().filter(|r| r.correct).count() as f64 / n,
@@ -472,20 +716,40 @@ impl<'a> Trainer<'a> {
             mean_redundant_steps: mean(rollouts.iter().filter_map(|r| r.steps.map(|s| s.1 as f64))),
             mean_necessary_steps: mean(rollouts.iter().filter_map(|r| r.steps.map(|s| s.0 as f64))),
             truncation_rate: rollouts.iter().filter(|r| !r.finished).count() as f64 / n,
-            kl_last,
-            penalty: mean(penalties.iter().copied()).unwrap_or(0.0),
+            undecodable_responses: rollouts.iter().filter(|r| r.undecodable > 0).count(),
+            kl_last: finite(kl_last),
+            penalty: mean(penalties.iter().copied()).and_then(finite),
             entropy: -rollouts.iter().flat_map(|r| r.old_logp.iter()).sum::<f64>() / tokens.max(1) as f64,
             valid_group_share: valid as f64 / questions.len() as f64,
-            weight_or_adv_mean: wa_mean,
-            weight_or_adv_min: wa_min,
-            negative_advantage_share_correct: neg_share,
-            loss: mean(losses.iter().copied()).unwrap_or(0.0),
-            objective: mean(objs.iter().copied()).unwrap_or(0.0),
-            grad_norm,
-            lr,
+            omega_max: omega_max.and_then(finite),
+            omega_min: omega_min.and_then(finite),
+            weight_ess: weight_ess.and_then(finite),
+            adv_mean_correct: mean(adv_correct.iter().copied()),
+            adv_min_correct: adv_correct.iter().copied().reduce(f64::min),
+            negative_advantage_share_correct: advantages.as_ref().and(mean(adv_correct.iter().map(|&a| (a < 0.0) as u8 as f64))),
+            loss: mean(losses.iter().copied()).and_then(finite),
+            objective: mean(objs.iter().copied()).and_then(finite),
+            grad_norm_mean,
+            grad_norm_max: grad_norm_max.and_then(finite),
+            skipped_optimizer_steps: skipped,
+            lr_mean: mean(lrs.iter().copied()).unwrap_or(0.0),
+            lr_max: lrs.iter().copied().reduce(f64::max).unwrap_or(0.0),
             step_seconds: t0.elapsed().as_secs_f64(),
         })
     }
+}
+
+/// The first top-level setting where two configurations differ, for the refusal message.
+fn config_difference(saved: &TrainConfig, now: &TrainConfig) -> String {
+    let (a, b) = (serde_json::to_value(saved).unwrap_or_default(), serde_json::to_value(now).unwrap_or_default());
+    if let (Some(a), Some(b)) = (a.as_object(), b.as_object()) {
+        for (k, va) in a {
+            if b.get(k) != Some(va) {
+                return format!("`{k}` was {va}, now {}", b.get(k).unwrap_or(&serde_json::Value::Null));
+            }
+        }
+    }
+    "settings differ".into()
 }
 
 /// Keeps the first `steps` lines of a metrics file (a resumed run rewrites what follows).

@@ -94,7 +94,7 @@ fn discriminative(batch: &Batch, hyper: &Hyper, lambda: f64) -> Result<DiscoOutp
     batch.validate()?;
     let o = &batch.outcomes;
     let n = o.n();
-    let scores = batch.scores();
+    let scores = batch.scores()?;
     let length_rewards: Vec<f64> = (0..n).map(|i| o.length_reward(i)).collect();
 
     let mut weights = vec![0.0; n];
@@ -134,7 +134,7 @@ fn discriminative(batch: &Batch, hyper: &Hyper, lambda: f64) -> Result<DiscoOutp
     let q = stats.len() as f64;
     let j = stats.iter().map(|g| g.j).sum::<f64>() / q;
     let num_tokens = batch.num_tokens();
-    let kl = batch.k1_kl();
+    let kl = batch.k1_kl()?;
     let excess = (kl - hyper.delta).max(0.0);
     let penalty = 0.5 * hyper.beta * excess * excess;
     let kl_coef = hyper.beta * excess;
@@ -148,11 +148,17 @@ fn discriminative(batch: &Batch, hyper: &Hyper, lambda: f64) -> Result<DiscoOutp
         dlogp.extend(std::iter::repeat_n(per_token, l));
     }
 
+    let loss = -j + penalty;
+    if !(loss.is_finite() && kl_coef.is_finite() && dlogp.iter().all(|d| d.is_finite())) {
+        return Err(crate::Error::input(format!(
+            "objectives: the loss or its gradient overflows (J = {j}, penalty = {penalty}, β[K − δ]_+ = {kl_coef}) for finite inputs"
+        )));
+    }
     Ok(DiscoOutput {
         j,
         kl,
         penalty,
-        loss: -j + penalty,
+        loss,
         dlogp,
         scores,
         length_rewards,

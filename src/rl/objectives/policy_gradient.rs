@@ -1,7 +1,7 @@
 //! GRPO / RLOO advantages and the PPO clipped ratio surrogate (SPEC §6.1, §6.2, §7).
 
 use super::rewards::{
-    alp_rewards, grpo_lp_rewards, hapo_rewards, kimi_length_rewards, mean_and_std, rloo_lp_rewards,
+    alp_rewards, grpo_lp_rewards, hapo_rewards_keyed, kimi_length_rewards, mean_and_std, rloo_lp_rewards,
     shorter_better_rewards, HapoHistory,
 };
 use super::{groups_of, Baseline, Batch, Estimator, Hyper, Outcomes, StdKind};
@@ -80,6 +80,18 @@ pub fn baseline_advantages(
     hyper: &Hyper,
     history: &mut HapoHistory,
 ) -> Result<(Vec<f64>, Vec<f64>)> {
+    baseline_advantages_keyed(baseline, o, o.group, hyper, history)
+}
+
+/// [`baseline_advantages`] with HAPO's history keyed by `keys[i]` (the problem of response i) rather
+/// than by group id (see [`super::hapo_rewards_keyed`]).  keys: `[n]`
+pub fn baseline_advantages_keyed(
+    baseline: Baseline,
+    o: &Outcomes,
+    keys: &[usize],
+    hyper: &Hyper,
+    history: &mut HapoHistory,
+) -> Result<(Vec<f64>, Vec<f64>)> {
     hyper.validate()?;
     let rewards = match baseline {
         Baseline::Grpo => {
@@ -90,7 +102,7 @@ pub fn baseline_advantages(
         Baseline::RlooLp => rloo_lp_rewards(o, hyper.rloo_alpha)?,
         Baseline::Alp => alp_rewards(o, hyper.alp_beta)?,
         Baseline::Hapo => {
-            let (r, updated) = hapo_rewards(o, hyper.hapo_w, history)?;
+            let (r, updated) = hapo_rewards_keyed(o, keys, hyper.hapo_w, history)?;
             *history = updated;
             r
         }
@@ -164,9 +176,14 @@ pub fn clipped_surrogate(batch: &Batch, advantages: &[f64], clip_eps: Option<f64
         j += seq_sum / o.len[i] as f64;
     }
     j /= n as f64;
+    if !(j.is_finite() && dlogp.iter().all(|d| d.is_finite())) {
+        return Err(Error::input(format!(
+            "clipped_surrogate: the surrogate or its gradient overflows (J = {j}): a log-ratio ℓ − ℓ^old is too large"
+        )));
+    }
     Ok(PgOutput {
         j,
-        kl: batch.k1_kl(),
+        kl: batch.k1_kl()?,
         penalty: 0.0,
         loss: -j,
         dlogp,

@@ -5,7 +5,8 @@ use std::collections::HashMap;
 use std::f64::consts::FRAC_PI_2;
 
 use super::{groups_of, Outcomes};
-use crate::Result;
+use crate::error::check_len;
+use crate::{Error, Result};
 
 /// GRPO-LP: r_i = c_i · (1 − α L_i / C).  `[n]`
 pub fn grpo_lp_rewards(o: &Outcomes, alpha: f64) -> Result<Vec<f64>> {
@@ -47,7 +48,8 @@ pub fn alp_rewards(o: &Outcomes, beta: f64) -> Result<Vec<f64>> {
     Ok(r)
 }
 
-/// HAPO state: per problem (keyed by group id), the shortest correct length seen so far.
+/// HAPO state: per problem (keyed by the caller's problem key, by default the group id), the
+/// shortest correct length seen so far.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HapoHistory {
     pub shortest_correct: HashMap<usize, usize>,
@@ -57,12 +59,28 @@ pub struct HapoHistory {
 ///   h known:  x = cos((L/h)·π/2) if L < 2h else −1;  f = max(−0.7, x) if correct else min(0, x)
 ///   h unknown: f = 0;      r_i = c_i + w·f
 /// Returns the rewards `[n]` and the updated history h ← min(h, shortest correct length of the batch).
+/// The history is keyed by group id; see [`hapo_rewards_keyed`] for another key.
 pub fn hapo_rewards(o: &Outcomes, w: f64, history: &HapoHistory) -> Result<(Vec<f64>, HapoHistory)> {
+    hapo_rewards_keyed(o, o.group, w, history)
+}
+
+/// [`hapo_rewards`] with the history keyed by `keys[i]` (the problem of response i) instead of its
+/// group id: a trainer whose group ids are slots of a step keeps one history per problem across
+/// steps. All members of a group must share a key.  keys: `[n]`
+pub fn hapo_rewards_keyed(o: &Outcomes, keys: &[usize], w: f64, history: &HapoHistory) -> Result<(Vec<f64>, HapoHistory)> {
     o.validate()?;
+    check_len("hapo_rewards", "keys", keys.len(), o.n())?;
     let mut r = vec![0.0; o.n()];
     let mut updated = history.clone();
     for g in groups_of(o.group) {
-        let h = history.shortest_correct.get(&g.id).copied();
+        let key = keys[g.members[0]];
+        if let Some(&i) = g.members.iter().find(|&&i| keys[i] != key) {
+            return Err(Error::input(format!(
+                "hapo_rewards: group {} mixes problem keys {key} and {} (response {i})",
+                g.id, keys[i]
+            )));
+        }
+        let h = history.shortest_correct.get(&key).copied();
         for &i in &g.members {
             let f = match h {
                 None => 0.0,
@@ -79,7 +97,7 @@ pub fn hapo_rewards(o: &Outcomes, w: f64, history: &HapoHistory) -> Result<(Vec<
             r[i] = indicator(o.correct[i]) + w * f;
         }
         if let Some(shortest) = g.members.iter().filter(|&&i| o.correct[i]).map(|&i| o.len[i]).min() {
-            let entry = updated.shortest_correct.entry(g.id).or_insert(shortest);
+            let entry = updated.shortest_correct.entry(key).or_insert(shortest);
             *entry = (*entry).min(shortest);
         }
     }
