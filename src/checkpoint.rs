@@ -29,7 +29,7 @@ use crate::error::{check_len, read_file, read_json, write_atomic, Error, Result}
 use crate::layout::ParamLayout;
 use crate::model::Model;
 use crate::optim::AdamWState;
-use crate::weights::{save_params, SaveDtype};
+use crate::weights::{save_params, write_safetensors_atomic, SaveDtype, TensorOut};
 use safetensors::{Dtype, SafeTensors};
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -108,7 +108,7 @@ pub fn save_checkpoint<T: Float>(
             }
         }
     }
-    write_atomic(tmp.join(OPTIMIZER_FILE), &optimizer_bytes(&tmp, &model.layout, optim)?)?;
+    write_optimizer(&tmp.join(OPTIMIZER_FILE), &model.layout, optim)?;
     let state = json!({
         "format": FORMAT,
         "version": VERSION,
@@ -196,30 +196,18 @@ pub fn recover_interrupted_save(dir: &Path) -> Result<Option<String>> {
     )))
 }
 
-/// The moments as one safetensors file in the state's own float type (bit-exact round trip).
-fn optimizer_bytes<T: Float>(dir: &Path, layout: &ParamLayout, optim: &AdamWState<T>) -> Result<Vec<u8>> {
-    let is_f64 = T::NAME == "f64";
-    let encode = |xs: &[T]| -> Vec<u8> {
-        if is_f64 {
-            xs.iter().flat_map(|x| x.to_f64().to_le_bytes()).collect()
-        } else {
-            xs.iter().flat_map(|x| (x.to_f64() as f32).to_le_bytes()).collect()
-        }
-    };
-    let mut blobs = Vec::with_capacity(2 * layout.entries.len());
+/// The moments as one safetensors file in the state's own float type (bit-exact round trip),
+/// streamed: each tensor is converted when the writer asks for it, so the save holds one tensor's
+/// bytes at a time, not a second and third copy of both moments.
+fn write_optimizer<T: Float>(path: &Path, layout: &ParamLayout, optim: &AdamWState<T>) -> Result<()> {
+    let dtype = if T::NAME == "f64" { Dtype::F64 } else { Dtype::F32 };
+    let mut tensors = Vec::with_capacity(2 * layout.entries.len());
     for e in &layout.entries {
-        blobs.push((format!("exp_avg.{}", e.name), e.shape.clone(), encode(&optim.m[e.range()])));
-        blobs.push((format!("exp_avg_sq.{}", e.name), e.shape.clone(), encode(&optim.v[e.range()])));
+        tensors.push((format!("exp_avg.{}", e.name), TensorOut::new(&optim.m[e.range()], e.shape.clone(), dtype)));
+        tensors.push((format!("exp_avg_sq.{}", e.name), TensorOut::new(&optim.v[e.range()], e.shape.clone(), dtype)));
     }
-    let dtype = if is_f64 { Dtype::F64 } else { Dtype::F32 };
-    let path = dir.join(OPTIMIZER_FILE);
-    let views = blobs
-        .iter()
-        .map(|(name, shape, bytes)| safetensors::tensor::TensorView::new(dtype, shape.clone(), bytes).map(|v| (name.clone(), v)))
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| Error::weights(&path, "", format!("cannot build safetensors views: {e}")))?;
     let meta: HashMap<String, String> = [("format".to_string(), FORMAT.to_string()), ("step".to_string(), optim.step.to_string())].into();
-    safetensors::tensor::serialize(views, Some(meta)).map_err(|e| Error::weights(&path, "", format!("cannot serialize: {e}")))
+    write_safetensors_atomic(path, tensors, meta)
 }
 
 /// Reads `dir/trainer_state.json` and checks its format; returns (optimizer step, trainer JSON).

@@ -7,6 +7,7 @@ use crate::error::{Error, Result};
 use crate::model::{KvCache, Model};
 use crate::rng::uniform;
 use crate::sampling::{sample, SamplingParams};
+use rayon::prelude::*;
 
 #[derive(Clone, Debug)]
 pub struct GenerateOptions {
@@ -50,20 +51,24 @@ pub fn generate<T: Float>(model: &Model<T>, prompts: &[Vec<u32>], opts: &Generat
     check_request(prompts, opts, model.cfg.max_position_embeddings)?;
     let b = prompts.len();
     let v = model.cfg.vocab_size;
-    let mut cache = KvCache::new(&model.cfg, b);
+    // room for the longest sequence, allocated once (what the memory estimate counts; no doubling)
+    let max_len = prompts.iter().map(Vec::len).max().unwrap_or(0) + opts.max_new_tokens; // ≤ max_pos: checked
+    let mut cache = KvCache::with_capacity(&model.cfg, b, max_len);
     let mut out: Vec<Generation> = vec![Generation { tokens: Vec::new(), stopped_on_eos: false }; b];
     let mut active: Vec<bool> = vec![opts.max_new_tokens > 0; b];
     let chunks: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
     let logits = model.forward_last(&mut cache, &chunks)?;
     let mut last_rows: Vec<Vec<T>> = logits.chunks_exact(v).map(<[T]>::to_vec).collect();
     for step in 0..opts.max_new_tokens {
+        // draw in parallel: sequence i's uniform depends on (seed, stream, step) only, so the tokens
+        // do not depend on the thread count
+        let drawn: Vec<Option<u32>> = (0..b)
+            .into_par_iter()
+            .map(|i| active[i].then(|| sample(&last_rows[i], &opts.sampling, uniform(opts.seed, opts.stream_offset + i as u64, step as u64))))
+            .collect();
         let mut next: Vec<Vec<u32>> = vec![Vec::new(); b];
-        for i in 0..b {
-            if !active[i] {
-                continue;
-            }
-            let u = uniform(opts.seed, opts.stream_offset + i as u64, step as u64);
-            let tok = sample(&last_rows[i], &opts.sampling, u);
+        for (i, tok) in drawn.into_iter().enumerate() {
+            let Some(tok) = tok else { continue };
             out[i].tokens.push(tok);
             if opts.eos_ids.contains(&tok) {
                 out[i].stopped_on_eos = true;

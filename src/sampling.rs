@@ -105,28 +105,44 @@ pub fn fixed_point_probs<T: Float>(logits: &[T], temperature: f64) -> Vec<u64> {
 }
 
 /// The masses of the kept tokens (steps 2-4 above; 0 outside the kept set).  T > 0.
+///
+/// Only the part of the ranking that matters is ordered: selection (O(v)) finds the top-k set, and the
+/// top-p walk sorts the ranking's first `c` entries, `c` = 256, 2048, … until their mass reaches the
+/// threshold. The ranking is a total order, so that prefix is exactly a full sort's (a full sort of
+/// 151,936 masses per row per step cost ~20 ms; a peaked distribution needs a few entries).
 pub fn kept_masses<T: Float>(logits: &[T], params: &SamplingParams) -> Vec<u64> {
     let f = fixed_point_probs(logits, params.temperature);
     let v = f.len();
     let k = if params.top_k == 0 { v } else { params.top_k.min(v) };
-    if k == v && params.top_p >= 1.0 {
+    if v == 0 || (k == v && params.top_p >= 1.0) {
         return f; // both filters off: every token is kept
     }
+    let rank = |a: &usize, b: &usize| f[*b].cmp(&f[*a]).then(a.cmp(b));
     let mut order: Vec<usize> = (0..v).collect();
-    order.sort_unstable_by(|&a, &b| f[b].cmp(&f[a]).then(a.cmp(&b)));
+    if k < v {
+        order.select_nth_unstable_by(k - 1, rank); // order[..k]: the top-k set, in no order
+    }
     let topk: u64 = order[..k].iter().map(|&i| f[i]).sum();
     let mut kept = k;
     if params.top_p < 1.0 {
         let tp32 = top_p_threshold(params.top_p);
-        let mut mass = 0;
-        kept = 0;
-        while kept < k {
-            mass += f[order[kept]];
-            kept += 1;
-            if reaches(mass, tp32, topk) {
-                break;
+        let mut c = k.min(256);
+        kept = loop {
+            if c < k {
+                order[..k].select_nth_unstable_by(c - 1, rank);
             }
-        }
+            order[..c].sort_unstable_by(rank);
+            let mut mass = 0;
+            let reached = order[..c].iter().position(|&i| {
+                mass += f[i];
+                reaches(mass, tp32, topk)
+            });
+            match reached {
+                Some(j) => break j + 1,
+                None if c == k => break k, // unreachable: the whole top-k set reaches any top_p ≤ 1
+                None => c = k.min(c.saturating_mul(8)),
+            }
+        };
     }
     let mut out = vec![0; v];
     for &i in &order[..kept] {

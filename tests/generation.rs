@@ -243,3 +243,67 @@ fn scoring_a_response_after_an_empty_prompt_is_an_error() {
     let err = drpo::policy::score_responses(&model, &[&[], &[1, 2]], &[&[3, 4], &[5]], 1.0, false).err().expect("an error");
     assert!(err.to_string().contains("prompt 0 is empty"), "{err}");
 }
+
+/// `kept_masses` selects and sorts only a prefix of the ranking; a full sort of every mass, written
+/// out here, must keep exactly the same tokens (peaked, flat, tied and real-vocabulary rows).
+#[test]
+fn kept_masses_equal_a_full_sort() {
+    use drpo::sampling::{fixed_point_probs, kept_masses, reaches, top_p_threshold};
+    let mut rng = rng("kept_masses_equal_a_full_sort");
+    let full_sort = |logits: &[f64], p: &SamplingParams| -> Vec<u64> {
+        let f = fixed_point_probs(logits, p.temperature);
+        let v = f.len();
+        let mut order: Vec<usize> = (0..v).collect();
+        order.sort_by(|&a, &b| f[b].cmp(&f[a]).then(a.cmp(&b)));
+        let k = if p.top_k == 0 { v } else { p.top_k.min(v) };
+        let topk: u64 = order[..k].iter().map(|&i| f[i]).sum();
+        let (tp32, mut mass, mut kept) = (top_p_threshold(p.top_p), 0u64, 0);
+        while kept < k {
+            mass += f[order[kept]];
+            kept += 1;
+            if p.top_p < 1.0 && reaches(mass, tp32, topk) {
+                break;
+            }
+        }
+        let mut out = vec![0; v];
+        for &i in &order[..kept] {
+            out[i] = f[i];
+        }
+        out
+    };
+    let mut rows = 0;
+    for &v in &[1usize, 2, 7, 300, 5000, 151_936] {
+        for kind in ["flat", "peaked", "ties"] {
+            let logits: Vec<f64> = (0..v)
+                .map(|_| match kind {
+                    "flat" => rng.random_range(-0.5..0.5),
+                    "peaked" => rng.random_range(-3.0..3.0f64) * 6.0,
+                    _ => rng.random_range(-3..=3) as f64,
+                })
+                .collect();
+            for _ in 0..if v > 10_000 { 2 } else { 8 } {
+                let p = SamplingParams {
+                    temperature: rng.random_range(0.3..1.5),
+                    top_k: if rng.random_bool(0.5) { 0 } else { rng.random_range(1..=v.min(3000)) },
+                    top_p: if rng.random_bool(0.2) { 1.0 } else { rng.random_range(0.05..1.0) },
+                };
+                assert_eq!(kept_masses(&logits, &p), full_sort(&logits, &p), "v = {v}, {kind}, {p:?}");
+                rows += 1;
+            }
+        }
+    }
+    println!("{rows} rows equal");
+}
+
+/// A temperature so small that logits / T overflow draws the arg-max (no mass is finite: the
+/// documented fallback), never token 0 of a NaN row.
+#[test]
+fn vanishing_temperature_is_greedy() {
+    let logits = [0.5f64, 2.0, -1.0, 1.999_999, 1.5];
+    for t in [1e-320, 1e-300, 1e-200] {
+        let p = SamplingParams { temperature: t, top_k: 0, top_p: 0.9 };
+        for u in [0.0, 0.37, 0.999_999] {
+            assert_eq!(sample(&logits, &p, u), 1, "T = {t:e}, u = {u}");
+        }
+    }
+}
