@@ -143,25 +143,61 @@ pub fn read_json(path: impl AsRef<Path>) -> Result<serde_json::Value> {
 /// Writes a file atomically: a temporary file in the same folder, fsync, rename over the target, then
 /// fsync of the folder. A crash leaves either the old file or the new one, never a half-written one.
 pub fn write_atomic(path: impl AsRef<Path>, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let path = path.as_ref();
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(Error::io(path, e));
+    let mut w = AtomicWriter::create(path.as_ref())?;
+    w.write(bytes)?;
+    w.finish()
+}
+
+/// A file written in pieces (e.g. one JSON line per evaluated response) and published atomically,
+/// as [`write_atomic`] does: the pieces go to `.NAME.PID.tmp` in the target's folder, and
+/// [`finish`](Self::finish) fsyncs it, renames it over the target and fsyncs the folder. Dropped
+/// without `finish` (an error, a panic), the temp file is removed and the target is untouched.
+pub struct AtomicWriter {
+    path: PathBuf,
+    tmp: PathBuf,
+    file: Option<std::io::BufWriter<std::fs::File>>,
+}
+
+impl AtomicWriter {
+    pub fn create(path: &Path) -> Result<Self> {
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+        let file = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        Ok(AtomicWriter { path: path.to_path_buf(), tmp, file: Some(std::io::BufWriter::new(file)) })
     }
-    // the rename is durable once the folder's entry is (best effort: some file systems refuse)
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
+
+    pub fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        use std::io::Write;
+        let file = self.file.as_mut().expect("AtomicWriter: written after finish");
+        file.write_all(bytes).map_err(|e| Error::io(&self.path, e))
     }
-    Ok(())
+
+    pub fn finish(mut self) -> Result<()> {
+        let file = self.file.take().expect("AtomicWriter: finished twice");
+        let result = (|| {
+            let file = file.into_inner().map_err(|e| e.into_error())?;
+            file.sync_all()?;
+            std::fs::rename(&self.tmp, &self.path)
+        })();
+        if let Err(e) = result {
+            let _ = std::fs::remove_file(&self.tmp);
+            return Err(Error::io(&self.path, e));
+        }
+        // the rename is durable once the folder's entry is (best effort: some file systems refuse)
+        let dir = self.path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    }
+}
+
+impl Drop for AtomicWriter {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
 }

@@ -64,6 +64,19 @@ pub struct Graded {
     pub undecodable: bool,
 }
 
+/// One response as `eval_env` hands it to its caller, batch by batch (`drpo eval --out` writes them
+/// to responses.jsonl): which problem and sample, the verdict and the decoded text.
+#[derive(Clone, Debug, Serialize)]
+pub struct ResponseRecord {
+    pub problem: usize,
+    pub sample: usize,
+    pub correct: bool,
+    /// response tokens, EOS included
+    pub length: usize,
+    pub truncated: bool,
+    pub text: String,
+}
+
 /// The mean of a sequence (None when it is empty).
 pub(crate) fn mean(xs: impl Iterator<Item = f64>) -> Option<f64> {
     let (mut s, mut n) = (0.0, 0usize);
@@ -113,14 +126,15 @@ pub fn report(graded: &[Graded], n_questions: usize) -> EvalReport {
 /// on the response text alone (special tokens kept, as the trainer decodes; ids the tokenizer does
 /// not know are skipped and the response counted in `undecodable_responses`).
 /// Rows (problem i, sample j) are generated in order, `batch_size` at a time; row r draws from
-/// stream r, so the samples do not depend on the batch size. `on_batch(done, total)` reports progress.
+/// stream r, so the samples do not depend on the batch size. After each batch, `on_batch(records,
+/// done, total)` gets that batch's responses (for a responses file) and the progress.
 pub fn eval_env<T: Float>(
     engine: &Engine,
     model: &Model<T>,
     env: &dyn Environment,
     tok: &Tokenizer,
     opts: &EvalOptions,
-    on_batch: &mut dyn FnMut(usize, usize),
+    on_batch: &mut dyn FnMut(&[ResponseRecord], usize, usize) -> Result<()>,
 ) -> Result<(EvalReport, Vec<Graded>)> {
     let n = opts.n_samples.max(1);
     let total = env.len().checked_mul(n).ok_or_else(|| crate::Error::input(format!("{} problems × {n} samples overflows", env.len())))?;
@@ -137,6 +151,7 @@ pub fn eval_env<T: Float>(
             stream_offset: first as u64,
         };
         let responses = engine.generate(model, &prompts, &g)?;
+        let mut records = Vec::with_capacity(responses.len());
         for (r, resp) in rows.zip(&responses) {
             let i = r / n;
             let (text, skipped) = tok.decode_lenient(&resp.tokens, false)?;
@@ -149,8 +164,10 @@ pub fn eval_env<T: Float>(
                 steps: v.steps,
                 undecodable: skipped > 0,
             });
+            let (correct, length, truncated) = (v.correct, resp.tokens.len(), !resp.stopped_on_eos);
+            records.push(ResponseRecord { problem: i, sample: r % n, correct, length, truncated, text });
         }
-        on_batch(graded.len(), total);
+        on_batch(&records, graded.len(), total)?;
     }
     Ok((report(&graded, env.len()), graded))
 }
@@ -185,5 +202,5 @@ pub fn markdown_table(r: &EvalReport) -> String {
 /// The toy task's held-out split: `n_questions` eval questions, graded by [`crate::task::verify`].
 pub fn eval_toy<T: Float>(engine: &Engine, model: &Model<T>, tok: &Tokenizer, task: &TaskConfig, n_questions: usize, opts: &EvalOptions) -> Result<EvalReport> {
     let env = crate::rl::env::ToyEnv::new(generate_split(task, Split::Eval, n_questions)?, tok)?;
-    Ok(eval_env(engine, model, &env, tok, opts, &mut |_, _| {})?.0)
+    Ok(eval_env(engine, model, &env, tok, opts, &mut |_, _, _| Ok(()))?.0)
 }

@@ -241,7 +241,7 @@ struct EvalArgs {
     /// evaluate only the first K problems (K ≥ 1)
     #[arg(long)]
     limit: Option<usize>,
-    /// folder for eval.json and eval.md
+    /// folder for eval.json, eval.md and responses.jsonl (one line per response: problem, sample, verdict, length, text)
     #[arg(long)]
     out: Option<PathBuf>,
     #[arg(long, default_value_t = 0)]
@@ -775,8 +775,26 @@ fn eval(a: EvalArgs) -> Result<()> {
         batch_size: a.batch_size,
     };
     let bar = progress(responses as u64, "eval");
-    let (report, _) = drpo::eval::eval_env(&engine, &model, env.as_ref(), &tok, &opts, &mut |done, _| bar.set_position(done as u64))?;
+    // every response, one JSON line each, streamed to a temp file renamed at the end
+    let mut lines = match &a.out {
+        Some(out) => Some(drpo::error::AtomicWriter::create(&out.join("responses.jsonl"))?),
+        None => None,
+    };
+    let (report, _) = drpo::eval::eval_env(&engine, &model, env.as_ref(), &tok, &opts, &mut |records, done, _| {
+        if let Some(lines) = lines.as_mut() {
+            for r in records {
+                let mut line = serde_json::to_vec(r).map_err(|e| Error::json(Path::new("responses.jsonl"), e))?;
+                line.push(b'\n');
+                lines.write(&line)?;
+            }
+        }
+        bar.set_position(done as u64);
+        Ok(())
+    })?;
     bar.finish();
+    if let Some(lines) = lines {
+        lines.finish()?;
+    }
     let table = drpo::eval::markdown_table(&report);
     println!("{table}");
     if let Some(out) = a.out {

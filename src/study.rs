@@ -142,7 +142,7 @@ fn eval_model(model: &Model<f32>, tok: &Tokenizer, study: &StudyConfig, budget: 
         seed: 12345,
         batch_size: 256,
     };
-    Ok(eval_env(engine, model, &env, tok, &opts, &mut |_, _| {})?.0)
+    Ok(eval_env(engine, model, &env, tok, &opts, &mut |_, _, _| Ok(()))?.0)
 }
 
 /// The RL configuration of one run of the study.

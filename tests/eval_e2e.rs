@@ -73,6 +73,19 @@ fn eval_gsm8k_slice() {
     let all_row = md.lines().find(|l| l.starts_with("| all |")).unwrap_or_else(|| panic!("no `all` row in eval.md:\n{md}"));
     assert!(all_row.starts_with(&format!("| all | 20 | {:.4} | {:.1} |", f(&report["overall"]["accuracy"]), f(&report["overall"]["mean_length"]))), "{all_row}");
     assert!(stdout.contains(all_row), "the table printed differs from eval.md");
+    // responses.jsonl: every (problem, sample) once, in order, agreeing with the totals
+    let lines: Vec<Value> =
+        std::fs::read_to_string(out.join("responses.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 40);
+    for (r, line) in lines.iter().enumerate() {
+        assert_eq!((line["problem"].as_u64(), line["sample"].as_u64()), (Some(r as u64 / 2), Some(r as u64 % 2)), "{line}");
+        assert!(line["text"].is_string() && line["length"].as_u64().is_some_and(|l| (1..=8).contains(&l)), "{line}");
+    }
+    let mean_len = lines.iter().map(|l| l["length"].as_f64().unwrap()).sum::<f64>() / 40.0;
+    assert!((mean_len - f(&report["overall"]["mean_length"])).abs() < 1e-12);
+    let truncated = lines.iter().filter(|l| l["truncated"] == true).count() as f64 / 40.0;
+    assert!((truncated - f(&report["overall"]["truncation_rate"])).abs() < 1e-12);
+    assert!(!std::fs::read_dir(&out).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().ends_with(".tmp")), "no temp file left");
 
     // same seed, same samples
     let again = dir.join("b");
@@ -252,12 +265,19 @@ fn eval_batches_respect_the_batch_size() {
         };
         let mut steps = Vec::new();
         let mut last = 0;
-        let (report, graded) = drpo::eval::eval_env(&drpo::engine::Engine::Cpu, &model, &env, &tok, &opts, &mut |done, total| {
+        let mut rows = Vec::new();
+        let (report, graded) = drpo::eval::eval_env(&drpo::engine::Engine::Cpu, &model, &env, &tok, &opts, &mut |records, done, total| {
             assert_eq!(total, 25);
+            assert_eq!(records.len(), done - last, "one record per response of the batch");
             steps.push(done - last);
             last = done;
+            rows.extend(records.iter().map(|r| (r.problem, r.sample, r.correct, r.length, r.truncated)));
+            Ok(())
         })
         .unwrap();
+        // records come in row order (problem-major), agreeing with the graded list
+        let want: Vec<_> = graded.iter().enumerate().map(|(r, g)| (r / 5, r % 5, g.correct, g.length, g.truncated)).collect();
+        assert_eq!(rows, want);
         (report, graded, steps)
     };
     let (whole, graded_whole, steps_whole) = run(64);

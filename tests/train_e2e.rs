@@ -746,7 +746,7 @@ fn undecodable_sampled_ids_are_skipped_and_counted() {
         seed: 3,
         batch_size: 16,
     };
-    let (report, graded) = drpo::eval::eval_env(&Engine::Cpu, &model, &env, &tok, &opts, &mut |_, _| {}).unwrap();
+    let (report, graded) = drpo::eval::eval_env(&Engine::Cpu, &model, &env, &tok, &opts, &mut |_, _, _| Ok(())).unwrap();
     assert!(report.overall.undecodable_responses > 0);
     assert_eq!(report.overall.undecodable_responses, graded.iter().filter(|g| g.undecodable).count());
     assert!(drpo::eval::markdown_table(&report).contains("cannot decode"));
