@@ -7,7 +7,7 @@
 use drpo::cpu::attention::{attention_fwd, attention_fwd_infer, AttnShape};
 use drpo::cpu::matmul::{matmul_bwd, matmul_fwd};
 use drpo::model::Model;
-use drpo::sampling::{fixed_point_probs, kept_masses, reaches, top_p_threshold, SamplingParams};
+use drpo::sampling::{kept_masses, kept_masses_sorted, SamplingParams};
 use rayon::prelude::*;
 use std::time::Instant;
 
@@ -210,29 +210,6 @@ fn best_ms(reps: usize, mut f: impl FnMut()) -> f64 {
         .fold(f64::INFINITY, f64::min)
 }
 
-/// The sampler's kept set with the whole vocabulary sorted (the first version), as the baseline.
-fn kept_masses_full_sort(logits: &[f32], p: &SamplingParams) -> Vec<u64> {
-    let f = fixed_point_probs(logits, p.temperature);
-    let v = f.len();
-    let mut order: Vec<usize> = (0..v).collect();
-    order.sort_unstable_by(|&a, &b| f[b].cmp(&f[a]).then(a.cmp(&b)));
-    let k = if p.top_k == 0 { v } else { p.top_k.min(v) };
-    let topk: u64 = order[..k].iter().map(|&i| f[i]).sum();
-    let (tp32, mut mass, mut kept) = (top_p_threshold(p.top_p), 0u64, 0);
-    while kept < k {
-        mass += f[order[kept]];
-        kept += 1;
-        if p.top_p < 1.0 && reaches(mass, tp32, topk) {
-            break;
-        }
-    }
-    let mut out = vec![0; v];
-    for &i in &order[..kept] {
-        out[i] = f[i];
-    }
-    out
-}
-
 /// One sampling row at Qwen2's vocabulary: logits spread like a model's (a few nats between the top
 /// tokens, a long tail), top-p 0.95 (SPEC's eval) and top-k 50 + top-p 0.9.
 fn sampling_row() {
@@ -243,7 +220,7 @@ fn sampling_row() {
         SamplingParams { temperature: 1.0, top_k: 50, top_p: 0.9 },
     ] {
         let (mut a, mut b) = (Vec::new(), Vec::new());
-        let old = best_ms(5, || a = kept_masses_full_sort(&logits, &p));
+        let old = best_ms(5, || a = kept_masses_sorted(&logits, &p));
         let new = best_ms(5, || b = kept_masses(&logits, &p));
         assert_eq!(a, b, "selection differs from the full sort");
         let kept = b.iter().filter(|&&m| m > 0).count();

@@ -77,6 +77,9 @@ pub struct ResponseRecord {
     pub text: String,
 }
 
+/// What `eval_env` calls after each batch: (that batch's responses, responses done, total).
+pub type OnBatch<'a> = dyn FnMut(&[ResponseRecord], usize, usize) -> Result<()> + 'a;
+
 /// The mean of a sequence (None when it is empty).
 pub(crate) fn mean(xs: impl Iterator<Item = f64>) -> Option<f64> {
     let (mut s, mut n) = (0.0, 0usize);
@@ -134,7 +137,7 @@ pub fn eval_env<T: Float>(
     env: &dyn Environment,
     tok: &Tokenizer,
     opts: &EvalOptions,
-    on_batch: &mut dyn FnMut(&[ResponseRecord], usize, usize) -> Result<()>,
+    on_batch: &mut OnBatch,
 ) -> Result<(EvalReport, Vec<Graded>)> {
     let n = opts.n_samples.max(1);
     let total = env.len().checked_mul(n).ok_or_else(|| crate::Error::input(format!("{} problems × {n} samples overflows", env.len())))?;

@@ -151,6 +151,31 @@ pub fn kept_masses<T: Float>(logits: &[T], params: &SamplingParams) -> Vec<u64> 
     out
 }
 
+/// [`kept_masses`] written the plain way: the whole vocabulary sorted by the ranking, then the top-k
+/// cut and the top-p walk. The readable definition (and the bench's baseline); `kept_masses` must
+/// keep exactly the same tokens (tests/generation.rs).
+pub fn kept_masses_sorted<T: Float>(logits: &[T], params: &SamplingParams) -> Vec<u64> {
+    let f = fixed_point_probs(logits, params.temperature);
+    let v = f.len();
+    let mut order: Vec<usize> = (0..v).collect();
+    order.sort_by(|&a, &b| f[b].cmp(&f[a]).then(a.cmp(&b)));
+    let k = if params.top_k == 0 { v } else { params.top_k.min(v) };
+    let topk: u64 = order[..k].iter().map(|&i| f[i]).sum();
+    let (tp32, mut mass, mut kept) = (top_p_threshold(params.top_p), 0u64, 0);
+    while kept < k {
+        mass += f[order[kept]];
+        kept += 1;
+        if params.top_p < 1.0 && reaches(mass, tp32, topk) {
+            break;
+        }
+    }
+    let mut out = vec![0; v];
+    for &i in &order[..kept] {
+        out[i] = f[i];
+    }
+    out
+}
+
 /// The final sampling distribution over the vocabulary: f_i / F on the kept set, 0 elsewhere (a
 /// one-hot arg-max at temperature 0, or when F = 0).
 pub fn sampling_probs<T: Float>(logits: &[T], params: &SamplingParams) -> Vec<f64> {

@@ -244,33 +244,12 @@ fn scoring_a_response_after_an_empty_prompt_is_an_error() {
     assert!(err.to_string().contains("prompt 0 is empty"), "{err}");
 }
 
-/// `kept_masses` selects and sorts only a prefix of the ranking; a full sort of every mass, written
-/// out here, must keep exactly the same tokens (peaked, flat, tied and real-vocabulary rows).
+/// `kept_masses` selects and sorts only a prefix of the ranking; the plain full sort
+/// (`kept_masses_sorted`) must keep exactly the same tokens (peaked, flat, tied and real-vocabulary rows).
 #[test]
 fn kept_masses_equal_a_full_sort() {
-    use drpo::sampling::{fixed_point_probs, kept_masses, reaches, top_p_threshold};
+    use drpo::sampling::{kept_masses, kept_masses_sorted};
     let mut rng = rng("kept_masses_equal_a_full_sort");
-    let full_sort = |logits: &[f64], p: &SamplingParams| -> Vec<u64> {
-        let f = fixed_point_probs(logits, p.temperature);
-        let v = f.len();
-        let mut order: Vec<usize> = (0..v).collect();
-        order.sort_by(|&a, &b| f[b].cmp(&f[a]).then(a.cmp(&b)));
-        let k = if p.top_k == 0 { v } else { p.top_k.min(v) };
-        let topk: u64 = order[..k].iter().map(|&i| f[i]).sum();
-        let (tp32, mut mass, mut kept) = (top_p_threshold(p.top_p), 0u64, 0);
-        while kept < k {
-            mass += f[order[kept]];
-            kept += 1;
-            if p.top_p < 1.0 && reaches(mass, tp32, topk) {
-                break;
-            }
-        }
-        let mut out = vec![0; v];
-        for &i in &order[..kept] {
-            out[i] = f[i];
-        }
-        out
-    };
     let mut rows = 0;
     for &v in &[1usize, 2, 7, 300, 5000, 151_936] {
         for kind in ["flat", "peaked", "ties"] {
@@ -287,7 +266,7 @@ fn kept_masses_equal_a_full_sort() {
                     top_k: if rng.random_bool(0.5) { 0 } else { rng.random_range(1..=v.min(3000)) },
                     top_p: if rng.random_bool(0.2) { 1.0 } else { rng.random_range(0.05..1.0) },
                 };
-                assert_eq!(kept_masses(&logits, &p), full_sort(&logits, &p), "v = {v}, {kind}, {p:?}");
+                assert_eq!(kept_masses(&logits, &p), kept_masses_sorted(&logits, &p), "v = {v}, {kind}, {p:?}");
                 rows += 1;
             }
         }

@@ -153,12 +153,8 @@ impl<T: Float> Model<T> {
     /// With `acts`, also records what [`Model::backward`] needs (only valid for an empty cache).
     pub fn forward(&self, cache: &mut KvCache<T>, chunks: &[&[u32]], acts: Option<&mut Activations<T>>) -> Result<Vec<T>> {
         let (x, ids, seqs, cos, sin, layer_acts) = self.decoder(Some(cache), chunks, acts.is_some())?;
-        let (c, v, n) = (self.cfg.hidden_size, self.cfg.vocab_size, ids.len());
-        let mut rstd_f = vec![T::ZERO; n];
-        let mut hf = vec![T::ZERO; n * c];
-        rmsnorm_fwd(&mut hf, &mut rstd_f, &x, self.w(&self.layout.final_norm), c, self.cfg.rms_norm_eps);
-        let mut logits = vec![T::ZERO; n * v];
-        matmul_fwd(&mut logits, &hf, self.w(&self.layout.lm_head), None, n, c, v);
+        let (hf, rstd_f) = self.final_norm(&x);
+        let logits = self.lm_head(&hf);
         if let Some(a) = acts {
             *a = Activations { ids, seqs, cos, sin, layers: layer_acts, x_final: x, rstd_f, hf };
         }
@@ -169,15 +165,27 @@ impl<T: Float> Model<T> {
     /// non-empty chunk ([that many, vocab]): what decoding needs, without [prompt rows × vocab] logits.
     pub fn forward_last(&self, cache: &mut KvCache<T>, chunks: &[&[u32]]) -> Result<Vec<T>> {
         let (x, _, seqs, _, _, _) = self.decoder(Some(cache), chunks, false)?;
-        let (c, v) = (self.cfg.hidden_size, self.cfg.vocab_size);
+        let c = self.cfg.hidden_size;
         let last: Vec<T> = seqs.iter().filter(|r| !r.is_empty()).flat_map(|r| x[(r.end - 1) * c..r.end * c].iter().copied()).collect();
-        let n = last.len() / c;
-        let mut rstd_f = vec![T::ZERO; n];
-        let mut hf = vec![T::ZERO; n * c];
-        rmsnorm_fwd(&mut hf, &mut rstd_f, &last, self.w(&self.layout.final_norm), c, self.cfg.rms_norm_eps);
+        Ok(self.lm_head(&self.final_norm(&last).0))
+    }
+
+    /// The final RMSNorm of residual rows x: [n, c] → (hf [n, c], rstd [n]).
+    fn final_norm(&self, x: &[T]) -> (Vec<T>, Vec<T>) {
+        let c = self.cfg.hidden_size;
+        let n = x.len() / c;
+        let (mut hf, mut rstd) = (vec![T::ZERO; n * c], vec![T::ZERO; n]);
+        rmsnorm_fwd(&mut hf, &mut rstd, x, self.w(&self.layout.final_norm), c, self.cfg.rms_norm_eps);
+        (hf, rstd)
+    }
+
+    /// The lm head of normed rows: hf [n, c] → logits [n, vocab].
+    fn lm_head(&self, hf: &[T]) -> Vec<T> {
+        let (c, v) = (self.cfg.hidden_size, self.cfg.vocab_size);
+        let n = hf.len() / c;
         let mut logits = vec![T::ZERO; n * v];
-        matmul_fwd(&mut logits, &hf, self.w(&self.layout.lm_head), None, n, c, v);
-        Ok(logits)
+        matmul_fwd(&mut logits, hf, self.w(&self.layout.lm_head), None, n, c, v);
+        logits
     }
 
     /// Embedding and decoder layers: the residual stream after the last layer, [n, c], plus the packed
@@ -308,14 +316,8 @@ impl<T: Float> Model<T> {
     /// Logits of fresh sequences (no cache kept): [Σ len, vocab]. This is [tokens × vocab] numbers;
     /// for log-probs of long sequences use [`Model::score`], which never holds them all.
     pub fn logits(&self, seqs: &[&[u32]]) -> Result<Vec<T>> {
-        let (x, ids, _, _, _, _) = self.decoder(None, seqs, false)?;
-        let (c, v, n) = (self.cfg.hidden_size, self.cfg.vocab_size, ids.len());
-        let mut rstd_f = vec![T::ZERO; n];
-        let mut hf = vec![T::ZERO; n * c];
-        rmsnorm_fwd(&mut hf, &mut rstd_f, &x, self.w(&self.layout.final_norm), c, self.cfg.rms_norm_eps);
-        let mut logits = vec![T::ZERO; n * v];
-        matmul_fwd(&mut logits, &hf, self.w(&self.layout.lm_head), None, n, c, v);
-        Ok(logits)
+        let (x, _, _, _, _, _) = self.decoder(None, seqs, false)?;
+        Ok(self.lm_head(&self.final_norm(&x).0))
     }
 
     /// Gradient of a scalar loss w.r.t. every parameter, given d loss / d logits of every row of the
@@ -419,10 +421,8 @@ impl<T: Float> Model<T> {
             return Err(Error::input(format!("temperature must be positive to score log-probs, got {temp}")));
         }
         let (x, ids, seq_rows, cos, sin, layers) = self.decoder(None, seqs, record)?;
-        let (c, n) = (self.cfg.hidden_size, ids.len());
-        let mut rstd_f = vec![T::ZERO; n];
-        let mut hf = vec![T::ZERO; n * c];
-        rmsnorm_fwd(&mut hf, &mut rstd_f, &x, self.w(&self.layout.final_norm), c, self.cfg.rms_norm_eps);
+        let n = ids.len();
+        let (hf, rstd_f) = self.final_norm(&x);
         let targets: Vec<u32> = seqs.iter().flat_map(|s| s.iter().skip(1).copied().chain(s.first().map(|_| 0))).collect();
         let (mut logp_rows, mut lse) = (vec![T::ZERO; n], vec![T::ZERO; n]);
         self.head_blocks(&hf, |rows, logits| {
