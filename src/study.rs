@@ -2,8 +2,20 @@
 //! with DRPO (a few λ), DisCO (λ = ∞) and GRPO with a length penalty (a few α), evaluate, and write a
 //! report with tables and plots.
 
+use crate::engine::{Device, Engine};
+use crate::error::{read_json, write_atomic, Error, Result};
+use crate::eval::{eval_env, EvalOptions, EvalReport};
+use crate::model::Model;
+use crate::plot::{line_chart, scatter, Series};
+use crate::rl::env::ToyEnv;
 use crate::rl::objectives::Hyper;
-use crate::rl::trainer::{ObjectiveKind, TrainConfig};
+use crate::rl::trainer::{read_metrics, ObjectiveKind, StepMetrics, TrainConfig, Trainer};
+use crate::sampling::SamplingParams;
+use crate::sft::{run_sft, SftConfig};
+use crate::task::{generate_split, trace_tokens, Split};
+use crate::tokenizer::Tokenizer;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
 
 /// The RL settings of the toy study: SPEC §5.6's structure (G = 8, chunks of 4 questions, λ, τ, β, δ,
 /// KL budget) at the toy's scale (a 100k-parameter model learns at a larger rate; C = the toy's budget).
@@ -44,20 +56,6 @@ pub fn config_hash<T: Serialize>(cfg: &T) -> String {
     }
     format!("{:08x}", (h ^ (h >> 32)) as u32)
 }
-
-use crate::engine::{Device, Engine};
-use crate::error::{read_json, write_atomic, Error, Result};
-use crate::eval::{eval_env, EvalOptions, EvalReport};
-use crate::model::Model;
-use crate::plot::{line_chart, scatter, Series};
-use crate::rl::env::ToyEnv;
-use crate::rl::trainer::{read_metrics, StepMetrics, Trainer};
-use crate::sampling::SamplingParams;
-use crate::sft::{run_sft, SftConfig};
-use crate::task::{generate_split, trace_tokens, Split};
-use crate::tokenizer::Tokenizer;
-use serde::{Deserialize, Serialize};
-use std::path::Path;
 
 /// One method of the study: an objective with its knob.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
