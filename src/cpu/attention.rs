@@ -20,8 +20,12 @@ pub struct AttnShape {
 }
 
 impl AttnShape {
+    /// Panics on a shape no attention call can have (more queries than keys, nh not a multiple of nkv).
+    fn check(&self) {
+        assert!(self.tk >= self.tq && self.nkv > 0 && self.nh % self.nkv == 0, "attention: bad shape {self:?}");
+    }
     fn past(&self) -> usize {
-        assert!(self.tk >= self.tq && self.nh % self.nkv == 0, "attention: bad shape {self:?}");
+        self.check();
         self.tk - self.tq
     }
     fn kv_head(&self, h: usize) -> usize {
@@ -35,7 +39,7 @@ impl AttnShape {
 /// order, so the result does not depend on the thread count.
 pub fn attention_fwd<T: Float>(out: &mut [T], probs: &mut [T], q: &[T], k: &[T], v: &[T], s: AttnShape) {
     let AttnShape { tq, tk, nh, nkv, hd } = s;
-    s.past();
+    s.check();
     assert!(out.len() == tq * nh * hd && q.len() == tq * nh * hd && probs.len() == nh * tq * tk);
     assert!(k.len() == tk * nkv * hd && v.len() == tk * nkv * hd, "attention_fwd: bad k/v lengths");
     if tq == 0 {
@@ -54,7 +58,7 @@ pub fn attention_fwd<T: Float>(out: &mut [T], probs: &mut [T], q: &[T], k: &[T],
 /// q, out: [tq, nh, hd]   k, v: [tk, nkv, hd]
 pub fn attention_fwd_infer<T: Float>(out: &mut [T], q: &[T], k: &[T], v: &[T], s: AttnShape) {
     let AttnShape { tq, tk, nh, nkv, hd } = s;
-    s.past();
+    s.check();
     assert!(out.len() == tq * nh * hd && q.len() == tq * nh * hd, "attention_fwd_infer: bad q/out lengths");
     assert!(k.len() == tk * nkv * hd && v.len() == tk * nkv * hd, "attention_fwd_infer: bad k/v lengths");
     head_slices(out, nh, hd).into_par_iter().enumerate().for_each(|(h, mut rows)| attention_head_infer(&mut rows, q, k, v, s, h));
@@ -64,7 +68,7 @@ pub fn attention_fwd_infer<T: Float>(out: &mut [T], q: &[T], k: &[T], v: &[T], s
 /// heads of every sequence of a batch as one parallel loop of these.
 pub fn attention_head_infer<T: Float>(rows: &mut [&mut [T]], q: &[T], k: &[T], v: &[T], s: AttnShape, h: usize) {
     let AttnShape { tq, tk, nh, nkv, hd } = s;
-    s.past();
+    s.check();
     assert!(rows.len() == tq && h < nh && rows.iter().all(|r| r.len() == hd), "attention_head_infer: bad rows");
     assert!(q.len() == tq * nh * hd && k.len() == tk * nkv * hd && v.len() == tk * nkv * hd, "attention_head_infer: bad lengths");
     let mut p = vec![T::ZERO; s.tk];
