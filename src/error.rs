@@ -160,10 +160,7 @@ pub struct AtomicWriter {
 
 impl AtomicWriter {
     pub fn create(path: &Path) -> Result<Self> {
-        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+        let tmp = temp_sibling(path)?;
         let file = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
         Ok(AtomicWriter { path: path.to_path_buf(), tmp, file: Some(std::io::BufWriter::new(file)) })
     }
@@ -176,22 +173,36 @@ impl AtomicWriter {
 
     pub fn finish(mut self) -> Result<()> {
         let file = self.file.take().expect("AtomicWriter: finished twice");
-        let result = (|| {
-            let file = file.into_inner().map_err(|e| e.into_error())?;
-            file.sync_all()?;
-            std::fs::rename(&self.tmp, &self.path)
-        })();
-        if let Err(e) = result {
+        let synced = file.into_inner().map_err(|e| e.into_error()).and_then(|f| f.sync_all());
+        if let Err(e) = synced {
             let _ = std::fs::remove_file(&self.tmp);
             return Err(Error::io(&self.path, e));
         }
-        // the rename is durable once the folder's entry is (best effort: some file systems refuse)
-        let dir = self.path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
+        publish(&self.tmp, &self.path)
     }
+}
+
+/// `.NAME.PID.tmp` beside `path` (its folder created if needed): where an atomic write goes first.
+pub fn temp_sibling(path: &Path) -> Result<PathBuf> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    Ok(dir.join(format!(".{name}.{}.tmp", std::process::id())))
+}
+
+/// Renames the finished, fsynced temp file `tmp` over `path`, then fsyncs the folder; on failure the
+/// temp file is removed and `path` is untouched.
+pub fn publish(tmp: &Path, path: &Path) -> Result<()> {
+    if let Err(e) = std::fs::rename(tmp, path) {
+        let _ = std::fs::remove_file(tmp);
+        return Err(Error::io(path, e));
+    }
+    // the rename is durable once the folder's entry is (best effort: some file systems refuse)
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
 }
 
 impl Drop for AtomicWriter {

@@ -6,7 +6,7 @@
 
 use crate::config::ModelConfig;
 use crate::cpu::Float;
-use crate::error::{read_json, write_atomic, Error, Result};
+use crate::error::{publish, read_json, temp_sibling, write_atomic, Error, Result};
 use crate::layout::ParamLayout;
 use safetensors::{Dtype, SafeTensors};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -237,11 +237,8 @@ pub fn write_safetensors_atomic<T: Float>(
     tensors: Vec<(String, TensorOut<'_, T>)>,
     meta: HashMap<String, String>,
 ) -> Result<()> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let result = safetensors::tensor::serialize_to_file(tensors, Some(meta), &tmp)
+    let tmp = temp_sibling(path)?;
+    let written = safetensors::tensor::serialize_to_file(tensors, Some(meta), &tmp)
         .map_err(|e| match e {
             safetensors::SafeTensorError::IoError(io) => Error::io(&tmp, io),
             other => Error::weights(path, "", format!("cannot serialize safetensors: {other}")),
@@ -250,12 +247,12 @@ pub fn write_safetensors_atomic<T: Float>(
             // serialize_to_file flushes but does not fsync
             let f = std::fs::OpenOptions::new().write(true).open(&tmp).map_err(|e| Error::io(&tmp, e))?;
             f.sync_all().map_err(|e| Error::io(&tmp, e))
-        })
-        .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e)));
-    if result.is_err() {
+        });
+    if let Err(e) = written {
         let _ = std::fs::remove_file(&tmp);
+        return Err(e);
     }
-    result
+    publish(&tmp, path)
 }
 
 /// Writes `dir/model.safetensors` (HF names and shapes, atomically, one tensor converted at a time)

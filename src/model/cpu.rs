@@ -425,7 +425,7 @@ impl<T: Float> Model<T> {
         let (hf, rstd_f) = self.final_norm(&x);
         let targets: Vec<u32> = seqs.iter().flat_map(|s| s.iter().skip(1).copied().chain(s.first().map(|_| 0))).collect();
         let (mut logp_rows, mut lse) = (vec![T::ZERO; n], vec![T::ZERO; n]);
-        self.head_blocks(&hf, |rows, logits| {
+        self.head_blocks(&hf, |_| false, |rows, logits| {
             let r = rows.clone();
             crate::cpu::logprob::logprob_fwd(&mut logp_rows[r.clone()], &mut lse[r.clone()], logits, &targets[r], self.cfg.vocab_size, temp);
         });
@@ -444,13 +444,17 @@ impl<T: Float> Model<T> {
     }
 
     /// Calls `f(rows, logits)` for consecutive blocks of at most [`HEAD_ROWS`] rows of hf: [n, c],
-    /// with logits = hf[rows] · W_lmᵀ ([rows.len(), vocab], one buffer reused).
-    fn head_blocks(&self, hf: &[T], mut f: impl FnMut(Range<usize>, &[T])) {
+    /// with logits = hf[rows] · W_lmᵀ ([rows.len(), vocab], one buffer reused). A block for which
+    /// `skip(rows)` holds is passed over before its logits are computed.
+    fn head_blocks(&self, hf: &[T], skip: impl Fn(&Range<usize>) -> bool, mut f: impl FnMut(Range<usize>, &[T])) {
         let (c, v) = (self.cfg.hidden_size, self.cfg.vocab_size);
         let n = hf.len() / c.max(1);
         let mut logits = vec![T::ZERO; HEAD_ROWS.min(n) * v];
         for r0 in (0..n).step_by(HEAD_ROWS) {
             let r1 = (r0 + HEAD_ROWS).min(n);
+            if skip(&(r0..r1)) {
+                continue;
+            }
             let block = &mut logits[..(r1 - r0) * v];
             matmul_fwd(block, &hf[r0 * c..r1 * c], self.w(&self.layout.lm_head), None, r1 - r0, c, v);
             f(r0..r1, block);
@@ -476,11 +480,10 @@ impl<T: Float> Model<T> {
         let mut dhf = vec![T::ZERO; n * c];
         let mut dlogits = vec![T::ZERO; HEAD_ROWS.min(n) * v];
         let lm = self.layout.lm_head.clone();
-        self.head_blocks(hf, |rows, logits| {
-            // rows with no gradient contribute exactly nothing: skip a block made only of them
-            if dlogp_rows[rows.clone()].iter().all(|&g| g == T::ZERO) {
-                return;
-            }
+        // rows with no gradient (prompts, padding) contribute exactly nothing: a block made only of
+        // them is skipped before its logits are recomputed
+        let no_gradient = |rows: &Range<usize>| dlogp_rows[rows.clone()].iter().all(|&g| g == T::ZERO);
+        self.head_blocks(hf, no_gradient, |rows, logits| {
             let m = rows.len();
             let dl = &mut dlogits[..m * v];
             dl.fill(T::ZERO);

@@ -86,10 +86,8 @@ impl MathEnv {
     /// max_prompt_length filter of the training set); returns how many were dropped.
     pub fn retain_prompts_up_to(&mut self, max_tokens: usize) -> usize {
         let before = self.problems.len();
-        let keep: Vec<bool> = self.prompts.iter().map(|p| p.len() <= max_tokens).collect();
-        let mut k = keep.iter();
-        self.problems.retain(|_| *k.next().unwrap_or(&true));
-        self.prompts.retain(|p| p.len() <= max_tokens);
+        let pairs = std::mem::take(&mut self.problems).into_iter().zip(std::mem::take(&mut self.prompts));
+        (self.problems, self.prompts) = pairs.filter(|(_, prompt)| prompt.len() <= max_tokens).unzip();
         before - self.problems.len()
     }
 }

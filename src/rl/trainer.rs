@@ -357,6 +357,29 @@ pub struct Rollout {
     pub old_logp: Vec<f64>,
 }
 
+/// The per-rollout columns an objective reads: group ids, correctness, finished flags, lengths.
+struct Columns {
+    group: Vec<usize>,
+    correct: Vec<bool>,
+    finished: Vec<bool>,
+    len: Vec<usize>,
+}
+
+impl Columns {
+    fn of(rollouts: &[Rollout]) -> Self {
+        Columns {
+            group: rollouts.iter().map(|r| r.group).collect(),
+            correct: rollouts.iter().map(|r| r.correct).collect(),
+            finished: rollouts.iter().map(|r| r.finished).collect(),
+            len: rollouts.iter().map(|r| r.tokens.len()).collect(),
+        }
+    }
+
+    fn outcomes(&self, max_len: usize) -> Outcomes<'_> {
+        Outcomes { group: &self.group, correct: &self.correct, finished: &self.finished, len: &self.len, max_len }
+    }
+}
+
 /// The questions of step `step`: epoch e = step / ⌊n/q⌋ shuffles the problems with a generator seeded
 /// by (seed, e); the step takes slice step mod ⌊n/q⌋ of q problems. The n mod q problems left over in
 /// an epoch are not used in it (drop_last). Errors when q = 0 or the set has fewer than q problems.
@@ -421,15 +444,9 @@ pub fn minibatch_gradient<T: Float>(
         let scored = score_responses(model, &prompts[first..first + chunk.len()], &resps, cfg.temperature, true)?;
         let logp: Vec<f64> = scored.logp.concat();
         let old: Vec<f64> = chunk.iter().flat_map(|r| r.old_logp.iter().copied()).collect();
-        let group: Vec<usize> = chunk.iter().map(|r| r.group).collect();
-        let correct: Vec<bool> = chunk.iter().map(|r| r.correct).collect();
-        let finished: Vec<bool> = chunk.iter().map(|r| r.finished).collect();
-        let len: Vec<usize> = chunk.iter().map(|r| r.tokens.len()).collect();
-        let batch = Batch {
-            outcomes: Outcomes { group: &group, correct: &correct, finished: &finished, len: &len, max_len: cfg.max_new_tokens },
-            logp: &logp,
-            old_logp: &old,
-        };
+        let cols = Columns::of(chunk);
+        let (correct, len) = (&cols.correct, &cols.len);
+        let batch = Batch { outcomes: cols.outcomes(cfg.max_new_tokens), logp: &logp, old_logp: &old };
         let (dlogp, result) = match advantages {
             None => {
                 let out = objectives::drpo(&batch, &hyper)?;
@@ -451,7 +468,7 @@ pub fn minibatch_gradient<T: Float>(
         // flat [T] → per response, scaled by 1/chunks (the chunk mean of SPEC §5.1)
         let mut rows = Vec::with_capacity(chunk.len());
         let mut at = 0;
-        for l in &len {
+        for l in len {
             rows.push(dlogp[at..at + l].iter().map(|d| d * scale).collect::<Vec<f64>>());
             at += l;
         }
@@ -645,12 +662,9 @@ impl<'a> Trainer<'a> {
         let advantages = match cfg.objective.baseline() {
             None => None,
             Some(b) => {
-                let group: Vec<usize> = rollouts.iter().map(|r| r.group).collect();
+                let cols = Columns::of(&rollouts);
                 let problem: Vec<usize> = rollouts.iter().map(|r| r.problem).collect();
-                let correct: Vec<bool> = rollouts.iter().map(|r| r.correct).collect();
-                let finished: Vec<bool> = rollouts.iter().map(|r| r.finished).collect();
-                let len: Vec<usize> = rollouts.iter().map(|r| r.tokens.len()).collect();
-                let o = Outcomes { group: &group, correct: &correct, finished: &finished, len: &len, max_len: cfg.max_new_tokens };
+                let o = cols.outcomes(cfg.max_new_tokens);
                 Some(objectives::baseline_advantages_keyed(b, &o, &problem, &hyper, &mut self.state.hapo)?.1)
             }
         };
