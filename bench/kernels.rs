@@ -11,20 +11,10 @@ use drpo::sampling::SamplingParams;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 fn time_us(gpu: &Gpu, iters: usize, mut f: impl FnMut() -> drpo::Result<()>) -> drpo::Result<f64> {
-    for _ in 0..3 {
-        f()?;
-    }
-    let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
     let mut batches = Vec::new();
     for _ in 0..5 {
-        let start = gpu.ctx.new_event(flags)?;
-        let end = gpu.ctx.new_event(flags)?;
-        start.record(&gpu.stream)?;
-        for _ in 0..iters {
-            f()?;
-        }
-        end.record(&gpu.stream)?;
-        batches.push(start.elapsed_ms(&end)? as f64 * 1e3 / iters as f64);
+        // each batch: 3 warm-ups, then `iters` launches between two events
+        batches.push(gpu.time_us(iters, &mut f)?);
     }
     batches.sort_by(|a, b| a.total_cmp(b));
     Ok(batches[2])
@@ -43,22 +33,21 @@ fn tflops(flops: f64, us: f64) -> String {
 
 fn run(gpu: &Gpu) -> drpo::Result<()> {
     let mut rng = StdRng::seed_from_u64(1);
-    let s = &gpu.stream;
     let (n, c, ff, v) = (4096usize, 896usize, 4864usize, 151_936usize);
     let heads = Heads { nh: 14, nkv: 2, hd: 64 };
     println!("{gpu:?}");
 
     // embedding gather (bf16): ids in, n rows out, n rows of the table read
-    let table = s.clone_htod(&random::<bf16>(&mut rng, v * c, 1.0))?;
-    let ids = s.clone_htod(&(0..n).map(|_| rng.random_range(0..v as u32)).collect::<Vec<_>>())?;
-    let mut x = s.clone_htod(&random::<bf16>(&mut rng, n * c, 2.0))?;
+    let table = gpu.htod(&random::<bf16>(&mut rng, v * c, 1.0))?;
+    let ids = gpu.htod(&(0..n).map(|_| rng.random_range(0..v as u32)).collect::<Vec<_>>())?;
+    let mut x = gpu.htod(&random::<bf16>(&mut rng, n * c, 2.0))?;
     let us = time_us(gpu, 200, || gpu::embedding::embedding_fwd(gpu, &mut x.as_view_mut(), &ids.as_view(), &table.as_view(), n, c, v))?;
     println!("embedding_fwd bf16  n={n} c={c}            {}", gbs((2 * n * c * 2 + 4 * n) as f64, us));
 
     // RMSNorm
-    let w = s.clone_htod(&random::<bf16>(&mut rng, c, 1.0))?;
-    let mut out = s.clone_htod(&random::<bf16>(&mut rng, n * c, 1.0))?;
-    let mut rstd = s.alloc_zeros::<f32>(n)?;
+    let w = gpu.htod(&random::<bf16>(&mut rng, c, 1.0))?;
+    let mut out = gpu.htod(&random::<bf16>(&mut rng, n * c, 1.0))?;
+    let mut rstd = gpu.alloc_zeros::<f32>(n)?;
     let us = time_us(gpu, 200, || {
         gpu::rmsnorm::rmsnorm_fwd(gpu, &mut out.as_view_mut(), &mut rstd.as_view_mut(), &x.as_view(), &w.as_view(), n, c, 1e-6)
     })?;
@@ -66,9 +55,9 @@ fn run(gpu: &Gpu) -> drpo::Result<()> {
 
     // rotary on q (in place)
     let (cos, sin) = gpu::rope::rope_table(32_768, heads.hd, 1e6);
-    let (cos, sin) = (s.clone_htod(&cos)?, s.clone_htod(&sin)?);
-    let pos = s.clone_htod(&(0..n as i32).collect::<Vec<_>>())?;
-    let mut q = s.clone_htod(&random::<bf16>(&mut rng, n * heads.nh * heads.hd, 2.0))?;
+    let (cos, sin) = (gpu.htod(&cos)?, gpu.htod(&sin)?);
+    let pos = gpu.htod(&(0..n as i32).collect::<Vec<_>>())?;
+    let mut q = gpu.htod(&random::<bf16>(&mut rng, n * heads.nh * heads.hd, 2.0))?;
     let us = time_us(gpu, 200, || {
         gpu::rope::rope_fwd(gpu, &mut q.as_view_mut(), &pos.as_view(), &cos.as_view(), &sin.as_view(), n, heads.nh, heads.hd)
     })?;
@@ -76,9 +65,9 @@ fn run(gpu: &Gpu) -> drpo::Result<()> {
     println!("rope_fwd bf16       n={n} nh=14 hd=64       {}", gbs((2 * qn * 2 + n * heads.hd * 4) as f64, us));
 
     // GEMMs: the MLP up projection (prefill) and the same at decode size, both tiles; the f32 path
-    let xw = s.clone_htod(&random::<bf16>(&mut rng, n * c, 1.0))?;
-    let wu = s.clone_htod(&random::<bf16>(&mut rng, 2 * ff * c, 0.05))?;
-    let mut y = s.alloc_zeros::<bf16>(n * 2 * ff)?;
+    let xw = gpu.htod(&random::<bf16>(&mut rng, n * c, 1.0))?;
+    let wu = gpu.htod(&random::<bf16>(&mut rng, 2 * ff * c, 0.05))?;
+    let mut y = gpu.alloc_zeros::<bf16>(n * 2 * ff)?;
     for (rows, tile) in [(n, MatmulTile::Large), (n, MatmulTile::Small), (64, MatmulTile::Large), (64, MatmulTile::Small)] {
         let us = time_us(gpu, 20, || {
             gpu::matmul::matmul_fwd_with(gpu, tile, &mut y.slice_mut(0..rows * 2 * ff), &xw.slice(0..rows * c), &wu.as_view(), None, rows, c, 2 * ff)
@@ -87,9 +76,9 @@ fn run(gpu: &Gpu) -> drpo::Result<()> {
         let bytes = ((rows * c + 2 * ff * c + rows * 2 * ff) * 2) as f64;
         println!("matmul_fwd bf16 {tile:?}  m={rows} k={c} n={}  {}  {}", 2 * ff, tflops(flops, us), gbs(bytes, us));
     }
-    let x32 = s.clone_htod(&random::<f32>(&mut rng, n * c, 1.0))?;
-    let w32 = s.clone_htod(&random::<f32>(&mut rng, 2 * ff * c, 0.05))?;
-    let mut y32 = s.alloc_zeros::<f32>(n * 2 * ff)?;
+    let x32 = gpu.htod(&random::<f32>(&mut rng, n * c, 1.0))?;
+    let w32 = gpu.htod(&random::<f32>(&mut rng, 2 * ff * c, 0.05))?;
+    let mut y32 = gpu.alloc_zeros::<f32>(n * 2 * ff)?;
     let us = time_us(gpu, 5, || gpu::matmul::matmul_fwd(gpu, &mut y32.as_view_mut(), &x32.as_view(), &w32.as_view(), None, n, c, 2 * ff))?;
     println!("matmul_fwd f32      m={n} k={c} n={}   {}", 2 * ff, tflops(2.0 * (n * c * 2 * ff) as f64, us));
 
@@ -99,10 +88,10 @@ fn run(gpu: &Gpu) -> drpo::Result<()> {
     for (label, seqs, cap) in [("prefill", vec![(0usize, 512usize); 8], 512usize), ("decode", vec![(1023, 1); 64], 1024)] {
         let entries: Vec<_> = seqs.iter().enumerate().map(|(i, &(p, t))| (i, p, t)).collect();
         let table = SeqTable::new(gpu, &entries, seqs.len(), cap)?;
-        let kc = s.clone_htod(&random::<bf16>(&mut rng, seqs.len() * cap * kvd, 1.0))?;
-        let vc = s.clone_htod(&random::<bf16>(&mut rng, seqs.len() * cap * kvd, 1.0))?;
-        let qq = s.clone_htod(&random::<bf16>(&mut rng, table.n_rows * qd, 1.0))?;
-        let mut att = s.alloc_zeros::<bf16>(table.n_rows * qd)?;
+        let kc = gpu.htod(&random::<bf16>(&mut rng, seqs.len() * cap * kvd, 1.0))?;
+        let vc = gpu.htod(&random::<bf16>(&mut rng, seqs.len() * cap * kvd, 1.0))?;
+        let qq = gpu.htod(&random::<bf16>(&mut rng, table.n_rows * qd, 1.0))?;
+        let mut att = gpu.alloc_zeros::<bf16>(table.n_rows * qd)?;
         let us = time_us(gpu, 20, || {
             if label == "decode" {
                 gpu::attention::attention_decode(gpu, &mut att.as_view_mut(), &qq.as_view(), &kc.as_view(), &vc.as_view(), &table, heads)
@@ -117,7 +106,7 @@ fn run(gpu: &Gpu) -> drpo::Result<()> {
     }
 
     // SwiGLU and residual (elementwise, bandwidth-bound)
-    let mut act = s.alloc_zeros::<bf16>(n * ff)?;
+    let mut act = gpu.alloc_zeros::<bf16>(n * ff)?;
     let us = time_us(gpu, 100, || gpu::swiglu::swiglu_fwd(gpu, &mut act.as_view_mut(), &y.as_view(), n, ff))?;
     println!("swiglu_fwd bf16     n={n} ff={ff}           {}", gbs((3 * n * ff * 2) as f64, us));
     let us = time_us(gpu, 200, || gpu::residual::residual_add(gpu, &mut x.as_view_mut(), &out.as_view()))?;
@@ -126,8 +115,8 @@ fn run(gpu: &Gpu) -> drpo::Result<()> {
     // fused head: 1024 scored tokens over the full vocabulary; the logits would be 622 MB in f32
     let rows = 1024;
     let targets: Vec<u32> = (0..rows).map(|_| rng.random_range(0..v as u32)).collect();
-    let mut logp = s.alloc_zeros::<f32>(rows)?;
-    let mut lse = s.alloc_zeros::<f32>(rows)?;
+    let mut logp = gpu.alloc_zeros::<f32>(rows)?;
+    let mut lse = gpu.alloc_zeros::<f32>(rows)?;
     // the scratch (partials, targets upload) is built once, outside the timed launches
     let mut head = gpu::logprob::HeadScratch::new::<bf16>(gpu, &targets, v)?;
     let us = time_us(gpu, 5, || {
@@ -140,10 +129,10 @@ fn run(gpu: &Gpu) -> drpo::Result<()> {
 
     // sampler: 64 rows of the full vocabulary, top-p 0.9 (fixed-point masses in u64 scratch, several passes over it)
     let b = 64;
-    let logits = s.clone_htod(&random::<f32>(&mut rng, b * v, 8.0))?;
-    let streams = s.clone_htod(&(0..b as u64).collect::<Vec<_>>())?;
-    let mut scratch = s.alloc_zeros::<u64>(b * v)?;
-    let mut toks = s.alloc_zeros::<u32>(b)?;
+    let logits = gpu.htod(&random::<f32>(&mut rng, b * v, 8.0))?;
+    let streams = gpu.htod(&(0..b as u64).collect::<Vec<_>>())?;
+    let mut scratch = gpu.alloc_zeros::<u64>(b * v)?;
+    let mut toks = gpu.alloc_zeros::<u32>(b)?;
     for params in [SamplingParams { temperature: 0.6, top_k: 0, top_p: 1.0 }, SamplingParams { temperature: 0.6, top_k: 0, top_p: 0.9 }] {
         let us = time_us(gpu, 10, || {
             gpu::sampling::sample(gpu, &mut toks.as_view_mut(), &mut scratch.as_view_mut(), &logits.as_view(), &streams.as_view(), b, v, &params, 7, 0)

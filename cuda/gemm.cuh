@@ -1,5 +1,5 @@
 // gemm.cuh — the main loops of y = x·Wᵀ, shared by matmul.cu (bias epilogue) and logprob.cu (fused
-// log-softmax epilogue). Prepended after common.cuh for those two families.
+// log-softmax epilogue). Prepended after common.cuh and ptx.cuh (mma_bf16_16816) for those two families.
 //   x: [m, k] row-major   W: [n, k] row-major (the HF [out, in] layout)   acc: [m, n] f32
 // The product is "NT": both operands are read along k, so no transposed copy of W is ever made.
 // Sizes need not be multiples of any tile: out-of-range rows / columns / k are loaded as zeros and
@@ -16,14 +16,6 @@
 //   A (row-major 16×16): reg0 = A[g][2t..2t+1], reg1 = A[g+8][2t..], reg2 = A[g][2t+8..], reg3 = A[g+8][2t+8..]
 //   B ("col" 16×8 = W rows, k contiguous): reg0 = W[g][2t..2t+1], reg1 = W[g][2t+8..2t+9]
 //   C (16×8 f32): c0,c1 = C[g][2t, 2t+1], c2,c3 = C[g+8][2t, 2t+1]
-
-__device__ __forceinline__ void mma_bf16_16816(float* c, const unsigned* a, const unsigned* b) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
-        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
 
 struct Chunk { unsigned w[4]; };   // 8 bf16, 16 bytes
 

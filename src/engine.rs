@@ -1,6 +1,7 @@
-//! Where a command runs: `--device auto|cpu|gpu`. The CPU engine is the f32 reference model; the GPU
-//! engine holds the same weights in bf16 on the device and runs the hand-written kernels. Both give
-//! the same contract for scoring and generation.
+//! Where a command runs: `--device auto|cpu|gpu|sim`. The CPU engine is the f32 reference model; the
+//! GPU engine holds the same weights in bf16 on a device and runs the hand-written kernels — on a CUDA
+//! GPU, or on the simulated device (`sim`: the same kernels run on the CPU with race and bounds
+//! checks; slow, for checking, not for speed). All give the same contract for scoring and generation.
 
 use crate::cpu::Float;
 use crate::error::{Error, Result};
@@ -16,6 +17,8 @@ pub enum Device {
     Auto,
     Cpu,
     Gpu,
+    /// the simulated device: the CUDA kernels on the CPU, every launch checked (needs a C++ compiler)
+    Sim,
 }
 
 #[allow(clippy::large_enum_variant)] // one engine per process; boxing buys nothing
@@ -30,7 +33,8 @@ impl Engine {
         if device == Device::Cpu {
             return Ok(Engine::Cpu);
         }
-        match Gpu::new(0).and_then(|g| GpuModel::from_cpu(Arc::new(g), model)) {
+        let gpu = if device == Device::Sim { Gpu::sim() } else { Gpu::new(0) };
+        match gpu.and_then(|g| GpuModel::from_cpu(Arc::new(g), model)) {
             Ok(m) => Ok(Engine::Gpu(m)),
             Err(e) if device == Device::Auto && matches!(e, Error::NoDevice { .. }) => {
                 let first = e.to_string().lines().next().unwrap_or_default().to_string();
@@ -44,6 +48,7 @@ impl Engine {
     pub fn name(&self) -> &'static str {
         match self {
             Engine::Cpu => "cpu",
+            Engine::Gpu(m) if m.gpu.is_simulated() => "sim",
             Engine::Gpu(_) => "gpu",
         }
     }

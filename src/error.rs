@@ -33,8 +33,13 @@ pub enum Error {
     Kernel { name: &'static str, source: cudarc::driver::DriverError },
     /// NVRTC rejected a kernel family; `log` is the compiler's text.
     Nvrtc { family: String, log: String },
-    /// No CUDA driver / NVRTC library / device on this machine.
+    /// No CUDA driver / NVRTC library / device on this machine (or, for the simulated device, no C++ compiler).
     NoDevice { why: String },
+    /// The simulated device found a kernel error: out-of-bounds access, race, divergent barrier,
+    /// bad launch geometry or arguments (`what` says which, where, and under which thread order).
+    Sim { kernel: String, what: String },
+    /// The simulated device's C++ compiler rejected a kernel family; `log` is its text.
+    SimBuild { family: String, log: String },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -98,8 +103,10 @@ impl fmt::Display for Error {
             Error::Nvrtc { family, log } => write!(f, "NVRTC could not compile `{family}.cu`:\n{log}"),
             Error::NoDevice { why } => write!(
                 f,
-                "no usable CUDA GPU: {why}\n  hint: use `--device cpu`, or `--device auto` to fall back to the CPU"
+                "no usable device: {why}\n  hint: use `--device cpu`, or `--device auto` to fall back to the CPU"
             ),
+            Error::Sim { kernel, what } => write!(f, "kernel `{kernel}` on the simulated device: {what}"),
+            Error::SimBuild { family, log } => write!(f, "the simulated device could not build `{family}.cu`:\n{log}"),
         }
     }
 }

@@ -282,7 +282,7 @@ fn run(cmd: Cmd) -> Result<()> {
             FloatType::F64 => {
                 // f64 asks for exact numbers: the GPU computes in bf16
                 let device = match device {
-                    Device::Gpu => return Err(Error::input("--dtype f64 runs on the CPU only (the GPU computes in bf16); use --device cpu")),
+                    Device::Gpu | Device::Sim => return Err(Error::input("--dtype f64 runs on the CPU only (the GPU computes in bf16); use --device cpu")),
                     _ => Device::Cpu,
                 };
                 logprobs::<f64>(&model, &input, &out, device)

@@ -9,7 +9,7 @@ use drpo::gpu::bf16;
 use drpo::model::gpu::{GpuKvCache, GpuModel};
 use drpo::model::Model;
 use drpo::sampling::{sampling_probs, SamplingParams};
-use gpu_common::{assert_close, chain, fixture, gpu_or_skip, read_tensor, FIXTURES};
+use gpu_common::{assert_close, chain, devices, fixture, read_tensor, FIXTURES};
 use std::sync::Arc;
 
 fn fixture_inputs(dir: &std::path::Path) -> Vec<Vec<u32>> {
@@ -34,39 +34,40 @@ fn flat(x: &[Vec<f32>]) -> Vec<f64> {
 
 #[test]
 fn logprobs_and_logits_match_the_fixtures() -> drpo::Result<()> {
-    let Some(gpu) = gpu_or_skip("gpu_model_logprobs") else { return Ok(()) };
-    let gpu = Arc::new(gpu);
-    for name in FIXTURES {
-        let dir = fixture(name);
-        let seqs = fixture_inputs(&dir);
-        let refs: Vec<&[u32]> = seqs.iter().map(|s| s.as_slice()).collect();
-        let cpu = Model::<f32>::load(&dir)?;
+    for gpu in devices("gpu_model_logprobs") {
+        let gpu = Arc::new(gpu);
+        for name in FIXTURES {
+            let dir = fixture(name);
+            let seqs = fixture_inputs(&dir);
+            let refs: Vec<&[u32]> = seqs.iter().map(|s| s.as_slice()).collect();
+            let cpu = Model::<f32>::load(&dir)?;
 
-        // f32 storage: the oracle's bound for an f32 implementation (README: ~1e-4 on logits)
-        let m32 = GpuModel::<f32>::from_cpu(gpu.clone(), &cpu)?;
-        let want = reference_logprobs(&dir, &seqs);
-        // (every log-prob also within 5σ of that, floor rms(want): per-token errors are noise-like)
-        assert_close(&format!("{name} logprobs f32"), &flat(&m32.score(&refs, 1.0)?), &want, chain(1e-4));
-        let (logits, shape) = read_tensor(&dir.join("reference.safetensors"), "logits");
-        let (t, v) = (shape[1], shape[2]);
-        let want_logits: Vec<f64> = seqs.iter().enumerate().flat_map(|(b, s)| logits[b * t * v..(b * t + s.len()) * v].to_vec()).collect();
-        let got_logits: Vec<f64> = m32.logits(&refs)?.iter().map(|&x| x as f64).collect();
-        let e = drpo::check::max_rel(&got_logits, &want_logits);
-        println!("{name} logits f32: max_rel = {e:.3e}");
-        assert!(e <= 1e-4, "{name} logits f32: max_rel {e:.3e} > 1e-4");
-        // the fused head at another temperature agrees with the CPU f64 model on the same weights
-        let cpu64 = Model::<f64>::load(&dir)?;
-        let want06: Vec<f64> = cpu64.score(&refs, 0.6, false)?.logp.concat();
-        assert_close(&format!("{name} logprobs f32 temp 0.6"), &flat(&m32.score(&refs, 0.6)?), &want06, chain(1e-4));
+            // f32 storage: the oracle's bound for an f32 implementation (README: ~1e-4 on logits)
+            let m32 = GpuModel::<f32>::from_cpu(gpu.clone(), &cpu)?;
+            let want = reference_logprobs(&dir, &seqs);
+            // (every log-prob also within 5σ of that, floor rms(want): per-token errors are noise-like)
+            assert_close(&format!("{name} logprobs f32"), &flat(&m32.score(&refs, 1.0)?), &want, chain(1e-4));
+            let (logits, shape) = read_tensor(&dir.join("reference.safetensors"), "logits");
+            let (t, v) = (shape[1], shape[2]);
+            let want_logits: Vec<f64> = seqs.iter().enumerate().flat_map(|(b, s)| logits[b * t * v..(b * t + s.len()) * v].to_vec()).collect();
+            let got_logits: Vec<f64> = m32.logits(&refs)?.iter().map(|&x| x as f64).collect();
+            let e = drpo::check::max_rel(&got_logits, &want_logits);
+            println!("{name} logits f32: max_rel = {e:.3e}");
+            assert!(e <= 1e-4, "{name} logits f32: max_rel {e:.3e} > 1e-4");
+            // the fused head at another temperature agrees with the CPU f64 model on the same weights
+            let cpu64 = Model::<f64>::load(&dir)?;
+            let want06: Vec<f64> = cpu64.score(&refs, 0.6, false)?.logp.concat();
+            assert_close(&format!("{name} logprobs f32 temp 0.6"), &flat(&m32.score(&refs, 0.6)?), &want06, chain(1e-4));
 
-        // bf16 storage against the CPU f64 model on the same bf16-rounded weights, so only the
-        // activations' bf16 roundings remain: ~14 per layer of relative size ≤ 2^-9. Bound set a
-        // priori (not yet measured on a GPU): 3e-2, ~10× the expected few 1e-3.
-        let rounded: Vec<f64> = cpu.params.iter().map(|&p| bf16::from_f32(p).to_f64()).collect();
-        let cpu_bf16 = Model::<f64>::from_params(cpu.cfg.clone(), rounded);
-        let want_bf16: Vec<f64> = cpu_bf16.score(&refs, 1.0, false)?.logp.concat();
-        let m16 = GpuModel::<bf16>::from_cpu(gpu.clone(), &cpu)?;
-        assert_close(&format!("{name} logprobs bf16"), &flat(&m16.score(&refs, 1.0)?), &want_bf16, chain(3e-2));
+            // bf16 storage against the CPU f64 model on the same bf16-rounded weights, so only the
+            // activations' bf16 roundings remain: ~14 per layer of relative size ≤ 2^-9. Bound set a
+            // priori (not yet measured on a GPU): 3e-2, ~10× the expected few 1e-3.
+            let rounded: Vec<f64> = cpu.params.iter().map(|&p| bf16::from_f32(p).to_f64()).collect();
+            let cpu_bf16 = Model::<f64>::from_params(cpu.cfg.clone(), rounded);
+            let want_bf16: Vec<f64> = cpu_bf16.score(&refs, 1.0, false)?.logp.concat();
+            let m16 = GpuModel::<bf16>::from_cpu(gpu.clone(), &cpu)?;
+            assert_close(&format!("{name} logprobs bf16"), &flat(&m16.score(&refs, 1.0)?), &want_bf16, chain(3e-2));
+        }
     }
     Ok(())
 }
@@ -79,88 +80,90 @@ fn greedy_prompt(name: &str) -> (Vec<u32>, Vec<u32>) {
 
 #[test]
 fn greedy_generation_on_f32_is_token_identical_to_the_cpu() -> drpo::Result<()> {
-    let Some(gpu) = gpu_or_skip("gpu_model_greedy") else { return Ok(()) };
-    let gpu = Arc::new(gpu);
-    for name in FIXTURES {
-        let cpu = Model::<f32>::load(&fixture(name))?;
-        let m32 = GpuModel::<f32>::from_cpu(gpu.clone(), &cpu)?;
-        let (prompt, oracle) = greedy_prompt(name);
-        let opts = GenerateOptions { max_new_tokens: oracle.len(), sampling: SamplingParams::greedy(), seed: 0, eos_ids: vec![], stream_offset: 0 };
-        let got = m32.generate(std::slice::from_ref(&prompt), &opts)?;
-        assert_eq!(got[0].tokens, oracle, "{name}: GPU greedy vs the HF oracle");
-        // a batch of prompts of different lengths, each stopping at its own eos: the eos is the
-        // first greedy token of the shortest prompt, so that one stops at once and the others run on
-        let prompts: Vec<Vec<u32>> = vec![prompt.clone(), prompt[..40].to_vec(), prompt[..9].to_vec(), prompt[..61].to_vec()];
-        let first = generate(&cpu, &prompts[2..3], &GenerateOptions { max_new_tokens: 1, ..opts.clone() })?;
-        let opts = GenerateOptions { max_new_tokens: 20, eos_ids: vec![first[0].tokens[0]], ..opts };
-        let want = generate(&cpu, &prompts, &opts)?;
-        let got = m32.generate(&prompts, &opts)?;
-        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-            println!("{name} prompt {i}: {} tokens, eos {}", w.tokens.len(), w.stopped_on_eos);
-            assert_eq!(g, w, "{name}: prompt {i} of the batch");
+    for gpu in devices("gpu_model_greedy") {
+        let gpu = Arc::new(gpu);
+        for name in FIXTURES {
+            let cpu = Model::<f32>::load(&fixture(name))?;
+            let m32 = GpuModel::<f32>::from_cpu(gpu.clone(), &cpu)?;
+            let (prompt, oracle) = greedy_prompt(name);
+            let opts = GenerateOptions { max_new_tokens: oracle.len(), sampling: SamplingParams::greedy(), seed: 0, eos_ids: vec![], stream_offset: 0 };
+            let got = m32.generate(std::slice::from_ref(&prompt), &opts)?;
+            assert_eq!(got[0].tokens, oracle, "{name}: GPU greedy vs the HF oracle");
+            // a batch of prompts of different lengths, each stopping at its own eos: the eos is the
+            // first greedy token of the shortest prompt, so that one stops at once and the others run on
+            let prompts: Vec<Vec<u32>> = vec![prompt.clone(), prompt[..40].to_vec(), prompt[..9].to_vec(), prompt[..61].to_vec()];
+            let first = generate(&cpu, &prompts[2..3], &GenerateOptions { max_new_tokens: 1, ..opts.clone() })?;
+            let opts = GenerateOptions { max_new_tokens: 20, eos_ids: vec![first[0].tokens[0]], ..opts };
+            let want = generate(&cpu, &prompts, &opts)?;
+            let got = m32.generate(&prompts, &opts)?;
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                println!("{name} prompt {i}: {} tokens, eos {}", w.tokens.len(), w.stopped_on_eos);
+                assert_eq!(g, w, "{name}: prompt {i} of the batch");
+            }
+            assert!(want[2].stopped_on_eos && want[2].tokens.len() == 1, "the test's premise: prompt 2 stops at once");
         }
-        assert!(want[2].stopped_on_eos && want[2].tokens.len() == 1, "the test's premise: prompt 2 stops at once");
     }
     Ok(())
 }
 
 #[test]
 fn sampled_tokens_follow_the_cpu_distribution() -> drpo::Result<()> {
-    let Some(gpu) = gpu_or_skip("gpu_model_sampling") else { return Ok(()) };
-    let gpu = Arc::new(gpu);
-    let name = FIXTURES[1];
-    let cpu = Model::<f32>::load(&fixture(name))?;
-    let m32 = GpuModel::<f32>::from_cpu(gpu.clone(), &cpu)?;
-    let (prompt, _) = greedy_prompt(name);
-    for sampling in [SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0 }, SamplingParams { temperature: 0.7, top_k: 40, top_p: 0.9 }] {
-        // first token of many sequences of one prompt (distinct streams) vs the CPU distribution
-        let draws = 4000;
-        let prompts = vec![prompt.clone(); draws];
-        let opts = GenerateOptions { max_new_tokens: 1, sampling, seed: 12345, eos_ids: vec![], stream_offset: 0 };
-        let got = m32.generate(&prompts, &opts)?;
-        let logits = cpu.logits(&[prompt.as_slice()])?;
-        let v = cpu.cfg.vocab_size;
-        let probs = sampling_probs(&logits[(prompt.len() - 1) * v..], &sampling);
-        let mut counts = vec![0usize; v];
-        for g in &got {
-            counts[g.tokens[0] as usize] += 1;
-        }
-        // chi-square over tokens with expected count ≥ 5, the rest pooled; never a zero-probability token
-        let (mut chi2, mut dof, mut pool_e, mut pool_o) = (0.0, 0usize, 0.0, 0usize);
-        for i in 0..v {
-            let e = probs[i] * draws as f64;
-            if probs[i] == 0.0 {
-                assert_eq!(counts[i], 0, "{sampling:?}: token {i} has probability 0");
-            } else if e >= 5.0 {
-                chi2 += (counts[i] as f64 - e).powi(2) / e;
-                dof += 1;
-            } else {
-                pool_e += e;
-                pool_o += counts[i];
+    for gpu in devices("gpu_model_sampling") {
+        let gpu = Arc::new(gpu);
+        let name = FIXTURES[1];
+        let cpu = Model::<f32>::load(&fixture(name))?;
+        let m32 = GpuModel::<f32>::from_cpu(gpu.clone(), &cpu)?;
+        let (prompt, _) = greedy_prompt(name);
+        for sampling in [SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0 }, SamplingParams { temperature: 0.7, top_k: 40, top_p: 0.9 }] {
+            // first token of many sequences of one prompt (distinct streams) vs the CPU distribution
+            let draws = 4000;
+            let prompts = vec![prompt.clone(); draws];
+            let opts = GenerateOptions { max_new_tokens: 1, sampling, seed: 12345, eos_ids: vec![], stream_offset: 0 };
+            let got = m32.generate(&prompts, &opts)?;
+            let logits = cpu.logits(&[prompt.as_slice()])?;
+            let v = cpu.cfg.vocab_size;
+            let probs = sampling_probs(&logits[(prompt.len() - 1) * v..], &sampling);
+            let mut counts = vec![0usize; v];
+            for g in &got {
+                counts[g.tokens[0] as usize] += 1;
             }
-        }
-        if pool_e > 0.0 {
-            chi2 += (pool_o as f64 - pool_e).powi(2) / pool_e;
-            dof += 1;
-        }
-        let dof = dof.saturating_sub(1).max(1);
-        let limit = dof as f64 + 6.0 * (2.0 * dof as f64).sqrt();
-        println!("{sampling:?}: chi2 = {chi2:.1}, {dof} dof, limit {limit:.1}");
-        assert!(chi2 <= limit, "{sampling:?}: chi2 {chi2:.1} > {limit:.1}");
+            // chi-square over tokens with expected count ≥ 5, the rest pooled; never a zero-probability token
+            let (mut chi2, mut dof, mut pool_e, mut pool_o) = (0.0, 0usize, 0.0, 0usize);
+            for i in 0..v {
+                let e = probs[i] * draws as f64;
+                if probs[i] == 0.0 {
+                    assert_eq!(counts[i], 0, "{sampling:?}: token {i} has probability 0");
+                } else if e >= 5.0 {
+                    chi2 += (counts[i] as f64 - e).powi(2) / e;
+                    dof += 1;
+                } else {
+                    pool_e += e;
+                    pool_o += counts[i];
+                }
+            }
+            if pool_e > 0.0 {
+                chi2 += (pool_o as f64 - pool_e).powi(2) / pool_e;
+                dof += 1;
+            }
+            let dof = dof.saturating_sub(1).max(1);
+            let limit = dof as f64 + 6.0 * (2.0 * dof as f64).sqrt();
+            println!("{sampling:?}: chi2 = {chi2:.1}, {dof} dof, limit {limit:.1}");
+            assert!(chi2 <= limit, "{sampling:?}: chi2 {chi2:.1} > {limit:.1}");
 
-        // several steps: the same tokens as the CPU sampler with the same uniforms, as long as a
-        // sequence has not crossed a CDF boundary the two models' ~1e-6 logit differences can move
-        let opts = GenerateOptions { max_new_tokens: 12, sampling, seed: 777, eos_ids: vec![], stream_offset: 100 };
-        let prompts = vec![prompt.clone(), prompt[..30].to_vec(), prompt[..55].to_vec()];
-        let want = generate(&cpu, &prompts, &opts)?;
-        let got = m32.generate(&prompts, &opts)?;
-        let mut equal = 0;
-        for (g, w) in got.iter().zip(&want) {
-            equal += (g.tokens == w.tokens) as usize;
-            let same_prefix = g.tokens.iter().zip(&w.tokens).take_while(|(a, b)| a == b).count();
-            println!("{sampling:?}: GPU and CPU agree on the first {same_prefix} of {} tokens", w.tokens.len());
+            // several steps: the same tokens as the CPU sampler with the same uniforms, as long as a
+            // sequence has not crossed a CDF boundary the two models' ~1e-6 logit differences can move
+            let opts = GenerateOptions { max_new_tokens: 12, sampling, seed: 777, eos_ids: vec![], stream_offset: 100 };
+            let prompts = vec![prompt.clone(), prompt[..30].to_vec(), prompt[..55].to_vec()];
+            let want = generate(&cpu, &prompts, &opts)?;
+            let got = m32.generate(&prompts, &opts)?;
+            let mut equal = 0;
+            for (g, w) in got.iter().zip(&want) {
+                equal += (g.tokens == w.tokens) as usize;
+                let same_prefix = g.tokens.iter().zip(&w.tokens).take_while(|(a, b)| a == b).count();
+                println!("{sampling:?}: GPU and CPU agree on the first {same_prefix} of {} tokens", w.tokens.len());
+            }
+            assert!(equal >= 2, "{sampling:?}: GPU and CPU sampled different sequences in {} of 3 cases", 3 - equal);
         }
-        assert!(equal >= 2, "{sampling:?}: GPU and CPU sampled different sequences in {} of 3 cases", 3 - equal);
     }
     Ok(())
 }
@@ -169,20 +172,21 @@ fn sampled_tokens_follow_the_cpu_distribution() -> drpo::Result<()> {
 fn update_params_equals_a_fresh_copy() -> drpo::Result<()> {
     // Engine::sync after each training step: the values copied into the existing buffer give exactly
     // what a model built from scratch gives; a model of another config is refused
-    let Some(gpu) = gpu_or_skip("gpu_model_update_params") else { return Ok(()) };
-    let gpu = Arc::new(gpu);
-    let a = Model::<f32>::load(&fixture(FIXTURES[0]))?;
-    let b = Model::<f32>::from_params(a.cfg.clone(), a.params.iter().map(|p| p * 1.01 + 1e-3).collect());
-    let mut m = GpuModel::<bf16>::from_cpu(gpu.clone(), &a)?;
-    m.update_params(&b)?;
-    let fresh = GpuModel::<bf16>::from_cpu(gpu.clone(), &b)?;
-    let bits = |x: Vec<bf16>| x.iter().map(|v| v.to_bits()).collect::<Vec<u16>>();
-    assert_eq!(bits(gpu.stream.clone_dtoh(&m.params)?), bits(gpu.stream.clone_dtoh(&fresh.params)?));
-    let seqs = fixture_inputs(&fixture(FIXTURES[0]));
-    let refs: Vec<&[u32]> = seqs.iter().map(|s| s.as_slice()).collect();
-    assert_eq!(m.score(&refs, 1.0)?, fresh.score(&refs, 1.0)?, "scores after update_params");
-    let other = Model::<f32>::load(&fixture(FIXTURES[1]))?;
-    assert!(m.update_params(&other).is_err(), "another config");
+    for gpu in devices("gpu_model_update_params") {
+        let gpu = Arc::new(gpu);
+        let a = Model::<f32>::load(&fixture(FIXTURES[0]))?;
+        let b = Model::<f32>::from_params(a.cfg.clone(), a.params.iter().map(|p| p * 1.01 + 1e-3).collect());
+        let mut m = GpuModel::<bf16>::from_cpu(gpu.clone(), &a)?;
+        m.update_params(&b)?;
+        let fresh = GpuModel::<bf16>::from_cpu(gpu.clone(), &b)?;
+        let bits = |x: Vec<bf16>| x.iter().map(|v| v.to_bits()).collect::<Vec<u16>>();
+        assert_eq!(bits(gpu.dtoh(&m.params)?), bits(gpu.dtoh(&fresh.params)?));
+        let seqs = fixture_inputs(&fixture(FIXTURES[0]));
+        let refs: Vec<&[u32]> = seqs.iter().map(|s| s.as_slice()).collect();
+        assert_eq!(m.score(&refs, 1.0)?, fresh.score(&refs, 1.0)?, "scores after update_params");
+        let other = Model::<f32>::load(&fixture(FIXTURES[1]))?;
+        assert!(m.update_params(&other).is_err(), "another config");
+    }
     Ok(())
 }
 
@@ -193,64 +197,65 @@ const BF16_MODEL: f64 = 3e-2;
 #[test]
 fn bf16_decoding_matches_the_full_forward_and_the_cpu() -> drpo::Result<()> {
     // Engine::Gpu is GpuModel<bf16>: batched prefill, decode steps over the KV cache, the GPU sampler
-    let Some(gpu) = gpu_or_skip("gpu_model_bf16_decoding") else { return Ok(()) };
-    let gpu = Arc::new(gpu);
-    for name in FIXTURES {
-        let cpu = Model::<f32>::load(&fixture(name))?;
-        let rounded: Vec<f64> = cpu.params.iter().map(|&p| bf16::from_f32(p).to_f64()).collect();
-        let cpu_bf16 = Model::<f64>::from_params(cpu.cfg.clone(), rounded);
-        let m16 = GpuModel::<bf16>::from_cpu(gpu.clone(), &cpu)?;
-        let v = cpu.cfg.vocab_size;
-        let (prompt, _) = greedy_prompt(name);
-        let prompts: Vec<Vec<u32>> = vec![prompt.clone(), prompt[..40].to_vec(), prompt[..9].to_vec(), prompt[..61].to_vec()];
-        let n_new = 24;
-        let opts = GenerateOptions { max_new_tokens: n_new, sampling: SamplingParams::greedy(), seed: 0, eos_ids: vec![], stream_offset: 0 };
-        let got = m16.generate(&prompts, &opts)?;
-        let (mut decisive, mut close) = (0, 0);
-        for (i, (p, g)) in prompts.iter().zip(&got).enumerate() {
-            assert_eq!(g.tokens.len(), n_new, "{name} prompt {i}: no eos, so every step runs");
-            let seq: Vec<u32> = p.iter().chain(&g.tokens).copied().collect();
+    for gpu in devices("gpu_model_bf16_decoding") {
+        let gpu = Arc::new(gpu);
+        for name in FIXTURES {
+            let cpu = Model::<f32>::load(&fixture(name))?;
+            let rounded: Vec<f64> = cpu.params.iter().map(|&p| bf16::from_f32(p).to_f64()).collect();
+            let cpu_bf16 = Model::<f64>::from_params(cpu.cfg.clone(), rounded);
+            let m16 = GpuModel::<bf16>::from_cpu(gpu.clone(), &cpu)?;
+            let v = cpu.cfg.vocab_size;
+            let (prompt, _) = greedy_prompt(name);
+            let prompts: Vec<Vec<u32>> = vec![prompt.clone(), prompt[..40].to_vec(), prompt[..9].to_vec(), prompt[..61].to_vec()];
+            let n_new = 24;
+            let opts = GenerateOptions { max_new_tokens: n_new, sampling: SamplingParams::greedy(), seed: 0, eos_ids: vec![], stream_offset: 0 };
+            let got = m16.generate(&prompts, &opts)?;
+            let (mut decisive, mut close) = (0, 0);
+            for (i, (p, g)) in prompts.iter().zip(&got).enumerate() {
+                assert_eq!(g.tokens.len(), n_new, "{name} prompt {i}: no eos, so every step runs");
+                let seq: Vec<u32> = p.iter().chain(&g.tokens).copied().collect();
 
-            // (a) the logits of each decoding step (prefill of the prompt, then one token at a time over
-            // the cache, as generate runs them) against the full-sequence logits of the same model:
-            // both are the bf16 chain, summed in other orders (decode vs prefill attention)
-            let full: Vec<f64> = m16.logits(&[&seq])?.iter().map(|&x| x as f64).collect();
-            let mut cache = GpuKvCache::<bf16>::new(&gpu, &m16.cfg, 1, seq.len())?;
-            let mut hidden = m16.forward_hidden(&mut cache, &[(0, p.as_slice())])?;
-            let mut last = p.len() as u32 - 1;
-            for t in 0..n_new {
-                let step: Vec<f64> = gpu.stream.clone_dtoh(&m16.logits_of_rows(&hidden, &[last])?)?.iter().map(|&x| x as f64).collect();
-                let row = p.len() - 1 + t;
-                assert_close(&format!("{name} prompt {i} step {t}: decode vs full logits"), &step, &full[row * v..(row + 1) * v], chain(BF16_MODEL));
-                // the batch's generation computed this very row (a GEMM row and a sequence's attention
-                // do not depend on the other rows), and greedy is its arg-max
-                assert_eq!(drpo::sampling::argmax(&step) as u32, g.tokens[t], "{name} prompt {i} step {t}: the generated token");
-                hidden = m16.forward_hidden(&mut cache, &[(0, &seq[row + 1..row + 2])])?;
-                last = 0;
-            }
+                // (a) the logits of each decoding step (prefill of the prompt, then one token at a time over
+                // the cache, as generate runs them) against the full-sequence logits of the same model:
+                // both are the bf16 chain, summed in other orders (decode vs prefill attention)
+                let full: Vec<f64> = m16.logits(&[&seq])?.iter().map(|&x| x as f64).collect();
+                let mut cache = GpuKvCache::<bf16>::new(&gpu, &m16.cfg, 1, seq.len())?;
+                let mut hidden = m16.forward_hidden(&mut cache, &[(0, p.as_slice())])?;
+                let mut last = p.len() as u32 - 1;
+                for t in 0..n_new {
+                    let step: Vec<f64> = gpu.dtoh(&m16.logits_of_rows(&hidden, &[last])?)?.iter().map(|&x| x as f64).collect();
+                    let row = p.len() - 1 + t;
+                    assert_close(&format!("{name} prompt {i} step {t}: decode vs full logits"), &step, &full[row * v..(row + 1) * v], chain(BF16_MODEL));
+                    // the batch's generation computed this very row (a GEMM row and a sequence's attention
+                    // do not depend on the other rows), and greedy is its arg-max
+                    assert_eq!(drpo::sampling::argmax(&step) as u32, g.tokens[t], "{name} prompt {i} step {t}: the generated token");
+                    hidden = m16.forward_hidden(&mut cache, &[(0, &seq[row + 1..row + 2])])?;
+                    last = 0;
+                }
 
-            // (b) along the GPU's own path, the CPU f64 model on the same bf16 weights picks the same
-            // token wherever its top-1/top-2 margin exceeds twice the bf16 error bound of a logit
-            // (5σ of BF16_MODEL relative to the row's rms): the two logits can each move by that much
-            let cpu_logits = cpu_bf16.logits(&[&seq])?;
-            for t in 0..n_new {
-                let row = &cpu_logits[(p.len() - 1 + t) * v..(p.len() + t) * v];
-                let rms = (row.iter().map(|x| x * x).sum::<f64>() / v as f64).sqrt();
-                let mut order: Vec<usize> = (0..v).collect();
-                order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
-                let (margin, error) = (row[order[0]] - row[order[1]], 5.0 * BF16_MODEL * rms);
-                if margin > 2.0 * error {
-                    decisive += 1;
-                    assert_eq!(g.tokens[t] as usize, order[0], "{name} prompt {i} step {t}: CPU margin {margin:.3} > 2 × {error:.3}");
-                } else {
-                    close += 1;
+                // (b) along the GPU's own path, the CPU f64 model on the same bf16 weights picks the same
+                // token wherever its top-1/top-2 margin exceeds twice the bf16 error bound of a logit
+                // (5σ of BF16_MODEL relative to the row's rms): the two logits can each move by that much
+                let cpu_logits = cpu_bf16.logits(&[&seq])?;
+                for t in 0..n_new {
+                    let row = &cpu_logits[(p.len() - 1 + t) * v..(p.len() + t) * v];
+                    let rms = (row.iter().map(|x| x * x).sum::<f64>() / v as f64).sqrt();
+                    let mut order: Vec<usize> = (0..v).collect();
+                    order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+                    let (margin, error) = (row[order[0]] - row[order[1]], 5.0 * BF16_MODEL * rms);
+                    if margin > 2.0 * error {
+                        decisive += 1;
+                        assert_eq!(g.tokens[t] as usize, order[0], "{name} prompt {i} step {t}: CPU margin {margin:.3} > 2 × {error:.3}");
+                    } else {
+                        close += 1;
+                    }
                 }
             }
+            println!("{name}: {decisive} generated tokens decisive on the CPU (all equal), {close} within the bf16 error");
+            // premise: the comparison is not vacuous (a CPU computation: ~100% of qwen2-tiny's and ~40% of
+            // qwen2-tiny-mqa's greedy tokens have a margin above 2 × 0.15·rms)
+            assert!(decisive * 4 >= decisive + close, "{name}: only {decisive} of {} tokens decisive", decisive + close);
         }
-        println!("{name}: {decisive} generated tokens decisive on the CPU (all equal), {close} within the bf16 error");
-        // premise: the comparison is not vacuous (a CPU computation: ~100% of qwen2-tiny's and ~40% of
-        // qwen2-tiny-mqa's greedy tokens have a margin above 2 × 0.15·rms)
-        assert!(decisive * 4 >= decisive + close, "{name}: only {decisive} of {} tokens decisive", decisive + close);
     }
     Ok(())
 }
@@ -261,20 +266,24 @@ fn bf16_decoding_matches_the_full_forward_and_the_cpu() -> drpo::Result<()> {
 #[test]
 fn engine_generates_from_its_own_synced_weights() -> drpo::Result<()> {
     use drpo::engine::{Device, Engine};
-    if gpu_or_skip("gpu_engine_sync").is_none() {
+    if devices("gpu_engine_sync").is_empty() {
         return Ok(());
     }
     let base = Model::<f32>::load(&fixture("qwen2-tiny"))?;
     let trained = Model::<f32>::random(base.cfg.clone(), 3, 0.5);
     let prompts = vec![vec![1u32, 2, 3, 4], vec![5, 6, 7]];
     let opts = GenerateOptions { max_new_tokens: 12, sampling: SamplingParams::default(), seed: 0, eos_ids: vec![], stream_offset: 0 };
-    let mut engine = Engine::new(Device::Gpu, &base, &mut |_| {})?;
-    let from_base = engine.generate(&base, &prompts, &opts)?;
-    let fresh = Engine::new(Device::Gpu, &trained, &mut |_| {})?.generate(&trained, &prompts, &opts)?;
-    assert_ne!(from_base, fresh, "the two models must generate differently for this test to mean anything");
-    // the model argument is ignored by a GPU engine: the unsynced one still generates the base's tokens
-    assert_eq!(engine.generate(&trained, &prompts, &opts)?, from_base);
-    engine.sync(&trained)?;
-    assert_eq!(engine.generate(&trained, &prompts, &opts)?, fresh);
+    for gpu in devices("gpu_engine_sync") {
+        let device = if gpu.is_simulated() { Device::Sim } else { Device::Gpu };
+        let mut engine = Engine::new(device, &base, &mut |_| {})?;
+        assert_eq!(engine.name(), if gpu.is_simulated() { "sim" } else { "gpu" });
+        let from_base = engine.generate(&base, &prompts, &opts)?;
+        let fresh = Engine::new(device, &trained, &mut |_| {})?.generate(&trained, &prompts, &opts)?;
+        assert_ne!(from_base, fresh, "the two models must generate differently for this test to mean anything");
+        // the model argument is ignored by a GPU engine: the unsynced one still generates the base's tokens
+        assert_eq!(engine.generate(&trained, &prompts, &opts)?, from_base);
+        engine.sync(&trained)?;
+        assert_eq!(engine.generate(&trained, &prompts, &opts)?, fresh);
+    }
     Ok(())
 }

@@ -43,10 +43,10 @@ fn run<T: GpuFloat>(gpu: &Gpu, rng: &mut rand::rngs::StdRng, seqs: &[(usize, usi
 
     let entries: Vec<(usize, usize, usize)> = seqs.iter().enumerate().map(|(s, &(p, t))| (slot_of(s), p, t)).collect();
     let table = SeqTable::new(gpu, &entries, n_seqs, cap)?;
-    let (mut kc, mut vc) = (gpu.stream.clone_htod(&k_cache)?, gpu.stream.clone_htod(&v_cache)?);
-    let (kn, vn, qd_) = (gpu.stream.clone_htod(&k_new)?, gpu.stream.clone_htod(&v_new)?, gpu.stream.clone_htod(&q)?);
+    let (mut kc, mut vc) = (gpu.htod(&k_cache)?, gpu.htod(&v_cache)?);
+    let (kn, vn, qd_) = (gpu.htod(&k_new)?, gpu.htod(&v_new)?, gpu.htod(&q)?);
     kv_append(gpu, &mut kc.as_view_mut(), &mut vc.as_view_mut(), &kn.as_view(), &vn.as_view(), &table, kvd)?;
-    let mut out = gpu.stream.clone_htod(&nan::<T>(n_rows * qd))?;
+    let mut out = gpu.htod(&nan::<T>(n_rows * qd))?;
     if decode {
         attention_decode(gpu, &mut out.as_view_mut(), &qd_.as_view(), &kc.as_view(), &vc.as_view(), &table, heads)?;
     } else {
@@ -60,10 +60,10 @@ fn run<T: GpuFloat>(gpu: &Gpu, rng: &mut rand::rngs::StdRng, seqs: &[(usize, usi
     // floor is rms(want). f32: the 1e-5 and 5σ of it; bf16: the output rounded once dominates
     // (emulated 1.7e-3, 2.7e-3).
     let bound = if T::NAME == "f32" { chain(1e-5) } else { BF16_CHAIN };
-    assert_close(&what, &widen(&gpu.stream.clone_dtoh(&out)?), &want, bound);
+    assert_close(&what, &widen(&gpu.dtoh(&out)?), &want, bound);
 
     // the append wrote exactly the new rows at their slots (a copy: bit-exact), keys and values, and nothing else
-    let (got_k, got_v) = (gpu.stream.clone_dtoh(&kc)?, gpu.stream.clone_dtoh(&vc)?);
+    let (got_k, got_v) = (gpu.dtoh(&kc)?, gpu.dtoh(&vc)?);
     let bits = |x: &[T]| x.iter().map(|v| v.to_f32().to_bits()).collect::<Vec<u32>>();
     for (s, &(p, t)) in seqs.iter().enumerate() {
         let base = slot_of(s) * cap * kvd;
@@ -96,40 +96,44 @@ fn check<T: GpuFloat>(gpu: &Gpu, rng: &mut rand::rngs::StdRng) -> drpo::Result<(
 
 #[test]
 fn attention_gpu_matches_cpu() -> drpo::Result<()> {
-    let Some(gpu) = gpu_or_skip("attention") else { return Ok(()) };
     let mut rng = rng("attention");
-    check::<f32>(&gpu, &mut rng)?;
-    check::<bf16>(&gpu, &mut rng)
+    for gpu in devices("attention") {
+        check::<f32>(&gpu, &mut rng)?;
+        check::<bf16>(&gpu, &mut rng)?;
+    }
+    Ok(())
 }
 
 #[test]
 fn seq_table_rejects_out_of_bounds_batches() {
-    let Some(gpu) = gpu_or_skip("seq_table") else { return };
-    assert!(SeqTable::new(&gpu, &[(0, 10, 5)], 1, 14).is_err(), "past + tq > cap");
-    assert!(SeqTable::new(&gpu, &[(1, 0, 5)], 1, 14).is_err(), "slot ≥ slots");
-    assert!(SeqTable::new(&gpu, &[(0, 0, 0)], 1, 14).is_err(), "no keys at all");
-    assert!(SeqTable::new(&gpu, &[(0, 9, 5)], 1, 14).is_ok());
+    for gpu in devices("seq_table") {
+        assert!(SeqTable::new(&gpu, &[(0, 10, 5)], 1, 14).is_err(), "past + tq > cap");
+        assert!(SeqTable::new(&gpu, &[(1, 0, 5)], 1, 14).is_err(), "slot ≥ slots");
+        assert!(SeqTable::new(&gpu, &[(0, 0, 0)], 1, 14).is_err(), "no keys at all");
+        assert!(SeqTable::new(&gpu, &[(0, 9, 5)], 1, 14).is_ok());
+    }
 }
 
 #[test]
 fn attention_refuses_more_sequences_than_a_grid_holds() -> drpo::Result<()> {
     // sequences go on grid.z (prefill) / grid.y (decode), ≤ 65,535: an input error naming the op
-    let Some(gpu) = gpu_or_skip("attention_grid_limit") else { return Ok(()) };
-    let heads = Heads { nh: 4, nkv: 2, hd: 16 };
-    let n_seqs = 65_536;
-    let entries: Vec<(usize, usize, usize)> = (0..n_seqs).map(|s| (s, 0, 1)).collect();
-    let table = SeqTable::new(&gpu, &entries, n_seqs, 1)?;
-    let (qd, kvd) = (heads.nh * heads.hd, heads.nkv * heads.hd);
-    let kc = gpu.stream.alloc_zeros::<bf16>(n_seqs * kvd)?;
-    let vc = gpu.stream.alloc_zeros::<bf16>(n_seqs * kvd)?;
-    let q = gpu.stream.alloc_zeros::<bf16>(n_seqs * qd)?;
-    let mut out = gpu.stream.alloc_zeros::<bf16>(n_seqs * qd)?;
-    for (op, e) in [
-        ("attention_decode", attention_decode(&gpu, &mut out.as_view_mut(), &q.as_view(), &kc.as_view(), &vc.as_view(), &table, heads).unwrap_err()),
-        ("attention_prefill", attention_prefill(&gpu, &mut out.as_view_mut(), &q.as_view(), &kc.as_view(), &vc.as_view(), &table, heads).unwrap_err()),
-    ] {
-        println!("{e}");
-        assert!(matches!(e, drpo::Error::Input { .. }) && e.to_string().contains(op) && e.to_string().contains("65535"), "{e}");
+    for gpu in devices("attention_grid_limit") {
+        let heads = Heads { nh: 4, nkv: 2, hd: 16 };
+        let n_seqs = 65_536;
+        let entries: Vec<(usize, usize, usize)> = (0..n_seqs).map(|s| (s, 0, 1)).collect();
+        let table = SeqTable::new(&gpu, &entries, n_seqs, 1)?;
+        let (qd, kvd) = (heads.nh * heads.hd, heads.nkv * heads.hd);
+        let kc = gpu.alloc_zeros::<bf16>(n_seqs * kvd)?;
+        let vc = gpu.alloc_zeros::<bf16>(n_seqs * kvd)?;
+        let q = gpu.alloc_zeros::<bf16>(n_seqs * qd)?;
+        let mut out = gpu.alloc_zeros::<bf16>(n_seqs * qd)?;
+        for (op, e) in [
+            ("attention_decode", attention_decode(&gpu, &mut out.as_view_mut(), &q.as_view(), &kc.as_view(), &vc.as_view(), &table, heads).unwrap_err()),
+            ("attention_prefill", attention_prefill(&gpu, &mut out.as_view_mut(), &q.as_view(), &kc.as_view(), &vc.as_view(), &table, heads).unwrap_err()),
+        ] {
+            println!("{e}");
+            assert!(matches!(e, drpo::Error::Input { .. }) && e.to_string().contains(op) && e.to_string().contains("65535"), "{e}");
+        }
     }
     Ok(())
 }

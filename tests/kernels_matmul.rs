@@ -24,11 +24,11 @@ fn check<T: GpuFloat>(gpu: &Gpu, rng: &mut rand::rngs::StdRng, tile: MatmulTile)
         let w = uniform::<T>(rng, d_out * d_in + off, 0.1);
         let b = uniform::<T>(rng, d_out, 0.5);
         let want = reference(&widen(&x[off..]), &widen(&w[off..]), with_bias.then(|| widen(&b)).as_deref(), n, d_in, d_out);
-        let (xd, wd, bd) = (gpu.stream.clone_htod(&x)?, gpu.stream.clone_htod(&w)?, gpu.stream.clone_htod(&b)?);
-        let mut out = gpu.stream.clone_htod(&nan::<T>(n * d_out))?;
+        let (xd, wd, bd) = (gpu.htod(&x)?, gpu.htod(&w)?, gpu.htod(&b)?);
+        let mut out = gpu.htod(&nan::<T>(n * d_out))?;
         let bv = bd.as_view();
         gpu::matmul::matmul_fwd_with(gpu, tile, &mut out.as_view_mut(), &xd.slice(off..), &wd.slice(off..), with_bias.then_some(&bv), n, d_in, d_out)?;
-        let got = widen(&gpu.stream.clone_dtoh(&out)?);
+        let got = widen(&gpu.dtoh(&out)?);
         let what = format!("matmul {} {tile:?} n={n} d_in={d_in} d_out={d_out} bias={with_bias} misaligned={misalign}", T::NAME);
         // Bound derived, not yet measured on a GPU. f32 (CUDA cores): one thread sums k ≤ 4864 FMAs in
         // order, a relative error ~u·sqrt(k/6) ≈ 1.7e-6 of the output scale (an f32 emulation on these
@@ -40,9 +40,9 @@ fn check<T: GpuFloat>(gpu: &Gpu, rng: &mut rand::rngs::StdRng, tile: MatmulTile)
         if T::NAME == "bf16" {
             // f32 output of the same product (the logits path) with the same tile (matmul_fwd_f32out's
             // own choice is Small at every size here): only f32 rounding, so the f32 bound
-            let mut out32 = gpu.stream.clone_htod(&vec![f32::NAN; n * d_out])?;
+            let mut out32 = gpu.htod(&vec![f32::NAN; n * d_out])?;
             gpu::matmul::matmul_fwd_f32out_with(gpu, tile, &mut out32.as_view_mut(), &xd.slice(off..), &wd.slice(off..), with_bias.then_some(&bv), n, d_in, d_out)?;
-            let got = widen(&gpu.stream.clone_dtoh(&out32)?);
+            let got = widen(&gpu.dtoh(&out32)?);
             // no output rounding: the mma accumulation alone (emulated 8.6e-7, worst 2.1e-6 at floor rms)
             assert_close(&format!("{what} f32-out"), &got, &want, chain(1e-5));
         }
@@ -52,27 +52,30 @@ fn check<T: GpuFloat>(gpu: &Gpu, rng: &mut rand::rngs::StdRng, tile: MatmulTile)
 
 #[test]
 fn matmul_fwd_gpu_matches_cpu() -> drpo::Result<()> {
-    let Some(gpu) = gpu_or_skip("matmul_fwd") else { return Ok(()) };
     let mut rng = rng("matmul_fwd");
-    check::<f32>(&gpu, &mut rng, MatmulTile::Large)?;
-    check::<bf16>(&gpu, &mut rng, MatmulTile::Large)?;
-    check::<bf16>(&gpu, &mut rng, MatmulTile::Small)
+    for gpu in devices("matmul_fwd") {
+        check::<f32>(&gpu, &mut rng, MatmulTile::Large)?;
+        check::<bf16>(&gpu, &mut rng, MatmulTile::Large)?;
+        check::<bf16>(&gpu, &mut rng, MatmulTile::Small)?;
+    }
+    Ok(())
 }
 
 #[test]
 fn matmul_is_deterministic() -> drpo::Result<()> {
-    let Some(gpu) = gpu_or_skip("matmul_deterministic") else { return Ok(()) };
     let mut rng = rng("matmul_deterministic");
-    let (n, d_in, d_out) = (300, 896, 1000);
-    let (x, w) = (uniform::<bf16>(&mut rng, n * d_in, 1.0), uniform::<bf16>(&mut rng, d_out * d_in, 0.1));
-    let (xd, wd) = (gpu.stream.clone_htod(&x)?, gpu.stream.clone_htod(&w)?);
-    let mut runs = Vec::new();
-    for _ in 0..3 {
-        let mut out = gpu.stream.clone_htod(&nan::<bf16>(n * d_out))?;
-        gpu::matmul::matmul_fwd(&gpu, &mut out.as_view_mut(), &xd.as_view(), &wd.as_view(), None, n, d_in, d_out)?;
-        runs.push(gpu.stream.clone_dtoh(&out)?.iter().map(|v| v.to_bits()).collect::<Vec<u16>>());
+    for gpu in devices("matmul_deterministic") {
+        let (n, d_in, d_out) = (300, 896, 1000);
+        let (x, w) = (uniform::<bf16>(&mut rng, n * d_in, 1.0), uniform::<bf16>(&mut rng, d_out * d_in, 0.1));
+        let (xd, wd) = (gpu.htod(&x)?, gpu.htod(&w)?);
+        let mut runs = Vec::new();
+        for _ in 0..3 {
+            let mut out = gpu.htod(&nan::<bf16>(n * d_out))?;
+            gpu::matmul::matmul_fwd(&gpu, &mut out.as_view_mut(), &xd.as_view(), &wd.as_view(), None, n, d_in, d_out)?;
+            runs.push(gpu.dtoh(&out)?.iter().map(|v| v.to_bits()).collect::<Vec<u16>>());
+        }
+        assert!(runs.windows(2).all(|r| r[0] == r[1]), "matmul results differ between runs");
     }
-    assert!(runs.windows(2).all(|r| r[0] == r[1]), "matmul results differ between runs");
     Ok(())
 }
 
@@ -80,17 +83,18 @@ fn matmul_is_deterministic() -> drpo::Result<()> {
 fn matmul_refuses_a_grid_over_the_cuda_limit() -> drpo::Result<()> {
     // rows go on grid.y (≤ 65,535 blocks): one row more than 65,535 tiles of 64 is an input error
     // naming the op, not a launch failure
-    let Some(gpu) = gpu_or_skip("matmul_grid_limit") else { return Ok(()) };
-    let n = 65_535 * 64 + 1;
-    let (x, w) = (gpu.stream.clone_htod(&vec![bf16::from_f32(1.0); n])?, gpu.stream.clone_htod(&[bf16::from_f32(1.0)])?);
-    let mut out = gpu.stream.alloc_zeros::<bf16>(n)?;
-    let e = gpu::matmul::matmul_fwd_with(&gpu, MatmulTile::Small, &mut out.as_view_mut(), &x.as_view(), &w.as_view(), None, n, 1, 1).unwrap_err();
-    println!("{e}");
-    assert!(matches!(e, drpo::Error::Input { .. }) && e.to_string().contains("matmul_fwd") && e.to_string().contains("65535"), "{e}");
-    // 128-row tiles fit
-    gpu::matmul::matmul_fwd_with(&gpu, MatmulTile::Large, &mut out.as_view_mut(), &x.as_view(), &w.as_view(), None, n, 1, 1)?;
-    let (x32, w32) = (gpu.stream.clone_htod(&vec![1.0f32; n])?, gpu.stream.clone_htod(&[1.0f32])?);
-    let mut out32 = gpu.stream.alloc_zeros::<f32>(n)?;
-    assert!(gpu::matmul::matmul_fwd(&gpu, &mut out32.as_view_mut(), &x32.as_view(), &w32.as_view(), None, n, 1, 1).is_err());
+    for gpu in devices("matmul_grid_limit") {
+        let n = 65_535 * 64 + 1;
+        let (x, w) = (gpu.htod(&vec![bf16::from_f32(1.0); n])?, gpu.htod(&[bf16::from_f32(1.0)])?);
+        let mut out = gpu.alloc_zeros::<bf16>(n)?;
+        let e = gpu::matmul::matmul_fwd_with(&gpu, MatmulTile::Small, &mut out.as_view_mut(), &x.as_view(), &w.as_view(), None, n, 1, 1).unwrap_err();
+        println!("{e}");
+        assert!(matches!(e, drpo::Error::Input { .. }) && e.to_string().contains("matmul_fwd") && e.to_string().contains("65535"), "{e}");
+        // 128-row tiles fit
+        gpu::matmul::matmul_fwd_with(&gpu, MatmulTile::Large, &mut out.as_view_mut(), &x.as_view(), &w.as_view(), None, n, 1, 1)?;
+        let (x32, w32) = (gpu.htod(&vec![1.0f32; n])?, gpu.htod(&[1.0f32])?);
+        let mut out32 = gpu.alloc_zeros::<f32>(n)?;
+        assert!(gpu::matmul::matmul_fwd(&gpu, &mut out32.as_view_mut(), &x32.as_view(), &w32.as_view(), None, n, 1, 1).is_err());
+    }
     Ok(())
 }

@@ -14,11 +14,11 @@ fn check<T: GpuFloat>(gpu: &Gpu, rng: &mut rand::rngs::StdRng) -> drpo::Result<(
         let mut want = widen(&x);
         drpo::cpu::rope::rope_fwd(&mut want, &cos64, &sin64, heads, hd);
         let (cos, sin) = gpu::rope::rope_table(max_pos, hd, theta);
-        let (cd, sd) = (gpu.stream.clone_htod(&cos)?, gpu.stream.clone_htod(&sin)?);
-        let pd = gpu.stream.clone_htod(&pos.iter().map(|&p| p as i32).collect::<Vec<_>>())?;
-        let mut xd = gpu.stream.clone_htod(&x)?;
+        let (cd, sd) = (gpu.htod(&cos)?, gpu.htod(&sin)?);
+        let pd = gpu.htod(&pos.iter().map(|&p| p as i32).collect::<Vec<_>>())?;
+        let mut xd = gpu.htod(&x)?;
         gpu::rope::rope_fwd(gpu, &mut xd.as_view_mut(), &pd.as_view(), &cd.as_view(), &sd.as_view(), n, heads, hd)?;
-        let got = widen(&gpu.stream.clone_dtoh(&xd)?);
+        let got = widen(&gpu.dtoh(&xd)?);
         // f32: x·cos − y·sin cancels, so its rounding error (≲ 4·2^-24·3 absolute, f32 tables included)
         // scales with the inputs (|x| ≤ 3), not with the result: the f32 preset with the floor at the
         // input scale (emulated: rel_l2 5e-8, worst 1.2e-7; at floor 1e-6 a cancelled element reads 2e-2).
@@ -31,10 +31,10 @@ fn check<T: GpuFloat>(gpu: &Gpu, rng: &mut rand::rngs::StdRng) -> drpo::Result<(
     let x = uniform::<T>(rng, 4 * heads * hd, 1.0);
     let pos = [1i32, 5, 4, -1];
     let (cos, sin) = gpu::rope::rope_table(max_pos, hd, 1e4);
-    let (cd, sd, pd) = (gpu.stream.clone_htod(&cos)?, gpu.stream.clone_htod(&sin)?, gpu.stream.clone_htod(&pos)?);
-    let mut xd = gpu.stream.clone_htod(&x)?;
+    let (cd, sd, pd) = (gpu.htod(&cos)?, gpu.htod(&sin)?, gpu.htod(&pos)?);
+    let mut xd = gpu.htod(&x)?;
     gpu::rope::rope_fwd(gpu, &mut xd.as_view_mut(), &pd.as_view(), &cd.as_view(), &sd.as_view(), 4, heads, hd)?;
-    let got = widen(&gpu.stream.clone_dtoh(&xd)?);
+    let got = widen(&gpu.dtoh(&xd)?);
     let row = heads * hd;
     assert!(got[row..2 * row].iter().chain(&got[3 * row..]).all(|v| v.is_nan()), "rows at positions 5 ≥ max_pos and -1 must be NaN");
     assert!(got[..row].iter().chain(&got[2 * row..3 * row]).all(|v| v.is_finite()), "rows at valid positions");
@@ -43,8 +43,10 @@ fn check<T: GpuFloat>(gpu: &Gpu, rng: &mut rand::rngs::StdRng) -> drpo::Result<(
 
 #[test]
 fn rope_fwd_gpu_matches_cpu() -> drpo::Result<()> {
-    let Some(gpu) = gpu_or_skip("rope_fwd") else { return Ok(()) };
     let mut rng = rng("rope_fwd");
-    check::<f32>(&gpu, &mut rng)?;
-    check::<bf16>(&gpu, &mut rng)
+    for gpu in devices("rope_fwd") {
+        check::<f32>(&gpu, &mut rng)?;
+        check::<bf16>(&gpu, &mut rng)?;
+    }
+    Ok(())
 }

@@ -12,20 +12,21 @@ use rand::Rng;
 
 #[test]
 fn philox_uniforms_are_bit_identical_to_the_cpu() -> drpo::Result<()> {
-    let Some(gpu) = gpu_or_skip("philox_uniform") else { return Ok(()) };
     let mut rng = rng("philox_uniform");
-    for _ in 0..4 {
-        let seed: u64 = rng.random();
-        let n = 10_000;
-        let streams: Vec<u64> = (0..n).map(|i| if i % 2 == 0 { i as u64 } else { rng.random() }).collect();
-        let steps: Vec<u64> = (0..n).map(|i| if i % 3 == 0 { (i / 3) as u64 } else { rng.random() }).collect();
-        let (sd, td) = (gpu.stream.clone_htod(&streams)?, gpu.stream.clone_htod(&steps)?);
-        let mut out = gpu.stream.clone_htod(&vec![f64::NAN; n])?;
-        gpu::sampling::philox_uniform(&gpu, &mut out.as_view_mut(), seed, &sd.as_view(), &td.as_view())?;
-        let got = gpu.stream.clone_dtoh(&out)?;
-        for i in 0..n {
-            let want = uniform(seed, streams[i], steps[i]);
-            assert_eq!(got[i].to_bits(), want.to_bits(), "seed {seed} stream {} step {}: {} vs {want}", streams[i], steps[i], got[i]);
+    for gpu in devices("philox_uniform") {
+        for _ in 0..4 {
+            let seed: u64 = rng.random();
+            let n = 10_000;
+            let streams: Vec<u64> = (0..n).map(|i| if i % 2 == 0 { i as u64 } else { rng.random() }).collect();
+            let steps: Vec<u64> = (0..n).map(|i| if i % 3 == 0 { (i / 3) as u64 } else { rng.random() }).collect();
+            let (sd, td) = (gpu.htod(&streams)?, gpu.htod(&steps)?);
+            let mut out = gpu.htod(&vec![f64::NAN; n])?;
+            gpu::sampling::philox_uniform(&gpu, &mut out.as_view_mut(), seed, &sd.as_view(), &td.as_view())?;
+            let got = gpu.dtoh(&out)?;
+            for i in 0..n {
+                let want = uniform(seed, streams[i], steps[i]);
+                assert_eq!(got[i].to_bits(), want.to_bits(), "seed {seed} stream {} step {}: {} vs {want}", streams[i], steps[i], got[i]);
+            }
         }
     }
     Ok(())
@@ -110,11 +111,11 @@ fn run(gpu: &Gpu, rng: &mut rand::rngs::StdRng, kind: &str, rows: usize, v: usiz
     let logits = logits_rows(rng, kind, rows, v);
     let (seed, step): (u64, u64) = (rng.random(), rng.random_range(0..1000));
     let streams: Vec<u64> = (0..rows as u64).map(|r| r * 7 + 3).collect();
-    let (ld, sd) = (gpu.stream.clone_htod(&logits)?, gpu.stream.clone_htod(&streams)?);
-    let mut tokens = gpu.stream.clone_htod(&vec![u32::MAX; rows])?;
-    let mut scratch = gpu.stream.alloc_zeros::<u64>(rows * v)?;
+    let (ld, sd) = (gpu.htod(&logits)?, gpu.htod(&streams)?);
+    let mut tokens = gpu.htod(&vec![u32::MAX; rows])?;
+    let mut scratch = gpu.alloc_zeros::<u64>(rows * v)?;
     gpu::sampling::sample(gpu, &mut tokens.as_view_mut(), &mut scratch.as_view_mut(), &ld.as_view(), &sd.as_view(), rows, v, &params, seed, step)?;
-    let got = gpu.stream.clone_dtoh(&tokens)?;
+    let got = gpu.dtoh(&tokens)?;
     let (mut differ, mut by_kind) = (0, std::collections::BTreeMap::<&str, usize>::new());
     for r in 0..rows {
         let row = &logits[r * v..(r + 1) * v];
@@ -138,24 +139,25 @@ fn run(gpu: &Gpu, rng: &mut rand::rngs::StdRng, kind: &str, rows: usize, v: usiz
 
 #[test]
 fn sampler_draws_the_cpu_token_for_the_same_uniform() -> drpo::Result<()> {
-    let Some(gpu) = gpu_or_skip("sample") else { return Ok(()) };
     let mut rng = rng("sample");
-    let p = |temperature: f64, top_k: usize, top_p: f64| SamplingParams { temperature, top_k, top_p };
-    let params = [p(0.0, 0, 1.0), p(1.0, 0, 1.0), p(0.6, 0, 0.9), p(1.0, 1, 1.0), p(1.0, 5, 1.0), p(0.7, 50, 1.0), p(1.0, 20, 0.8), p(1.0, 20, 0.5), p(1.3, 3, 0.5), p(1.0, 0, 0.05)];
-    // (k = 20, top_p 0.8 / 0.5 on the "ties" rows: a nucleus of tied tokens whose mass ratio is exactly
-    // 16/20 against the threshold ⌈0.8·2^32⌉/2^32, or exactly the threshold 10/20 = 2^31/2^32)
-    let mut differ = 0;
-    let mut total = 0;
-    for kind in ["normal", "ties", "masked", "large", "peaked"] {
-        for (v, rows) in [(1, 3), (7, 50), (1000, 64), (151_936, 2)] {
-            for params in params {
-                differ += run(&gpu, &mut rng, kind, rows, v, params)?;
-                total += rows;
+    for gpu in devices("sample") {
+        let p = |temperature: f64, top_k: usize, top_p: f64| SamplingParams { temperature, top_k, top_p };
+        let params = [p(0.0, 0, 1.0), p(1.0, 0, 1.0), p(0.6, 0, 0.9), p(1.0, 1, 1.0), p(1.0, 5, 1.0), p(0.7, 50, 1.0), p(1.0, 20, 0.8), p(1.0, 20, 0.5), p(1.3, 3, 0.5), p(1.0, 0, 0.05)];
+        // (k = 20, top_p 0.8 / 0.5 on the "ties" rows: a nucleus of tied tokens whose mass ratio is exactly
+        // 16/20 against the threshold ⌈0.8·2^32⌉/2^32, or exactly the threshold 10/20 = 2^31/2^32)
+        let mut differ = 0;
+        let mut total = 0;
+        for kind in ["normal", "ties", "masked", "large", "peaked"] {
+            for (v, rows) in [(1, 3), (7, 50), (1000, 64), (151_936, 2)] {
+                for params in params {
+                    differ += run(&gpu, &mut rng, kind, rows, v, params)?;
+                    total += rows;
+                }
             }
         }
+        println!("{differ} of {total} rows differ, all at a boundary");
+        assert!(differ * 1000 <= total, "too many boundary cases ({differ} of {total}): the kernel is not computing the same masses");
     }
-    println!("{differ} of {total} rows differ, all at a boundary");
-    assert!(differ * 1000 <= total, "too many boundary cases ({differ} of {total}): the kernel is not computing the same masses");
     Ok(())
 }
 
@@ -163,41 +165,42 @@ fn sampler_draws_the_cpu_token_for_the_same_uniform() -> drpo::Result<()> {
 fn sampler_frequencies_follow_the_distribution() -> drpo::Result<()> {
     // one row, many independent draws (distinct streams): a chi-square test of the GPU tokens against
     // sampling_probs, independent of the CPU sampler
-    let Some(gpu) = gpu_or_skip("sample_frequencies") else { return Ok(()) };
     let mut rng = rng("sample_frequencies");
-    let v = 50;
-    let row: Vec<f32> = (0..v).map(|_| rng.random_range(-2.0f32..2.0)).collect();
-    for params in [SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0 }, SamplingParams { temperature: 0.8, top_k: 10, top_p: 0.9 }] {
-        let draws = 100_000;
-        let logits: Vec<f32> = (0..draws).flat_map(|_| row.iter().copied()).collect();
-        let streams: Vec<u64> = (0..draws as u64).collect();
-        let (ld, sd) = (gpu.stream.clone_htod(&logits)?, gpu.stream.clone_htod(&streams)?);
-        let mut tokens = gpu.stream.clone_htod(&vec![u32::MAX; draws])?;
-        let mut scratch = gpu.stream.alloc_zeros::<u64>(draws * v)?;
-        let seed: u64 = rng.random();
-        gpu::sampling::sample(&gpu, &mut tokens.as_view_mut(), &mut scratch.as_view_mut(), &ld.as_view(), &sd.as_view(), draws, v, &params, seed, 0)?;
-        let got = gpu.stream.clone_dtoh(&tokens)?;
-        let probs = sampling_probs(&row, &params);
-        let mut counts = vec![0usize; v];
-        for &t in &got {
-            counts[t as usize] += 1;
-        }
-        let mut chi2 = 0.0;
-        let mut dof = 0;
-        for i in 0..v {
-            let expected = probs[i] * draws as f64;
-            if probs[i] == 0.0 {
-                assert_eq!(counts[i], 0, "{params:?}: token {i} has probability 0 but was drawn {} times", counts[i]);
-            } else {
-                chi2 += (counts[i] as f64 - expected).powi(2) / expected;
-                dof += 1;
+    for gpu in devices("sample_frequencies") {
+        let v = 50;
+        let row: Vec<f32> = (0..v).map(|_| rng.random_range(-2.0f32..2.0)).collect();
+        for params in [SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0 }, SamplingParams { temperature: 0.8, top_k: 10, top_p: 0.9 }] {
+            let draws = 100_000;
+            let logits: Vec<f32> = (0..draws).flat_map(|_| row.iter().copied()).collect();
+            let streams: Vec<u64> = (0..draws as u64).collect();
+            let (ld, sd) = (gpu.htod(&logits)?, gpu.htod(&streams)?);
+            let mut tokens = gpu.htod(&vec![u32::MAX; draws])?;
+            let mut scratch = gpu.alloc_zeros::<u64>(draws * v)?;
+            let seed: u64 = rng.random();
+            gpu::sampling::sample(&gpu, &mut tokens.as_view_mut(), &mut scratch.as_view_mut(), &ld.as_view(), &sd.as_view(), draws, v, &params, seed, 0)?;
+            let got = gpu.dtoh(&tokens)?;
+            let probs = sampling_probs(&row, &params);
+            let mut counts = vec![0usize; v];
+            for &t in &got {
+                counts[t as usize] += 1;
             }
+            let mut chi2 = 0.0;
+            let mut dof = 0;
+            for i in 0..v {
+                let expected = probs[i] * draws as f64;
+                if probs[i] == 0.0 {
+                    assert_eq!(counts[i], 0, "{params:?}: token {i} has probability 0 but was drawn {} times", counts[i]);
+                } else {
+                    chi2 += (counts[i] as f64 - expected).powi(2) / expected;
+                    dof += 1;
+                }
+            }
+            dof -= 1;
+            // mean dof, sd sqrt(2 dof): 6 sd above the mean fails only for a wrong distribution
+            let limit = dof as f64 + 6.0 * (2.0 * dof as f64).sqrt();
+            println!("{params:?}: chi2 = {chi2:.1} with {dof} dof (limit {limit:.1})");
+            assert!(chi2 <= limit, "{params:?}: chi2 {chi2:.1} > {limit:.1}");
         }
-        dof -= 1;
-        // mean dof, sd sqrt(2 dof): 6 sd above the mean fails only for a wrong distribution
-        let limit = dof as f64 + 6.0 * (2.0 * dof as f64).sqrt();
-        println!("{params:?}: chi2 = {chi2:.1} with {dof} dof (limit {limit:.1})");
-        assert!(chi2 <= limit, "{params:?}: chi2 {chi2:.1} > {limit:.1}");
     }
     Ok(())
 }

@@ -15,10 +15,10 @@ fn check<T: GpuFloat>(gpu: &Gpu, rng: &mut rand::rngs::StdRng) -> drpo::Result<(
         }
         let mut want = vec![0.0; n * ff];
         drpo::cpu::swiglu::swiglu_fwd(&mut want, &gate, &up);
-        let mut out = gpu.stream.clone_htod(&nan::<T>(n * ff))?;
-        let gud = gpu.stream.clone_htod(&gu)?;
+        let mut out = gpu.htod(&nan::<T>(n * ff))?;
+        let gud = gpu.htod(&gu)?;
         gpu::swiglu::swiglu_fwd(gpu, &mut out.as_view_mut(), &gud.as_view(), n, ff)?;
-        let got = widen(&gpu.stream.clone_dtoh(&out)?);
+        let got = widen(&gpu.dtoh(&out)?);
         // silu(g)·u: products and one quotient in f32 (expf ≤ 2 ulp), rounded once to T
         assert_close(&format!("swiglu {} n={n} ff={ff}", T::NAME), &got, &want, once::<T>());
     }
@@ -27,9 +27,9 @@ fn check<T: GpuFloat>(gpu: &Gpu, rng: &mut rand::rngs::StdRng) -> drpo::Result<(
         // one f32 addition rounded once to T: bit for bit what the host computes
         let bits = |v: &[T]| v.iter().map(|v| v.to_f32().to_bits()).collect::<Vec<u32>>();
         let want: Vec<T> = x.iter().zip(&y).map(|(a, b)| T::from_f32(a.to_f32() + b.to_f32())).collect();
-        let (mut xd, yd) = (gpu.stream.clone_htod(&x)?, gpu.stream.clone_htod(&y)?);
+        let (mut xd, yd) = (gpu.htod(&x)?, gpu.htod(&y)?);
         gpu::residual::residual_add(gpu, &mut xd.as_view_mut(), &yd.as_view())?;
-        let got = gpu.stream.clone_dtoh(&xd)?;
+        let got = gpu.dtoh(&xd)?;
         assert_eq!(bits(&got), bits(&want), "residual_add {} len={len}: not bit for bit", T::NAME);
     }
     Ok(())
@@ -37,8 +37,10 @@ fn check<T: GpuFloat>(gpu: &Gpu, rng: &mut rand::rngs::StdRng) -> drpo::Result<(
 
 #[test]
 fn swiglu_and_residual_gpu_match_cpu() -> drpo::Result<()> {
-    let Some(gpu) = gpu_or_skip("swiglu_fwd") else { return Ok(()) };
     let mut rng = rng("swiglu_fwd");
-    check::<f32>(&gpu, &mut rng)?;
-    check::<bf16>(&gpu, &mut rng)
+    for gpu in devices("swiglu_fwd") {
+        check::<f32>(&gpu, &mut rng)?;
+        check::<bf16>(&gpu, &mut rng)?;
+    }
+    Ok(())
 }

@@ -1,8 +1,7 @@
 //! Launchers of `cuda/attention.cu`: KV-cache append, prefill (flash) attention, decode attention.
 
-use super::{as_i32, blocks, grid_dims, Gpu, GpuFloat};
+use super::{as_i32, blocks, grid_dims, DView, DViewMut, DeviceBuffer, Gpu, GpuFloat, LaunchCfg, ATTENTION};
 use crate::error::{check_len, Error, Result};
-use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
 
 /// Largest head dim the kernels hold in registers / shared memory (Qwen2: 64 or 128).
 pub const MAX_HEAD_DIM: usize = 128;
@@ -27,11 +26,11 @@ pub struct SeqTable {
     /// cache capacity (positions per slot) the table was checked against
     pub cap: usize,
     pub slots: usize,
-    pub slot: CudaSlice<i32>,
-    pub seq_start: CudaSlice<i32>,
-    pub past: CudaSlice<i32>,
-    pub row_slot: CudaSlice<i32>,
-    pub row_pos: CudaSlice<i32>,
+    pub slot: DeviceBuffer<i32>,
+    pub seq_start: DeviceBuffer<i32>,
+    pub past: DeviceBuffer<i32>,
+    pub row_slot: DeviceBuffer<i32>,
+    pub row_pos: DeviceBuffer<i32>,
 }
 
 impl SeqTable {
@@ -58,10 +57,7 @@ impl SeqTable {
             seq_start.push(as_i32("SeqTable", "rows", row_slot.len())?);
             max_tq = max_tq.max(tq);
         }
-        let up = |v: &[i32]| -> Result<CudaSlice<i32>> {
-            // a zero-length allocation is refused by some drivers: keep one element
-            Ok(gpu.stream.clone_htod(if v.is_empty() { &[0][..] } else { v })?)
-        };
+        let up = |v: &[i32]| -> Result<DeviceBuffer<i32>> { gpu.htod(v) };
         Ok(SeqTable {
             n_seqs: entries.len(),
             n_rows: row_slot.len(),
@@ -81,10 +77,10 @@ impl SeqTable {
 /// k_cache, v_cache: [slots, cap, kvd]   k, v: [n_rows, kvd]
 pub fn kv_append<T: GpuFloat>(
     gpu: &Gpu,
-    k_cache: &mut CudaViewMut<T>,
-    v_cache: &mut CudaViewMut<T>,
-    k: &CudaView<T>,
-    v: &CudaView<T>,
+    k_cache: &mut DViewMut<T>,
+    v_cache: &mut DViewMut<T>,
+    k: &DView<T>,
+    v: &DView<T>,
     seqs: &SeqTable,
     kvd: usize,
 ) -> Result<()> {
@@ -97,15 +93,13 @@ pub fn kv_append<T: GpuFloat>(
         return Ok(());
     }
     let name = T::pick("kv_append_f32", "kv_append_bf16");
-    let f = gpu.function("attention", name)?;
     let (kvd32, cap32) = (as_i32(OP, "kvd", kvd)?, as_i32(OP, "cap", seqs.cap)?);
-    let grid_dim = grid_dims(OP, [(seqs.n_rows, "rows"), (1, ""), (1, "")])?;
-    let cfg = LaunchConfig { grid_dim, block_dim: (128, 1, 1), shared_mem_bytes: 0 };
-    let mut args = gpu.stream.launch_builder(&f);
-    args.arg(k_cache).arg(v_cache).arg(k).arg(v).arg(&seqs.row_slot).arg(&seqs.row_pos).arg(&kvd32).arg(&cap32);
+    let grid = grid_dims(OP, [(seqs.n_rows, "rows"), (1, ""), (1, "")])?;
+    let mut l = gpu.launch(&ATTENTION, name, LaunchCfg::new(grid, 128));
+    l.arg_mut(k_cache).arg_mut(v_cache).arg(k).arg(v).arg(&seqs.row_slot.as_view()).arg(&seqs.row_pos.as_view()).i32(kvd32).i32(cap32);
     // SAFETY: order and types match kv_append_<T>; SeqTable::new checked every slot < slots and
     // position < cap; buffer lengths checked above.
-    unsafe { gpu.launch(name, cfg, &mut args) }
+    unsafe { l.run() }
 }
 
 /// Head counts of one attention call.
@@ -128,10 +122,10 @@ fn check_heads(op: &'static str, h: Heads) -> Result<()> {
 /// out, q: [n_rows, nh, hd]   k_cache, v_cache: [slots, cap, nkv, hd]
 pub fn attention_prefill<T: GpuFloat>(
     gpu: &Gpu,
-    out: &mut CudaViewMut<T>,
-    q: &CudaView<T>,
-    k_cache: &CudaView<T>,
-    v_cache: &CudaView<T>,
+    out: &mut DViewMut<T>,
+    q: &DView<T>,
+    k_cache: &DView<T>,
+    v_cache: &DView<T>,
     seqs: &SeqTable,
     heads: Heads,
 ) -> Result<()> {
@@ -146,28 +140,26 @@ pub fn attention_prefill<T: GpuFloat>(
         return Ok(());
     }
     let name = T::pick("attention_prefill_f32", "attention_prefill_bf16");
-    let f = gpu.function("attention", name)?;
     let (nh32, nkv32, hd32, cap32) = (as_i32(OP, "nh", nh)?, as_i32(OP, "nkv", nkv)?, as_i32(OP, "hd", hd)?, as_i32(OP, "cap", seqs.cap)?);
     let scale = (1.0 / (hd as f64).sqrt()) as f32;
-    let grid_dim = grid_dims(OP, [(blocks(seqs.max_tq, PREFILL_ROWS), "query tiles"), (nh, "heads"), (seqs.n_seqs, "sequences")])?;
-    let cfg = LaunchConfig { grid_dim, block_dim: (PREFILL_WARPS as u32 * 32, 1, 1), shared_mem_bytes: 0 };
-    let mut args = gpu.stream.launch_builder(&f);
-    args.arg(out).arg(q).arg(k_cache).arg(v_cache).arg(&seqs.slot).arg(&seqs.seq_start).arg(&seqs.past);
-    args.arg(&nh32).arg(&nkv32).arg(&hd32).arg(&cap32).arg(&scale);
+    let grid = grid_dims(OP, [(blocks(seqs.max_tq, PREFILL_ROWS), "query tiles"), (nh, "heads"), (seqs.n_seqs, "sequences")])?;
+    let mut l = gpu.launch(&ATTENTION, name, LaunchCfg::new(grid, PREFILL_WARPS as u32 * 32));
+    l.arg_mut(out).arg(q).arg(k_cache).arg(v_cache).arg(&seqs.slot.as_view()).arg(&seqs.seq_start.as_view()).arg(&seqs.past.as_view());
+    l.i32(nh32).i32(nkv32).i32(hd32).i32(cap32).f32(scale);
     // SAFETY: order and types match attention_prefill_<T>; the block is the kernel's compile-time
     // ATT_PREFILL_WARPS·32 threads; the SeqTable keeps every key index < cap
     // and every row < n_rows; heads checked (hd ≤ 128 fits the shared tiles).
-    unsafe { gpu.launch(name, cfg, &mut args) }
+    unsafe { l.run() }
 }
 
 /// [`attention_prefill`] for a decoding step: exactly one new row per sequence (row s of q and out),
 /// keys split across [`DECODE_WARPS`] warps per (head, sequence).
 pub fn attention_decode<T: GpuFloat>(
     gpu: &Gpu,
-    out: &mut CudaViewMut<T>,
-    q: &CudaView<T>,
-    k_cache: &CudaView<T>,
-    v_cache: &CudaView<T>,
+    out: &mut DViewMut<T>,
+    q: &DView<T>,
+    k_cache: &DView<T>,
+    v_cache: &DView<T>,
     seqs: &SeqTable,
     heads: Heads,
 ) -> Result<()> {
@@ -185,15 +177,13 @@ pub fn attention_decode<T: GpuFloat>(
         return Ok(());
     }
     let name = T::pick("attention_decode_f32", "attention_decode_bf16");
-    let f = gpu.function("attention", name)?;
     let (nh32, nkv32, hd32, cap32) = (as_i32(OP, "nh", nh)?, as_i32(OP, "nkv", nkv)?, as_i32(OP, "hd", hd)?, as_i32(OP, "cap", seqs.cap)?);
     let scale = (1.0 / (hd as f64).sqrt()) as f32;
-    let grid_dim = grid_dims(OP, [(nh, "heads"), (seqs.n_seqs, "sequences"), (1, "")])?;
-    let cfg = LaunchConfig { grid_dim, block_dim: (DECODE_WARPS as u32 * 32, 1, 1), shared_mem_bytes: 0 };
-    let mut args = gpu.stream.launch_builder(&f);
-    args.arg(out).arg(q).arg(k_cache).arg(v_cache).arg(&seqs.slot).arg(&seqs.past);
-    args.arg(&nh32).arg(&nkv32).arg(&hd32).arg(&cap32).arg(&scale);
+    let grid = grid_dims(OP, [(nh, "heads"), (seqs.n_seqs, "sequences"), (1, "")])?;
+    let mut l = gpu.launch(&ATTENTION, name, LaunchCfg::new(grid, DECODE_WARPS as u32 * 32));
+    l.arg_mut(out).arg(q).arg(k_cache).arg(v_cache).arg(&seqs.slot.as_view()).arg(&seqs.past.as_view());
+    l.i32(nh32).i32(nkv32).i32(hd32).i32(cap32).f32(scale);
     // SAFETY: order and types match attention_decode_<T>; one row per sequence checked above; keys
     // 0..=past[s] < cap by the SeqTable.
-    unsafe { gpu.launch(name, cfg, &mut args) }
+    unsafe { l.run() }
 }

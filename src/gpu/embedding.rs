@@ -1,16 +1,15 @@
 //! Launcher of `cuda/embedding.cu`.
 
-use super::{as_i32, grid_dims, Gpu, GpuFloat};
+use super::{as_i32, grid_dims, DView, DViewMut, Gpu, GpuFloat, LaunchCfg, EMBEDDING};
 use crate::error::{check_len, Result};
-use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
 
 /// Same contract as `cpu::embedding::embedding_fwd`.  out: [n, c]   ids: [n]   table: [v, c]
 /// Ids must be < v (the model validates them); an id ≥ v yields a NaN row, never an out-of-bounds read.
 pub fn embedding_fwd<T: GpuFloat>(
     gpu: &Gpu,
-    out: &mut CudaViewMut<T>,
-    ids: &CudaView<u32>,
-    table: &CudaView<T>,
+    out: &mut DViewMut<T>,
+    ids: &DView<u32>,
+    table: &DView<T>,
     n: usize,
     c: usize,
     v: usize,
@@ -23,12 +22,10 @@ pub fn embedding_fwd<T: GpuFloat>(
         return Ok(());
     }
     let name = T::pick("embedding_fwd_f32", "embedding_fwd_bf16");
-    let f = gpu.function("embedding", name)?;
     let (c32, v32) = (as_i32(OP, "c", c)?, as_i32(OP, "v", v)?);
-    let grid_dim = grid_dims(OP, [(n, "rows"), (1, ""), (1, "")])?;
-    let cfg = LaunchConfig { grid_dim, block_dim: (256, 1, 1), shared_mem_bytes: 0 };
-    let mut args = gpu.stream.launch_builder(&f);
-    args.arg(out).arg(ids).arg(table).arg(&c32).arg(&v32);
+    let grid = grid_dims(OP, [(n, "rows"), (1, ""), (1, "")])?;
+    let mut l = gpu.launch(&EMBEDDING, name, LaunchCfg::new(grid, 256));
+    l.arg_mut(out).arg(ids).arg(table).i32(c32).i32(v32);
     // SAFETY: order and types match embedding_fwd_<T> in cuda/embedding.cu; lengths checked above.
-    unsafe { gpu.launch(name, cfg, &mut args) }
+    unsafe { l.run() }
 }

@@ -1,8 +1,7 @@
 //! Launcher of `cuda/logprob.cu`: the fused lm head (GEMM + log-softmax + gather, no logits tensor).
 
-use super::{as_i32, blocks, grid_dims, Gpu, GpuFloat};
+use super::{as_i32, blocks, grid_dims, DView, DViewMut, DeviceBuffer, Gpu, GpuFloat, LaunchCfg, LOGPROB};
 use crate::error::{check_len, Error, Result};
-use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DevicePtr, LaunchConfig, PushKernelArg};
 
 /// Rows per launch pair: bounds the partials scratch to ROW_CHUNK · ceil(v / 64) · 8 bytes
 /// (≈ 78 MB at v = 151,936), whatever the number of scored tokens.
@@ -21,10 +20,10 @@ fn tiles<T: GpuFloat>() -> (&'static str, usize, usize) {
 /// per-chunk partials. Built once, it can serve any number of [`head_logprob_with`] calls with these
 /// targets (a benchmark times the kernels only; a caller scoring many batches of one shape reuses it).
 pub struct HeadScratch {
-    targets: CudaSlice<u32>,
-    part_m: CudaSlice<f32>,
-    part_s: CudaSlice<f32>,
-    z_target: CudaSlice<f32>,
+    targets: DeviceBuffer<u32>,
+    part_m: DeviceBuffer<f32>,
+    part_s: DeviceBuffer<f32>,
+    z_target: DeviceBuffer<f32>,
     n: usize,
     v: usize,
     /// the partial kernel the buffers are sized for
@@ -43,11 +42,10 @@ impl HeadScratch {
         let chunk = ROW_CHUNK.min(n).max(1);
         let nb = blocks(v, bn).max(1);
         Ok(HeadScratch {
-            // a zero-length allocation is refused by some drivers: keep one element
-            targets: gpu.stream.clone_htod(if n == 0 { &[0][..] } else { targets })?,
-            part_m: gpu.stream.alloc_zeros::<f32>(chunk * nb)?,
-            part_s: gpu.stream.alloc_zeros::<f32>(chunk * nb)?,
-            z_target: gpu.stream.alloc_zeros::<f32>(chunk)?,
+            targets: gpu.htod(targets)?,
+            part_m: gpu.alloc_zeros::<f32>(chunk * nb)?,
+            part_s: gpu.alloc_zeros::<f32>(chunk * nb)?,
+            z_target: gpu.alloc_zeros::<f32>(chunk)?,
             n,
             v,
             partial,
@@ -61,10 +59,10 @@ impl HeadScratch {
 #[allow(clippy::too_many_arguments)]
 pub fn head_logprob<T: GpuFloat>(
     gpu: &Gpu,
-    logp: &mut CudaViewMut<f32>,
-    lse: &mut CudaViewMut<f32>,
-    h: &CudaView<T>,
-    w: &CudaView<T>,
+    logp: &mut DViewMut<f32>,
+    lse: &mut DViewMut<f32>,
+    h: &DView<T>,
+    w: &DView<T>,
     targets: &[u32],
     n: usize,
     c: usize,
@@ -81,10 +79,10 @@ pub fn head_logprob<T: GpuFloat>(
 pub fn head_logprob_with<T: GpuFloat>(
     gpu: &Gpu,
     scratch: &mut HeadScratch,
-    logp: &mut CudaViewMut<f32>,
-    lse: &mut CudaViewMut<f32>,
-    h: &CudaView<T>,
-    w: &CudaView<T>,
+    logp: &mut DViewMut<f32>,
+    lse: &mut DViewMut<f32>,
+    h: &DView<T>,
+    w: &DView<T>,
     n: usize,
     c: usize,
     v: usize,
@@ -110,41 +108,35 @@ pub fn head_logprob_with<T: GpuFloat>(
     let f32_path = T::NAME == "f32";
     let nb = blocks(v, bn);
     let chunk = ROW_CHUNK.min(n);
-    let fp = gpu.function("logprob", partial)?;
-    let ff = gpu.function("logprob", "head_finish")?;
     let (c32, v32, nb32) = (as_i32(OP, "c", c)?, as_i32(OP, "v", v)?, as_i32(OP, "nb", nb)?);
     let inv_temp = (1.0 / temp) as f32;
-    let vec = {
-        let (ph, _gh) = h.device_ptr(&gpu.stream);
-        let (pw, _gw) = w.device_ptr(&gpu.stream);
-        (c % 8 == 0 && ph % 16 == 0 && pw % 16 == 0) as i32
-    };
+    let vec = (c % 8 == 0 && h.addr() % 16 == 0 && w.addr() % 16 == 0) as i32;
     for r0 in (0..n).step_by(chunk) {
         let rows = chunk.min(n - r0);
         let rows32 = rows as i32;
         let hv = h.slice(r0 * c..(r0 + rows) * c);
         let tv = scratch.targets.slice(r0..r0 + rows);
         // row blocks on x (fastest): co-resident blocks share W's vocabulary tiles in L2
-        let grid_dim = grid_dims(OP, [(blocks(rows, bm), "row tiles"), (nb, "vocabulary tiles"), (1, "")])?;
-        let cfg = LaunchConfig { grid_dim, block_dim: (256, 1, 1), shared_mem_bytes: 0 };
-        let mut args = gpu.stream.launch_builder(&fp);
-        args.arg(&mut scratch.part_m).arg(&mut scratch.part_s).arg(&mut scratch.z_target).arg(&hv).arg(w).arg(&tv);
-        args.arg(&rows32).arg(&c32).arg(&v32).arg(&inv_temp);
+        let grid = grid_dims(OP, [(blocks(rows, bm), "row tiles"), (nb, "vocabulary tiles"), (1, "")])?;
+        let mut l = gpu.launch(&LOGPROB, partial, LaunchCfg::new(grid, 256));
+        let (mut pm, mut ps, mut zt) = (scratch.part_m.as_view_mut(), scratch.part_s.as_view_mut(), scratch.z_target.as_view_mut());
+        l.arg_mut(&mut pm).arg_mut(&mut ps).arg_mut(&mut zt).arg(&hv).arg(w).arg(&tv);
+        l.i32(rows32).i32(c32).i32(v32).f32(inv_temp);
         if !f32_path {
-            args.arg(&vec);
+            l.i32(vec);
         }
         // SAFETY: order and types match head_partial_<T> in cuda/logprob.cu (only bf16 takes `vec`);
         // partials hold chunk·nb entries (rows ≤ chunk, grid.y = nb), targets < v checked by HeadScratch::new.
-        unsafe { gpu.launch(partial, cfg, &mut args) }?;
+        unsafe { l.run() }?;
 
         let mut lv = logp.slice_mut(r0..r0 + rows);
         let mut sv = lse.slice_mut(r0..r0 + rows);
-        let grid_dim = grid_dims(OP, [(rows, "rows"), (1, ""), (1, "")])?;
-        let cfg = LaunchConfig { grid_dim, block_dim: (256, 1, 1), shared_mem_bytes: 0 };
-        let mut args = gpu.stream.launch_builder(&ff);
-        args.arg(&mut lv).arg(&mut sv).arg(&scratch.part_m).arg(&scratch.part_s).arg(&scratch.z_target).arg(&nb32);
+        let grid = grid_dims(OP, [(rows, "rows"), (1, ""), (1, "")])?;
+        let mut l = gpu.launch(&LOGPROB, "head_finish", LaunchCfg::new(grid, 256));
+        let (pm, ps, zt) = (scratch.part_m.as_view(), scratch.part_s.as_view(), scratch.z_target.as_view());
+        l.arg_mut(&mut lv).arg_mut(&mut sv).arg(&pm).arg(&ps).arg(&zt).i32(nb32);
         // SAFETY: order and types match head_finish; one block per row of this chunk, nb partials each.
-        unsafe { gpu.launch("head_finish", cfg, &mut args) }?;
+        unsafe { l.run() }?;
     }
     Ok(())
 }

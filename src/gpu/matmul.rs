@@ -1,8 +1,7 @@
 //! Launchers of `cuda/matmul.cu`: y = x·Wᵀ + b with W stored [out, in].
 
-use super::{as_i32, blocks, grid_dims, Gpu, GpuFloat, NULL_PTR};
+use super::{as_i32, blocks, grid_dims, DView, DViewMut, Gpu, GpuFloat, LaunchCfg, MATMUL};
 use crate::error::{check_len, Result};
-use cudarc::driver::{CudaView, CudaViewMut, DevicePtr, LaunchConfig, PushKernelArg};
 
 /// Block tile of the bf16 tensor-core kernels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,10 +37,8 @@ impl MatmulTile {
 
 /// 16-byte loads need k % 8 == 0 and 16-byte aligned operands (views into the flat parameter
 /// buffer start at any element).
-fn vec_ok<T: GpuFloat>(gpu: &Gpu, d_in: usize, x: &CudaView<T>, w: &CudaView<T>) -> i32 {
-    let (px, _gx) = x.device_ptr(&gpu.stream);
-    let (pw, _gw) = w.device_ptr(&gpu.stream);
-    (d_in % 8 == 0 && px % 16 == 0 && pw % 16 == 0) as i32
+fn vec_ok<T: GpuFloat>(d_in: usize, x: &DView<T>, w: &DView<T>) -> i32 {
+    (d_in % 8 == 0 && x.addr() % 16 == 0 && w.addr() % 16 == 0) as i32
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -61,10 +58,10 @@ fn check(op: &'static str, out: usize, x: usize, w: usize, b: Option<usize>, n: 
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_fwd<T: GpuFloat>(
     gpu: &Gpu,
-    out: &mut CudaViewMut<T>,
-    x: &CudaView<T>,
-    w: &CudaView<T>,
-    b: Option<&CudaView<T>>,
+    out: &mut DViewMut<T>,
+    x: &DView<T>,
+    w: &DView<T>,
+    b: Option<&DView<T>>,
     n: usize,
     d_in: usize,
     d_out: usize,
@@ -78,10 +75,10 @@ pub fn matmul_fwd<T: GpuFloat>(
 pub fn matmul_fwd_with<T: GpuFloat>(
     gpu: &Gpu,
     tile: MatmulTile,
-    out: &mut CudaViewMut<T>,
-    x: &CudaView<T>,
-    w: &CudaView<T>,
-    b: Option<&CudaView<T>>,
+    out: &mut DViewMut<T>,
+    x: &DView<T>,
+    w: &DView<T>,
+    b: Option<&DView<T>>,
     n: usize,
     d_in: usize,
     d_out: usize,
@@ -93,10 +90,10 @@ pub fn matmul_fwd_with<T: GpuFloat>(
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_fwd_f32out<T: GpuFloat>(
     gpu: &Gpu,
-    out: &mut CudaViewMut<f32>,
-    x: &CudaView<T>,
-    w: &CudaView<T>,
-    b: Option<&CudaView<T>>,
+    out: &mut DViewMut<f32>,
+    x: &DView<T>,
+    w: &DView<T>,
+    b: Option<&DView<T>>,
     n: usize,
     d_in: usize,
     d_out: usize,
@@ -110,10 +107,10 @@ pub fn matmul_fwd_f32out<T: GpuFloat>(
 pub fn matmul_fwd_f32out_with<T: GpuFloat>(
     gpu: &Gpu,
     tile: MatmulTile,
-    out: &mut CudaViewMut<f32>,
-    x: &CudaView<T>,
-    w: &CudaView<T>,
-    b: Option<&CudaView<T>>,
+    out: &mut DViewMut<f32>,
+    x: &DView<T>,
+    w: &DView<T>,
+    b: Option<&DView<T>>,
     n: usize,
     d_in: usize,
     d_out: usize,
@@ -125,10 +122,10 @@ pub fn matmul_fwd_f32out_with<T: GpuFloat>(
 fn launch<T: GpuFloat, O: GpuFloat>(
     gpu: &Gpu,
     tile: MatmulTile,
-    out: &mut CudaViewMut<O>,
-    x: &CudaView<T>,
-    w: &CudaView<T>,
-    b: Option<&CudaView<T>>,
+    out: &mut DViewMut<O>,
+    x: &DView<T>,
+    w: &DView<T>,
+    b: Option<&DView<T>>,
     n: usize,
     d_in: usize,
     d_out: usize,
@@ -148,23 +145,15 @@ fn launch<T: GpuFloat, O: GpuFloat>(
         (false, true, MatmulTile::Large) => "matmul_fwd_bf16f32_large",
         (false, true, MatmulTile::Small) => "matmul_fwd_bf16f32_small",
     };
-    let f = gpu.function("matmul", name)?;
     let (bm, threads) = if f32_in { (64, 256) } else { (tile.size(), tile.threads()) };
     // rows on grid.y (≤ 65,535 tiles: n ≤ 4.19M rows with 64-row tiles), columns on x
-    let grid_dim = grid_dims(OP, [(blocks(d_out, bm), "d_out / tile"), (blocks(n, bm), "rows / tile"), (1, "")])?;
-    let cfg = LaunchConfig { grid_dim, block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
-    let vec = vec_ok(gpu, d_in, x, w);
-    let mut args = gpu.stream.launch_builder(&f);
-    args.arg(out).arg(x).arg(w);
-    match b {
-        Some(b) => args.arg(b),
-        None => args.arg(&NULL_PTR),
-    };
-    args.arg(&m32).arg(&k32).arg(&n32);
+    let grid = grid_dims(OP, [(blocks(d_out, bm), "d_out / tile"), (blocks(n, bm), "rows / tile"), (1, "")])?;
+    let mut l = gpu.launch(&MATMUL, name, LaunchCfg::new(grid, threads));
+    l.arg_mut(out).arg(x).arg(w).arg_opt(b).i32(m32).i32(k32).i32(n32);
     if !f32_in {
-        args.arg(&vec);
+        l.i32(vec_ok(d_in, x, w));
     }
     // SAFETY: order and types match the chosen kernel in cuda/matmul.cu (the f32 kernel has no `vec`);
     // lengths checked above; `vec` is set only when every 16-byte load is in bounds and aligned.
-    unsafe { gpu.launch(name, cfg, &mut args) }
+    unsafe { l.run() }
 }

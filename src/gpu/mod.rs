@@ -1,21 +1,28 @@
-//! GPU runtime: one CUDA context and stream, the kernel families of `cuda/` compiled by NVRTC at
-//! start-up for the device's own architecture, and one launcher file per family.
+//! GPU runtime: the seam between the launchers and a device, and one launcher file per kernel family.
 //!
-//! Sources are embedded in the binary (`include_str!`), so a release binary needs no source tree.
-//! Each family is `common.cuh` (+ `gemm.cuh` for the GEMM users) + its `.cu`, compiled to a cubin
-//! (machine code, not PTX: a cubin from a newer NVRTC loads on an older driver of the same major
-//! version, PTX would not) and cached on disk under `$DRPO_CACHE_DIR`, else
-//! `$XDG_CACHE_HOME/drpo/kernels`, else `~/.cache/drpo/kernels`, keyed by a hash of the source, the
-//! architecture, the options and the NVRTC version.
+//! A [`Gpu`] is one of two backends, chosen when it is opened and invisible afterwards:
+//! - **CUDA** ([`Gpu::new`], `cuda.rs`): one context and stream through cudarc; each family of `cuda/`
+//!   compiled by NVRTC to a cubin for the device's own architecture (cached on disk).
+//! - **the simulated device** ([`Gpu::sim`], `sim/`): the same `cuda/` files compiled as host C++ by
+//!   g++ behind `cuda/sim/cuda_sim.h`, every CUDA thread a fiber, with out-of-bounds, race, barrier
+//!   and launch-limit checks (`src/gpu/sim/mod.rs` says how).
 //!
-//! Without a CUDA driver, NVRTC or a device, [`Gpu::new`] returns [`Error::NoDevice`] (cudarc itself
-//! would panic: the libraries are probed first). [`compile_all`] needs NVRTC only, no GPU: it backs
-//! `drpo kernels` and `tests/kernels_compile.rs` (registers, shared memory, spills per kernel).
+//! Above the seam everything is ours: [`DeviceBuffer`] owns device memory, [`DView`] / [`DViewMut`]
+//! borrow a range of it (a device address, a length, a lifetime), [`Gpu::htod`] / [`Gpu::dtoh`] /
+//! [`Gpu::memcpy_htod`] copy, and [`Gpu::launch`] builds a launch argument by argument. Launchers,
+//! the GPU model, the engine and the sampler run unchanged on both backends.
+//!
+//! Sources are embedded in the binary (`include_str!`), so a release binary needs no source tree;
+//! compiled kernels (cubins, simulator shared objects) are cached under `$DRPO_CACHE_DIR`, else
+//! `$XDG_CACHE_HOME/drpo/kernels`, else `~/.cache/drpo/kernels`, keyed by a hash of the sources, the
+//! options and the compiler's version.
 //!
 //! `DRPO_SYNC=1` synchronises after every launch, so a kernel fault is reported as
-//! [`Error::Kernel`] naming the kernel that caused it instead of surfacing at some later call.
+//! [`Error::Kernel`] naming the kernel that caused it instead of surfacing at some later call (the
+//! simulator runs every launch to completion anyway and names the kernel of every error).
 
 pub mod attention;
+mod cuda;
 pub mod embedding;
 pub mod logprob;
 pub mod matmul;
@@ -23,22 +30,35 @@ pub mod residual;
 pub mod rmsnorm;
 pub mod rope;
 pub mod sampling;
+pub mod sim;
 pub mod swiglu;
 
 use crate::error::{Error, Result};
-use cudarc::driver::{
-    CudaContext, CudaFunction, CudaModule, CudaStream, DeviceRepr, DriverError, LaunchArgs, LaunchConfig, ValidAsZeroBits,
-};
-use std::collections::HashMap;
-use std::ffi::{c_char, CString};
+use std::marker::PhantomData;
+use std::ops::{Bound, RangeBounds};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 
+pub use cuda::{compile_all, driver_available, driver_version, nvrtc_available, nvrtc_version, parse_ptxas_report, KernelReport};
 pub use half::bf16;
+
+/// A plain value type that lives in device memory (bit-copyable, zero is a valid value).
+pub trait DeviceCopy:
+    cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits + Copy + Default + Send + Sync + std::fmt::Debug + 'static
+{
+}
+impl DeviceCopy for u8 {}
+impl DeviceCopy for u16 {}
+impl DeviceCopy for u32 {}
+impl DeviceCopy for u64 {}
+impl DeviceCopy for i32 {}
+impl DeviceCopy for i64 {}
+impl DeviceCopy for f32 {}
+impl DeviceCopy for f64 {}
+impl DeviceCopy for bf16 {}
 
 /// Storage type of a kernel: `f32` (the tight-check path) or `bf16` (raw bits on the device).
 /// Kernels are templates over it on the CUDA side; Rust picks the entry point by [`GpuFloat::pick`].
-pub trait GpuFloat: DeviceRepr + ValidAsZeroBits + Copy + Default + Send + Sync + std::fmt::Debug + 'static {
+pub trait GpuFloat: DeviceCopy {
     const NAME: &'static str;
     fn from_f32(x: f32) -> Self;
     fn to_f32(self) -> f32;
@@ -72,28 +92,34 @@ impl GpuFloat for bf16 {
     }
 }
 
-/// One NVRTC compilation unit: the files concatenated in order, each behind a `#line` so compiler
-/// messages name the right file and line.
+// ---------------------------------------------------------------------------------------------
+// Kernel families: the compilation units of cuda/.
+
+/// One compilation unit: the files concatenated in order, each behind a `#line` so compiler
+/// messages name the right file and line. Launchers name their family by reference; the backends
+/// load a family on first use (the CUDA backend loads [`FAMILIES`] when it opens).
+#[derive(Debug)]
 pub struct Family {
     pub name: &'static str,
     pub files: &'static [(&'static str, &'static str)],
 }
 
-const COMMON: (&str, &str) = ("common.cuh", include_str!("../../cuda/common.cuh"));
-const GEMM: (&str, &str) = ("gemm.cuh", include_str!("../../cuda/gemm.cuh"));
+pub const COMMON: (&str, &str) = ("common.cuh", include_str!("../../cuda/common.cuh"));
+pub const PTX: (&str, &str) = ("ptx.cuh", include_str!("../../cuda/ptx.cuh"));
+pub const GEMM: (&str, &str) = ("gemm.cuh", include_str!("../../cuda/gemm.cuh"));
 
-/// Every kernel family, in the order they are compiled.
-pub const FAMILIES: &[Family] = &[
-    Family { name: "embedding", files: &[COMMON, ("embedding.cu", include_str!("../../cuda/embedding.cu"))] },
-    Family { name: "rmsnorm", files: &[COMMON, ("rmsnorm.cu", include_str!("../../cuda/rmsnorm.cu"))] },
-    Family { name: "rope", files: &[COMMON, ("rope.cu", include_str!("../../cuda/rope.cu"))] },
-    Family { name: "matmul", files: &[COMMON, GEMM, ("matmul.cu", include_str!("../../cuda/matmul.cu"))] },
-    Family { name: "attention", files: &[COMMON, ("attention.cu", include_str!("../../cuda/attention.cu"))] },
-    Family { name: "swiglu", files: &[COMMON, ("swiglu.cu", include_str!("../../cuda/swiglu.cu"))] },
-    Family { name: "residual", files: &[COMMON, ("residual.cu", include_str!("../../cuda/residual.cu"))] },
-    Family { name: "logprob", files: &[COMMON, GEMM, ("logprob.cu", include_str!("../../cuda/logprob.cu"))] },
-    Family { name: "sampling", files: &[COMMON, ("sampling.cu", include_str!("../../cuda/sampling.cu"))] },
-];
+pub static EMBEDDING: Family = Family { name: "embedding", files: &[COMMON, ("embedding.cu", include_str!("../../cuda/embedding.cu"))] };
+pub static RMSNORM: Family = Family { name: "rmsnorm", files: &[COMMON, ("rmsnorm.cu", include_str!("../../cuda/rmsnorm.cu"))] };
+pub static ROPE: Family = Family { name: "rope", files: &[COMMON, ("rope.cu", include_str!("../../cuda/rope.cu"))] };
+pub static MATMUL: Family = Family { name: "matmul", files: &[COMMON, PTX, GEMM, ("matmul.cu", include_str!("../../cuda/matmul.cu"))] };
+pub static ATTENTION: Family = Family { name: "attention", files: &[COMMON, ("attention.cu", include_str!("../../cuda/attention.cu"))] };
+pub static SWIGLU: Family = Family { name: "swiglu", files: &[COMMON, ("swiglu.cu", include_str!("../../cuda/swiglu.cu"))] };
+pub static RESIDUAL: Family = Family { name: "residual", files: &[COMMON, ("residual.cu", include_str!("../../cuda/residual.cu"))] };
+pub static LOGPROB: Family = Family { name: "logprob", files: &[COMMON, PTX, GEMM, ("logprob.cu", include_str!("../../cuda/logprob.cu"))] };
+pub static SAMPLING: Family = Family { name: "sampling", files: &[COMMON, ("sampling.cu", include_str!("../../cuda/sampling.cu"))] };
+
+/// Every kernel family of `cuda/`, in the order they are compiled.
+pub static FAMILIES: [&Family; 9] = [&EMBEDDING, &RMSNORM, &ROPE, &MATMUL, &ATTENTION, &SWIGLU, &RESIDUAL, &LOGPROB, &SAMPLING];
 
 /// The architectures `drpo kernels` and the compile test check: Ampere (A100) and Hopper (H100/H200).
 pub const CHECK_ARCHS: [&str; 2] = ["sm_80", "sm_90"];
@@ -109,92 +135,8 @@ impl Family {
     }
 }
 
-/// True when `libnvrtc` can be loaded (cudarc would panic on first use otherwise).
-pub fn nvrtc_available() -> bool {
-    // SAFETY: only tries to dlopen the library candidates; no symbol is called.
-    unsafe { cudarc::nvrtc::sys::is_culib_present() }
-}
-
-/// True when the CUDA driver library can be loaded (says nothing about a device being present).
-pub fn driver_available() -> bool {
-    // SAFETY: as above.
-    unsafe { cudarc::driver::sys::is_culib_present() }
-}
-
-fn no_nvrtc() -> Error {
-    Error::NoDevice {
-        why: "NVRTC (libnvrtc.so.13) not found; run `eval \"$(bash .ci/install-nvrtc.sh)\"` or put the CUDA 13 lib folder on LD_LIBRARY_PATH".into(),
-    }
-}
-
-/// NVRTC's (major, minor) version.
-pub fn nvrtc_version() -> Result<(i32, i32)> {
-    if !nvrtc_available() {
-        return Err(no_nvrtc());
-    }
-    let (mut major, mut minor) = (0, 0);
-    // SAFETY: two out-pointers to live integers.
-    let r = unsafe { cudarc::nvrtc::sys::nvrtcVersion(&mut major, &mut minor) };
-    r.result().map_err(|e| Error::Nvrtc { family: "(version)".into(), log: format!("{e:?}") })?;
-    Ok((major, minor))
-}
-
-/// A compiled family: the cubin and NVRTC's log (ptxas's `-v` report when asked for).
-struct Compiled {
-    cubin: Vec<u8>,
-    log: String,
-}
-
-fn compile_options(arch: &str, verbose: bool) -> Vec<String> {
-    let mut o = vec![format!("--gpu-architecture={arch}"), "--std=c++17".to_string()];
-    if verbose {
-        o.push("--ptxas-options=-v".to_string());
-    }
-    o
-}
-
-/// Compiles one family to a cubin for `arch` (e.g. "sm_90") with NVRTC. No GPU is needed.
-fn nvrtc_compile(family: &Family, arch: &str, verbose: bool) -> Result<Compiled> {
-    use cudarc::nvrtc::{result, sys};
-    if !nvrtc_available() {
-        return Err(no_nvrtc());
-    }
-    let err = |what: String| Error::Nvrtc { family: family.name.to_string(), log: what };
-    let src = CString::new(family.source()).map_err(|_| err("source contains a NUL byte".into()))?;
-    let name = CString::new(format!("{}.cu", family.name)).map_err(|_| err("bad family name".into()))?;
-    let prog = result::create_program(&src, Some(&name)).map_err(|e| err(format!("nvrtcCreateProgram: {e:?}")))?;
-    let read_log = || -> String {
-        // SAFETY: `prog` is live until destroy_program below.
-        match unsafe { result::get_program_log(prog) } {
-            Ok(raw) => {
-                let bytes: Vec<u8> = raw.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
-                String::from_utf8_lossy(&bytes).into_owned()
-            }
-            Err(e) => format!("(no log: {e:?})"),
-        }
-    };
-    let opts = compile_options(arch, verbose);
-    // SAFETY: `prog` was created above and is destroyed exactly once, after its last use.
-    let out = unsafe {
-        let compiled = result::compile_program(prog, &opts);
-        let log = read_log();
-        let cubin = compiled.map_err(|e| err(format!("{e:?} with options {opts:?}\n{log}"))).and_then(|()| {
-            let mut size = 0usize;
-            sys::nvrtcGetCUBINSize(prog, &mut size).result().map_err(|e| err(format!("nvrtcGetCUBINSize: {e:?}")))?;
-            let mut buf = vec![0u8; size];
-            sys::nvrtcGetCUBIN(prog, buf.as_mut_ptr() as *mut c_char)
-                .result()
-                .map_err(|e| err(format!("nvrtcGetCUBIN: {e:?}")))?;
-            Ok(buf)
-        });
-        let _ = result::destroy_program(prog);
-        cubin.map(|cubin| Compiled { cubin, log })
-    };
-    out
-}
-
-/// Stable 64-bit FNV-1a: the cache key must not change between Rust releases.
-fn fnv1a(parts: &[&[u8]]) -> u64 {
+/// Stable 64-bit FNV-1a: the cache keys must not change between Rust releases.
+pub(crate) fn fnv1a(parts: &[&[u8]]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for p in parts {
         for &b in p.iter().chain(std::iter::once(&0xffu8)) {
@@ -216,121 +158,183 @@ pub fn cache_dir() -> Option<PathBuf> {
     std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/drpo/kernels"))
 }
 
-/// The family's cubin for `arch`: from the disk cache, else compiled and (best effort) cached.
-/// A cache that cannot be written (read-only home) only costs a recompile next time.
-fn cubin_for(family: &Family, arch: &str) -> Result<Vec<u8>> {
-    let (major, minor) = nvrtc_version()?;
-    let src = family.source();
-    let opts = compile_options(arch, false).join(" ");
-    let version = format!("nvrtc {major}.{minor}");
-    let key = fnv1a(&[src.as_bytes(), arch.as_bytes(), opts.as_bytes(), version.as_bytes()]);
-    let path = cache_dir().map(|d| d.join(format!("{}-{arch}-{key:016x}.cubin", family.name)));
-    if let Some(p) = &path {
-        if let Ok(bytes) = std::fs::read(p) {
-            if !bytes.is_empty() {
-                return Ok(bytes);
-            }
-        }
-    }
-    let compiled = nvrtc_compile(family, arch, false)?;
-    if let Some(p) = &path {
-        let _ = crate::error::write_atomic(p, &compiled.cubin);
-    }
-    Ok(compiled.cubin)
+// ---------------------------------------------------------------------------------------------
+// Memory: owned buffers and borrowed views.
+
+/// Device memory holding `len` values of T, freed on drop.
+pub struct DeviceBuffer<T: DeviceCopy> {
+    ptr: u64,
+    len: usize,
+    // kept for its Drop (cudarc frees on the stream; the simulator unmaps)
+    #[allow(dead_code)]
+    mem: Memory<T>,
 }
 
-/// One row of the compile check: a kernel's resources for one architecture (from ptxas `-v`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct KernelReport {
-    pub family: &'static str,
-    pub kernel: String,
-    pub arch: String,
-    pub registers: u32,
-    /// static shared memory per block
-    pub shared_bytes: u32,
-    pub stack_bytes: u32,
-    pub spill_store_bytes: u32,
-    pub spill_load_bytes: u32,
-    pub barriers: u32,
+#[allow(dead_code)] // owned for their Drop only
+pub(crate) enum Memory<T> {
+    Cuda(cudarc::driver::CudaSlice<T>),
+    Sim(sim::Allocation),
 }
 
-/// Compiles every family for `arch` ("sm_80", "sm_90", …) with NVRTC only (no GPU, no driver) and
-/// returns one row per kernel entry point, in family order then ptxas's order.
-/// Fails with [`Error::NoDevice`] when NVRTC is absent and [`Error::Nvrtc`] when a family does not compile.
-pub fn compile_all(arch: &str) -> Result<Vec<KernelReport>> {
-    let mut rows = Vec::new();
-    for family in FAMILIES {
-        let compiled = nvrtc_compile(family, arch, true)?;
-        let found = parse_ptxas_report(family.name, &compiled.log);
-        if found.is_empty() {
-            return Err(Error::Nvrtc {
-                family: family.name.to_string(),
-                log: format!("no ptxas report in the NVRTC log ({} bytes of cubin):\n{}", compiled.cubin.len(), compiled.log),
-            });
-        }
-        rows.extend(found);
-    }
-    Ok(rows)
+/// A shared borrow of `len` device values starting at device address `ptr`.
+pub struct DView<'a, T> {
+    ptr: u64,
+    len: usize,
+    _borrow: PhantomData<&'a [T]>,
 }
 
-/// Parses ptxas `-v` output:
-/// ```text
-/// ptxas info    : Compiling entry function 'rmsnorm_fwd_f32' for 'sm_90'
-/// ptxas         .     0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
-/// ptxas info    : Used 20 registers, used 1 barriers, 128 bytes smem
-/// ```
-pub fn parse_ptxas_report(family: &'static str, log: &str) -> Vec<KernelReport> {
-    fn number_before(line: &str, unit: &str) -> Option<u32> {
-        let at = line.find(unit)?;
-        line[..at].split(|c: char| !c.is_ascii_digit()).rfind(|s| !s.is_empty())?.parse().ok()
-    }
-    fn number_after(line: &str, word: &str) -> Option<u32> {
-        let at = line.find(word)? + word.len();
-        line[at..].split(|c: char| !c.is_ascii_digit()).find(|s| !s.is_empty())?.parse().ok()
-    }
-    let mut rows: Vec<KernelReport> = Vec::new();
-    for line in log.lines() {
-        if let Some(rest) = line.split("Compiling entry function '").nth(1) {
-            let mut parts = rest.split('\'');
-            let kernel = parts.next().unwrap_or_default().to_string();
-            let arch = parts.nth(1).unwrap_or_default().to_string();
-            rows.push(KernelReport {
-                family,
-                kernel,
-                arch,
-                registers: 0,
-                shared_bytes: 0,
-                stack_bytes: 0,
-                spill_store_bytes: 0,
-                spill_load_bytes: 0,
-                barriers: 0,
-            });
-        } else if let Some(r) = rows.last_mut() {
-            if line.contains("bytes stack frame") {
-                r.stack_bytes = number_before(line, "bytes stack frame").unwrap_or(0);
-                r.spill_store_bytes = number_before(line, "bytes spill stores").unwrap_or(0);
-                r.spill_load_bytes = number_before(line, "bytes spill loads").unwrap_or(0);
-            } else if line.contains("Used") && line.contains("registers") {
-                r.registers = number_after(line, "Used").unwrap_or(0);
-                r.barriers = number_after(line, "used").filter(|_| line.contains("barriers")).unwrap_or(0);
-                r.shared_bytes = number_before(line, "bytes smem").unwrap_or(0);
-            }
-        }
-    }
-    rows
+/// An exclusive borrow of `len` device values starting at device address `ptr`.
+pub struct DViewMut<'a, T> {
+    ptr: u64,
+    len: usize,
+    _borrow: PhantomData<&'a mut [T]>,
 }
 
-/// The CUDA context, its stream and the loaded kernel modules.
+// Copy whatever T is (derive would ask T: Copy)
+impl<T> Clone for DView<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for DView<'_, T> {}
+
+impl<T: DeviceCopy> std::fmt::Debug for DeviceBuffer<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DeviceBuffer<{}>({:#x}, {})", std::any::type_name::<T>(), self.ptr, self.len)
+    }
+}
+
+impl<T> std::fmt::Debug for DView<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DView({:#x}, {})", self.ptr, self.len)
+    }
+}
+
+/// `start..end` of a range within `len` elements; panics like slice indexing when out of range.
+fn bounds(len: usize, r: impl RangeBounds<usize>) -> (usize, usize) {
+    let start = match r.start_bound() {
+        Bound::Included(&s) => s,
+        Bound::Excluded(&s) => s + 1,
+        Bound::Unbounded => 0,
+    };
+    let end = match r.end_bound() {
+        Bound::Included(&e) => e + 1,
+        Bound::Excluded(&e) => e,
+        Bound::Unbounded => len,
+    };
+    assert!(start <= end && end <= len, "device range {start}..{end} out of bounds for length {len}");
+    (start, end)
+}
+
+impl<T: DeviceCopy> DeviceBuffer<T> {
+    pub(crate) fn new(ptr: u64, len: usize, mem: Memory<T>) -> Self {
+        DeviceBuffer { ptr, len, mem }
+    }
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    pub fn as_view(&self) -> DView<'_, T> {
+        DView { ptr: self.ptr, len: self.len, _borrow: PhantomData }
+    }
+    pub fn as_view_mut(&mut self) -> DViewMut<'_, T> {
+        DViewMut { ptr: self.ptr, len: self.len, _borrow: PhantomData }
+    }
+    pub fn slice(&self, r: impl RangeBounds<usize>) -> DView<'_, T> {
+        self.as_view().slice(r)
+    }
+    pub fn slice_mut(&mut self, r: impl RangeBounds<usize>) -> DViewMut<'_, T> {
+        let (s, e) = bounds(self.len, r);
+        DViewMut { ptr: self.ptr + (s * size_of::<T>()) as u64, len: e - s, _borrow: PhantomData }
+    }
+}
+
+impl<'a, T> DView<'a, T> {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    /// The device address of the first element (for alignment checks).
+    pub fn addr(&self) -> u64 {
+        self.ptr
+    }
+    pub fn slice(&self, r: impl RangeBounds<usize>) -> DView<'a, T> {
+        let (s, e) = bounds(self.len, r);
+        DView { ptr: self.ptr + (s * size_of::<T>()) as u64, len: e - s, _borrow: PhantomData }
+    }
+}
+
+impl<T> DViewMut<'_, T> {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    pub fn addr(&self) -> u64 {
+        self.ptr
+    }
+    pub fn as_view(&self) -> DView<'_, T> {
+        DView { ptr: self.ptr, len: self.len, _borrow: PhantomData }
+    }
+    pub fn slice(&self, r: impl RangeBounds<usize>) -> DView<'_, T> {
+        self.as_view().slice(r)
+    }
+    pub fn slice_mut(&mut self, r: impl RangeBounds<usize>) -> DViewMut<'_, T> {
+        let (s, e) = bounds(self.len, r);
+        DViewMut { ptr: self.ptr + (s * size_of::<T>()) as u64, len: e - s, _borrow: PhantomData }
+    }
+    /// Two disjoint exclusive views: `[0, mid)` and `[mid, len)`.
+    pub fn split_at_mut(&mut self, mid: usize) -> (DViewMut<'_, T>, DViewMut<'_, T>) {
+        assert!(mid <= self.len, "split_at_mut: {mid} > {}", self.len);
+        let second = self.ptr + (mid * size_of::<T>()) as u64;
+        (
+            DViewMut { ptr: self.ptr, len: mid, _borrow: PhantomData },
+            DViewMut { ptr: second, len: self.len - mid, _borrow: PhantomData },
+        )
+    }
+}
+
+/// Anything a copy to the host can read: a buffer or a view.
+pub trait AsDView<T> {
+    fn as_dview(&self) -> DView<'_, T>;
+}
+impl<T: DeviceCopy> AsDView<T> for DeviceBuffer<T> {
+    fn as_dview(&self) -> DView<'_, T> {
+        self.as_view()
+    }
+}
+impl<T> AsDView<T> for DView<'_, T> {
+    fn as_dview(&self) -> DView<'_, T> {
+        *self
+    }
+}
+impl<T> AsDView<T> for DViewMut<'_, T> {
+    fn as_dview(&self) -> DView<'_, T> {
+        self.as_view()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The device.
+
+/// An open device: the CUDA GPU `ordinal` ([`Gpu::new`]) or the simulated device ([`Gpu::sim`]).
 pub struct Gpu {
-    pub ctx: Arc<CudaContext>,
-    pub stream: Arc<CudaStream>,
-    /// "sm_90" for an H100
+    backend: Backend,
+    /// "sm_90" for an H100; the architecture whose limits the simulator checks
     pub arch: String,
     pub device_name: String,
     pub sm_count: usize,
     sync_each_launch: bool,
-    modules: HashMap<&'static str, Arc<CudaModule>>,
-    functions: Mutex<HashMap<&'static str, CudaFunction>>,
+}
+
+enum Backend {
+    Cuda(cuda::CudaDevice),
+    Sim(sim::SimDevice),
 }
 
 impl std::fmt::Debug for Gpu {
@@ -339,77 +343,247 @@ impl std::fmt::Debug for Gpu {
     }
 }
 
+/// Grid, block and dynamic shared memory of a launch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LaunchCfg {
+    pub grid: (u32, u32, u32),
+    pub block: (u32, u32, u32),
+    /// dynamic shared memory per block; above 48 KiB the launch opts in to the device's maximum
+    pub shared_bytes: u32,
+}
+
+impl LaunchCfg {
+    /// A 1-D block of `threads`, no dynamic shared memory.
+    pub fn new(grid: (u32, u32, u32), threads: u32) -> Self {
+        LaunchCfg { grid, block: (threads, 1, 1), shared_bytes: 0 }
+    }
+}
+
+/// Static shared memory limit of CUDA, and the default dynamic limit without an opt-in.
+pub const SHARED_DEFAULT_BYTES: u32 = 48 * 1024;
+
 impl Gpu {
-    /// Opens device `ordinal` and loads every kernel family (compiled for its architecture, or from
-    /// the cache). [`Error::NoDevice`] when the driver, NVRTC or the device is missing.
+    /// Opens CUDA device `ordinal` and loads every kernel family (compiled for its architecture, or
+    /// from the cache). [`Error::NoDevice`] when the driver (or one older than CUDA 13.0), NVRTC or
+    /// the device is missing.
     pub fn new(ordinal: usize) -> Result<Gpu> {
-        if !driver_available() {
-            return Err(Error::NoDevice { why: "no CUDA driver (libcuda.so) on this machine".into() });
-        }
-        if !nvrtc_available() {
-            return Err(no_nvrtc());
-        }
-        let count = CudaContext::device_count()
-            .map_err(|e| Error::NoDevice { why: format!("the CUDA driver found no usable device ({e:?})") })?;
-        if ordinal >= count.max(0) as usize {
-            return Err(Error::NoDevice { why: format!("device {ordinal} asked for, {count} present") });
-        }
-        let ctx = CudaContext::new(ordinal)?;
-        let (major, minor) = ctx.compute_capability()?;
-        if major < 8 {
-            return Err(Error::NoDevice {
-                why: format!("compute capability {major}.{minor}: the kernels need sm_80 or newer (bf16 mma.sync)"),
-            });
-        }
-        let arch = format!("sm_{major}{minor}");
-        let sm_count =
-            ctx.attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?.max(1) as usize;
-        let device_name = ctx.name()?;
-        let stream = ctx.default_stream();
-        let mut modules = HashMap::new();
-        for family in FAMILIES {
-            let cubin = cubin_for(family, &arch)?;
-            let module = ctx.load_module(cudarc::nvrtc::Ptx::from_binary(cubin))?;
-            modules.insert(family.name, module);
-        }
+        let (dev, props) = cuda::CudaDevice::open(ordinal)?;
+        Ok(Gpu::with(Backend::Cuda(dev), props))
+    }
+
+    /// The simulated device (`--device sim`): the kernels of `cuda/` compiled by the host's C++
+    /// compiler (`$CXX`, else g++), run on the CPU with every check of `sim/`. [`Error::NoDevice`]
+    /// when no C++ compiler is found.
+    pub fn sim() -> Result<Gpu> {
+        let (dev, props) = sim::SimDevice::open()?;
+        Ok(Gpu::with(Backend::Sim(dev), props))
+    }
+
+    fn with(backend: Backend, p: DeviceProps) -> Gpu {
         let sync_each_launch = std::env::var("DRPO_SYNC").is_ok_and(|v| v == "1");
-        Ok(Gpu { ctx, stream, arch, device_name, sm_count, sync_each_launch, modules, functions: Mutex::new(HashMap::new()) })
+        Gpu { backend, arch: p.arch, device_name: p.name, sm_count: p.sm_count, sync_each_launch }
     }
 
-    /// A kernel entry point of a family (looked up once, then cached).
-    pub fn function(&self, family: &'static str, name: &'static str) -> Result<CudaFunction> {
-        let mut map = self.functions.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(f) = map.get(name) {
-            return Ok(f.clone());
-        }
-        let module = self.modules.get(family);
-        assert!(module.is_some(), "kernel family `{family}` is not in gpu::FAMILIES");
-        let f = module.map(|m| m.load_function(name)).unwrap_or(Err(DriverError(
-            cudarc::driver::sys::cudaError_enum::CUDA_ERROR_NOT_FOUND,
-        )));
-        let f = f.map_err(|source| Error::Kernel { name, source })?;
-        map.insert(name, f.clone());
-        Ok(f)
+    /// True on the simulated device (for reports and names only: launchers never ask).
+    pub fn is_simulated(&self) -> bool {
+        matches!(self.backend, Backend::Sim(_))
     }
 
-    /// Launches a prepared argument list; with `DRPO_SYNC=1` also waits for the kernel, so a fault
-    /// is reported under its own name.
-    ///
-    /// # Safety
-    /// The arguments pushed on `args` must match the kernel's parameter list in order and type, and
-    /// every buffer must be large enough for the grid `cfg` describes (the launchers check lengths).
-    pub unsafe fn launch(&self, name: &'static str, cfg: LaunchConfig, args: &mut LaunchArgs<'_>) -> Result<()> {
-        args.launch(cfg).map_err(|source| Error::Kernel { name, source })?;
-        if self.sync_each_launch {
-            self.stream.synchronize().map_err(|source| Error::Kernel { name, source })?;
+    /// `len` zeros.
+    pub fn alloc_zeros<T: DeviceCopy>(&self, len: usize) -> Result<DeviceBuffer<T>> {
+        match &self.backend {
+            Backend::Cuda(d) => d.alloc_zeros(len),
+            Backend::Sim(d) => d.alloc_zeros(len),
         }
-        Ok(())
+    }
+
+    /// A new buffer holding a copy of `src`.
+    pub fn htod<T: DeviceCopy>(&self, src: &[T]) -> Result<DeviceBuffer<T>> {
+        match &self.backend {
+            Backend::Cuda(d) => d.htod(src),
+            Backend::Sim(d) => d.htod(src),
+        }
+    }
+
+    /// Copies `src` into the first `src.len()` elements of `dst`.
+    pub fn memcpy_htod<T: DeviceCopy>(&self, src: &[T], dst: &mut DViewMut<'_, T>) -> Result<()> {
+        assert!(src.len() <= dst.len, "memcpy_htod: {} values into a view of {}", src.len(), dst.len);
+        match &self.backend {
+            Backend::Cuda(d) => d.memcpy_htod(src, dst.ptr),
+            Backend::Sim(_) => {
+                // SAFETY: the view is an exclusive borrow of at least src.len() live values.
+                unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst.ptr as *mut T, src.len()) };
+                Ok(())
+            }
+        }
+    }
+
+    /// The values of a buffer or view (waits for the queued work first).
+    pub fn dtoh<T: DeviceCopy, S: AsDView<T> + ?Sized>(&self, src: &S) -> Result<Vec<T>> {
+        let v = src.as_dview();
+        match &self.backend {
+            Backend::Cuda(d) => d.dtoh(v.ptr, v.len),
+            // SAFETY: the view borrows v.len live values; the simulator's launches are synchronous.
+            Backend::Sim(_) => Ok(unsafe { std::slice::from_raw_parts(v.ptr as *const T, v.len) }.to_vec()),
+        }
     }
 
     /// Waits for all queued work.
     pub fn synchronize(&self) -> Result<()> {
-        self.stream.synchronize()?;
-        Ok(())
+        match &self.backend {
+            Backend::Cuda(d) => d.synchronize(),
+            Backend::Sim(_) => Ok(()),
+        }
+    }
+
+    /// Starts a launch of `kernel` (an `extern "C" __global__` of `family`); push its arguments in
+    /// order with the builder's methods, then [`Launch::run`].
+    pub fn launch(&self, family: &'static Family, kernel: &'static str, cfg: LaunchCfg) -> Launch<'_> {
+        Launch { gpu: self, family, kernel, cfg, args: Vec::with_capacity(16), _borrows: PhantomData }
+    }
+
+    /// Mean microseconds per call of `f` over `iters` calls, after 3 warm-ups, as the device measures
+    /// them (CUDA events; wall-clock on the simulator, where the figure means nothing for a GPU).
+    pub fn time_us(&self, iters: usize, f: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
+        for _ in 0..3 {
+            f()?;
+        }
+        match &self.backend {
+            Backend::Cuda(d) => d.time_us(iters, f),
+            Backend::Sim(_) => {
+                let t = std::time::Instant::now();
+                for _ in 0..iters {
+                    f()?;
+                }
+                Ok(t.elapsed().as_secs_f64() * 1e6 / iters.max(1) as f64)
+            }
+        }
+    }
+}
+
+/// What a backend tells about itself when opened.
+pub(crate) struct DeviceProps {
+    pub arch: String,
+    pub name: String,
+    pub sm_count: usize,
+}
+
+/// One kernel argument: the value pushed, and for pointers what the simulator checks.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum ArgValue {
+    Ptr(u64),
+    I32(i32),
+    U32(u32),
+    I64(i64),
+    U64(u64),
+    F32(f32),
+    F64(f64),
+}
+
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Arg {
+    pub value: ArgValue,
+    /// pointers: bytes of one element, bytes of the view, writable (an exclusive view)
+    pub view: Option<ViewArg>,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ViewArg {
+    pub elem_bytes: usize,
+    pub bytes: usize,
+    pub writable: bool,
+}
+
+impl Arg {
+    /// The signature code of this argument (cuda/sim/cuda_sim.h, `KernelInfo::signature`).
+    pub(crate) fn code(&self) -> String {
+        match (self.value, self.view) {
+            (ArgValue::Ptr(_), Some(v)) => format!("{}{}", if v.writable { "w" } else { "r" }, v.elem_bytes),
+            (ArgValue::Ptr(_), None) => "p".into(),
+            (ArgValue::I32(_), _) => "i4".into(),
+            (ArgValue::U32(_), _) => "u4".into(),
+            (ArgValue::I64(_), _) => "i8".into(),
+            (ArgValue::U64(_), _) => "u8".into(),
+            (ArgValue::F32(_), _) => "f4".into(),
+            (ArgValue::F64(_), _) => "f8".into(),
+        }
+    }
+}
+
+/// A launch being built: arguments in the kernel's parameter order, then [`Launch::run`].
+/// The views it was given stay borrowed until it runs.
+pub struct Launch<'a> {
+    gpu: &'a Gpu,
+    family: &'static Family,
+    kernel: &'static str,
+    cfg: LaunchCfg,
+    args: Vec<Arg>,
+    _borrows: PhantomData<&'a ()>,
+}
+
+impl<'a> Launch<'a> {
+    fn push(&mut self, value: ArgValue, view: Option<ViewArg>) -> &mut Self {
+        self.args.push(Arg { value, view });
+        self
+    }
+    /// A read-only buffer argument (`const T*`).
+    pub fn arg<'b: 'a, T: DeviceCopy>(&mut self, v: &DView<'b, T>) -> &mut Self {
+        let view = ViewArg { elem_bytes: size_of::<T>(), bytes: v.len * size_of::<T>(), writable: false };
+        self.push(ArgValue::Ptr(v.ptr), Some(view))
+    }
+    /// A buffer argument the kernel writes (`T*`).
+    pub fn arg_mut<'b: 'a, T: DeviceCopy>(&mut self, v: &mut DViewMut<'b, T>) -> &mut Self {
+        let view = ViewArg { elem_bytes: size_of::<T>(), bytes: v.len * size_of::<T>(), writable: true };
+        self.push(ArgValue::Ptr(v.ptr), Some(view))
+    }
+    /// An optional read-only buffer: a null pointer for `None`.
+    pub fn arg_opt<'b: 'a, T: DeviceCopy>(&mut self, v: Option<&DView<'b, T>>) -> &mut Self {
+        match v {
+            Some(v) => self.arg(v),
+            None => self.push(ArgValue::Ptr(0), Some(ViewArg { elem_bytes: size_of::<T>(), bytes: 0, writable: false })),
+        }
+    }
+    pub fn i32(&mut self, x: i32) -> &mut Self {
+        self.push(ArgValue::I32(x), None)
+    }
+    pub fn u32(&mut self, x: u32) -> &mut Self {
+        self.push(ArgValue::U32(x), None)
+    }
+    pub fn i64(&mut self, x: i64) -> &mut Self {
+        self.push(ArgValue::I64(x), None)
+    }
+    pub fn u64(&mut self, x: u64) -> &mut Self {
+        self.push(ArgValue::U64(x), None)
+    }
+    pub fn f32(&mut self, x: f32) -> &mut Self {
+        self.push(ArgValue::F32(x), None)
+    }
+    pub fn f64(&mut self, x: f64) -> &mut Self {
+        self.push(ArgValue::F64(x), None)
+    }
+
+    /// Enqueues the kernel (CUDA) or runs it to completion with every check (simulator); with
+    /// `DRPO_SYNC=1` a CUDA launch is also waited for, so a fault is reported under its own name.
+    ///
+    /// # Safety
+    /// The arguments must match the kernel's parameter list in order and type (the simulator checks
+    /// the types; CUDA cannot), and every buffer must be large enough for the grid `cfg` describes
+    /// (the launchers check lengths).
+    pub unsafe fn run(&mut self) -> Result<()> {
+        let gpu = self.gpu;
+        match &gpu.backend {
+            Backend::Cuda(d) => {
+                d.launch(self.family, self.kernel, self.cfg, &self.args)?;
+                if gpu.sync_each_launch {
+                    d.synchronize().map_err(|e| match e {
+                        Error::Cuda(source) => Error::Kernel { name: self.kernel, source },
+                        e => e,
+                    })?;
+                }
+                Ok(())
+            }
+            Backend::Sim(d) => d.launch(self.family, self.kernel, self.cfg, &self.args),
+        }
     }
 }
 
@@ -437,31 +611,9 @@ pub(crate) fn as_i32(op: &'static str, what: &str, x: usize) -> Result<i32> {
     i32::try_from(x).map_err(|_| Error::input(format!("{op}: {what} = {x} does not fit a 32-bit kernel argument")))
 }
 
-/// A raw device pointer argument that is null (for optional inputs such as a missing bias).
-pub(crate) const NULL_PTR: u64 = 0;
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_ptxas_verbose_output() {
-        let log = "ptxas info    : 0 bytes gmem\n\
-ptxas info    : Compiling entry function 'k2' for 'sm_80'\n\
-ptxas info    : Function properties for k2\n\
-ptxas         .     16 bytes stack frame, 8 bytes spill stores, 12 bytes spill loads\n\
-ptxas info    : Used 14 registers, used 0 barriers, 360 bytes cmem[0], 88 bytes cmem[2]\n\
-ptxas info    : Compiling entry function 'k' for 'sm_90'\n\
-ptxas info    : Function properties for k\n\
-ptxas         .     0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads\n\
-ptxas info    : Used 10 registers, used 1 barriers, 256 bytes smem\n";
-        let rows = parse_ptxas_report("t", log);
-        assert_eq!(rows.len(), 2);
-        assert_eq!((rows[0].kernel.as_str(), rows[0].arch.as_str()), ("k2", "sm_80"));
-        assert_eq!((rows[0].registers, rows[0].shared_bytes, rows[0].barriers), (14, 0, 0));
-        assert_eq!((rows[0].stack_bytes, rows[0].spill_store_bytes, rows[0].spill_load_bytes), (16, 8, 12));
-        assert_eq!((rows[1].kernel.as_str(), rows[1].registers, rows[1].shared_bytes, rows[1].barriers), ("k", 10, 256, 1));
-    }
 
     #[test]
     fn grids_over_the_cuda_limits_are_input_errors() {
@@ -480,5 +632,17 @@ ptxas info    : Used 10 registers, used 1 barriers, 256 bytes smem\n";
         assert_ne!(a, fnv1a(&[b"src", b"sm_80"]));
         assert_ne!(a, fnv1a(&[b"sr", b"csm_90"]));
         assert_eq!(a, fnv1a(&[b"src", b"sm_90"]));
+    }
+
+    #[test]
+    fn views_slice_and_split_within_bounds() {
+        let v: DView<'_, f32> = DView { ptr: 1000, len: 10, _borrow: PhantomData };
+        let s = v.slice(2..5);
+        assert_eq!((s.addr(), s.len()), (1008, 3));
+        assert_eq!(v.slice(..).len(), 10);
+        let mut m: DViewMut<'_, u16> = DViewMut { ptr: 64, len: 7, _borrow: PhantomData };
+        let (a, b) = m.split_at_mut(3);
+        assert_eq!((a.addr(), a.len(), b.addr(), b.len()), (64, 3, 70, 4));
+        assert!(std::panic::catch_unwind(|| v.slice(4..11)).is_err());
     }
 }

@@ -1,17 +1,16 @@
 //! Launcher of `cuda/rmsnorm.cu`.
 
-use super::{as_i32, grid_dims, Gpu, GpuFloat};
+use super::{as_i32, grid_dims, DView, DViewMut, Gpu, GpuFloat, LaunchCfg, RMSNORM};
 use crate::error::{check_len, Result};
-use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
 
 /// Same contract as `cpu::rmsnorm::rmsnorm_fwd`.  x, out: [n, c]   w: [c]   rstd: [n] (f32)
 #[allow(clippy::too_many_arguments)]
 pub fn rmsnorm_fwd<T: GpuFloat>(
     gpu: &Gpu,
-    out: &mut CudaViewMut<T>,
-    rstd: &mut CudaViewMut<f32>,
-    x: &CudaView<T>,
-    w: &CudaView<T>,
+    out: &mut DViewMut<T>,
+    rstd: &mut DViewMut<f32>,
+    x: &DView<T>,
+    w: &DView<T>,
     n: usize,
     c: usize,
     eps: f32,
@@ -25,12 +24,10 @@ pub fn rmsnorm_fwd<T: GpuFloat>(
         return Ok(());
     }
     let name = T::pick("rmsnorm_fwd_f32", "rmsnorm_fwd_bf16");
-    let f = gpu.function("rmsnorm", name)?;
     let c32 = as_i32(OP, "c", c)?;
-    let grid_dim = grid_dims(OP, [(n, "rows"), (1, ""), (1, "")])?;
-    let cfg = LaunchConfig { grid_dim, block_dim: (256, 1, 1), shared_mem_bytes: 0 };
-    let mut args = gpu.stream.launch_builder(&f);
-    args.arg(out).arg(rstd).arg(x).arg(w).arg(&c32).arg(&eps);
+    let grid = grid_dims(OP, [(n, "rows"), (1, ""), (1, "")])?;
+    let mut l = gpu.launch(&RMSNORM, name, LaunchCfg::new(grid, 256));
+    l.arg_mut(out).arg_mut(rstd).arg(x).arg(w).i32(c32).f32(eps);
     // SAFETY: order and types match rmsnorm_fwd_<T> in cuda/rmsnorm.cu; lengths checked above.
-    unsafe { gpu.launch(name, cfg, &mut args) }
+    unsafe { l.run() }
 }

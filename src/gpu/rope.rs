@@ -1,8 +1,7 @@
 //! Launcher of `cuda/rope.cu`, and the cos/sin tables it reads.
 
-use super::{as_i32, grid_dims, Gpu, GpuFloat};
+use super::{as_i32, grid_dims, DView, DViewMut, Gpu, GpuFloat, LaunchCfg, ROPE};
 use crate::error::{check_len, Result};
-use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
 
 /// cos and sin of every (position, frequency) for positions 0..max_pos: [max_pos, hd/2] each, the
 /// values of `cpu::rope::rope_tables::<f32>` (computed in f64, rounded once).
@@ -18,10 +17,10 @@ pub fn rope_table(max_pos: usize, hd: usize, theta: f64) -> (Vec<f32>, Vec<f32>)
 #[allow(clippy::too_many_arguments)]
 pub fn rope_fwd<T: GpuFloat>(
     gpu: &Gpu,
-    x: &mut CudaViewMut<T>,
-    pos: &CudaView<i32>,
-    cos: &CudaView<f32>,
-    sin: &CudaView<f32>,
+    x: &mut DViewMut<T>,
+    pos: &DView<i32>,
+    cos: &DView<f32>,
+    sin: &DView<f32>,
     n: usize,
     heads: usize,
     hd: usize,
@@ -37,13 +36,11 @@ pub fn rope_fwd<T: GpuFloat>(
     check_len(OP, "cos", cos.len(), cos.len() / (hd / 2) * (hd / 2))?;
     let max_pos = as_i32(OP, "max_pos", cos.len() / (hd / 2))?;
     let name = T::pick("rope_fwd_f32", "rope_fwd_bf16");
-    let f = gpu.function("rope", name)?;
     let (h32, hd32) = (as_i32(OP, "heads", heads)?, as_i32(OP, "hd", hd)?);
-    let grid_dim = grid_dims(OP, [(n, "rows"), (1, ""), (1, "")])?;
-    let cfg = LaunchConfig { grid_dim, block_dim: (128, 1, 1), shared_mem_bytes: 0 };
-    let mut args = gpu.stream.launch_builder(&f);
-    args.arg(x).arg(pos).arg(cos).arg(sin).arg(&h32).arg(&hd32).arg(&max_pos);
+    let grid = grid_dims(OP, [(n, "rows"), (1, ""), (1, "")])?;
+    let mut l = gpu.launch(&ROPE, name, LaunchCfg::new(grid, 128));
+    l.arg_mut(x).arg(pos).arg(cos).arg(sin).i32(h32).i32(hd32).i32(max_pos);
     // SAFETY: order and types match rope_fwd_<T> in cuda/rope.cu; lengths checked above; the kernel
     // reads the tables only at positions in [0, max_pos) (others give NaN rows).
-    unsafe { gpu.launch(name, cfg, &mut args) }
+    unsafe { l.run() }
 }

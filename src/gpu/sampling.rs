@@ -1,9 +1,8 @@
 //! Launchers of `cuda/sampling.cu`: the sampler and the Philox uniforms.
 
-use super::{as_i32, blocks, grid_dims, Gpu};
+use super::{as_i32, blocks, grid_dims, DView, DViewMut, Gpu, LaunchCfg, SAMPLING};
 use crate::error::{check_len, Result};
 use crate::sampling::SamplingParams;
-use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
 
 /// tokens[r] = `sampling::sample(logits[r], params, rng::uniform(seed, streams[r], step))`.
 /// logits: [rows, v] (f32)   streams: [rows]   tokens: [rows]   scratch: [rows, v] (u64: the fixed-point
@@ -11,10 +10,10 @@ use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
 #[allow(clippy::too_many_arguments)]
 pub fn sample(
     gpu: &Gpu,
-    tokens: &mut CudaViewMut<u32>,
-    scratch: &mut CudaViewMut<u64>,
-    logits: &CudaView<f32>,
-    streams: &CudaView<u64>,
+    tokens: &mut DViewMut<u32>,
+    scratch: &mut DViewMut<u64>,
+    logits: &DView<f32>,
+    streams: &DView<u64>,
     rows: usize,
     v: usize,
     params: &SamplingParams,
@@ -31,22 +30,20 @@ pub fn sample(
         return Ok(());
     }
     let name = "sampling_fwd_f32";
-    let f = gpu.function("sampling", name)?;
     let v32 = as_i32(OP, "v", v)?;
     // top-k ≥ v keeps everything, exactly like 0
     let top_k = if params.top_k >= v { 0 } else { params.top_k as i32 };
-    let grid_dim = grid_dims(OP, [(rows, "rows"), (1, ""), (1, "")])?;
-    let cfg = LaunchConfig { grid_dim, block_dim: (512, 1, 1), shared_mem_bytes: 0 };
-    let mut args = gpu.stream.launch_builder(&f);
-    args.arg(tokens).arg(scratch).arg(logits).arg(streams).arg(&v32);
-    args.arg(&params.temperature).arg(&top_k).arg(&params.top_p).arg(&seed).arg(&step);
+    let grid = grid_dims(OP, [(rows, "rows"), (1, ""), (1, "")])?;
+    let mut l = gpu.launch(&SAMPLING, name, LaunchCfg::new(grid, 512));
+    l.arg_mut(tokens).arg_mut(scratch).arg(logits).arg(streams).i32(v32);
+    l.f64(params.temperature).i32(top_k).f64(params.top_p).u64(seed).u64(step);
     // SAFETY: order and types match sampling_fwd_f32 (block 512 = SAMPLE_THREADS); lengths checked above.
-    unsafe { gpu.launch(name, cfg, &mut args) }
+    unsafe { l.run() }
 }
 
 /// out[i] = `rng::uniform(seed, streams[i], steps[i])`, computed on the device (the sampler's own
 /// Philox), so tests can compare the bits with the CPU.   out, streams, steps: [n]
-pub fn philox_uniform(gpu: &Gpu, out: &mut CudaViewMut<f64>, seed: u64, streams: &CudaView<u64>, steps: &CudaView<u64>) -> Result<()> {
+pub fn philox_uniform(gpu: &Gpu, out: &mut DViewMut<f64>, seed: u64, streams: &DView<u64>, steps: &DView<u64>) -> Result<()> {
     const OP: &str = "philox_uniform";
     let n = out.len();
     check_len(OP, "streams", streams.len(), n)?;
@@ -55,12 +52,10 @@ pub fn philox_uniform(gpu: &Gpu, out: &mut CudaViewMut<f64>, seed: u64, streams:
         return Ok(());
     }
     let name = "philox_uniform_f64";
-    let f = gpu.function("sampling", name)?;
     let n32 = as_i32(OP, "n", n)?;
-    let grid_dim = grid_dims(OP, [(blocks(n, 256), "n / 256"), (1, ""), (1, "")])?;
-    let cfg = LaunchConfig { grid_dim, block_dim: (256, 1, 1), shared_mem_bytes: 0 };
-    let mut args = gpu.stream.launch_builder(&f);
-    args.arg(out).arg(&seed).arg(streams).arg(steps).arg(&n32);
+    let grid = grid_dims(OP, [(blocks(n, 256), "n / 256"), (1, ""), (1, "")])?;
+    let mut l = gpu.launch(&SAMPLING, name, LaunchCfg::new(grid, 256));
+    l.arg_mut(out).u64(seed).arg(streams).arg(steps).i32(n32);
     // SAFETY: order and types match philox_uniform_f64; lengths checked above.
-    unsafe { gpu.launch(name, cfg, &mut args) }
+    unsafe { l.run() }
 }

@@ -25,7 +25,7 @@ use crate::gpu::attention::{attention_decode, attention_prefill, kv_append, Head
 use crate::gpu::{self, Gpu, GpuFloat};
 use crate::layout::ParamLayout;
 use crate::model::Model;
-use cudarc::driver::CudaSlice;
+use crate::gpu::DeviceBuffer;
 use std::sync::Arc;
 
 /// A Qwen2 model on the GPU: config, layout, one flat parameter buffer, the rotary tables.
@@ -33,16 +33,16 @@ pub struct GpuModel<T: GpuFloat> {
     pub gpu: Arc<Gpu>,
     pub cfg: ModelConfig,
     pub layout: ParamLayout,
-    pub params: CudaSlice<T>,
+    pub params: DeviceBuffer<T>,
     /// [max_position_embeddings, head_dim / 2], f32 whatever T is
-    cos: CudaSlice<f32>,
-    sin: CudaSlice<f32>,
+    cos: DeviceBuffer<f32>,
+    sin: DeviceBuffer<f32>,
 }
 
 /// Keys and values of every layer for `slots` sequences.  k, v: [layers, slots, cap, kv_dim]
 pub struct GpuKvCache<T: GpuFloat> {
-    pub k: CudaSlice<T>,
-    pub v: CudaSlice<T>,
+    pub k: DeviceBuffer<T>,
+    pub v: DeviceBuffer<T>,
     /// cached positions of each slot
     pub lens: Vec<usize>,
     pub slots: usize,
@@ -53,8 +53,8 @@ impl<T: GpuFloat> GpuKvCache<T> {
     pub fn new(gpu: &Gpu, cfg: &ModelConfig, slots: usize, cap: usize) -> Result<Self> {
         let len = cfg.num_hidden_layers * slots * cap * cfg.kv_dim();
         Ok(GpuKvCache {
-            k: gpu.stream.alloc_zeros::<T>(len.max(1))?,
-            v: gpu.stream.alloc_zeros::<T>(len.max(1))?,
+            k: gpu.alloc_zeros::<T>(len.max(1))?,
+            v: gpu.alloc_zeros::<T>(len.max(1))?,
             lens: vec![0; slots],
             slots,
             cap,
@@ -63,9 +63,9 @@ impl<T: GpuFloat> GpuKvCache<T> {
 }
 
 /// The final-norm output of a forward and where each sequence's rows are.
-pub struct Hidden<T> {
+pub struct Hidden<T: GpuFloat> {
     /// [n_rows, hidden]
-    pub hf: CudaSlice<T>,
+    pub hf: DeviceBuffer<T>,
     /// row ranges, one per chunk of the call
     pub rows: Vec<std::ops::Range<usize>>,
 }
@@ -73,10 +73,10 @@ pub struct Hidden<T> {
 impl<T: GpuFloat> GpuModel<T> {
     /// Copies a CPU model's parameters (any float type) to the device as T.
     pub fn from_cpu<U: Float>(gpu: Arc<Gpu>, model: &Model<U>) -> Result<Self> {
-        let params = gpu.stream.clone_htod(&Self::host_params(model))?;
+        let params = gpu.htod(&Self::host_params(model))?;
         let cfg = model.cfg.clone();
         let (cos, sin) = gpu::rope::rope_table(cfg.max_position_embeddings, cfg.head_dim, cfg.rope_theta);
-        let (cos, sin) = (gpu.stream.clone_htod(&cos)?, gpu.stream.clone_htod(&sin)?);
+        let (cos, sin) = (gpu.htod(&cos)?, gpu.htod(&sin)?);
         for lr in &model.layout.layers {
             assert_eq!(lr.gate_w.end, lr.up_w.start, "layout: up_w must follow gate_w (one fused GEMM)");
         }
@@ -101,7 +101,7 @@ impl<T: GpuFloat> GpuModel<T> {
                 self.params.len()
             )));
         }
-        self.gpu.stream.memcpy_htod(&Self::host_params(model), &mut self.params)?;
+        self.gpu.memcpy_htod(&Self::host_params(model), &mut self.params.as_view_mut())?;
         Ok(())
     }
 
@@ -152,24 +152,24 @@ impl<T: GpuFloat> GpuModel<T> {
         }
         let n = ids.len();
         if n == 0 {
-            return Ok(Hidden { hf: gpu.stream.alloc_zeros::<T>(1)?, rows });
+            return Ok(Hidden { hf: gpu.alloc_zeros::<T>(1)?, rows });
         }
         let table = SeqTable::new(gpu, &entries, cache.slots, cache.cap)?;
         let decode = table.max_tq == 1;
         let p = &self.params;
         let w = |r: &std::ops::Range<usize>| p.slice(r.clone());
 
-        let ids_d = gpu.stream.clone_htod(&ids)?;
-        let mut x = gpu.stream.alloc_zeros::<T>(n * c)?;
-        let mut h = gpu.stream.alloc_zeros::<T>(n * c)?;
-        let mut rstd = gpu.stream.alloc_zeros::<f32>(n)?;
-        let mut q = gpu.stream.alloc_zeros::<T>(n * qd)?;
-        let mut k = gpu.stream.alloc_zeros::<T>(n * kvd)?;
-        let mut vv = gpu.stream.alloc_zeros::<T>(n * kvd)?;
-        let mut att = gpu.stream.alloc_zeros::<T>(n * qd)?;
-        let mut proj = gpu.stream.alloc_zeros::<T>(n * c)?;
-        let mut gu = gpu.stream.alloc_zeros::<T>(n * 2 * ff)?;
-        let mut act = gpu.stream.alloc_zeros::<T>(n * ff)?;
+        let ids_d = gpu.htod(&ids)?;
+        let mut x = gpu.alloc_zeros::<T>(n * c)?;
+        let mut h = gpu.alloc_zeros::<T>(n * c)?;
+        let mut rstd = gpu.alloc_zeros::<f32>(n)?;
+        let mut q = gpu.alloc_zeros::<T>(n * qd)?;
+        let mut k = gpu.alloc_zeros::<T>(n * kvd)?;
+        let mut vv = gpu.alloc_zeros::<T>(n * kvd)?;
+        let mut att = gpu.alloc_zeros::<T>(n * qd)?;
+        let mut proj = gpu.alloc_zeros::<T>(n * c)?;
+        let mut gu = gpu.alloc_zeros::<T>(n * 2 * ff)?;
+        let mut act = gpu.alloc_zeros::<T>(n * ff)?;
         let per_layer = cache.slots * cache.cap * kvd;
         let heads = self.heads();
 
@@ -211,15 +211,15 @@ impl<T: GpuFloat> GpuModel<T> {
 
     /// f32 logits of the given rows of `hidden`: [rows.len(), vocab] (what generation samples from).
     /// Rows are gathered with the embedding kernel (a row gather is what it is).
-    pub fn logits_of_rows(&self, hidden: &Hidden<T>, rows: &[u32]) -> Result<CudaSlice<f32>> {
+    pub fn logits_of_rows(&self, hidden: &Hidden<T>, rows: &[u32]) -> Result<DeviceBuffer<f32>> {
         let gpu = &*self.gpu;
         let (c, v) = (self.cfg.hidden_size, self.cfg.vocab_size);
         let n_hidden = hidden.rows.iter().map(|r| r.end).max().unwrap_or(0);
         let b = rows.len();
-        let rows_d = gpu.stream.clone_htod(rows)?;
-        let mut picked = gpu.stream.alloc_zeros::<T>(b * c)?;
+        let rows_d = gpu.htod(rows)?;
+        let mut picked = gpu.alloc_zeros::<T>(b * c)?;
         gpu::embedding::embedding_fwd(gpu, &mut picked.as_view_mut(), &rows_d.as_view(), &hidden.hf.slice(0..n_hidden * c), b, c, n_hidden)?;
-        let mut logits = gpu.stream.alloc_zeros::<f32>(b * v)?;
+        let mut logits = gpu.alloc_zeros::<f32>(b * v)?;
         let lm = self.params.slice(self.layout.lm_head.clone());
         gpu::matmul::matmul_fwd_f32out(gpu, &mut logits.as_view_mut(), &picked.as_view(), &lm, None, b, c, v)?;
         Ok(logits)
@@ -238,7 +238,7 @@ impl<T: GpuFloat> GpuModel<T> {
         }
         let all: Vec<u32> = (0..n as u32).collect();
         let logits = self.logits_of_rows(&hidden, &all)?;
-        Ok(self.gpu.stream.clone_dtoh(&logits)?)
+        Ok(self.gpu.dtoh(&logits)?)
     }
 
     /// logp[s][t] = log softmax(logits(x_≤t) / temp)[x_{t+1}] for every sequence (len − 1 values
@@ -259,11 +259,11 @@ impl<T: GpuFloat> GpuModel<T> {
         }
         let gpu = &*self.gpu;
         let (c, v) = (self.cfg.hidden_size, self.cfg.vocab_size);
-        let mut logp = gpu.stream.alloc_zeros::<f32>(n)?;
-        let mut lse = gpu.stream.alloc_zeros::<f32>(n)?;
+        let mut logp = gpu.alloc_zeros::<f32>(n)?;
+        let mut lse = gpu.alloc_zeros::<f32>(n)?;
         let lm = self.params.slice(self.layout.lm_head.clone());
         gpu::logprob::head_logprob(gpu, &mut logp.as_view_mut(), &mut lse.as_view_mut(), &hidden.hf.slice(0..n * c), &lm, &targets, n, c, v, temp)?;
-        let rows = gpu.stream.clone_dtoh(&logp)?;
+        let rows = gpu.dtoh(&logp)?;
         Ok(hidden.rows.iter().map(|r| rows[r.start..r.end.saturating_sub(1).max(r.start)].to_vec()).collect())
     }
 
@@ -280,8 +280,8 @@ impl<T: GpuFloat> GpuModel<T> {
         }
         let cap = prompts.iter().map(Vec::len).max().unwrap_or(0) + opts.max_new_tokens;
         let mut cache = GpuKvCache::new(gpu, &self.cfg, b, cap)?;
-        let mut scratch = gpu.stream.alloc_zeros::<u64>(b * v)?;
-        let mut tokens_d = gpu.stream.alloc_zeros::<u32>(b)?;
+        let mut scratch = gpu.alloc_zeros::<u64>(b * v)?;
+        let mut tokens_d = gpu.alloc_zeros::<u32>(b)?;
 
         let chunks: Vec<(usize, &[u32])> = prompts.iter().enumerate().map(|(i, p)| (i, p.as_slice())).collect();
         let mut hidden = self.forward_hidden(&mut cache, &chunks)?;
@@ -292,11 +292,11 @@ impl<T: GpuFloat> GpuModel<T> {
             let rows = active.len();
             let logits = self.logits_of_rows(&hidden, &last_rows)?;
             let streams: Vec<u64> = active.iter().map(|&i| opts.stream_offset + i as u64).collect();
-            let streams_d = gpu.stream.clone_htod(&streams)?;
+            let streams_d = gpu.htod(&streams)?;
             let mut tok_view = tokens_d.slice_mut(0..rows);
             let mut scr_view = scratch.slice_mut(0..rows * v);
             gpu::sampling::sample(gpu, &mut tok_view, &mut scr_view, &logits.as_view(), &streams_d.as_view(), rows, v, &opts.sampling, opts.seed, step as u64)?;
-            let drawn = gpu.stream.clone_dtoh(&tokens_d.slice(0..rows))?;
+            let drawn = gpu.dtoh(&tokens_d.slice(0..rows))?;
             let mut next: Vec<(usize, u32)> = Vec::with_capacity(rows);
             for (&i, &tok) in active.iter().zip(&drawn) {
                 out[i].tokens.push(tok);

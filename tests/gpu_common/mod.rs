@@ -1,26 +1,39 @@
-//! Helpers of the GPU tests: a device or a SKIP line, random inputs in a storage type, comparisons.
-//! Without a CUDA driver / NVRTC / device every GPU test prints `SKIP <test>: <reason>` and passes;
-//! with DRPO_REQUIRE_GPU=1 the same condition fails the test.
+//! Helpers of the GPU tests: the devices a test body runs on, random inputs in a storage type,
+//! comparisons.
+//!
+//! Every GPU test runs its body on each device of [`devices`]: the simulated device (the kernels of
+//! `cuda/` on the CPU, every launch checked for races and out-of-bounds accesses; needs a C++
+//! compiler) and the real GPU when one is usable. Without a CUDA driver / NVRTC / device the GPU
+//! part prints `SKIP <test> on the GPU: <reason>`; with DRPO_REQUIRE_GPU=1 that fails the test.
+//! Without a C++ compiler the simulated part prints a SKIP line; DRPO_REQUIRE_SIM=1 (set by
+//! `.ci/run`) fails instead.
 #![allow(dead_code)]
 
 use drpo::gpu::{Gpu, GpuFloat};
 use rand::{rngs::StdRng, Rng};
 
-/// The device, or None after printing why the test is skipped.
-pub fn gpu_or_skip(test: &str) -> Option<Gpu> {
-    let require = std::env::var("DRPO_REQUIRE_GPU").is_ok_and(|v| v == "1");
-    match Gpu::new(0) {
-        Ok(g) => {
-            println!("{test}: on {g:?}");
-            Some(g)
+fn required(var: &str) -> bool {
+    std::env::var(var).is_ok_and(|v| v == "1")
+}
+
+/// The devices to run `test` on: the simulated device, then the GPU, each when available (a SKIP
+/// line for each one that is not).
+pub fn devices(test: &str) -> Vec<Gpu> {
+    let mut out = Vec::new();
+    for (kind, open, require) in [("simulated device", Gpu::sim as fn() -> drpo::Result<Gpu>, "DRPO_REQUIRE_SIM"), ("GPU", || Gpu::new(0), "DRPO_REQUIRE_GPU")] {
+        match open() {
+            Ok(g) => {
+                println!("{test}: on {g:?}");
+                out.push(g);
+            }
+            Err(drpo::Error::NoDevice { why }) => {
+                assert!(!required(require), "{test}: {require}=1 but no {kind}: {why}");
+                println!("SKIP {test} on the {kind}: {why}");
+            }
+            Err(e) => panic!("{test}: {kind} start-up failed: {e}"),
         }
-        Err(drpo::Error::NoDevice { why }) => {
-            assert!(!require, "{test}: DRPO_REQUIRE_GPU=1 but {why}");
-            println!("SKIP {test}: {why}");
-            None
-        }
-        Err(e) => panic!("{test}: GPU start-up failed: {e}"),
     }
+    out
 }
 
 #[path = "../common/mod.rs"]
