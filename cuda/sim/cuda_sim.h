@@ -18,8 +18,9 @@
 //   * __syncthreads reached by some threads of the block only (divergent barrier, early return),
 //     or by threads at different __syncthreads (different source lines): CUDA C++ requires every
 //     thread of the block at the same barrier.
-//   * warp collectives (shuffles, votes, __syncwarp, mma, ldmatrix) whose lanes disagree (another
-//     collective, another mask), whose calling lane is not in its mask, or that can never complete.
+//   * warp collectives (shuffles, votes, __syncwarp, mma, ldmatrix) whose calling lane is not in its
+//     mask, or that can never complete (lanes waiting for each other at different collectives or
+//     masks, or at a barrier): a deadlock, reported with where every thread waits.
 //     As in PTX (shfl.sync et al. on sm_70+), lanes of the mask that have exited do not hold a
 //     collective up; a value read from such a lane (or from a lane outside the mask) is poison
 //     (all bits set). mma and ldmatrix are `.aligned`: all 32 lanes must execute them.
@@ -722,21 +723,12 @@ inline uint64_t collective(Coll c, const char* file, int line) {
     f->file = file;
     f->line = line;
     f->state = AT_WARP;
+    // Lanes of this mask may still wait in an earlier collective that completes without us (two
+    // groups of lanes, each with its own mask): they come here afterwards. Lanes that wait for each
+    // other in different collectives never do; the scheduler reports that as a deadlock.
     unsigned gi = w.ngroups;
-    for (unsigned i = 0; i < w.ngroups; i++) {
-        Group& g = w.groups[i];
-        if (same_coll(g.key, c)) {
-            gi = i;
-            continue;
-        }
-        // a lane of either mask waits at the other collective: they can never meet
-        if ((g.arrived & c.mask) || (g.key.mask & me)) {
-            const Fiber* o = g.first;
-            fail("warp %u: lane %u waits at %s (mask 0x%08x) at %s:%d while lane %u waits at %s (mask 0x%08x) at %s:%d",
-                 f->warp, f->lane, kind_name(c.kind), c.mask, file, line, o->lane, kind_name(g.key.kind), g.key.mask,
-                 o->file, o->line);
-        }
-    }
+    for (unsigned i = 0; i < w.ngroups; i++)
+        if (same_coll(w.groups[i].key, c)) gi = i;
     if (gi == w.ngroups) {
         w.groups[w.ngroups++] = Group{c, 0, f};
     }

@@ -171,17 +171,22 @@ pub struct KernelReport {
 pub fn compile_all(arch: &str) -> Result<Vec<KernelReport>> {
     let mut rows = Vec::new();
     for family in FAMILIES {
-        let compiled = nvrtc_compile(family, arch, true)?;
-        let found = parse_ptxas_report(family.name, &compiled.log);
-        if found.is_empty() {
-            return Err(Error::Nvrtc {
-                family: family.name.to_string(),
-                log: format!("no ptxas report in the NVRTC log ({} bytes of cubin):\n{}", compiled.cubin.len(), compiled.log),
-            });
-        }
-        rows.extend(found);
+        rows.extend(compile_family(family, arch)?);
     }
     Ok(rows)
+}
+
+/// [`compile_all`] for one family (any [`Family`], e.g. a test's).
+pub fn compile_family(family: &'static Family, arch: &str) -> Result<Vec<KernelReport>> {
+    let compiled = nvrtc_compile(family, arch, true)?;
+    let found = parse_ptxas_report(family.name, &compiled.log);
+    if found.is_empty() {
+        return Err(Error::Nvrtc {
+            family: family.name.to_string(),
+            log: format!("no ptxas report in the NVRTC log ({} bytes of cubin):\n{}", compiled.cubin.len(), compiled.log),
+        });
+    }
+    Ok(found)
 }
 
 /// Parses ptxas `-v` output:

@@ -38,7 +38,7 @@ use std::marker::PhantomData;
 use std::ops::{Bound, RangeBounds};
 use std::path::PathBuf;
 
-pub use cuda::{compile_all, driver_available, driver_version, nvrtc_available, nvrtc_version, parse_ptxas_report, KernelReport};
+pub use cuda::{compile_all, compile_family, driver_available, driver_version, nvrtc_available, nvrtc_version, parse_ptxas_report, KernelReport, MIN_DRIVER_VERSION};
 pub use half::bf16;
 
 /// A plain value type that lives in device memory (bit-copyable, zero is a valid value).

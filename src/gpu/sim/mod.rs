@@ -218,8 +218,9 @@ impl SimDevice {
                 return Err(err(format!(
                     "a race: {what} between thread orders {} and {}{which}. Outputs may not depend on the order in \
                      which threads run between barriers: look for a missing __syncthreads / __syncwarp, a read of \
-                     shared memory another thread writes in the same phase, a cp.async read before its wait, or \
-                     an order-dependent atomic",
+                     shared memory another thread writes in the same phase, a cp.async read before its wait (the \
+                     forward order completes cp.async copies at issue, the others at the wait), or an \
+                     order-dependent atomic",
                     order_name(0, seed),
                     order_name(order, seed)
                 )));
@@ -352,7 +353,7 @@ fn race_sample(grid: (u32, u32, u32), seed: u64) -> Option<Vec<u64>> {
 
 fn order_name(order: u32, seed: u64) -> String {
     match order {
-        0 => "forward (cp.async copies at issue)".into(),
+        0 => "forward".into(),
         1 => "reverse".into(),
         k => format!("shuffled #{k} (DRPO_SIM_SEED-derived seed {seed:#x})"),
     }
