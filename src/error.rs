@@ -101,9 +101,10 @@ impl fmt::Display for Error {
             }
             Error::Kernel { name, source } => write!(f, "kernel `{name}` failed: {source}"),
             Error::Nvrtc { family, log } => write!(f, "NVRTC could not compile `{family}.cu`:\n{log}"),
+            // (`drpo kernels` fails this way without NVRTC and has no --device: the hint says which commands)
             Error::NoDevice { why } => write!(
                 f,
-                "no usable device: {why}\n  hint: use `--device cpu`, or `--device auto` to fall back to the CPU"
+                "no usable device: {why}\n  hint: commands with --device run on the CPU with `--device cpu`, or fall back to it with `--device auto`"
             ),
             Error::Sim { kernel, what } => write!(f, "kernel `{kernel}` on the simulated device: {what}"),
             Error::SimBuild { family, log } => write!(f, "the simulated device could not build `{family}.cu`:\n{log}"),

@@ -1,6 +1,7 @@
 //! Every kernel family compiles with NVRTC for sm_80 and sm_90 — no GPU needed — and every entry
 //! point the launchers call exists, with its registers / shared memory / spills printed (`--nocapture`).
-//! Without NVRTC the test fails, unless DRPO_ALLOW_NO_NVRTC=1 (then it prints SKIP and passes).
+//! Without NVRTC (a fresh machine: it comes from pip, `.ci/install-nvrtc.sh`) the NVRTC tests print
+//! SKIP and pass; with DRPO_REQUIRE_NVRTC=1 (set by `.ci/run`, which installs it) they fail instead.
 
 use drpo::gpu::{compile_all, nvrtc_available, CHECK_ARCHS};
 
@@ -28,11 +29,11 @@ fn nvrtc_or_skip() -> bool {
     if nvrtc_available() {
         return true;
     }
-    println!("SKIP: NVRTC not found (run .ci/install-nvrtc.sh)");
     assert!(
-        std::env::var("DRPO_ALLOW_NO_NVRTC").is_ok_and(|v| v == "1"),
-        "NVRTC not found (run .ci/install-nvrtc.sh, then eval its output); set DRPO_ALLOW_NO_NVRTC=1 to skip"
+        !std::env::var("DRPO_REQUIRE_NVRTC").is_ok_and(|v| v == "1"),
+        "DRPO_REQUIRE_NVRTC=1 but NVRTC (libnvrtc.so.13) is not found: run `eval \"$(bash .ci/install-nvrtc.sh)\"`"
     );
+    println!("SKIP: NVRTC (libnvrtc.so.13) not found; `eval \"$(bash .ci/install-nvrtc.sh)\"` installs it from pip");
     false
 }
 

@@ -25,15 +25,22 @@ pub fn nvrtc_available() -> bool {
     unsafe { cudarc::nvrtc::sys::is_culib_present() }
 }
 
-/// True when the CUDA driver library can be loaded (says nothing about a device being present).
+/// True when a CUDA driver of version 13.0 or newer can be loaded (says nothing about a device being
+/// present). cudarc's own probe resolves every CUDA 13 symbol with `expect`, so on an older driver it
+/// panics: the version is read first.
 pub fn driver_available() -> bool {
-    // SAFETY: as above.
-    unsafe { cudarc::driver::sys::is_culib_present() }
+    // SAFETY: as above, once the library is known to have the CUDA 13 entry points.
+    matches!(driver_version(), Some(v) if v >= MIN_DRIVER_VERSION) && unsafe { cudarc::driver::sys::is_culib_present() }
 }
 
 /// The CUDA driver's version (`cuDriverGetVersion`: 1000·major + 10·minor, e.g. 13000), read through
 /// our own dlopen of libcuda before cudarc resolves anything; None without a driver library.
 pub fn driver_version() -> Option<i32> {
+    static VERSION: std::sync::OnceLock<Option<i32>> = std::sync::OnceLock::new();
+    *VERSION.get_or_init(probe_driver_version)
+}
+
+fn probe_driver_version() -> Option<i32> {
     for name in [c"libcuda.so.1", c"libcuda.so"] {
         // SAFETY: dlopen / dlsym with NUL-terminated names; the symbol has the C signature
         // `CUresult cuDriverGetVersion(int*)` in every CUDA release; the handle is kept open (as
@@ -247,9 +254,6 @@ pub(crate) struct CudaDevice {
 
 impl CudaDevice {
     pub fn open(ordinal: usize) -> Result<(CudaDevice, DeviceProps)> {
-        if !driver_available() {
-            return Err(Error::NoDevice { why: "no CUDA driver (libcuda.so) on this machine".into() });
-        }
         match driver_version() {
             Some(v) if v >= MIN_DRIVER_VERSION => {}
             Some(v) => {
@@ -262,7 +266,10 @@ impl CudaDevice {
                     ),
                 })
             }
-            None => return Err(Error::NoDevice { why: "the CUDA driver library does not answer cuDriverGetVersion".into() }),
+            None => return Err(Error::NoDevice { why: "no CUDA driver (libcuda.so) on this machine".into() }),
+        }
+        if !driver_available() {
+            return Err(Error::NoDevice { why: "the CUDA driver library (libcuda.so) cannot be loaded".into() });
         }
         if !nvrtc_available() {
             return Err(no_nvrtc());

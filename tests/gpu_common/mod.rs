@@ -6,7 +6,8 @@
 //! compiler) and the real GPU when one is usable. Without a CUDA driver / NVRTC / device the GPU
 //! part prints `SKIP <test> on the GPU: <reason>`; with DRPO_REQUIRE_GPU=1 that fails the test.
 //! Without a C++ compiler the simulated part prints a SKIP line; DRPO_REQUIRE_SIM=1 (set by
-//! `.ci/run`) fails instead.
+//! `.ci/run`) fails instead. The few largest cases run on the simulator only under DRPO_SIM_FULL=1
+//! ([`full_size`]).
 #![allow(dead_code)]
 
 use drpo::gpu::{Gpu, GpuFloat};
@@ -14,6 +15,13 @@ use rand::{rngs::StdRng, Rng};
 
 fn required(var: &str) -> bool {
     std::env::var(var).is_ok_and(|v| v == "1")
+}
+
+/// Whether a test runs its largest cases on `gpu`: always on a GPU; on the simulated device only
+/// with DRPO_SIM_FULL=1. There those cases take minutes (a Qwen-width GEMM through emulated tensor
+/// cores, 10^5 sampler rows), so the CI runs every other case, and NOTES.md records full runs.
+pub fn full_size(gpu: &Gpu) -> bool {
+    !gpu.is_simulated() || required("DRPO_SIM_FULL")
 }
 
 /// The devices to run `test` on: the simulated device, then the GPU, each when available (a SKIP
@@ -125,4 +133,40 @@ pub fn assert_close(what: &str, got: &[f64], want: &[f64], bound: Bound) {
     );
     assert!(e <= bound.rel_l2, "{what}: rel_l2 {e:.3e} > {:.0e}", bound.rel_l2);
     assert!(we <= bound.worst, "{what}: worst element #{i} got {g:.9e} want {w:.9e}: {we:.2e} > {:.0e} (floor {floor:.1e})", bound.worst);
+}
+
+/// The bound of the bf16 GPU model (every activation stored in bf16): log-probs and logits against
+/// the CPU f64 model on the same bf16-rounded weights, rel_l2 3e-2 and every element within 5σ of it
+/// (floor rms(want)). Set a priori: ~14 roundings of ≤ 2^-9 per layer, ~10× the expected few 1e-3.
+pub const BF16_MODEL: f64 = 3e-2;
+
+/// The f64 CPU model on `cpu`'s weights rounded to bf16: what the bf16 GPU model computes, exactly.
+pub fn on_bf16_weights(cpu: &drpo::model::Model<f32>) -> drpo::model::Model<f64> {
+    let rounded: Vec<f64> = cpu.params.iter().map(|&p| drpo::gpu::bf16::from_f32(p).to_f64()).collect();
+    drpo::model::Model::<f64>::from_params(cpu.cfg.clone(), rounded)
+}
+
+/// Along a greedy generation `tokens` after `prompt`, the f64 model `reference` picks the same token
+/// wherever its top-1/top-2 margin exceeds twice the error bound of a logit (5σ of `bound` relative
+/// to the row's rms: each of the two logits can move by that much); asserts those, returns
+/// (decisive, within the error).
+pub fn decisive_greedy_tokens(reference: &drpo::model::Model<f64>, prompt: &[u32], tokens: &[u32], bound: f64, what: &str) -> drpo::Result<(usize, usize)> {
+    let seq: Vec<u32> = prompt.iter().chain(tokens).copied().collect();
+    let logits = reference.logits(&[&seq])?;
+    let v = reference.cfg.vocab_size;
+    let (mut decisive, mut close) = (0, 0);
+    for (t, &token) in tokens.iter().enumerate() {
+        let row = &logits[(prompt.len() - 1 + t) * v..(prompt.len() + t) * v];
+        let rms = (row.iter().map(|x| x * x).sum::<f64>() / v as f64).sqrt();
+        let mut order: Vec<usize> = (0..v).collect();
+        order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+        let (margin, error) = (row[order[0]] - row[order[1]], 5.0 * bound * rms);
+        if margin > 2.0 * error {
+            decisive += 1;
+            assert_eq!(token as usize, order[0], "{what} step {t}: CPU margin {margin:.3} > 2 × {error:.3}");
+        } else {
+            close += 1;
+        }
+    }
+    Ok((decisive, close))
 }

@@ -114,18 +114,17 @@ unsafe impl Sync for Module {}
 
 type Slot = Arc<OnceLock<std::result::Result<Arc<Module>, (bool, String)>>>;
 
-/// The loaded module of `family`, compiling it on first use (once per process).
+/// The loaded module of `family`, compiling it on first use (once per process; a family is a
+/// `static`, so its address names it).
 pub(crate) fn module(family: &'static Family) -> Result<Arc<Module>> {
-    static MODULES: OnceLock<Mutex<HashMap<(&'static str, u64), Slot>>> = OnceLock::new();
-    let source = family.source();
-    let key = (family.name, fnv1a(&[source.as_bytes()]));
+    static MODULES: OnceLock<Mutex<HashMap<usize, Slot>>> = OnceLock::new();
     let slot = {
         let mut map = MODULES.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
-        map.entry(key).or_default().clone()
+        map.entry(family as *const Family as usize).or_default().clone()
     };
     // other threads asking for the same family wait here for the one compile
     let r = slot.get_or_init(|| {
-        load(family, &source).map(Arc::new).map_err(|e| match e {
+        load(family, &family.source()).map(Arc::new).map_err(|e| match e {
             Error::NoDevice { why } => (true, why),
             e => (false, e.to_string()),
         })
