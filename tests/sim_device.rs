@@ -284,10 +284,10 @@ fn cp_async_data_read_before_its_wait_is_a_race() -> drpo::Result<()> {
 fn an_order_dependent_float_atomic_is_a_race() -> drpo::Result<()> {
     let Some(gpu) = sim_or_skip("planted_atomic") else { return Ok(()) };
     let mut rng = rng("planted_atomic");
-    let n = 4096;
+    let n: i32 = 4096;
     // magnitudes spread over many binades: reordered f32 additions round differently
     let x: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0f32..1.0) * 10f32.powi(rng.random_range(-4..4))).collect();
-    assert_reported(run_planted(&gpu, "atomic_float_sum", LaunchCfg::new((1, 1, 1), 256), 1, &x, Some(n as i32)), "atomic_float_sum", &["race", "atomic"]);
+    assert_reported(run_planted(&gpu, "atomic_float_sum", LaunchCfg::new((1, 1, 1), 256), 1, &x, Some(n)), "atomic_float_sum", &["race", "atomic"]);
     Ok(())
 }
 
@@ -313,7 +313,7 @@ fn launch_limits_and_argument_types_are_checked() -> drpo::Result<()> {
     assert_reported(run_planted(&gpu, "dynamic_shared_sum", dynamic(too_big), 1, &x, Some(2048)), "dynamic_shared_sum", &["dynamic shared memory", limit]);
     // arguments: a missing one, an f32 view for a bf16 kernel, a read-only view where the kernel writes
     assert_reported(run_planted(&gpu, "copy_in_bounds", LaunchCfg::new((1, 1, 1), 32), 8, &x, None), "copy_in_bounds", &["takes 3 arguments", "pushed 2"]);
-    let xb = gpu.htod(&vec![bf16::from_f32(1.0); 8])?;
+    let xb = gpu.htod(&[bf16::from_f32(1.0); 8])?;
     let mut ob = gpu.alloc_zeros::<bf16>(8)?;
     let of = gpu.alloc_zeros::<f32>(8)?;
     let mut l = gpu.launch(&PLANTED, "scale_bf16", LaunchCfg::new((1, 1, 1), 32));

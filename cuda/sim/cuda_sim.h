@@ -200,7 +200,7 @@ struct Fiber {
     Context ctx;
     char* stack_lo;                // usable stack [stack_lo, stack_hi)
     char* stack_hi;
-    unsigned linear, warp, lane;
+    unsigned warp, lane;
     uint3 tid;
     State state;
     const char* file;              // where it waits
@@ -995,7 +995,6 @@ inline void run_block(Block& b) {
     std::memset(b.arena, kPoison, b.arena_used);
     for (unsigned i = 0; i < b.n; i++) {
         Fiber& f = b.fibers[i];
-        f.linear = i;
         f.warp = i / 32;
         f.lane = i % 32;
         f.tid = uint3{i % bx, (i / bx) % by, i / (bx * by)};

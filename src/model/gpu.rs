@@ -238,7 +238,7 @@ impl<T: GpuFloat> GpuModel<T> {
         }
         let all: Vec<u32> = (0..n as u32).collect();
         let logits = self.logits_of_rows(&hidden, &all)?;
-        Ok(self.gpu.dtoh(&logits)?)
+        self.gpu.dtoh(&logits)
     }
 
     /// logp[s][t] = log softmax(logits(x_≤t) / temp)[x_{t+1}] for every sequence (len − 1 values

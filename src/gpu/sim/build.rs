@@ -547,7 +547,7 @@ pub(crate) fn find_kernels(pre: &str) -> Vec<FoundKernel> {
                 Tok::Punct('(') | Tok::Punct('<') | Tok::Punct('[') => depth += 1,
                 Tok::Punct(')') | Tok::Punct('>') | Tok::Punct(']') => depth -= 1,
                 Tok::Punct(',') if depth == 0 => {
-                    if !(cur.len() == 1 && cur[0].1 == "void") && !cur.is_empty() {
+                    if !(cur.is_empty() || cur.len() == 1 && cur[0].1 == "void") {
                         let name = match cur.last() {
                             Some((Tok::Ident(s), _)) if cur.len() > 1 => s.clone(),
                             _ => format!("arg{}", params.len()),

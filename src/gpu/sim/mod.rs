@@ -17,7 +17,9 @@
 //!   uninitialised shared memory (poisoned with NaN bytes), and **races**: every launch runs under
 //!   `DRPO_SIM_ORDERS` thread orders (default 3: forward, reverse, seeded shuffle), the buffers it
 //!   may write restored to their bytes before each run; outputs that differ between orders are a
-//!   race (a missing barrier, an early read of cp.async data, an order-dependent atomic).
+//!   race (a missing barrier, an early read of cp.async data, an order-dependent atomic). A grid of
+//!   more than [`RACE_SAMPLE_BLOCKS`] blocks runs whole once; its extra orders run a sample of blocks
+//!   (a race lives inside a block), compared with the same sample under the first order.
 //!
 //! `DRPO_SIM_ARCH` (sm_80 | sm_90, default sm_80: the oldest architecture the kernels target) sets
 //! the shared-memory opt-in limit and the SM count the launchers see; `DRPO_SIM_SEED` the shuffles;
