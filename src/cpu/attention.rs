@@ -6,7 +6,7 @@
 //! probability matrix for the backward pass; inference ([`attention_fwd_infer`]) keeps one [tk] row
 //! per task instead (the GPU kernels never keep it). Both compute each row identically.
 
-use super::{axpy, dot, Float};
+use super::{axpy, dot, simd, Float};
 use rayon::prelude::*;
 
 /// Sizes of one attention call.
@@ -103,16 +103,12 @@ fn attend_row<T: Float>(o: &mut [T], p: &mut [T], q: &[T], k: &[T], v: &[T], s: 
     let qi = &q[(i * nh + h) * hd..(i * nh + h + 1) * hd];
     let visible = s.past() + i + 1;
     debug_assert!(visible <= tk && p.len() == tk);
-    let mut m = T::NEG_INFINITY;
     for j in 0..visible {
         p[j] = dot(qi, &k[(j * nkv + kvh) * hd..(j * nkv + kvh + 1) * hd]) * scale;
-        m = m.max(p[j]);
     }
-    let mut sum = T::ZERO;
-    for pj in &mut p[..visible] {
-        *pj = (*pj - m).exp();
-        sum += *pj;
-    }
+    // softmax with the canonical max, exp and sum (simd's module doc), then one division per entry
+    let m = simd::max(&p[..visible]);
+    let sum = simd::exp_shifted_sum(&mut p[..visible], m);
     for pj in &mut p[..visible] {
         *pj /= sum;
     }
