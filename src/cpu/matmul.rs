@@ -15,6 +15,9 @@ use rayon::prelude::*;
 const BLOCK_BYTES: usize = 128 * 1024;
 /// Rows of x (or dout) per tile: W is read once per tile.
 const TILE_ROWS: usize = 64;
+/// Steps of a rank update between loads and stores of its register tile (dx: W rows, dw: x rows):
+/// the panel of b it walks (128 × 64 floats = 32 KiB in f32) stays in L1.
+const RANK_STEPS: usize = 128;
 
 /// Rows of a `[rows, d]` matrix of T per block of about [`BLOCK_BYTES`]: a multiple of 12 (whole
 /// register tiles of 4 or 6 rows) from 12 to 60.
@@ -64,7 +67,7 @@ pub fn matmul_bwd<T: Float>(
         return;
     }
     // dx: tiles of rows in parallel; inside a tile, W in blocks of rows, each block used by every row
-    let w_block = block_rows::<T>(d_in);
+    let w_block = RANK_STEPS;
     let tile = TILE_ROWS.min(n.div_ceil(rayon::current_num_threads() * 4)).max(1);
     dx.par_chunks_mut(tile * d_in).zip(dout.par_chunks(tile * d_out)).for_each(|(dx_tile, dout_tile)| {
         let mut rows: Vec<&mut [T]> = dx_tile.chunks_mut(d_in).collect();
@@ -75,10 +78,10 @@ pub fn matmul_bwd<T: Float>(
         }
     });
     // dw: blocks of W rows in parallel; inside a block, x in tiles of rows, each tile used by every W row
-    let x_tile = block_rows::<T>(d_in);
-    dw.par_chunks_mut(w_block * d_in).enumerate().for_each(|(k, dw_block)| {
-        let o0 = k * w_block;
-        let mut rows: Vec<&mut [T]> = dw_block.chunks_mut(d_in).collect();
+    let (x_tile, dw_block) = (RANK_STEPS, block_rows::<T>(d_in));
+    dw.par_chunks_mut(dw_block * d_in).enumerate().for_each(|(k, dw_rows)| {
+        let o0 = k * dw_block;
+        let mut rows: Vec<&mut [T]> = dw_rows.chunks_mut(d_in).collect();
         for r0 in (0..n).step_by(x_tile) {
             let r1 = (r0 + x_tile).min(n);
             // dw[o, :] += Σ_{r in tile} dout[r, o] · x[r, :]: a = doutᵀ (row stride 1, k stride d_out), b = x rows

@@ -65,6 +65,22 @@ where
     out
 }
 
+/// out[j] = canonical dot(a, b[j·ldb ..][..a.len()]).
+#[inline(always)]
+pub fn dots<V: Lanes>(out: &mut [V::E], a: &[V::E], b: &[V::E], ldb: usize)
+where
+    V::E: Real,
+{
+    let k = a.len();
+    if let Some(last) = out.len().checked_sub(1) {
+        assert!(last * ldb + k <= b.len(), "dots: b too short");
+    }
+    for (j, o) in out.iter_mut().enumerate() {
+        // SAFETY: row j of b has k elements (asserted above)
+        *o = unsafe { V::dot_tile::<1, 1>([a.as_ptr()], [b.as_ptr().add(j * ldb)], k)[0][0] };
+    }
+}
+
 /// y[i] = fma(a, x[i], y[i]): the fused `axpy`, one rounding per element.
 #[inline(always)]
 pub fn axpy<V: Lanes>(y: &mut [V::E], a: V::E, x: &[V::E]) {

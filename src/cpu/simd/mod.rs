@@ -69,6 +69,7 @@ impl Level {
         }
     }
 
+    #[inline(always)]
     fn from_u8(v: u8) -> Level {
         match v {
             3 => Level::Avx512,
@@ -101,16 +102,20 @@ pub fn level_from_env() -> Result<Option<Level>> {
 }
 
 /// The level the kernels run at: decided on first use (`DRPO_CPU_SIMD` if valid, else [`detect`]).
-#[inline]
+#[inline(always)]
 pub fn level() -> Level {
     match LEVEL.load(Ordering::Relaxed) {
-        0 => {
-            let chosen = level_from_env().ok().flatten().unwrap_or_else(detect);
-            LEVEL.store(chosen as u8, Ordering::Relaxed);
-            chosen
-        }
+        0 => decide_level(),
         v => Level::from_u8(v),
     }
+}
+
+#[cold]
+#[inline(never)]
+fn decide_level() -> Level {
+    let chosen = level_from_env().ok().flatten().unwrap_or_else(detect);
+    LEVEL.store(chosen as u8, Ordering::Relaxed);
+    chosen
 }
 
 /// Runs the kernels at `level` from now on (tests and benches compare levels this way). Every
@@ -192,6 +197,12 @@ pub fn run<R>(f: impl FnOnce() -> R) -> R {
 #[inline]
 pub fn dot<T: Element>(a: &[T], b: &[T]) -> T {
     dispatch!(T, kernels::dot[a, b])
+}
+
+/// out[j] = dot(a, b[j·ldb ..][..a.len()]) for every j of out (attention's scores).
+#[inline]
+pub fn dots<T: Element>(out: &mut [T], a: &[T], b: &[T], ldb: usize) {
+    dispatch!(T, kernels::dots[out, a, b, ldb])
 }
 
 /// y += a·x as one FMA per element.
