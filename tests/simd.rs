@@ -167,9 +167,9 @@ fn model_is_bitwise_the_same_at_every_level() {
 fn canonical_dot_f32(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 16];
     for (ca, cb) in a.chunks(16).zip(b.chunks(16)) {
-        for l in 0..16 {
+        for (l, a) in acc.iter_mut().enumerate() {
             let (x, y) = (ca.get(l).copied().unwrap_or(0.0), cb.get(l).copied().unwrap_or(0.0));
-            acc[l] = x.mul_add(y, acc[l]);
+            *a = x.mul_add(y, *a);
         }
     }
     for half in [8, 4, 2, 1] {

@@ -22,7 +22,7 @@ pub struct AttnShape {
 impl AttnShape {
     /// Panics on a shape no attention call can have (more queries than keys, nh not a multiple of nkv).
     fn check(&self) {
-        assert!(self.tk >= self.tq && self.nkv > 0 && self.nh % self.nkv == 0, "attention: bad shape {self:?}");
+        assert!(self.tk >= self.tq && self.nkv > 0 && self.nh.is_multiple_of(self.nkv), "attention: bad shape {self:?}");
     }
     fn past(&self) -> usize {
         self.check();

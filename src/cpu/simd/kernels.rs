@@ -5,6 +5,9 @@
 //!
 //! Raw pointers appear only inside the tile functions, whose callers check every length first.
 
+// The register tiles index several arrays by the same loop variable on purpose (they unroll).
+#![allow(clippy::needless_range_loop)]
+
 use super::lanes::Lanes;
 
 /// Canonical dot product: N lane-partial FMA sums over N-element chunks (the last chunk zero-padded),
@@ -242,6 +245,8 @@ unsafe fn rank_panel<V: Lanes, const MR: usize, const NV: usize>(
 
 /// MR rows × NV vectors of accumulators, loaded from c, updated over κ = 0..k in order, stored back.
 /// `lanes` < N only with NV = 1 (a partial last vector).
+/// # Safety
+/// c[r] valid for NV vectors (or `lanes` elements); a at r·a_sm + κ·a_sk; b at κ·ldb + [0, NV·N)
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 pub unsafe fn rank_tile<V: Lanes, const MR: usize, const NV: usize>(
@@ -325,8 +330,9 @@ impl Real for f64 {
     const LO: f64 = -707.0;
     const HI: f64 = 709.78;
     const LOG2E: f64 = std::f64::consts::LOG2_E;
-    const NEG_LN2_HI: f64 = -6.931_471_803_691_238_164_9e-1;
-    const NEG_LN2_LO: f64 = -1.908_214_929_270_587_7e-10;
+    // fdlibm's ln2_hi (low 32 bits zero) and ln2_lo, negated
+    const NEG_LN2_HI: f64 = -f64::from_bits(0x3fe6_2e42_fee0_0000);
+    const NEG_LN2_LO: f64 = -f64::from_bits(0x3dea_39ef_3579_3c76);
     const POLY: &'static [f64] = &[
         1.0 / 6_227_020_800.0,
         1.0 / 479_001_600.0,
@@ -482,7 +488,8 @@ where
     V::E: Real,
 {
     let m = max::<V>(l) * s;
-    if !(m > V::E::NEG_INFINITY) {
+    // m is −inf or NaN: nothing to sum
+    if m.partial_cmp(&V::E::NEG_INFINITY) != Some(std::cmp::Ordering::Greater) {
         return (m, V::E::ZERO);
     }
     let (sv, mv, mut acc) = (V::splat(s), V::splat(m), V::zero());

@@ -172,7 +172,7 @@ macro_rules! portable_impl {
                 let mut half = $n / 2;
                 while half > 0 {
                     for l in 0..half {
-                        v[l] = v[l] + v[l + half];
+                        v[l] += v[l + half];
                     }
                     half /= 2;
                 }
