@@ -190,7 +190,7 @@ pub fn gradcheck(model_dir: Option<&Path>, cfg_override: Option<ModelConfig>, se
         (Some(_), Some(_)) => return Err(Error::input("gradcheck takes a model folder or a config, not both")),
         (Some(dir), None) => {
             // the model in f64 three times (weights, the perturbed copy, the gradient), before any of it
-            let cfg = ModelConfig::from_dir(dir)?;
+            let cfg = crate::weights::checked_config(dir)?;
             let mut est = crate::memory::training(&cfg, 8, 21, 7); // ≤ 3 sequences of ≤ 7 tokens
             est.optimizer = est.weights.saturating_mul(2);
             crate::memory::ensure_fits("gradcheck in f64 (the weights, a perturbed copy, the gradient)", &est)?;

@@ -296,6 +296,14 @@ fn probability(s: &str) -> std::result::Result<f64, String> {
     }
 }
 
+/// `println!` that returns an error instead of panicking when stdout is closed (`drpo inspect | head`).
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout(), $($arg)*).map_err(|e| Error::io("<stdout>", e))?
+    }};
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli.cmd) {
@@ -355,7 +363,7 @@ fn run(cmd: Cmd) -> Result<()> {
             let out = out.unwrap_or_else(|| PathBuf::from(if quick { "runs/demo-quick" } else { "runs/demo" }));
             let study = drpo::study::StudyConfig::new(quick);
             drpo::study::run_study(&study, &out, device, &mut |line| eprintln!("{line}"))?;
-            println!("report: {}", out.join("report.md").display());
+            say!("report: {}", out.join("report.md").display());
             Ok(())
         }
         Cmd::Eval(a) => eval(a),
@@ -389,19 +397,25 @@ fn eos_of(dir: &Path, file: &str, tok: Option<&drpo::tokenizer::Tokenizer>) -> R
 }
 
 fn inspect(dir: &Path, batch: Option<u64>, prompt_tokens: Option<u64>, new_tokens: Option<u64>) -> Result<()> {
-    let cfg = ModelConfig::from_dir(dir)?;
-    let layout = drpo::layout::ParamLayout::new(&cfg);
-    let files = drpo::weights::WeightFiles::open(dir)?;
     // the loader's own check of the tensor list against the config, from the headers alone
-    files.check_layout(&layout)?;
-    let tensors = files.tensors()?;
+    let cfg = drpo::weights::checked_config(dir)?;
+    let layout = drpo::layout::ParamLayout::new(&cfg);
+    let tensors = drpo::weights::WeightFiles::open(dir)?.tensors()?;
     let mut dtypes: Vec<String> = tensors.iter().map(|t| t.1.clone()).collect();
     dtypes.sort();
     dtypes.dedup();
+    // a corrupt tokenizer.json fails here, as it would for generate / eval / train; a missing one is
+    // shown as such. Everything that can fail is read before the first line is printed.
+    let tok = drpo::tokenizer::Tokenizer::from_dir_if_present(dir)?;
+    let eos = [
+        eos_of(dir, "generation_config.json", tok.as_ref())?,
+        eos_of(dir, "tokenizer_config.json", tok.as_ref())?,
+        eos_of(dir, "config.json", None)?,
+    ];
     let n = layout.total as f64;
-    println!("model        {}", dir.display());
-    println!("layers       {}   hidden {}   mlp {}   vocab {}", cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
-    println!(
+    say!("model        {}", dir.display());
+    say!("layers       {}   hidden {}   mlp {}   vocab {}", cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
+    say!(
         "attention    {} query heads, {} kv heads (GQA {}:1), head_dim {}, rope theta {}",
         cfg.num_attention_heads,
         cfg.num_key_value_heads,
@@ -410,35 +424,33 @@ fn inspect(dir: &Path, batch: Option<u64>, prompt_tokens: Option<u64>, new_token
         cfg.rope_theta
     );
     let ctx = cfg.max_position_embeddings as u64;
-    println!("context      {} positions   rms eps {:e}   tied embeddings {}", ctx, cfg.rms_norm_eps, cfg.tie_word_embeddings);
-    // a corrupt tokenizer.json fails here, as it would for generate / eval / train; a missing one is shown
-    let tok = drpo::tokenizer::Tokenizer::from_dir_if_present(dir)?;
-    let show = |x: Option<Vec<u32>>| x.map_or("–".to_string(), |ids| format!("{ids:?}"));
-    println!(
+    say!("context      {} positions   rms eps {:e}   tied embeddings {}", ctx, cfg.rms_norm_eps, cfg.tie_word_embeddings);
+    let show = |x: &Option<Vec<u32>>| x.as_ref().map_or("–".to_string(), |ids| format!("{ids:?}"));
+    say!(
         "eos ids      generation_config {}   tokenizer_config {}   config {}   → used {}",
-        show(eos_of(dir, "generation_config.json", tok.as_ref())?),
-        show(eos_of(dir, "tokenizer_config.json", tok.as_ref())?),
-        show(eos_of(dir, "config.json", None)?),
+        show(&eos[0]),
+        show(&eos[1]),
+        show(&eos[2]),
         tok.as_ref().map_or("– (no tokenizer.json)".to_string(), |t| format!("{:?}", t.eos_ids()))
     );
     if let Some(t) = &tok {
-        println!("tokenizer    {} ids (the model has {} rows)   chat template {:?}   bos {:?}", t.vocab_size(), cfg.vocab_size, t.chat_family(), cfg.bos_token_id);
+        say!("tokenizer    {} ids (the model has {} rows)   chat template {:?}   bos {:?}", t.vocab_size(), cfg.vocab_size, t.chat_family(), cfg.bos_token_id);
     }
-    println!("parameters   {} ({:.3} B)   {} tensors in the checkpoint, dtypes {}", layout.total, n / 1e9, tensors.len(), dtypes.join(", "));
+    say!("parameters   {} ({:.3} B)   {} tensors in the checkpoint, dtypes {}", layout.total, n / 1e9, tensors.len(), dtypes.join(", "));
     let kv_per_token = 2.0 * cfg.num_hidden_layers as f64 * cfg.kv_dim() as f64;
-    println!("memory       weights: {} in bf16, {} in f32, {} in f64", gib(2.0 * n), gib(4.0 * n), gib(8.0 * n));
-    println!("             KV cache per token: {} KiB in f32", kv_per_token * 4.0 / 1024.0);
-    println!("             training state (f32 params + grads + 2 AdamW moments): {}", gib(16.0 * n));
+    say!("memory       weights: {} in bf16, {} in f32, {} in f64", gib(2.0 * n), gib(4.0 * n), gib(8.0 * n));
+    say!("             KV cache per token: {} KiB in f32", kv_per_token * 4.0 / 1024.0);
+    say!("             training state (f32 params + grads + 2 AdamW moments): {}", gib(16.0 * n));
     // explicit values are positive (the option's rule); the defaults are kept ≥ 1 for tiny contexts
     let b = batch.unwrap_or(8);
     let p = prompt_tokens.unwrap_or_else(|| 1024.min(ctx / 2).max(1));
     let new = new_tokens.unwrap_or_else(|| 8192.min(ctx.saturating_sub(p)).max(1));
     let seq = p.saturating_add(new);
     if seq > ctx {
-        println!("             note: {p} + {new} tokens exceed the context of {ctx}: generate / eval / train would refuse");
+        say!("             note: {p} + {new} tokens exceed the context of {ctx}: generate / eval / train would refuse");
     }
     let g = drpo::memory::generation(&cfg, 4, b, p, seq);
-    println!(
+    say!(
         "             generate / eval, {b} sequences of {p} + {new} tokens (f32): {}  (weights {}, KV cache {}, activations {})",
         gib(g.total() as f64),
         gib(g.weights as f64),
@@ -446,16 +458,16 @@ fn inspect(dir: &Path, batch: Option<u64>, prompt_tokens: Option<u64>, new_token
         gib(g.activations as f64)
     );
     let t = drpo::memory::training(&cfg, 4, b.saturating_mul(seq), seq);
-    println!(
+    say!(
         "             train, a chunk of {b} sequences of {p} + {new} tokens (f32): {}  (weights {}, optimizer {}, activations {})",
         gib(t.total() as f64),
         gib(t.weights as f64),
         gib(t.optimizer as f64),
         gib(t.activations as f64)
     );
-    println!("             (train also holds the rollout KV cache of questions × G sequences: the generate line with --batch Q·G)");
+    say!("             (train also holds the rollout KV cache of questions × G sequences: the generate line with --batch Q·G)");
     if let Some(a) = drpo::memory::available_bytes() {
-        println!("             available on this machine: {}", gib(a as f64));
+        say!("             available on this machine: {}", gib(a as f64));
     }
     Ok(())
 }
@@ -469,7 +481,7 @@ struct LogprobsOut {
 fn logprobs<T: drpo::cpu::Float>(dir: &Path, input: &Path, out: &Path, device: Device) -> Result<()> {
     let v = read_json(input)?;
     let rows = v.get("sequences").and_then(|s| s.as_array()).ok_or_else(|| Error::json(input, "expected {\"sequences\": [[id, ...], ...]}"))?;
-    let cfg = ModelConfig::from_dir(dir)?;
+    let cfg = drpo::weights::checked_config(dir)?;
     let vocab = cfg.vocab_size;
     let mut seqs = Vec::with_capacity(rows.len());
     for (i, row) in rows.iter().enumerate() {
@@ -523,7 +535,7 @@ fn generate_cmd(
     as_json: bool,
     device: Device,
 ) -> Result<()> {
-    let cfg = ModelConfig::from_dir(dir)?;
+    let cfg = drpo::weights::checked_config(dir)?;
     let max_pos = cfg.max_position_embeddings as u64;
     let max_new = max_new_tokens as u64;
     // up front, with checked sums: a huge --max-new-tokens must not wrap around and pass
@@ -590,11 +602,11 @@ fn generate_cmd(
     };
     if as_json {
         // "text": null (not "") when there is no tokenizer to decode with
-        println!("{}", json!({ "prompt_ids": ids, "generated_ids": generated, "text": text }));
+        say!("{}", json!({ "prompt_ids": ids, "generated_ids": generated, "text": text }));
     } else {
         match text {
-            Some(text) => println!("{text}"),
-            None => println!("{}", generated.iter().map(u32::to_string).collect::<Vec<_>>().join(",")),
+            Some(text) => say!("{text}"),
+            None => say!("{}", generated.iter().map(u32::to_string).collect::<Vec<_>>().join(",")),
         }
     }
     Ok(())
@@ -602,10 +614,10 @@ fn generate_cmd(
 
 fn gradcheck(model: Option<&Path>, seed: u64, samples: usize) -> Result<()> {
     let rows = drpo::gradcheck::gradcheck(model, None, seed, samples)?;
-    println!("{:<55} {:>8} {:>12} {:>12}  result", "tensor", "checked", "max abs err", "max rel err");
+    say!("{:<55} {:>8} {:>12} {:>12}  result", "tensor", "checked", "max abs err", "max rel err");
     let mut failed = 0;
     for r in &rows {
-        println!(
+        say!(
             "{:<55} {:>8} {:>12.3e} {:>12.3e}  {}",
             r.tensor,
             r.checked,
@@ -618,22 +630,23 @@ fn gradcheck(model: Option<&Path>, seed: u64, samples: usize) -> Result<()> {
     if failed > 0 {
         return Err(Error::input(format!("gradcheck: {failed} of {} tensors failed (tolerance {:e})", rows.len(), drpo::gradcheck::TOLERANCE)));
     }
-    println!("all {} tensors pass (relative tolerance {:e})", rows.len(), drpo::gradcheck::TOLERANCE);
+    say!("all {} tensors pass (relative tolerance {:e})", rows.len(), drpo::gradcheck::TOLERANCE);
     Ok(())
 }
 
 fn kernels(archs: &[String]) -> Result<()> {
     // compiling needs NVRTC only: no driver, no GPU, and no --device option to suggest
     if !drpo::gpu::nvrtc_available() {
-        return Err(Error::input(
-            "`drpo kernels` compiles with NVRTC, and libnvrtc.so.13 was not found (no GPU or driver is needed)\n  hint: run \
-             `eval \"$(bash .ci/install-nvrtc.sh)\"` in this shell, or put the CUDA 13 lib folder on LD_LIBRARY_PATH",
-        ));
+        return Err(Error::NoNvrtc {
+            why: "libnvrtc.so.13 was not found\n  hint: run `eval \"$(bash .ci/install-nvrtc.sh)\"` in this shell, or put the \
+                  CUDA 13 lib folder on LD_LIBRARY_PATH"
+                .into(),
+        });
     }
-    println!("{:<10} {:<28} {:<6} {:>5} {:>10} {:>7} {:>12}", "family", "kernel", "arch", "regs", "smem B", "stack", "spill st/ld");
+    say!("{:<10} {:<28} {:<6} {:>5} {:>10} {:>7} {:>12}", "family", "kernel", "arch", "regs", "smem B", "stack", "spill st/ld");
     for arch in archs {
         for r in drpo::gpu::compile_all(arch)? {
-            println!(
+            say!(
                 "{:<10} {:<28} {:<6} {:>5} {:>10} {:>7} {:>6}/{:<5}",
                 r.family, r.kernel, r.arch, r.registers, r.shared_bytes, r.stack_bytes, r.spill_store_bytes, r.spill_load_bytes
             );
@@ -767,7 +780,7 @@ fn load_env(
 fn train(a: TrainArgs) -> Result<()> {
     let tok = drpo::tokenizer::Tokenizer::from_dir(&a.model)?;
     warn_chat_family(&tok);
-    let mcfg = ModelConfig::from_dir(&a.model)?;
+    let mcfg = drpo::weights::checked_config(&a.model)?;
     let base = if a.data.is_some() {
         drpo::rl::trainer::TrainConfig { objective: a.objective, ..Default::default() }
     } else {
@@ -836,14 +849,16 @@ fn eval(a: EvalArgs) -> Result<()> {
     let tok = drpo::tokenizer::Tokenizer::from_dir(&a.model)?;
     warn_chat_family(&tok);
     let env = load_env(&a.model, a.data.as_deref(), a.limit, drpo::task::Split::Eval, &tok, a.think, None)?;
-    let mcfg = ModelConfig::from_dir(&a.model)?;
+    let mcfg = drpo::weights::checked_config(&a.model)?;
     let max_prompt = (0..env.len()).map(|i| env.prompt(i).len()).max().unwrap_or(0) as u64;
     // default: SPEC's 8192 (the toy budget for the toy task), capped by the model's context
     let room = mcfg.max_position_embeddings.saturating_sub(max_prompt as usize);
     let default_budget = if a.data.is_some() { 8192 } else { toy_budget(&a.model)? };
     let max_new = a.max_new_tokens.unwrap_or(default_budget.min(room));
     let n = a.n;
-    let responses = env.len().checked_mul(n).ok_or_else(|| Error::input(format!("--n {n} × {} problems overflows", env.len())))?;
+    let responses = env.len().checked_mul(n).filter(|&r| r <= drpo::eval::MAX_RESPONSES).ok_or_else(|| {
+        Error::input(format!("--n {n} × {} problems: more than {} responses (lower --n or --limit)", env.len(), drpo::eval::MAX_RESPONSES))
+    })?;
     // the batches eval really generates: at most --batch-size sequences, at most every response
     let batch = a.batch_size.min(responses) as u64;
     let est = drpo::memory::generation(&mcfg, 4, batch, max_prompt, max_prompt.saturating_add(max_new as u64));
@@ -880,7 +895,7 @@ fn eval(a: EvalArgs) -> Result<()> {
     // the table and eval.json print the report's numbers: none may be NaN or ±inf
     drpo::output::ensure_finite("the evaluation report", &report)?;
     let table = drpo::eval::markdown_table(&report);
-    println!("{table}");
+    say!("{table}");
     if let Some(out) = a.out {
         let doc = json!({
             "model": a.model, "data": a.data, "options": opts, "device": engine.name(),

@@ -1,8 +1,8 @@
 //! An exclusive lock on a run folder (`drpo train --out`, `drpo sft --out`, the study's folders), so
 //! two processes never interleave metrics or collide in `checkpoint.tmp`.
 //!
-//! The lock is `DIR/drpo.lock`, held with the OS's advisory file lock (`flock`, via
-//! `File::try_lock`): the kernel releases it when the holder exits in any way, kill -9 included,
+//! The lock is `DIR/drpo.lock`, held with the OS's advisory file lock (`flock(2)`, non-blocking):
+//! the kernel releases it when the holder exits in any way, kill -9 included,
 //! so a lock can never outlive its process. The file holds the holder's pid and command, for the
 //! message the second process prints. A clean release deletes the file; a file found with content
 //! but no holder is a *stale* lock (its process died): it is taken over, and the caller gets a
@@ -21,7 +21,8 @@ pub const LOCK_FILE: &str = "drpo.lock";
 #[derive(Debug)]
 pub struct RunLock {
     path: PathBuf,
-    file: File,
+    /// holds the flock while open (never read: closing it is the release)
+    _file: File,
 }
 
 impl RunLock {
@@ -34,9 +35,9 @@ impl RunLock {
         // a releaser may delete the file between our open and our lock: a few retries always suffice
         for _ in 0..8 {
             let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(|e| Error::io(&path, e))?;
-            match file.try_lock() {
-                Ok(()) => {}
-                Err(std::fs::TryLockError::WouldBlock) => {
+            match try_flock(&file) {
+                Ok(true) => {}
+                Ok(false) => {
                     let holder = read_holder(&mut file);
                     return Err(Error::RunFolder {
                         path: dir.to_path_buf(),
@@ -46,7 +47,7 @@ impl RunLock {
                         ),
                     });
                 }
-                Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(&path, e)),
+                Err(e) => return Err(Error::io(&path, e)),
             }
             if !same_file(&file, &path) {
                 continue; // released and deleted under us: lock the new file
@@ -65,7 +66,7 @@ impl RunLock {
                 .and_then(|()| file.write_all(me.as_bytes()))
                 .and_then(|()| file.sync_all())
                 .map_err(|e| Error::io(&path, e))?;
-            return Ok((RunLock { path, file }, stale));
+            return Ok((RunLock { path, _file: file }, stale));
         }
         Err(Error::RunFolder { path: dir.to_path_buf(), what: format!("could not take the lock {LOCK_FILE}: it keeps being replaced") })
     }
@@ -73,10 +74,32 @@ impl RunLock {
 
 impl Drop for RunLock {
     fn drop(&mut self) {
-        // delete while still holding the lock (an acquirer that opened the old file notices), then unlock
+        // delete while still holding the lock (an acquirer that opened the old file notices); closing
+        // `file` right after this releases the lock
         let _ = std::fs::remove_file(&self.path);
-        let _ = self.file.unlock();
     }
+}
+
+/// `flock(LOCK_EX | LOCK_NB)`: Ok(true) when taken, Ok(false) when another open file of it holds it.
+#[cfg(unix)]
+fn try_flock(file: &File) -> std::io::Result<bool> {
+    use std::os::unix::io::AsRawFd;
+    // SAFETY: flock on a descriptor owned by `file`, alive for the call; no memory is passed.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(true);
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(false)
+    } else {
+        Err(e)
+    }
+}
+
+/// Outside Unix there is no flock: the pid file alone (documented in NOTES.md).
+#[cfg(not(unix))]
+fn try_flock(_: &File) -> std::io::Result<bool> {
+    Ok(true)
 }
 
 fn read_holder_text(file: &mut File) -> String {

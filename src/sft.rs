@@ -217,11 +217,12 @@ pub fn run_sft_with_notices(
         let mut grads = backward_responses(&model, &scored, &dlogp);
         let grad_norm = clip_grad_norm(&mut grads, 1.0);
         if !(loss.is_finite() && grad_norm.is_finite()) {
-            return Err(Error::input(format!(
-                "sft: step {step}: the loss is {loss} and the gradient norm {grad_norm}; stopped before the update, no model \
-                 was saved to {} (a lower lr may help)",
-                out.display()
-            )));
+            let (at, value) = if loss.is_finite() { ("gradient norm", grad_norm) } else { ("loss", loss) };
+            return Err(Error::NonFinite {
+                what: format!("sft at step {step} (stopped before the update: no model was saved to {}; a lower lr may help)", out.display()),
+                at: at.into(),
+                value,
+            });
         }
         let lr = sched.lr_at(step as u64);
         opt.step(&mut model.params, &grads, &adamw, lr);

@@ -211,6 +211,15 @@ impl WeightFiles {
     }
 }
 
+/// The config of the checkpoint in `dir`, after [`WeightFiles::check_layout`] (headers only): what a
+/// command reads before its memory estimate, so a config that does not match its weights is named as
+/// such (the tensor, the shapes) rather than as an absurd memory need.
+pub fn checked_config(dir: &Path) -> Result<ModelConfig> {
+    let cfg = ModelConfig::from_dir(dir)?;
+    WeightFiles::open(dir)?.check_layout(&ParamLayout::new(&cfg))?;
+    Ok(cfg)
+}
+
 /// Loads every parameter of `layout` from the checkpoint folder `dir` into one flat buffer.
 /// Every tensor of the checkpoint must be read (see [`WeightFiles`]'s surplus check).
 /// The headers are checked first ([`WeightFiles::check_layout`]), then the buffer's size against the

@@ -48,15 +48,14 @@ pub fn classify(run_dir: &Path) -> Result<RunStart> {
         ));
     }
     if !has_config && (ckpt.exists() || metrics_lines.is_some()) {
-        let held: Vec<&str> = [(ckpt.exists(), "a checkpoint"), (metrics_lines.is_some(), METRICS_FILE)]
-            .iter()
-            .filter_map(|&(has, what)| has.then_some(what))
+        let held: Vec<String> = [(ckpt.exists(), format!("`{CHECKPOINT_DIR}/`")), (metrics_lines.is_some(), format!("`{METRICS_FILE}`"))]
+            .into_iter()
+            .filter_map(|(has, what)| has.then_some(what))
             .collect();
+        let held = held.join(" and ");
         return refuse(format!(
-            "holds {} but no {CONFIG_FILE}, so the run's settings are unknown\n  hint: put its {CONFIG_FILE} back to resume it; \
-             to start over here, move {} out of the folder; or use another --out folder",
-            held.join(" and "),
-            held.join(" and ")
+            "holds {held} but no {CONFIG_FILE}, so the run's settings are unknown\n  hint: put its {CONFIG_FILE} back to resume \
+             it; to start over here, move {held} out of the folder; or use another --out folder"
         ));
     }
     Ok(if ckpt.exists() {

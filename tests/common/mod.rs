@@ -95,11 +95,38 @@ pub fn write_gsm8k_slice(model_dir: &std::path::Path, n: usize, max_new_tokens: 
 
 /// Runs the `drpo` binary; returns (exit success, stdout, stderr), and asserts it did not panic.
 pub fn run_drpo(args: &[&str]) -> (bool, String, String) {
+    let (code, stdout, stderr) = drpo_exit(args);
+    (code == 0, stdout, stderr)
+}
+
+/// Runs the `drpo` binary; returns (exit code, stdout, stderr). Asserts that it neither panicked nor
+/// died of a signal (an abort): every failure must be an exit code with a message.
+pub fn drpo_exit(args: &[&str]) -> (i32, String, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_drpo")).args(args).output().unwrap();
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
     println!("$ drpo {}\n-> {:?}\n{stdout}\n{stderr}", args.join(" "), out.status);
     assert!(!stderr.contains("panicked"), "drpo {} panicked:\n{stderr}", args.join(" "));
-    (out.status.success(), stdout, stderr)
+    let code = out.status.code().unwrap_or_else(|| panic!("drpo {} was killed by a signal ({:?}):\n{stderr}", args.join(" "), out.status));
+    (code, stdout, stderr)
+}
+
+/// One tensor of a safetensors file: (name, dtype, shape, bytes).
+pub type RawTensor = (String, safetensors::Dtype, Vec<usize>, Vec<u8>);
+
+/// All tensors of a safetensors file, sorted by name.
+pub fn read_tensors(path: &std::path::Path) -> Vec<RawTensor> {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut out: Vec<_> = st.tensors().into_iter().map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec())).collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// Writes `ts` as a safetensors file (no metadata).
+pub fn write_tensors(path: &std::path::Path, ts: &[RawTensor]) {
+    let views: Vec<(String, safetensors::tensor::TensorView)> =
+        ts.iter().map(|(n, d, s, b)| (n.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap())).collect();
+    std::fs::write(path, safetensors::tensor::serialize(views, None::<std::collections::HashMap<String, String>>).unwrap()).unwrap();
 }
 
 /// A fresh toy model folder: the task tokenizer and a random model of the default SFT config's shape
