@@ -331,6 +331,10 @@ fn run(cmd: Cmd) -> Result<()> {
         Cmd::Eval(a) => Some(a.device),
         _ => None,
     };
+    // options that contradict each other first: they fail the same way on every machine
+    if let Cmd::Logprobs { dtype: FloatType::F64, device: Device::Gpu, .. } = &cmd {
+        return Err(Error::input("--dtype f64 runs on the CPU only (the GPU computes in bf16); use --device cpu"));
+    }
     if let Some(d) = device {
         probe_device(d)?;
     }
@@ -338,14 +342,8 @@ fn run(cmd: Cmd) -> Result<()> {
         Cmd::Inspect { model, batch, prompt_tokens, new_tokens } => inspect(&model, batch, prompt_tokens, new_tokens),
         Cmd::Logprobs { model, input, out, dtype, device } => match dtype {
             FloatType::F32 => logprobs::<f32>(&model, &input, &out, device),
-            FloatType::F64 => {
-                // f64 asks for exact numbers: the GPU computes in bf16
-                let device = match device {
-                    Device::Gpu => return Err(Error::input("--dtype f64 runs on the CPU only (the GPU computes in bf16); use --device cpu")),
-                    _ => Device::Cpu,
-                };
-                logprobs::<f64>(&model, &input, &out, device)
-            }
+            // f64 asks for exact numbers: the GPU computes in bf16 (`--device gpu` was refused above)
+            FloatType::F64 => logprobs::<f64>(&model, &input, &out, Device::Cpu),
         },
         Cmd::Generate { model, prompt, chat, prompt_ids, max_new_tokens, temperature, top_k, top_p, seed, json, device } => {
             let sampling = drpo::sampling::SamplingParams { temperature, top_k, top_p };
