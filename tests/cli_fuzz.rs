@@ -1,8 +1,8 @@
 //! A seeded fuzz of the command line and of settings files: every command with random option values
 //! (counts, floats, words, huge and negative numbers) and `sft` / `train` with random JSON settings
 //! objects (known keys, unknown keys, values of every JSON type). The binary must never panic or die
-//! of a signal, must exit 0, 1 or 2, and must never exit 0 with a non-finite number in what it prints
-//! or writes. `TEST_SEED=<n>` replays a run; `DRPO_FUZZ_CASES=<n>` changes the number of cases (200:
+//! of a signal or hang (a case past 60 s fails), must exit 0, 1 or 2, and must never exit 0 with a
+//! non-finite number in what it prints or writes. `TEST_SEED=<n>` replays a run; `DRPO_FUZZ_CASES=<n>` changes the number of cases (200:
 //! about 6 s on 2 cores, release build).
 
 mod common;
@@ -189,8 +189,8 @@ fn cli_and_settings_fuzz() {
     for k in 0..cases {
         let (args, outputs) = case(&mut rng, &f, k);
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        // drpo_exit asserts: no panic, no death by signal
-        let (code, stdout, stderr) = drpo_exit(&refs);
+        // asserted: no panic, no death by signal, no run past a minute (every case is small)
+        let (code, stdout, stderr) = drpo_exit_within(&refs, std::time::Duration::from_secs(60));
         assert!((0..=2).contains(&code), "case {k}: exit {code}: drpo {}\n{stderr}", args.join(" "));
         by_code[code as usize] += 1;
         if code != 0 {

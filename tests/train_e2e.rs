@@ -644,6 +644,7 @@ fn train_config_validation_names_the_field() {
         ("group_size", TrainConfig { group_size: 0, ..ok.clone() }),
         ("max_new_tokens", TrainConfig { max_new_tokens: 0, ..ok.clone() }),
         ("max_prompt_tokens", TrainConfig { max_prompt_tokens: 0, ..ok.clone() }),
+        ("inner_epochs", TrainConfig { inner_epochs: usize::MAX, ..ok.clone() }),
         ("chunk_questions", TrainConfig { chunk_questions: 3, ..ok.clone() }),
         ("mini_batch_questions", TrainConfig { mini_batch_questions: 3, chunk_questions: 1, ..ok.clone() }),
         ("questions_per_step", TrainConfig { questions_per_step: usize::MAX / 2 + 1, mini_batch_questions: 1, chunk_questions: 1, ..ok.clone() }),

@@ -170,6 +170,9 @@ pub struct TrainConfig {
     pub source: RunSource,
 }
 
+/// Cap on `inner_epochs` (SPEC: 1; PPO-style runs use a few): a work count with no progress bar of its own.
+pub const MAX_INNER_EPOCHS: usize = 1024;
+
 fn default_max_prompt_tokens() -> usize {
     1024
 }
@@ -220,6 +223,9 @@ impl TrainConfig {
         ] {
             crate::settings::check_positive(WHO, field, v)?;
         }
+        if self.inner_epochs > MAX_INNER_EPOCHS {
+            return bad("inner_epochs", format!("{} is above the cap of {MAX_INNER_EPOCHS} passes per step", self.inner_epochs));
+        }
         if self.mini_batch_questions % self.chunk_questions != 0 {
             return bad(
                 "chunk_questions",
@@ -263,7 +269,7 @@ impl TrainConfig {
 
     /// Optimizer steps per training step: mini-batches × inner epochs.
     pub fn optimizer_steps_per_step(&self) -> u64 {
-        ((self.questions_per_step / self.mini_batch_questions.max(1)) * self.inner_epochs) as u64
+        ((self.questions_per_step / self.mini_batch_questions.max(1)) as u64).saturating_mul(self.inner_epochs as u64)
     }
 
     /// The learning-rate schedule over optimizer steps; the cosine ends at the run's last one.
