@@ -7,6 +7,7 @@
 pub mod attention;
 pub mod embedding;
 pub mod logprob;
+pub mod math;
 pub mod matmul;
 pub mod rmsnorm;
 pub mod rope;
@@ -45,11 +46,9 @@ pub trait Float:
     fn from_f64(x: f64) -> Self;
     fn from_f32(x: f32) -> Self;
     fn to_f64(self) -> f64;
-    fn exp(self) -> Self;
+    /// [`math::ln`] (f32: of the f64 value, rounded once), never libm's
     fn ln(self) -> Self;
     fn sqrt(self) -> Self;
-    fn sin(self) -> Self;
-    fn cos(self) -> Self;
     fn is_finite(self) -> bool;
     fn max(self, other: Self) -> Self;
     fn from_usize(x: usize) -> Self {
@@ -74,24 +73,12 @@ macro_rules! impl_float {
                 self as f64
             }
             #[inline(always)]
-            fn exp(self) -> Self {
-                <$t>::exp(self)
-            }
-            #[inline(always)]
             fn ln(self) -> Self {
-                <$t>::ln(self)
+                math::ln(self as f64) as $t
             }
             #[inline(always)]
             fn sqrt(self) -> Self {
                 <$t>::sqrt(self)
-            }
-            #[inline(always)]
-            fn sin(self) -> Self {
-                <$t>::sin(self)
-            }
-            #[inline(always)]
-            fn cos(self) -> Self {
-                <$t>::cos(self)
             }
             #[inline(always)]
             fn is_finite(self) -> bool {

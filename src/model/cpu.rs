@@ -21,7 +21,7 @@ use crate::cpu::matmul::{matmul_bwd, matmul_fwd};
 use crate::cpu::rmsnorm::{rmsnorm_bwd, rmsnorm_fwd};
 use crate::cpu::rope::{rope_bwd, rope_fwd, rope_tables};
 use crate::cpu::swiglu::{swiglu_bwd, swiglu_fwd};
-use crate::cpu::Float;
+use crate::cpu::{math, Float};
 use crate::error::{Error, Result};
 use crate::layout::ParamLayout;
 use rayon::prelude::*;
@@ -511,11 +511,12 @@ impl<T: Float> Model<T> {
             } else if e.name.ends_with(".bias") {
                 p.fill(T::ZERO);
             } else {
-                for (i, x) in p.iter_mut().enumerate() {
+                // element i depends on (seed, k, i) only: the same numbers with any thread count
+                p.par_iter_mut().enumerate().for_each(|(i, x)| {
                     let u1 = crate::rng::uniform(seed, k as u64, 2 * i as u64).max(f64::MIN_POSITIVE);
                     let u2 = crate::rng::uniform(seed, k as u64, 2 * i as u64 + 1);
-                    *x = T::from_f64(std * (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos());
-                }
+                    *x = T::from_f64(std * (-2.0 * math::ln(u1)).sqrt() * math::cos(std::f64::consts::TAU * u2));
+                });
             }
         }
         Model { cfg, layout, params }

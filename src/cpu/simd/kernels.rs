@@ -461,6 +461,21 @@ where
     }
 }
 
+/// x[i] = exp(x[i]).
+#[inline(always)]
+pub fn exp_in_place<V: Lanes>(x: &mut [V::E])
+where
+    V::E: Real,
+{
+    let mut i = 0;
+    while i < x.len() {
+        let lanes = V::N.min(x.len() - i);
+        // SAFETY: lanes elements from i exist
+        unsafe { st(exp(ld::<V>(x.as_ptr().add(i), lanes)), x.as_mut_ptr().add(i), lanes) };
+        i += lanes;
+    }
+}
+
 /// p[j] = exp(p[j] − m); returns the canonical sum of the new values.
 #[inline(always)]
 pub fn exp_shifted_sum<V: Lanes>(p: &mut [V::E], m: V::E) -> V::E

@@ -229,6 +229,12 @@ pub fn exp<T: Element>(out: &mut [T], x: &[T]) {
     dispatch!(T, kernels::exp_slice[out, x])
 }
 
+/// x[i] = exp(x[i]) in place, with the canonical exp.
+#[inline]
+pub fn exp_in_place<T: Element>(x: &mut [T]) {
+    dispatch!(T, kernels::exp_in_place[x])
+}
+
 /// p[j] = exp(p[j] − m) in place; returns the canonical sum of the new p.
 #[inline]
 pub fn exp_shifted_sum<T: Element>(p: &mut [T], m: T) -> T {
