@@ -277,6 +277,7 @@ fn main() -> ExitCode {
 fn run(cmd: Cmd) -> Result<()> {
     // a DRPO_CPU_SIMD the CPU cannot run (or a typo) is an error, not a silent fallback
     drpo::cpu::simd::level_from_env()?;
+    drpo::cpu::retain_freed_memory();
     match cmd {
         Cmd::Inspect { model, batch, prompt_tokens, new_tokens } => inspect(&model, batch, prompt_tokens, new_tokens),
         Cmd::Logprobs { model, input, out, dtype, device } => match dtype {
