@@ -229,6 +229,7 @@ fn with_sd(value: f64, sd: Option<f64>, decimals: usize) -> String {
 
 /// report.md, results.json and the two SVG figures.
 pub fn write_report(study: &StudyConfig, out: &Path, results: &[RunResult]) -> Result<()> {
+    crate::output::ensure_finite("the study's results", results)?;
     let base = &results[0].eval;
     let (acc0, len0) = (base.overall.accuracy, base.overall.mean_length);
     let mut md = String::from("# DRPO toy study\n\n");

@@ -256,11 +256,18 @@ fn splitmix64_mix(mut z: u64) -> u64 {
 /// them in eval).
 const FRESH_TRIES: usize = 64;
 
+/// Cap on the questions of one split (`drpo sft`'s n_train, `--limit` on the toy task): far above
+/// the study's sizes, far below an allocation that aborts.
+pub const MAX_EXAMPLES: usize = 1 << 20;
+
 /// `n` questions of `split`, deterministic in `(cfg, split, n)`; a prefix of a longer call equals a
 /// shorter call. Questions are distinct within one call while the level's pool of the split
 /// allows, then repeat.
 pub fn generate_split(cfg: &TaskConfig, split: Split, n: usize) -> Result<Vec<TaskExample>> {
     cfg.validate()?;
+    if n > MAX_EXAMPLES {
+        return Err(Error::input(format!("{n} task questions asked for; at most {MAX_EXAMPLES} are generated")));
+    }
     let stream = match split {
         Split::Train => 0x7472_6169_6e00_0000u64, // "train"
         Split::Eval => 0x6576_616c_0000_0000u64,  // "eval"
