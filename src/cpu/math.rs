@@ -24,7 +24,7 @@
 //! long enough that their truncation error is below 2^-60 relative on the reduced range.
 
 /// ln 2 as a double-double: LN2_HI is the double nearest ln 2, LN2_LO the double nearest the rest.
-const LN2_HI: f64 = 0.693_147_180_559_945_3;
+const LN2_HI: f64 = std::f64::consts::LN_2;
 const LN2_LO: f64 = 2.319_046_813_846_299_6e-17;
 /// π/2 as a double-double, the same way, and the double nearest what is left (the three within
 /// 2^-164 of π/2).
