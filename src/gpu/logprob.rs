@@ -117,7 +117,7 @@ pub fn head_logprob_with<T: GpuFloat>(
     let vec = {
         let (ph, _gh) = h.device_ptr(&gpu.stream);
         let (pw, _gw) = w.device_ptr(&gpu.stream);
-        (c % 8 == 0 && ph % 16 == 0 && pw % 16 == 0) as i32
+        (c.is_multiple_of(8) && ph.is_multiple_of(16) && pw.is_multiple_of(16)) as i32
     };
     for r0 in (0..n).step_by(chunk) {
         let rows = chunk.min(n - r0);

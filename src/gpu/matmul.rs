@@ -41,7 +41,7 @@ impl MatmulTile {
 fn vec_ok<T: GpuFloat>(gpu: &Gpu, d_in: usize, x: &CudaView<T>, w: &CudaView<T>) -> i32 {
     let (px, _gx) = x.device_ptr(&gpu.stream);
     let (pw, _gw) = w.device_ptr(&gpu.stream);
-    (d_in % 8 == 0 && px % 16 == 0 && pw % 16 == 0) as i32
+    (d_in.is_multiple_of(8) && px.is_multiple_of(16) && pw.is_multiple_of(16)) as i32
 }
 
 #[allow(clippy::too_many_arguments)]
