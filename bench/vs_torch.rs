@@ -152,6 +152,7 @@ fn qwen05(only: &str) {
 }
 
 fn main() {
+    drpo::cpu::retain_freed_memory(); // as `drpo` itself does
     let only = std::env::args().skip(1).find(|a| !a.starts_with('-')).unwrap_or_default();
     println!("{{\"level\": \"{}\", \"threads\": {}}}", drpo::cpu::simd::level().name(), rayon::current_num_threads());
     matmuls(&only);

@@ -201,14 +201,14 @@ impl ModelConfig {
         ] {
             check_size(path, name, n as u64)?;
         }
-        if self.num_attention_heads % self.num_key_value_heads != 0 {
+        if !self.num_attention_heads.is_multiple_of(self.num_key_value_heads) {
             return Err(Error::config(
                 path,
                 "num_key_value_heads",
                 format!("{} does not divide num_attention_heads = {}", self.num_key_value_heads, self.num_attention_heads),
             ));
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return Err(Error::config(path, "head_dim", format!("{} is odd; rotary embedding needs pairs", self.head_dim)));
         }
         for (name, x) in [("rope_theta", self.rope_theta), ("rms_norm_eps", self.rms_norm_eps)] {

@@ -327,6 +327,7 @@ fn probe_device(device: Device) -> Result<()> {
 fn run(cmd: Cmd) -> Result<()> {
     // a DRPO_CPU_SIMD the CPU cannot run (or a typo) is an error, not a silent fallback
     drpo::cpu::simd::level_from_env()?;
+    drpo::cpu::retain_freed_memory();
     let device = match &cmd {
         Cmd::Logprobs { device, .. } | Cmd::Generate { device, .. } | Cmd::Demo { device, .. } => Some(*device),
         Cmd::Train(a) => Some(a.device),

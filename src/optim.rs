@@ -18,7 +18,7 @@
 //! f64 and rounded once to the buffer's float type; the element-wise arithmetic runs in that type.
 //! Every element is independent, so the parallel loop gives the same bits as a serial one.
 
-use crate::cpu::Float;
+use crate::cpu::{math, Float};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -66,9 +66,9 @@ impl<T: Float> AdamWState<T> {
             "AdamW step: params, grads and moments must have the same length"
         );
         self.step += 1;
-        let t = self.step as f64;
-        let bias_correction1 = 1.0 - cfg.beta1.powf(t);
-        let bias_correction2_sqrt = (1.0 - cfg.beta2.powf(t)).sqrt();
+        // β^t by the project's powi (correctly rounded, as glibc's pow nearly always is; never libm's)
+        let bias_correction1 = 1.0 - math::powi(cfg.beta1, self.step);
+        let bias_correction2_sqrt = (1.0 - math::powi(cfg.beta2, self.step)).sqrt();
         let decay = T::from_f64(1.0 - lr * cfg.weight_decay);
         let step_size = T::from_f64(lr / bias_correction1);
         let (one_minus_b1, b2, one_minus_b2) = (T::from_f64(1.0 - cfg.beta1), T::from_f64(cfg.beta2), T::from_f64(1.0 - cfg.beta2));
@@ -181,7 +181,7 @@ impl LrSchedule {
             LrDecay::Cosine { min_lr, total_steps } => {
                 let span = total_steps.saturating_sub(self.warmup_steps).max(1) as f64;
                 let progress = ((step - self.warmup_steps) as f64 / span).min(1.0);
-                min_lr + (self.lr - min_lr) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+                min_lr + (self.lr - min_lr) * 0.5 * (1.0 + math::cos(std::f64::consts::PI * progress))
             }
         }
     }

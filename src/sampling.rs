@@ -94,12 +94,13 @@ pub fn reaches(mass: u64, tp32: u64, topk: u64) -> bool {
     ((mass as u128) << 32) >= tp32 as u128 * topk as u128
 }
 
-/// p = softmax(logits / T) in f64 (m = max, e = exp(x/T − m), p = e / Σe summed left to right), as
-/// fixed-point masses (step 2 above).  T > 0.
+/// p = softmax(logits / T) in f64 (m = max, e = exp(x/T − m) with the canonical exp (`cpu::simd`,
+/// never libm's), p = e / Σe summed left to right), as fixed-point masses (step 2 above).  T > 0.
 pub fn fixed_point_probs<T: Float>(logits: &[T], temperature: f64) -> Vec<u64> {
     let inv_t = 1.0 / temperature;
     let m = logits.iter().fold(f64::NEG_INFINITY, |m, x| m.max(x.to_f64() * inv_t));
-    let e: Vec<f64> = logits.iter().map(|x| (x.to_f64() * inv_t - m).exp()).collect();
+    let mut e: Vec<f64> = logits.iter().map(|x| x.to_f64() * inv_t - m).collect();
+    crate::cpu::simd::exp_in_place(&mut e);
     let total: f64 = e.iter().sum();
     e.iter().map(|&e| fixed_point(e / total)).collect()
 }

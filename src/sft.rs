@@ -126,7 +126,7 @@ impl SftConfig {
         if !(0.0..=1.0).contains(&self.concise_share) {
             return bad("concise_share", format!("{} must be in [0, 1]", self.concise_share));
         }
-        if self.hidden_size % self.num_heads != 0 {
+        if !self.hidden_size.is_multiple_of(self.num_heads) {
             return bad("num_heads", format!("{} does not divide hidden_size = {}", self.num_heads, self.hidden_size));
         }
         let optimizer = crate::settings::OptimizerSettings { lr: self.lr, min_lr: 0.1 * self.lr, weight_decay: 0.0, grad_clip: 1.0 };

@@ -3,6 +3,7 @@
 
 mod common;
 use common::*;
+use drpo::cpu::math;
 use drpo::optim::{clip_grad_norm, global_grad_norm, AdamWConfig, AdamWState, LrDecay, LrSchedule};
 use rand::Rng;
 
@@ -167,8 +168,11 @@ fn torch_adamw_step<T: TorchFloat>(p: &mut T, m: &mut T, v: &mut T, g: T, t: i32
     *m = if (1.0 - c.beta1).abs() < 0.5 { *m + w * (g - *m) } else { g - (g - *m) * (T::of(1.0) - w) };
     *v = *v * T::of(c.beta2); //                                    exp_avg_sq.mul_(beta2)
     *v = *v + T::of(1.0 - c.beta2) * (g * g); //                    .addcmul_(grad, grad, value=1 - beta2)
-    let step_size = lr / (1.0 - c.beta1.powf(t as f64)); //          Python floats: beta1 ** step
-    let bc2_sqrt = (1.0 - c.beta2.powf(t as f64)).sqrt();
+    // Python floats: beta1 ** step, i.e. glibc's pow; drpo's β^t is its own correctly rounded powi
+    // (glibc's pow is 1 ulp off it for ~0.1% of (β, t), tests/math.rs: the bias corrections then
+    // differ in f64, and in f32 only if that ulp crosses an f32 rounding boundary)
+    let step_size = lr / (1.0 - math::powi(c.beta1, t as u64));
+    let bc2_sqrt = (1.0 - math::powi(c.beta2, t as u64)).sqrt();
     let denom = (*v).sqrt() / T::of(bc2_sqrt) + T::of(c.eps); //    (exp_avg_sq.sqrt() / bc2_sqrt).add_(eps)
     *p = *p + T::of(-step_size) * (*m / denom); //                  param.addcdiv_(exp_avg, denom, value=-step_size)
 }

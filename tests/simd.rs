@@ -215,6 +215,103 @@ fn matmul_follows_the_canonical_order() {
     }
 }
 
+/// dots_t (N dots at once from transposed rows) gives the bits of one canonical dot per row, for
+/// head dims with and without a partial last chunk, at every level.
+fn dots_t_case<T: Float>(rng: &mut StdRng) {
+    for (hd, n) in [(1usize, 1usize), (5, 3), (16, 70), (17, 16), (33, 40), (64, 100), (100, 17), (128, 5)] {
+        let (a, b) = (uniform::<T>(rng, hd, 2.0), uniform::<T>(rng, n * hd, 2.0));
+        let ldt = n.next_multiple_of(simd::lanes::<T>());
+        let mut bt = vec![T::ZERO; hd * ldt];
+        for j in 0..n {
+            for d in 0..hd {
+                bt[d * ldt + j] = b[j * hd + d];
+            }
+        }
+        let mut want = vec![T::ZERO; n];
+        simd::dots(&mut want, &a, &b, hd);
+        same_bits_at_every_level(&format!("dots_t {} hd {hd} n {n}", T::NAME), || {
+            let mut got = vec![T::from_f64(f64::NAN); n];
+            simd::dots_t(&mut got, &a, &bt, ldt);
+            assert!(got.iter().zip(&want).all(|(g, w)| g.to_f64().to_bits() == w.to_f64().to_bits()), "dots_t {} hd {hd} n {n}", T::NAME);
+            got
+        });
+    }
+}
+
+#[test]
+fn dots_t_equals_dots() {
+    let mut rng = rng("dots_t_equals_dots");
+    dots_t_case::<f32>(&mut rng);
+    dots_t_case::<f64>(&mut rng);
+}
+
+/// Attention written out in the canonical orders (f32): scores are canonical dots, scaled; the softmax
+/// uses the canonical max, exp and sum (`simd`'s, tested above), then one division per entry; every
+/// output element of p·V, dq, dk and dv is one FMA chain in ascending order of the summed index (keys,
+/// resp. query rows, heads outermost), starting from its current value. The blocked kernels must give
+/// these bits (and, since they were written this way, the earlier row-by-row kernels' bits).
+#[test]
+fn attention_follows_the_canonical_order() {
+    let mut rng = rng("attention_follows_the_canonical_order");
+    let shapes = [
+        AttnShape { tq: 70, tk: 70, nh: 4, nkv: 2, hd: 16 },
+        AttnShape { tq: 5, tk: 9, nh: 3, nkv: 1, hd: 6 },
+        AttnShape { tq: 1, tk: 1, nh: 2, nkv: 2, hd: 8 },
+        AttnShape { tq: 23, tk: 40, nh: 6, nkv: 3, hd: 40 },
+        AttnShape { tq: 3, tk: 3, nh: 1, nkv: 1, hd: 64 },
+    ];
+    for s in shapes {
+        let AttnShape { tq, tk, nh, nkv, hd } = s;
+        let past = tk - tq;
+        let (q, k, v, dout) = (uniform::<f32>(&mut rng, tq * nh * hd, 2.0), uniform::<f32>(&mut rng, tk * nkv * hd, 2.0), uniform::<f32>(&mut rng, tk * nkv * hd, 2.0), uniform::<f32>(&mut rng, tq * nh * hd, 1.0));
+        let (dq0, dk0, dv0) = (uniform::<f32>(&mut rng, q.len(), 1.0), uniform::<f32>(&mut rng, k.len(), 1.0), uniform::<f32>(&mut rng, v.len(), 1.0));
+        let scale = (1.0 / (hd as f64).sqrt()) as f32;
+        let (qr, kr) = (|i: usize, h: usize| (i * nh + h) * hd, |j: usize, g: usize| (j * nkv + g) * hd);
+        let (mut out, mut probs) = (vec![0f32; q.len()], vec![0f32; nh * tq * tk]);
+        let (mut dq, mut dk, mut dv) = (dq0.clone(), dk0.clone(), dv0.clone());
+        for h in 0..nh {
+            let g = h / (nh / nkv);
+            for i in 0..tq {
+                let vis = past + i + 1;
+                let mut p: Vec<f32> = (0..vis).map(|j| canonical_dot_f32(&q[qr(i, h)..][..hd], &k[kr(j, g)..][..hd]) * scale).collect();
+                let m = simd::max(&p);
+                let sum = simd::exp_shifted_sum(&mut p, m);
+                for (j, pj) in p.iter().enumerate() {
+                    probs[(h * tq + i) * tk + j] = pj / sum;
+                }
+                for d in 0..hd {
+                    out[qr(i, h) + d] = (0..vis).fold(0f32, |acc, j| probs[(h * tq + i) * tk + j].mul_add(v[kr(j, g) + d], acc));
+                }
+            }
+        }
+        for h in 0..nh {
+            let g = h / (nh / nkv);
+            for i in 0..tq {
+                let vis = past + i + 1;
+                let p = &probs[(h * tq + i) * tk..][..vis];
+                let dp: Vec<f32> = (0..vis).map(|j| canonical_dot_f32(&dout[qr(i, h)..][..hd], &v[kr(j, g)..][..hd])).collect();
+                let pdp = (0..vis).fold(0f32, |acc, j| acc + p[j] * dp[j]);
+                for j in 0..vis {
+                    let ds = p[j] * (dp[j] - pdp) * scale;
+                    for d in 0..hd {
+                        dv[kr(j, g) + d] = p[j].mul_add(dout[qr(i, h) + d], dv[kr(j, g) + d]);
+                        dq[qr(i, h) + d] = ds.mul_add(k[kr(j, g) + d], dq[qr(i, h) + d]);
+                        dk[kr(j, g) + d] = ds.mul_add(q[qr(i, h) + d], dk[kr(j, g) + d]);
+                    }
+                }
+            }
+        }
+        let (mut got_out, mut got_probs) = (vec![f32::NAN; q.len()], vec![f32::NAN; nh * tq * tk]);
+        attention_fwd(&mut got_out, &mut got_probs, &q, &k, &v, s);
+        let (mut got_dq, mut got_dk, mut got_dv) = (dq0.clone(), dk0.clone(), dv0.clone());
+        attention_bwd(&mut got_dq, &mut got_dk, &mut got_dv, &dout, &q, &k, &v, &got_probs, s);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        for (name, got, want) in [("out", &got_out, &out), ("probs", &got_probs, &probs), ("dq", &got_dq, &dq), ("dk", &got_dk, &dk), ("dv", &got_dv, &dv)] {
+            assert_eq!(bits(got), bits(want), "{name} {s:?}");
+        }
+    }
+}
+
 /// f32 matmuls against f64 ones on the same (f32) inputs, within the f32 bounds of STYLE §5.
 #[test]
 fn f32_matmul_is_within_f32_bounds_of_f64() {

@@ -218,7 +218,7 @@ impl Environment for CoinFlipEnv {
         for &b in response.as_bytes() {
             h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
         }
-        Verdict { correct: (h >> 17) % 2 == 0, steps: None }
+        Verdict { correct: (h >> 17).is_multiple_of(2), steps: None }
     }
 }
 
@@ -693,7 +693,7 @@ fn graded_text_is_prompt_and_response_when_asked() {
         }
         fn grade(&self, _: usize, text: &str) -> Verdict {
             self.seen.lock().unwrap().push(text.to_string());
-            Verdict { correct: text.len() % 2 == 0, steps: None }
+            Verdict { correct: text.len().is_multiple_of(2), steps: None }
         }
         fn grades_prompt_and_response(&self) -> bool {
             self.with_prompt

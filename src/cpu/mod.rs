@@ -7,6 +7,7 @@
 pub mod attention;
 pub mod embedding;
 pub mod logprob;
+pub mod math;
 pub mod matmul;
 pub mod rmsnorm;
 pub mod rope;
@@ -45,11 +46,9 @@ pub trait Float:
     fn from_f64(x: f64) -> Self;
     fn from_f32(x: f32) -> Self;
     fn to_f64(self) -> f64;
-    fn exp(self) -> Self;
+    /// [`math::ln`] (f32: of the f64 value, rounded once), never libm's
     fn ln(self) -> Self;
     fn sqrt(self) -> Self;
-    fn sin(self) -> Self;
-    fn cos(self) -> Self;
     fn is_finite(self) -> bool;
     fn max(self, other: Self) -> Self;
     fn from_usize(x: usize) -> Self {
@@ -74,24 +73,12 @@ macro_rules! impl_float {
                 self as f64
             }
             #[inline(always)]
-            fn exp(self) -> Self {
-                <$t>::exp(self)
-            }
-            #[inline(always)]
             fn ln(self) -> Self {
-                <$t>::ln(self)
+                math::ln(self as f64) as $t
             }
             #[inline(always)]
             fn sqrt(self) -> Self {
                 <$t>::sqrt(self)
-            }
-            #[inline(always)]
-            fn sin(self) -> Self {
-                <$t>::sin(self)
-            }
-            #[inline(always)]
-            fn cos(self) -> Self {
-                <$t>::cos(self)
             }
             #[inline(always)]
             fn is_finite(self) -> bool {
@@ -106,6 +93,28 @@ macro_rules! impl_float {
 }
 impl_float!(f32, "f32");
 impl_float!(f64, "f64");
+
+/// Keeps freed memory in the process instead of returning it to the kernel (glibc's `mallopt`:
+/// blocks below 32 MiB come from the heap, and up to 1 GiB of free heap is kept). The CPU path
+/// allocates its activations per call, tens of MB per toy training step; with glibc's defaults each
+/// step mapped them afresh and page-faulted them in, ~20% of the step's CPU time (NOTES.md,
+/// performance log). Process-wide, so the binaries call it once at start (`main`, the benches);
+/// a no-op without glibc. Changes speed and resident memory only, never a result.
+pub fn retain_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        extern "C" {
+            fn mallopt(param: i32, value: i32) -> i32;
+        }
+        const M_TRIM_THRESHOLD: i32 = -1;
+        const M_MMAP_THRESHOLD: i32 = -3;
+        // SAFETY: mallopt only sets two malloc parameters; called before the work starts
+        unsafe {
+            mallopt(M_MMAP_THRESHOLD, 32 << 20);
+            mallopt(M_TRIM_THRESHOLD, 1 << 30);
+        }
+    }
+}
 
 /// The canonical dot product (`simd`'s module doc): 16 (f32) or 8 (f64) lane-partial FMA sums and a
 /// fixed tree, the same bits at every SIMD level, thread count and batch composition.

@@ -111,7 +111,7 @@ pub struct Heads {
 }
 
 fn check_heads(op: &'static str, h: Heads) -> Result<()> {
-    if h.nkv == 0 || h.nh % h.nkv != 0 || h.hd == 0 || h.hd > MAX_HEAD_DIM || h.hd % 2 != 0 {
+    if h.nkv == 0 || !h.nh.is_multiple_of(h.nkv) || h.hd == 0 || h.hd > MAX_HEAD_DIM || !h.hd.is_multiple_of(2) {
         return Err(Error::input(format!("{op}: unsupported heads {h:?} (hd even and ≤ {MAX_HEAD_DIM}, nkv | nh)")));
     }
     Ok(())

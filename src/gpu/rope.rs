@@ -26,7 +26,7 @@ pub fn rope_fwd<T: GpuFloat>(
     hd: usize,
 ) -> Result<()> {
     const OP: &str = "rope_fwd";
-    assert!(hd % 2 == 0, "rope_fwd: odd head dim {hd}");
+    assert!(hd.is_multiple_of(2), "rope_fwd: odd head dim {hd}");
     check_len(OP, "x", x.len(), n * heads * hd)?;
     check_len(OP, "pos", pos.len(), n)?;
     check_len(OP, "sin", sin.len(), cos.len())?;

@@ -21,7 +21,7 @@ use crate::cpu::matmul::{matmul_bwd, matmul_fwd};
 use crate::cpu::rmsnorm::{rmsnorm_bwd, rmsnorm_fwd};
 use crate::cpu::rope::{rope_bwd, rope_fwd, rope_tables};
 use crate::cpu::swiglu::{swiglu_bwd, swiglu_fwd};
-use crate::cpu::Float;
+use crate::cpu::{math, Float};
 use crate::error::{Error, Result};
 use crate::layout::ParamLayout;
 use rayon::prelude::*;
@@ -250,13 +250,8 @@ impl<T: Float> Model<T> {
             };
             let shape = |s: usize| AttnShape { tq: seqs[s].len(), tk: lens[s] + seqs[s].len(), nh, nkv, hd };
             let mut att = vec![T::ZERO; n * qd];
-            let mut per_seq_out = Vec::with_capacity(seqs.len());
-            let mut rest = &mut att[..];
-            for rows in &seqs {
-                let (mine, tail) = rest.split_at_mut(rows.len() * qd);
-                per_seq_out.push(mine);
-                rest = tail;
-            }
+            let seq_lens: Vec<usize> = seqs.iter().map(|r| r.len()).collect();
+            let per_seq_out = split_rows(&mut att, &seq_lens, qd);
             let mut probs_all = Vec::new();
             if record {
                 // training: every sequence's probabilities [nh, t, t] are kept for the backward
@@ -361,21 +356,14 @@ impl<T: Float> Model<T> {
             let mut datt = vec![T::ZERO; n * qd];
             matmul_bwd(&mut datt, &mut grads[lr.o_w.clone()], None, &dx, &a.att, self.w(&lr.o_w), n, qd, c);
             let (mut dq, mut dk, mut dv) = (vec![T::ZERO; n * qd], vec![T::ZERO; n * kvd], vec![T::ZERO; n * kvd]);
-            for (rows, probs) in acts.seqs.iter().zip(&a.probs) {
-                let t = rows.len();
+            // sequences in parallel: each writes its own rows of dq, dk and dv
+            let lens: Vec<usize> = acts.seqs.iter().map(|r| r.len()).collect();
+            let (dq_s, dk_s, dv_s) = (split_rows(&mut dq, &lens, qd), split_rows(&mut dk, &lens, kvd), split_rows(&mut dv, &lens, kvd));
+            (dq_s, dk_s, dv_s, &acts.seqs, &a.probs).into_par_iter().for_each(|(dq, dk, dv, rows, probs)| {
                 let (q, kv) = (rows.start * qd..rows.end * qd, rows.start * kvd..rows.end * kvd);
-                attention_bwd(
-                    &mut dq[q.clone()],
-                    &mut dk[kv.clone()],
-                    &mut dv[kv.clone()],
-                    &datt[q.clone()],
-                    &a.q[q],
-                    &a.k[kv.clone()],
-                    &a.v[kv],
-                    probs,
-                    AttnShape { tq: t, tk: t, nh, nkv, hd },
-                );
-            }
+                let t = rows.len();
+                attention_bwd(dq, dk, dv, &datt[q.clone()], &a.q[q], &a.k[kv.clone()], &a.v[kv], probs, AttnShape { tq: t, tk: t, nh, nkv, hd });
+            });
             rope_bwd(&mut dq, &acts.cos, &acts.sin, nh, hd);
             rope_bwd(&mut dk, &acts.cos, &acts.sin, nkv, hd);
             let mut dh1 = vec![T::ZERO; n * c];
@@ -388,6 +376,18 @@ impl<T: Float> Model<T> {
         // tied: the lm-head contribution is already in the embedding's range; this adds the gather's
         embedding_bwd(&mut grads[self.layout.embed.clone()], &dx, &acts.ids, c);
     }
+}
+
+/// Consecutive pieces of `buf` of lens[s] rows of `width` each (the packed sequences' rows).
+fn split_rows<'a, T>(buf: &'a mut [T], lens: &[usize], width: usize) -> Vec<&'a mut [T]> {
+    let mut rest = buf;
+    lens.iter()
+        .map(|&len| {
+            let (mine, tail) = std::mem::take(&mut rest).split_at_mut(len * width);
+            rest = tail;
+            mine
+        })
+        .collect()
 }
 
 /// Two disjoint mutable ranges of one buffer (a weight and its bias), `a` before `b`.
@@ -511,11 +511,12 @@ impl<T: Float> Model<T> {
             } else if e.name.ends_with(".bias") {
                 p.fill(T::ZERO);
             } else {
-                for (i, x) in p.iter_mut().enumerate() {
+                // element i depends on (seed, k, i) only: the same numbers with any thread count
+                p.par_iter_mut().enumerate().for_each(|(i, x)| {
                     let u1 = crate::rng::uniform(seed, k as u64, 2 * i as u64).max(f64::MIN_POSITIVE);
                     let u2 = crate::rng::uniform(seed, k as u64, 2 * i as u64 + 1);
-                    *x = T::from_f64(std * (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos());
-                }
+                    *x = T::from_f64(std * (-2.0 * math::ln(u1)).sqrt() * math::cos(std::f64::consts::TAU * u2));
+                });
             }
         }
         Model { cfg, layout, params }

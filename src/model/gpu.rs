@@ -80,7 +80,7 @@ impl<T: GpuFloat> GpuModel<T> {
         for lr in &model.layout.layers {
             assert_eq!(lr.gate_w.end, lr.up_w.start, "layout: up_w must follow gate_w (one fused GEMM)");
         }
-        if cfg.head_dim > gpu::attention::MAX_HEAD_DIM || cfg.head_dim % 2 != 0 {
+        if cfg.head_dim > gpu::attention::MAX_HEAD_DIM || !cfg.head_dim.is_multiple_of(2) {
             return Err(Error::input(format!(
                 "head_dim {} is not supported by the GPU attention kernels (even, ≤ {})",
                 cfg.head_dim,

@@ -226,13 +226,13 @@ impl TrainConfig {
         if self.inner_epochs > MAX_INNER_EPOCHS {
             return bad("inner_epochs", format!("{} is above the cap of {MAX_INNER_EPOCHS} passes per step", self.inner_epochs));
         }
-        if self.mini_batch_questions % self.chunk_questions != 0 {
+        if !self.mini_batch_questions.is_multiple_of(self.chunk_questions) {
             return bad(
                 "chunk_questions",
                 format!("{} must divide mini_batch_questions = {}", self.chunk_questions, self.mini_batch_questions),
             );
         }
-        if self.questions_per_step % self.mini_batch_questions != 0 {
+        if !self.questions_per_step.is_multiple_of(self.mini_batch_questions) {
             return bad(
                 "mini_batch_questions",
                 format!("{} must divide questions_per_step = {}", self.mini_batch_questions, self.questions_per_step),
@@ -611,7 +611,7 @@ impl<'a> Trainer<'a> {
             on_step(&m);
             self.state.step += 1;
             let done = self.state.step == self.cfg.steps;
-            if done || (self.cfg.save_every > 0 && self.state.step % self.cfg.save_every == 0) {
+            if done || (self.cfg.save_every > 0 && self.state.step.is_multiple_of(self.cfg.save_every)) {
                 self.save()?;
             }
         }

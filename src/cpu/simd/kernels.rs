@@ -84,6 +84,60 @@ where
     }
 }
 
+/// out[j] = canonical dot(a, b_j) for j < out.len(), with the rows b_j given transposed:
+/// bt[d·ldt + j] = b_j[d] for d < a.len(), the columns padded with zeros to a multiple of N.
+/// N consecutive dots at once: the lane-l partial sums of all N are one vector (the same FMA chain over
+/// the chunks, with 0·0 + acc for the zero-padded lanes of the last chunk), and the tree runs across
+/// those vectors with the additions of [`Lanes::sum`], so each out[j] has the
+/// bits of `dot(a, b_j)`. For many short dots (attention's scores at head_dim 16 to 128) this
+/// replaces N horizontal trees by N − 1 vector additions.
+#[inline(always)]
+pub fn dots_t<V: Lanes>(out: &mut [V::E], a: &[V::E], bt: &[V::E], ldt: usize)
+where
+    V::E: Real,
+{
+    let (n, k) = (out.len(), a.len());
+    assert!(ldt.is_multiple_of(V::N) && ldt >= n && bt.len() >= k * ldt, "dots_t: bad transposed rows");
+    let full = k / V::N;
+    let mut j0 = 0;
+    while j0 < n {
+        // acc[l]: lane l of the N partial sums of the dots j0..j0 + N (lane j of the vector: dot j0 + j)
+        let mut acc = [V::zero(); 16];
+        let acc = &mut acc[..V::N];
+        for c in 0..full {
+            for (l, al) in acc.iter_mut().enumerate() {
+                let idx = c * V::N + l;
+                // SAFETY: idx < k and j0 + N ≤ ldt: inside bt (asserted above)
+                *al = V::splat(a[idx]).fma(unsafe { V::load(bt.as_ptr().add(idx * ldt + j0)) }, *al);
+            }
+        }
+        if full * V::N < k {
+            // the last chunk, zero-padded like dot_tile's: 0·0 + acc beyond k
+            for (l, al) in acc.iter_mut().enumerate() {
+                let idx = full * V::N + l;
+                *al = if idx < k {
+                    // SAFETY: as above
+                    V::splat(a[idx]).fma(unsafe { V::load(bt.as_ptr().add(idx * ldt + j0)) }, *al)
+                } else {
+                    V::zero().fma(V::zero(), *al)
+                };
+            }
+        }
+        // the tree of Lanes::sum across the vectors: acc[l] + acc[l + N/2], then + N/4, …
+        let mut half = V::N / 2;
+        while half > 0 {
+            for l in 0..half {
+                acc[l] = acc[l].add(acc[l + half]);
+            }
+            half /= 2;
+        }
+        let lanes = V::N.min(n - j0);
+        // SAFETY: lanes elements from j0 exist in out
+        unsafe { st(acc[0], out.as_mut_ptr().add(j0), lanes) };
+        j0 += V::N;
+    }
+}
+
 /// y[i] = fma(a, x[i], y[i]): the fused `axpy`, one rounding per element.
 #[inline(always)]
 pub fn axpy<V: Lanes>(y: &mut [V::E], a: V::E, x: &[V::E]) {
@@ -215,6 +269,163 @@ fn rank_task<V: Lanes, const MR: usize, const NV: usize>(c_rows: &mut [&mut [V::
     }
 }
 
+/// Rows of a rank update with a summation range per row:
+///   c_rows[m][..] += Σ_{κ ∈ [lo_m, hi_m)} a[m·a_sm + κ·a_sk] · b[κ·ldb ..][..width]
+/// one FMA chain per element in ascending κ (the [`rank_update`] order), for (lo_m, hi_m) = `range(m)`
+/// non-decreasing in m (causal attention: the keys a query row sees, the query rows a key is seen
+/// by). Rows go in blocks of [`RANGE_BLOCK`]: each row's own head of its range, the block's common
+/// middle as one register-tiled update, then each row's own tail, so every chain keeps its order.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub fn rank_update_ranges<V: Lanes>(
+    c_rows: &mut [&mut [V::E]],
+    a: &[V::E],
+    a_sm: usize,
+    a_sk: usize,
+    b: &[V::E],
+    ldb: usize,
+    range: impl Fn(usize) -> (usize, usize),
+) {
+    let part = |row: &mut [V::E], m: usize, k0: usize, k1: usize| {
+        if k1 > k0 {
+            rank_update::<V>(&mut [row], &a[m * a_sm + k0 * a_sk..], a_sm, a_sk, &b[k0 * ldb..], ldb, k1 - k0);
+        }
+    };
+    for (block, rows) in c_rows.chunks_mut(RANGE_BLOCK).enumerate() {
+        let m0 = block * RANGE_BLOCK;
+        // the middle every row of the block sums over: from the last row's start to the first row's end
+        let (mid0, mid1) = (range(m0 + rows.len() - 1).0, range(m0).1);
+        if mid0 >= mid1 {
+            for (r, row) in rows.iter_mut().enumerate() {
+                let (lo, hi) = range(m0 + r);
+                part(row, m0 + r, lo, hi);
+            }
+            continue;
+        }
+        for (r, row) in rows.iter_mut().enumerate() {
+            part(row, m0 + r, range(m0 + r).0, mid0);
+        }
+        rank_update::<V>(rows, &a[m0 * a_sm + mid0 * a_sk..], a_sm, a_sk, &b[mid0 * ldb..], ldb, mid1 - mid0);
+        for (r, row) in rows.iter_mut().enumerate() {
+            part(row, m0 + r, mid1, range(m0 + r).1);
+        }
+    }
+}
+
+/// Rows per block of [`rank_update_ranges`]: two register tiles of 6; the rows' own heads and tails
+/// (≤ 11 steps each for causal ranges) stay short.
+pub const RANGE_BLOCK: usize = 12;
+
+/// The sizes of one attention head's work: tq query rows at positions past..past + tq, tk = past + tq
+/// keys, head_dim hd; q, out, dout rows every `ldq` elements, k, v rows every `ldk`; transposed keys
+/// (or values) [hd, ldt]; probabilities [tq, tk].
+#[derive(Clone, Copy, Debug)]
+pub struct HeadDims {
+    pub tq: usize,
+    pub tk: usize,
+    pub hd: usize,
+    pub ldq: usize,
+    pub ldk: usize,
+    pub ldt: usize,
+}
+
+/// The keys of one head for the scores: its rows (row j at j·ldk) or transposed ([hd, ldt], for
+/// [`dots_t`]). Both give the same bits; the transposed form is faster once several rows use it.
+#[derive(Clone, Copy, Debug)]
+pub enum Keys<'a, E> {
+    Rows(&'a [E]),
+    Transposed(&'a [E]),
+}
+
+/// Softmax row i of one head: p[..visible] = softmax(dots(q_i, keys) · scale) with the canonical dots,
+/// max, exp and sum, then one division per entry; p[visible..] = 0.
+#[inline(always)]
+fn softmax_row<V: Lanes>(p: &mut [V::E], q_i: &[V::E], keys: Keys<V::E>, d: HeadDims, visible: usize, scale: V::E)
+where
+    V::E: Real,
+{
+    match keys {
+        Keys::Rows(k) => dots::<V>(&mut p[..visible], q_i, k, d.ldk),
+        Keys::Transposed(kt) => dots_t::<V>(&mut p[..visible], q_i, kt, d.ldt),
+    }
+    for pj in &mut p[..visible] {
+        *pj = *pj * scale;
+    }
+    let m = max::<V>(&p[..visible]);
+    let sum = exp_shifted_sum::<V>(&mut p[..visible], m);
+    for pj in &mut p[..visible] {
+        *pj = *pj / sum;
+    }
+    p[visible..].fill(V::E::ZERO);
+}
+
+/// One query head of causal attention with its probabilities kept (training), see
+/// `cpu::attention::attention_fwd`: probs[i] = the softmax row of query i, out_i = Σ_j probs_ij v_j
+/// (rows zeroed first, then FMA chains in ascending j).  q: row i at i·ldq; v: row j at j·ldk
+/// (ldt is only read with transposed keys)
+#[inline(always)]
+pub fn attention_head_fwd<V: Lanes>(out: &mut [&mut [V::E]], probs: &mut [V::E], q: &[V::E], keys: Keys<V::E>, v: &[V::E], d: HeadDims, scale: V::E)
+where
+    V::E: Real,
+{
+    assert!(out.len() == d.tq && probs.len() == d.tq * d.tk && d.tq <= d.tk, "attention_head_fwd: bad sizes");
+    let past = d.tk - d.tq;
+    for (i, p) in probs.chunks_mut(d.tk).enumerate() {
+        softmax_row::<V>(p, &q[i * d.ldq..][..d.hd], keys, d, past + i + 1, scale);
+    }
+    for o in out.iter_mut() {
+        o.fill(V::E::ZERO);
+    }
+    rank_update_ranges::<V>(out, probs, d.tk, 1, v, d.ldk, |i| (0, past + i + 1));
+}
+
+/// The query heads of one kv head in the backward of causal attention (see
+/// `cpu::attention::attention_bwd`), accumulating into dq (one list of rows per query head), dk, dv:
+/// for each head in order, dp_ij = dout_i·v_j (canonical dots, from the transposed values vt),
+/// ds_ij = p_ij·(dp_ij − Σ_l p_il·dp_il)·scale (the sum sequential), then the FMA chains
+/// dq_i += Σ_j ds_ij k_j, dv_j += Σ_i p_ij dout_i, dk_j += Σ_i ds_ij q_i in ascending j, resp. i.
+/// q, dout: [tq rows at ldq] for each head h of the group at column h·hd (`heads`: their indices
+/// among all query heads); k: [tk rows at ldk]; probs: [nh, tq, tk].
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub fn attention_group_bwd<V: Lanes>(
+    dq: &mut [Vec<&mut [V::E]>],
+    dk: &mut [&mut [V::E]],
+    dv: &mut [&mut [V::E]],
+    heads: std::ops::Range<usize>,
+    dout: &[V::E],
+    q: &[V::E],
+    k: &[V::E],
+    vt: &[V::E],
+    probs: &[V::E],
+    d: HeadDims,
+    scale: V::E,
+) where
+    V::E: Real,
+{
+    let (tq, tk, hd) = (d.tq, d.tk, d.hd);
+    let past = tk - tq;
+    let (mut dp, mut ds) = (vec![V::E::ZERO; tk], vec![V::E::ZERO; tq * tk]);
+    for (h, dq_h) in heads.zip(dq.iter_mut()) {
+        let p_h = &probs[h * tq * tk..(h + 1) * tq * tk];
+        for i in 0..tq {
+            let visible = past + i + 1;
+            let p = &p_h[i * tk..i * tk + visible];
+            dots_t::<V>(&mut dp[..visible], &dout[i * d.ldq + h * hd..][..hd], vt, d.ldt);
+            let mut pdp = V::E::ZERO;
+            for j in 0..visible {
+                pdp = pdp + p[j] * dp[j];
+            }
+            for (dsj, (&pj, &dpj)) in ds[i * tk..i * tk + visible].iter_mut().zip(p.iter().zip(&dp)) {
+                *dsj = pj * (dpj - pdp) * scale;
+            }
+        }
+        rank_update_ranges::<V>(dq_h, &ds, tk, 1, k, d.ldk, |i| (0, past + i + 1));
+        rank_update_ranges::<V>(dv, p_h, 1, tk, &dout[h * hd..], d.ldq, |j| (j.saturating_sub(past), tq));
+        rank_update_ranges::<V>(dk, &ds, 1, tk, &q[h * hd..], d.ldq, |j| (j.saturating_sub(past), tq));
+    }
+}
+
 /// One panel (≤ NV vectors wide) of [`rank_update`] for MR rows: full vectors in registers, then
 /// single vectors, then a zero-padded partial one.
 /// # Safety
@@ -292,7 +503,9 @@ pub unsafe fn rank_tile<V: Lanes, const MR: usize, const NV: usize>(
 }
 
 /// What the kernels need of a float type (f32, f64): constants, and those of the canonical exp.
-pub trait Real: Copy + Send + Sync + 'static + PartialOrd + Default + std::ops::Add<Output = Self> + std::ops::Mul<Output = Self> {
+pub trait Real:
+    Copy + Send + Sync + 'static + PartialOrd + Default + std::ops::Add<Output = Self> + std::ops::Sub<Output = Self> + std::ops::Mul<Output = Self> + std::ops::Div<Output = Self>
+{
     const ZERO: Self;
     const ONE: Self;
     const INFINITY: Self;
@@ -457,6 +670,21 @@ where
         let lanes = V::N.min(x.len() - i);
         // SAFETY: lanes elements from i exist in both
         unsafe { st(exp(ld::<V>(x.as_ptr().add(i), lanes)), out.as_mut_ptr().add(i), lanes) };
+        i += lanes;
+    }
+}
+
+/// x[i] = exp(x[i]).
+#[inline(always)]
+pub fn exp_in_place<V: Lanes>(x: &mut [V::E])
+where
+    V::E: Real,
+{
+    let mut i = 0;
+    while i < x.len() {
+        let lanes = V::N.min(x.len() - i);
+        // SAFETY: lanes elements from i exist
+        unsafe { st(exp(ld::<V>(x.as_ptr().add(i), lanes)), x.as_mut_ptr().add(i), lanes) };
         i += lanes;
     }
 }

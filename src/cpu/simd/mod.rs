@@ -29,7 +29,7 @@ pub mod lanes;
 pub mod x86;
 
 use crate::error::{Error, Result};
-pub use kernels::Real;
+pub use kernels::{HeadDims, Keys, Real, RANGE_BLOCK};
 use lanes::{Lanes, Portable};
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -126,6 +126,11 @@ pub fn force_level(level: Level) -> Result<()> {
     }
     LEVEL.store(level as u8, Ordering::Relaxed);
     Ok(())
+}
+
+/// Lanes per vector of T (the canonical dot's lane count): 16 for f32, 8 for f64.
+pub const fn lanes<T: Element>() -> usize {
+    <T::Scalar as Lanes>::N
 }
 
 /// The float types with kernels: their vector type at each level.
@@ -229,6 +234,12 @@ pub fn exp<T: Element>(out: &mut [T], x: &[T]) {
     dispatch!(T, kernels::exp_slice[out, x])
 }
 
+/// x[i] = exp(x[i]) in place, with the canonical exp.
+#[inline]
+pub fn exp_in_place<T: Element>(x: &mut [T]) {
+    dispatch!(T, kernels::exp_in_place[x])
+}
+
 /// p[j] = exp(p[j] − m) in place; returns the canonical sum of the new p.
 #[inline]
 pub fn exp_shifted_sum<T: Element>(p: &mut [T], m: T) -> T {
@@ -263,6 +274,37 @@ pub fn swiglu_bwd<T: Element>(dgate: &mut [T], dup: &mut [T], dout: &[T], gate: 
 #[inline]
 pub fn matmul_fwd_task<T: Element>(out_rows: &mut [&mut [T]], x: &[T], w: &[T], b: Option<&[T]>, r0: usize, o0: usize, d_in: usize) {
     dispatch!(T, kernels::matmul_fwd_task[out_rows, x, w, b, r0, o0, d_in])
+}
+
+/// out[j] = dot(a, b_j) with the rows b_j transposed, see [`kernels::dots_t`].
+#[inline]
+pub fn dots_t<T: Element>(out: &mut [T], a: &[T], bt: &[T], ldt: usize) {
+    dispatch!(T, kernels::dots_t[out, a, bt, ldt])
+}
+
+/// One query head of causal attention, probabilities kept, see [`kernels::attention_head_fwd`].
+#[inline]
+pub fn attention_head_fwd<T: Element>(out: &mut [&mut [T]], probs: &mut [T], q: &[T], keys: Keys<T>, v: &[T], d: HeadDims, scale: T) {
+    dispatch!(T, kernels::attention_head_fwd[out, probs, q, keys, v, d, scale])
+}
+
+/// The backward of one kv head's query heads, see [`kernels::attention_group_bwd`].
+#[allow(clippy::too_many_arguments)]
+#[inline]
+pub fn attention_group_bwd<T: Element>(
+    dq: &mut [Vec<&mut [T]>],
+    dk: &mut [&mut [T]],
+    dv: &mut [&mut [T]],
+    heads: std::ops::Range<usize>,
+    dout: &[T],
+    q: &[T],
+    k: &[T],
+    vt: &[T],
+    probs: &[T],
+    d: HeadDims,
+    scale: T,
+) {
+    dispatch!(T, kernels::attention_group_bwd[dq, dk, dv, heads.clone(), dout, q, k, vt, probs, d, scale])
 }
 
 /// A rank-k update of rows, see [`kernels::rank_update`].

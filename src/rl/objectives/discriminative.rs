@@ -2,6 +2,7 @@
 //! DisCO being DRPO with λ = +∞. Formulas: the parent module doc and SPEC §4.4–§4.7.
 
 use super::{groups_of, Batch, Hyper};
+use crate::cpu::math;
 use crate::Result;
 
 /// Per-group diagnostics of the discriminative objectives.
@@ -67,7 +68,7 @@ pub fn disco(batch: &Batch, hyper: &Hyper) -> Result<DiscoOutput> {
 /// λ = +∞ gives exactly 1/|P|. Empty input gives an empty vector.
 pub fn length_weights(r: &[f64], lambda: f64) -> Vec<f64> {
     let r_max = r.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    let e: Vec<f64> = r.iter().map(|&ri| ((ri - r_max) / lambda).exp()).collect();
+    let e: Vec<f64> = r.iter().map(|&ri| math::exp((ri - r_max) / lambda)).collect();
     let sum: f64 = e.iter().sum();
     e.iter().map(|ei| ei / sum).collect()
 }
@@ -82,9 +83,9 @@ pub fn log_mean_exp(s: &[f64], tau: f64) -> (f64, Vec<f64>) {
     assert!(!s.is_empty(), "log_mean_exp: no negatives");
     let m = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     let d: Vec<f64> = s.iter().map(|&sj| (sj - m) / tau).collect();
-    let mean_expm1 = d.iter().map(|dj| dj.exp_m1()).sum::<f64>() / s.len() as f64; // in (−1, 0]
-    let lme = m + tau * mean_expm1.ln_1p();
-    let e: Vec<f64> = d.iter().map(|dj| dj.exp()).collect();
+    let mean_expm1 = d.iter().map(|&dj| math::exp_m1(dj)).sum::<f64>() / s.len() as f64; // in (−1, 0]
+    let lme = m + tau * math::ln_1p(mean_expm1);
+    let e: Vec<f64> = d.iter().map(|&dj| math::exp(dj)).collect();
     let sum: f64 = e.iter().sum(); // ≥ 1: the max term is exp(0)
     (lme, e.iter().map(|ej| ej / sum).collect())
 }

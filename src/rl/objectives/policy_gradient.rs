@@ -5,6 +5,7 @@ use super::rewards::{
     shorter_better_rewards, HapoHistory,
 };
 use super::{groups_of, Baseline, Batch, Estimator, Hyper, Outcomes, StdKind};
+use crate::cpu::math;
 use crate::error::check_len;
 use crate::{Error, Result};
 
@@ -155,7 +156,7 @@ pub fn clipped_surrogate(batch: &Batch, advantages: &[f64], clip_eps: Option<f64
         let tokens = off[i]..off[i + 1];
         let (logp, old_logp) = (&batch.logp[tokens.clone()], &batch.old_logp[tokens.clone()]);
         for ((d, &lp), &old) in dlogp[tokens].iter_mut().zip(logp).zip(old_logp) {
-            let ratio = (lp - old).exp();
+            let ratio = math::exp(lp - old);
             // min(ρA, clip(ρ)A) picks the clipped branch only outside [1−ε, 1+ε] on the side of A's sign
             let clip_bound = match clip_eps {
                 Some(eps) if a > 0.0 && ratio > 1.0 + eps => Some(1.0 + eps),

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::f64::consts::FRAC_PI_2;
 
 use super::{groups_of, Outcomes};
+use crate::cpu::math;
 use crate::error::check_len;
 use crate::{Error, Result};
 
@@ -86,7 +87,7 @@ pub fn hapo_rewards_keyed(o: &Outcomes, keys: &[usize], w: f64, history: &HapoHi
                 None => 0.0,
                 Some(h) => {
                     let ratio = o.len[i] as f64 / h as f64;
-                    let x = if ratio < 2.0 { (ratio * FRAC_PI_2).cos() } else { -1.0 };
+                    let x = if ratio < 2.0 { math::cos(ratio * FRAC_PI_2) } else { -1.0 };
                     if o.correct[i] {
                         x.max(-0.7)
                     } else {
@@ -153,9 +154,9 @@ fn indicator(b: bool) -> f64 {
 /// 1/(1 + e^{−x}) without overflow warnings: e^{−x} = +inf gives exactly 0.
 fn sigmoid(x: f64) -> f64 {
     if x >= 0.0 {
-        1.0 / (1.0 + (-x).exp())
+        1.0 / (1.0 + math::exp(-x))
     } else {
-        let e = x.exp();
+        let e = math::exp(x);
         e / (1.0 + e)
     }
 }
