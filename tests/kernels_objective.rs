@@ -332,3 +332,33 @@ fn objective_random_cases_gpu_match_cpu() -> drpo::Result<()> {
     }
     Ok(())
 }
+
+/// Non-finite results are errors, as on the CPU: a NaN log-prob, and a log-ratio whose ρ·A does not fit
+/// the f32 gradient (ℓ − ℓ^old = 100: ρ = e^100 ≈ 2.7e43 > f32::MAX).
+#[test]
+fn objective_non_finite_results_are_input_errors() -> drpo::Result<()> {
+    for gpu in devices("objective_errors") {
+        let (group, correct, finished, len) = (vec![0, 0, 1, 1], vec![true, false, true, false], vec![true; 4], vec![2, 1, 1, 3]);
+        let o = Outcomes { group: &group, correct: &correct, finished: &finished, len: &len, max_len: 4 };
+        let groups = DeviceGroups::upload(&gpu, &o)?;
+        let mut work = ObjectiveWork::new(&gpu, &groups)?;
+        let mut dlogp = gpu.alloc_zeros::<f32>(7)?;
+        let old = gpu.htod(&[-1.0f32; 7])?;
+        let nan = gpu.htod(&[-1.0, f32::NAN, -1.0, -1.0, -1.0, -1.0, -1.0])?;
+        let lp = TokenLogProbs { logp: nan.as_view(), old_logp: old.as_view() };
+        let e = dev::drpo(&gpu, &mut dlogp.as_view_mut(), &mut work, &groups, &lp, &Hyper::default(), 1.0).unwrap_err();
+        assert!(matches!(e, drpo::Error::Input { .. }) && e.to_string().contains("not finite"), "{e}");
+
+        let big = gpu.htod(&[99.0f32; 7])?;
+        let lp = TokenLogProbs { logp: big.as_view(), old_logp: old.as_view() };
+        let adv = gpu.htod(&[1.0, -1.0, 1.0, -1.0])?;
+        let e = dev::clipped_surrogate(&gpu, &mut dlogp.as_view_mut(), &mut work, &groups, &lp, &adv.as_view(), None, 1.0).unwrap_err();
+        assert!(matches!(e, drpo::Error::Input { .. }), "{e}");
+        // with positive advantages only, the clip removes every ρ (ρ > 1 + ε): finite, every token clipped
+        let adv = gpu.htod(&[1.0, 0.5, 1.0, 2.0])?;
+        let got = dev::clipped_surrogate(&gpu, &mut dlogp.as_view_mut(), &mut work, &groups, &lp, &adv.as_view(), Some(0.2), 1.0)?;
+        assert_eq!(got.clipped_tokens, 7);
+        assert!(gpu.dtoh(&dlogp)?.iter().all(|&d| d == 0.0));
+    }
+    Ok(())
+}
