@@ -31,7 +31,7 @@ pub fn grad_norm(gpu: &Gpu, norm: &mut DViewMut<f64>, partial: &mut DViewMut<f64
         // SAFETY: order and types match grad_norm_partial_f32 in cuda/optim.cu; lengths checked above.
         unsafe { l.run() }?;
     }
-    let mut l = gpu.launch(&OPTIM, "grad_norm_finish", LaunchCfg::new((1, 1, 1), 32));
+    let mut l = gpu.launch(&OPTIM, "grad_norm_finish", LaunchCfg::new((1, 1, 1), 256));
     l.arg_mut(norm).arg(&partial.as_view()).i32(chunks32);
     // SAFETY: order and types match grad_norm_finish; it reads `chunks` ≤ partial.len() values.
     unsafe { l.run() }
