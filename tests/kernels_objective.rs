@@ -122,7 +122,7 @@ fn random_case(rng: &mut StdRng, k: usize) -> Case {
     }
     rows.shuffle(rng);
     // the KL hinge on (old log-probs below the new ones by ~0.05) or off (within ±1e-6)
-    let drift = if k % 2 == 0 { 0.05 } else { 1e-6 };
+    let drift = if k.is_multiple_of(2) { 0.05 } else { 1e-6 };
     let mut case = Case {
         name: format!("random #{k} (λ = {lambda}, τ = {tau}, C = {max_len}, {groups} groups, {} responses)", rows.len()),
         hyper: Hyper { lambda, tau, clip_eps: Some(0.2), grpo_alpha: 0.5, ..Hyper::default() },
