@@ -217,7 +217,7 @@ fn values(gpu: &Gpu, work: &ObjectiveWork, op: &str) -> Result<ObjectiveValues> 
     Ok(v)
 }
 
-/// `rl::objectives::drpo` and `disco` on the device (DisCO = λ = +∞): writes ∂loss/∂ℓ·`scale` into
+/// `rl::objectives::drpo` and `disco` on the device (DisCO: `lambda` = +∞): writes ∂loss/∂ℓ·`scale` into
 /// `dlogp` (`[T]`) and the per-response / per-group results into `work`; returns the scalars.
 #[allow(clippy::too_many_arguments)]
 pub fn discriminative<T: LogProbFloat>(
@@ -261,7 +261,7 @@ pub fn discriminative<T: LogProbFloat>(
     values(gpu, work, OP)
 }
 
-/// DRPO with `hyper.lambda`.
+/// DRPO with `hyper.lambda` (DisCO: [`discriminative`] with λ = +∞).
 pub fn drpo<T: LogProbFloat>(
     gpu: &Gpu,
     dlogp: &mut DViewMut<T>,
@@ -272,19 +272,6 @@ pub fn drpo<T: LogProbFloat>(
     scale: f64,
 ) -> Result<ObjectiveValues> {
     discriminative(gpu, dlogp, work, groups, lp, hyper, hyper.lambda, scale)
-}
-
-/// DisCO (log-L): DRPO with λ = +∞.
-pub fn disco<T: LogProbFloat>(
-    gpu: &Gpu,
-    dlogp: &mut DViewMut<T>,
-    work: &mut ObjectiveWork,
-    groups: &DeviceGroups,
-    lp: &TokenLogProbs<T>,
-    hyper: &Hyper,
-    scale: f64,
-) -> Result<ObjectiveValues> {
-    discriminative(gpu, dlogp, work, groups, lp, hyper, f64::INFINITY, scale)
 }
 
 /// `rl::objectives::grpo_advantages` (Estimator::Grpo, with `eps` and `std`) or `rloo_advantages`
