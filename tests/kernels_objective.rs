@@ -163,7 +163,8 @@ fn within(what: &str, got: &[f64], want: &[f64], floor: &[f64], rel: f64) {
     }
     let i = worst.1;
     if std::env::var_os("DRPO_OBJECTIVE_VERBOSE").is_some() || worst.0 > 1.0 {
-        println!("{what}: worst #{i} at {:.2e} of the bound: got {:.17e} want {:.17e} floor {:.1e}", worst.0, got[i], want[i], floor[i]);
+        let e = (got[i] - want[i]).abs() / (want[i].abs() + floor[i]);
+        println!("{what}: worst #{i} at {:.2e} of the bound ({e:.1e} of |want| + floor): got {:.17e} want {:.17e} floor {:.1e}", worst.0, got[i], want[i], floor[i]);
     }
     assert!(worst.0 <= 1.0, "{what}: #{i} got {:.17e} want {:.17e} beyond {rel:.1e}·(|want| + {:.1e})", got[i], want[i], floor[i]);
 }
