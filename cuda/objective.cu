@@ -31,6 +31,7 @@
 // and over responses use another order than the CPU (tree vs sequential): ~L·u of the terms' magnitude.
 // exp / log1p / expm1: CUDA's ≤ 1–2 ulp (the simulator: glibc's, as the CPU).
 // Determinism: fixed reduction orders, no atomics: bit-identical from run to run.
+// Versions: v1 (2026-12-06, issue 12): this file; validated on the simulator, not yet on a GPU.
 
 __device__ __forceinline__ double widen(float x) { return (double)x; }
 __device__ __forceinline__ double widen(double x) { return x; }

@@ -6,7 +6,7 @@
 // f64 operation is written with an explicit-rounding intrinsic: NVRTC contracts a*b + c into an FMA by
 // default, which would round once where the CPU rounds twice.
 //
-// grad_norm (v1): ‖g‖₂ accumulated in f64 in the CPU's order: the buffer is cut into chunks of
+// grad_norm: ‖g‖₂ accumulated in f64 in the CPU's order: the buffer is cut into chunks of
 // OPTIM_CHUNK = 2^15 elements (optim::CHUNK); each chunk is summed sequentially (g·g, exact in f64 for
 // f32 g), the chunk sums are summed sequentially, then one correctly rounded sqrt. Same bits as the CPU
 // and for any launch.
@@ -27,6 +27,8 @@
 //   exactly as clip_grad writes it, without rewriting the gradient buffer. Optionally writes the bf16
 //   compute copy of the updated weights (round to nearest even, = half::bf16::from_f32).
 //   Grid-stride loop, block 256. Determinism: element-wise.
+// Versions: v1 (2026-12-06, issue 12), with grad_norm_finish staging through shared memory from the
+// start (a plain one-thread loop would wait on memory every few values); simulator-validated only.
 
 #define OPTIM_CHUNK 32768
 
