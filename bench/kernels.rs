@@ -139,6 +139,52 @@ fn run(gpu: &Gpu) -> drpo::Result<()> {
         })?;
         println!("sample f32          rows={b} v={v} top_p={}   {}  (logits once + u64 scratch passes)", params.top_p, gbs((b * v * 4) as f64, us));
     }
+
+    // the objective: the paper's chunk (4 questions × 8 responses) at ~4k tokens each, and 64 questions
+    // × 8 at ~2k; f32 log-probs. DRPO reads ℓ and ℓ^old once (sums) and writes ∂loss/∂ℓ: 12 B/token;
+    // the surrogate reads both twice and writes: 20 B/token. Each call ends in a readback (a sync).
+    for (questions, mean_len) in [(4usize, 4096usize), (64, 2048)] {
+        let rows = questions * 8;
+        let group: Vec<usize> = (0..rows).map(|i| i / 8).collect();
+        let correct: Vec<bool> = (0..rows).map(|i| i % 3 == 0).collect();
+        let len: Vec<usize> = (0..rows).map(|_| rng.random_range(mean_len / 2..mean_len * 3 / 2)).collect();
+        let finished = vec![true; rows];
+        let o = drpo::rl::objectives::Outcomes { group: &group, correct: &correct, finished: &finished, len: &len, max_len: 2 * mean_len };
+        let groups = gpu::objective::DeviceGroups::upload(gpu, &o)?;
+        let mut work = gpu::objective::ObjectiveWork::new(gpu, &groups)?;
+        let t = groups.tokens;
+        let mut log_probs = || (0..t).map(|_| rng.random_range(-3.0f32..-1.0)).collect::<Vec<f32>>();
+        let (lp, old) = (gpu.htod(&log_probs())?, gpu.htod(&log_probs())?);
+        let tl = gpu::objective::TokenLogProbs { logp: lp.as_view(), old_logp: old.as_view() };
+        let mut dlogp = gpu.alloc_zeros::<f32>(t)?;
+        let hyper = drpo::rl::objectives::Hyper::default();
+        let us = time_us(gpu, 50, || gpu::objective::drpo(gpu, &mut dlogp.as_view_mut(), &mut work, &groups, &tl, &hyper, 1.0).map(|_| ()))?;
+        println!("objective drpo f32  n={rows} T={t}       {}  (4 launches + readback)", gbs((12 * t) as f64, us));
+        let adv = gpu.htod(&(0..rows).map(|i| if i % 3 == 0 { 1.0 } else { -0.5 }).collect::<Vec<f64>>())?;
+        let us = time_us(gpu, 50, || {
+            gpu::objective::clipped_surrogate(gpu, &mut dlogp.as_view_mut(), &mut work, &groups, &tl, &adv.as_view(), Some(0.2), 1.0).map(|_| ())
+        })?;
+        println!("objective surrogate f32 n={rows} T={t}   {}  (3 launches + readback)", gbs((20 * t) as f64, us));
+    }
+
+    // the optimizer over Qwen2-0.5B's 494,032,768 parameters: grad norm (reads g: 4 B/param), AdamW with
+    // the fused clip and the bf16 copy (p, m, v, g in; p, m, v, bf16 out: 30 B/param)
+    let params = 494_032_768usize;
+    let g = gpu.htod(&random::<f32>(&mut rng, params, 1e-3))?;
+    let mut p = gpu.htod(&random::<f32>(&mut rng, params, 0.05))?;
+    let (mut m, mut v2) = (gpu.alloc_zeros::<f32>(params)?, gpu.alloc_zeros::<f32>(params)?);
+    let mut pbf = gpu.alloc_zeros::<bf16>(params)?;
+    let mut norm = gpu.alloc_zeros::<f64>(1)?;
+    let mut partial = gpu.alloc_zeros::<f64>(gpu::optim::grad_norm_scratch_len(params))?;
+    let us = time_us(gpu, 10, || gpu::optim::grad_norm(gpu, &mut norm.as_view_mut(), &mut partial.as_view_mut(), &g.as_view()))?;
+    println!("grad_norm f32       n={params}        {}  (CPU order: 2^15-element chunks, then one thread)", gbs((4 * params) as f64, us));
+    let k = drpo::optim::AdamWScalars::<f32>::new(&drpo::optim::AdamWConfig::default(), 2e-6, 1);
+    let us = time_us(gpu, 10, || {
+        let (mut pv, mut mv, mut vv, mut bv) = (p.as_view_mut(), m.as_view_mut(), v2.as_view_mut(), pbf.as_view_mut());
+        let bufs = gpu::optim::AdamWBuffers { params: &mut pv, m: &mut mv, v: &mut vv, params_bf16: Some(&mut bv) };
+        gpu::optim::adamw_step(gpu, bufs, &g.as_view(), Some((&norm.as_view(), 1.0)), &k)
+    })?;
+    println!("adamw_step f32      n={params}        {}  (fused clip, bf16 copy)", gbs((30 * params) as f64, us));
     Ok(())
 }
 

@@ -23,7 +23,8 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 /// Elements per parallel work item: large enough to amortise scheduling, small enough to balance.
-const CHUNK: usize = 1 << 15;
+/// It also fixes the order of [`global_grad_norm`]'s sum, which `gpu::optim::grad_norm` reproduces.
+pub const CHUNK: usize = 1 << 15;
 
 /// AdamW hyper-parameters other than the learning rate (which comes from [`LrSchedule`]).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -66,16 +67,7 @@ impl<T: Float> AdamWState<T> {
             "AdamW step: params, grads and moments must have the same length"
         );
         self.step += 1;
-        // β^t by the project's powi (correctly rounded, as glibc's pow nearly always is; never libm's)
-        let bias_correction1 = 1.0 - math::powi(cfg.beta1, self.step);
-        let bias_correction2_sqrt = (1.0 - math::powi(cfg.beta2, self.step)).sqrt();
-        let decay = T::from_f64(1.0 - lr * cfg.weight_decay);
-        let step_size = T::from_f64(lr / bias_correction1);
-        let (one_minus_b1, b2, one_minus_b2) = (T::from_f64(1.0 - cfg.beta1), T::from_f64(cfg.beta2), T::from_f64(1.0 - cfg.beta2));
-        // torch's lerp_(end, w): self + w·(end − self) for |w| < 0.5, else end − (end − self)·(1 − w)
-        let (lerp_low, one_minus_w) = ((1.0 - cfg.beta1).abs() < 0.5, T::ONE - one_minus_b1);
-        let (bc2_sqrt, eps) = (T::from_f64(bias_correction2_sqrt), T::from_f64(cfg.eps));
-        let k = AdamWScalars { decay, step_size, one_minus_b1, b2, one_minus_b2, lerp_low, one_minus_w, bc2_sqrt, eps };
+        let k = AdamWScalars::new(cfg, lr, self.step);
         params
             .par_chunks_mut(CHUNK)
             .zip(grads.par_chunks(CHUNK))
@@ -86,17 +78,46 @@ impl<T: Float> AdamWState<T> {
     }
 }
 
-/// The scalars of one AdamW step, rounded once to T.
-struct AdamWScalars<T> {
-    decay: T,
-    step_size: T,
-    one_minus_b1: T,
-    b2: T,
-    one_minus_b2: T,
-    lerp_low: bool,
-    one_minus_w: T,
-    bc2_sqrt: T,
-    eps: T,
+/// The scalars of one AdamW step, rounded once to T: what the element-wise update reads (the device
+/// update, `gpu::optim::adamw_step`, is given these same values, so both round identically).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamWScalars<T> {
+    /// 1 − lr·wd
+    pub decay: T,
+    /// lr / (1 − β1ᵗ)
+    pub step_size: T,
+    pub one_minus_b1: T,
+    pub b2: T,
+    pub one_minus_b2: T,
+    /// torch's lerp_(end, w) form: self + w·(end − self) for |w| < 0.5, else end − (end − self)·(1 − w)
+    pub lerp_low: bool,
+    /// 1 − (1 − β1), rounded in T
+    pub one_minus_w: T,
+    /// sqrt(1 − β2ᵗ)
+    pub bc2_sqrt: T,
+    pub eps: T,
+}
+
+impl<T: Float> AdamWScalars<T> {
+    /// The scalars of step `t` (1-based: the step count after incrementing it) at rate `lr`;
+    /// computed in f64 and rounded once to T.
+    pub fn new(cfg: &AdamWConfig, lr: f64, t: u64) -> Self {
+        // β^t by the project's powi (correctly rounded, as glibc's pow nearly always is; never libm's)
+        let bias_correction1 = 1.0 - math::powi(cfg.beta1, t);
+        let bias_correction2_sqrt = (1.0 - math::powi(cfg.beta2, t)).sqrt();
+        let one_minus_b1 = T::from_f64(1.0 - cfg.beta1);
+        AdamWScalars {
+            decay: T::from_f64(1.0 - lr * cfg.weight_decay),
+            step_size: T::from_f64(lr / bias_correction1),
+            one_minus_b1,
+            b2: T::from_f64(cfg.beta2),
+            one_minus_b2: T::from_f64(1.0 - cfg.beta2),
+            lerp_low: (1.0 - cfg.beta1).abs() < 0.5,
+            one_minus_w: T::ONE - one_minus_b1,
+            bc2_sqrt: T::from_f64(bias_correction2_sqrt),
+            eps: T::from_f64(cfg.eps),
+        }
+    }
 }
 
 /// The element-wise AdamW update of one chunk (torch's CUDA rounding order, see the module doc).

@@ -23,6 +23,21 @@ const ENTRY_POINTS: &[(&str, &[&str])] = &[
     ("residual", &["residual_add_f32", "residual_add_bf16"]),
     ("logprob", &["head_partial_f32", "head_partial_bf16", "head_finish"]),
     ("sampling", &["sampling_fwd_f32", "philox_uniform_f64"]),
+    (
+        "objective",
+        &[
+            "objective_sums_f32",
+            "objective_sums_f64",
+            "drpo_groups",
+            "group_advantages",
+            "surrogate_f32",
+            "surrogate_f64",
+            "objective_finish",
+            "objective_dlogp_f32",
+            "objective_dlogp_f64",
+        ],
+    ),
+    ("optim", &["grad_norm_partial_f32", "grad_norm_finish", "clip_grad_f32", "adamw_step_f32"]),
 ];
 
 fn nvrtc_or_skip() -> bool {
@@ -81,6 +96,10 @@ fn launchers_use_the_kernels_compile_time_block_shapes() {
     assert_eq!(define("ATT_PREFILL_WARPS"), drpo::gpu::attention::PREFILL_WARPS, "prefill warps per block");
     assert_eq!(define("ATT_BQ"), drpo::gpu::attention::PREFILL_ROWS, "prefill query rows per block");
     assert_eq!(define("ATT_DECODE_WARPS"), drpo::gpu::attention::DECODE_WARPS, "decode warps per block");
+    // the device grad norm sums the CPU's chunks in the CPU's order only if the chunks are the same
+    let optim = include_str!("../cuda/optim.cu");
+    let chunk = optim.lines().find_map(|l| l.strip_prefix("#define OPTIM_CHUNK ")).expect("no #define OPTIM_CHUNK");
+    assert_eq!(chunk.trim().parse::<usize>().unwrap(), drpo::optim::CHUNK, "grad-norm chunk (optim::CHUNK)");
 }
 
 #[test]

@@ -26,6 +26,8 @@ mod cuda;
 pub mod embedding;
 pub mod logprob;
 pub mod matmul;
+pub mod objective;
+pub mod optim;
 pub mod residual;
 pub mod rmsnorm;
 pub mod rope;
@@ -117,9 +119,12 @@ pub static SWIGLU: Family = Family { name: "swiglu", files: &[COMMON, ("swiglu.c
 pub static RESIDUAL: Family = Family { name: "residual", files: &[COMMON, ("residual.cu", include_str!("../../cuda/residual.cu"))] };
 pub static LOGPROB: Family = Family { name: "logprob", files: &[COMMON, PTX, GEMM, ("logprob.cu", include_str!("../../cuda/logprob.cu"))] };
 pub static SAMPLING: Family = Family { name: "sampling", files: &[COMMON, ("sampling.cu", include_str!("../../cuda/sampling.cu"))] };
+pub static OBJECTIVE: Family = Family { name: "objective", files: &[COMMON, ("objective.cu", include_str!("../../cuda/objective.cu"))] };
+pub static OPTIM: Family = Family { name: "optim", files: &[COMMON, ("optim.cu", include_str!("../../cuda/optim.cu"))] };
 
 /// Every kernel family of `cuda/`, in the order they are compiled.
-pub static FAMILIES: [&Family; 9] = [&EMBEDDING, &RMSNORM, &ROPE, &MATMUL, &ATTENTION, &SWIGLU, &RESIDUAL, &LOGPROB, &SAMPLING];
+pub static FAMILIES: [&Family; 11] =
+    [&EMBEDDING, &RMSNORM, &ROPE, &MATMUL, &ATTENTION, &SWIGLU, &RESIDUAL, &LOGPROB, &SAMPLING, &OBJECTIVE, &OPTIM];
 
 /// The architectures `drpo kernels` and the compile test check: Ampere (A100) and Hopper (H100/H200).
 pub const CHECK_ARCHS: [&str; 2] = ["sm_80", "sm_90"];
