@@ -1,6 +1,8 @@
-// Causal grouped-query attention over a per-sequence KV cache, for packed sequences.
-// Reference: cpu::attention::attention_fwd (per sequence, probabilities not kept).
-// Launchers: gpu::attention::{kv_append, attention_prefill, attention_decode}.
+// Causal grouped-query attention over a per-sequence KV cache, for packed sequences; and the training
+// pair over packed q, k, v without a cache: a forward that saves each row's log-sum-exp, its backward.
+// Reference: cpu::attention::attention_fwd (per sequence, probabilities not kept), attention_lse,
+// attention_bwd. Launchers: gpu::attention::{kv_append, attention_prefill, attention_decode,
+// attention_fwd, attention_bwd}.
 //
 // Layouts (T = float or bf16):
 //   q, out:           [n, nh, hd]   packed rows; sequence s owns rows seq_start[s] .. seq_start[s+1]
@@ -16,6 +18,10 @@
 //   tests/kernels_compile.rs). A block owns 16 query rows of one head: K/V tiles of 32 keys are staged in shared memory (f32), each lane scores
 //   one key of the tile, and each warp keeps an online softmax (running max m, sum l, f32 accumulator,
 //   hd/32 dims per lane) for its 4 rows. The [tq × tk] score matrix never exists anywhere.
+// attention_fwd_T:      the prefill's body (attention_rows) over packed q [n, nh, hd], k, v [n, nkv, hd]
+//   (sequence s = rows seq_start[s] ..; no past), same grid and block; also writes lse [n, nh] f32 =
+//   m + log l of the online softmax, in the scaled-score domain.
+// attention_bwd_dq_T, attention_bwd_dkdv_T: the training backward, below (FlashAttention-2's scheme).
 // attention_decode_T:   grid (nh, n_seqs), block 256 (ATT_DECODE_WARPS = 8 warps, compile-time like the
 //   prefill's), exactly one new row per sequence (tq = 1, row seq_start[s] = s): warps split the keys
 //   32 at a time, each with its own online softmax, then merge (m, l, acc) in shared memory in warp
@@ -45,20 +51,20 @@ __device__ void kv_append(T* k_cache, T* v_cache, const T* k, const T* v, const 
     }
 }
 
+// The query rows q0 .. q0 + ATT_BQ − 1 (q0 = blockIdx.x · ATT_BQ) of one head h of one sequence, whose
+// new rows sit at rows row0 .. row0 + tq − 1 of q and out, after p cached positions; kc, vc point at
+// the sequence's key / value 0 of head h's kv head, keys kvd elements apart. Writes out and, when lse
+// is not null, lse[row, h] = log Σ_j exp(q·k_j · scale) (what the training backward recomputes P from).
 template <typename T>
-__device__ void attention_prefill(T* out, const T* q, const T* k_cache, const T* v_cache, const int* slot, const int* seq_start,
-                                  const int* past, int nh, int nkv, int hd, int cap, float scale) {
+__device__ void attention_rows(T* out, float* lse, const T* q, const T* kc, const T* vc, int row0, int tq, int p, int h,
+                               int nh, int kvd, int hd, float scale) {
     __shared__ float Qs[ATT_BQ][ATT_HD_MAX];
     __shared__ float Ks[ATT_BK][ATT_HD_MAX + 1];   // +1: lane j reads row j, column d: no bank conflicts
     __shared__ float Vs[ATT_BK][ATT_HD_MAX];
-    const int s = blockIdx.z, h = blockIdx.y, q0 = blockIdx.x * ATT_BQ;
-    const int row0 = seq_start[s], tq = seq_start[s + 1] - row0, p = past[s];
+    const int q0 = blockIdx.x * ATT_BQ;
     if (q0 >= tq) return;                                  // whole block: no barrier is skipped by some threads only
     constexpr int NWARPS = ATT_PREFILL_WARPS, NT = NWARPS * 32, RPW = ATT_RPW;   // the launch is NT threads
-    const int kvh = h / (nh / nkv), kvd = nkv * hd;
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-    const T* kc = k_cache + (size_t)slot[s] * cap * kvd + kvh * hd;
-    const T* vc = v_cache + (size_t)slot[s] * cap * kvd + kvh * hd;
 
     for (int e = threadIdx.x; e < ATT_BQ * hd; e += NT) {
         int r = e / hd, d = e % hd;
@@ -122,7 +128,30 @@ __device__ void attention_prefill(T* out, const T* q, const T* k_cache, const T*
             const int d = lane + 32 * i;
             if (d < hd) store(o + d, acc[r][i] / l[r]);
         }
+        if (lse != nullptr && lane == 0) lse[(size_t)(row0 + qi) * nh + h] = m[r] + logf(l[r]);
     }
+}
+
+template <typename T>
+__device__ void attention_prefill(T* out, const T* q, const T* k_cache, const T* v_cache, const int* slot, const int* seq_start,
+                                  const int* past, int nh, int nkv, int hd, int cap, float scale) {
+    const int s = blockIdx.z, h = blockIdx.y;
+    const int row0 = seq_start[s], tq = seq_start[s + 1] - row0;
+    const int kvh = h / (nh / nkv), kvd = nkv * hd;
+    const T* kc = k_cache + (size_t)slot[s] * cap * kvd + kvh * hd;
+    const T* vc = v_cache + (size_t)slot[s] * cap * kvd + kvh * hd;
+    attention_rows(out, (float*)nullptr, q, kc, vc, row0, tq, past[s], h, nh, kvd, hd, scale);
+}
+
+// Training forward: packed q, k, v (no cache, no past), writes the per-row log-sum-exp too.
+template <typename T>
+__device__ void attention_fwd(T* out, float* lse, const T* q, const T* k, const T* v, const int* seq_start, int nh, int nkv,
+                              int hd, float scale) {
+    const int s = blockIdx.z, h = blockIdx.y;
+    const int row0 = seq_start[s], t = seq_start[s + 1] - row0;
+    const int kvh = h / (nh / nkv), kvd = nkv * hd;
+    const size_t base = (size_t)row0 * kvd + kvh * hd;
+    attention_rows(out, lse, q, k + base, v + base, row0, t, 0, h, nh, kvd, hd, scale);
 }
 
 template <typename T>
@@ -201,6 +230,220 @@ __device__ void attention_decode(T* out, const T* q, const T* k_cache, const T* 
     }
 }
 
+// ---- training backward (FlashAttention-2's split: D, then dQ by query tiles, dK dV by key tiles) ----
+// Per head, with s_ij = q_i·k_j·scale (j ≤ i), P recomputed from the forward's lse:
+//   p_ij = exp(s_ij − lse_i),  dp_ij = dO_i·v_j,  D_i = dO_i·O_i (= Σ_j p_ij dp_ij),  ds_ij = p_ij (dp_ij − D_i)
+//   dq_i += scale Σ_j ds_ij k_j      dk_j += scale Σ_{h in group} Σ_i ds_ij q_i      dv_j += Σ_{h in group} Σ_i p_ij dO_i
+// Both kernels compute P and dS one ATB_BQ × ATB_BK tile at a time into shared memory (bwd_scores) and never
+// hold more of the T × T matrix. Every sum is a fixed-order f32 chain and no value is written by two blocks.
+
+#define ATB_BQ 16        // query rows per backward tile (gpu::attention::BWD_ROWS)
+#define ATB_BK 16        // keys per backward tile (gpu::attention::BWD_KEYS)
+#define ATB_WARPS 4      // warps per backward block (gpu::attention::BWD_WARPS)
+#define ATB_NT (ATB_WARPS * 32)
+// Blocks per SM the register budget is set for (__launch_bounds__' second argument): 4 × 35 KB of static
+// shared memory fits sm_80 (164 KB) and sm_90; without it ptxas sized sm_90 for the ~6 blocks the shared
+// memory allows, 80 registers, and attention_bwd_dkdv spilled.
+#define ATB_MIN_BLOCKS 4
+static_assert(ATB_BQ % ATB_WARPS == 0 && ATB_BK % ATB_WARPS == 0, "every warp owns the same number of rows / keys");
+static_assert(ATB_NT % ATB_BK == 0, "bwd_scores: a thread keeps one key column");
+
+// P and dS of query rows q0 + i (i < ATB_BQ) against keys k0 + j (j < ATB_BK) of a sequence of t rows,
+// into P[i][j], dS[i][j]; zero where the key is masked (k0 + j > q0 + i) or the row does not exist.
+// Qs holds q·scale, dOs dO; Ks, Vs the key tile; lse_s, D_s the rows' lse and D. Thread e owns the pairs
+// (e / ATB_BK + m·ATB_NT / ATB_BK, e % ATB_BK); each dot is an FMA chain in d order, as the forward's scores.
+__device__ void bwd_scores(float (*P)[ATB_BK], float (*dS)[ATB_BK], const float (*Qs)[ATT_HD_MAX], const float (*dOs)[ATT_HD_MAX],
+                           const float (*Ks)[ATT_HD_MAX + 1], const float (*Vs)[ATT_HD_MAX + 1], const float* lse_s,
+                           const float* D_s, int q0, int k0, int t, int hd) {
+    for (int e = threadIdx.x; e < ATB_BQ * ATB_BK; e += ATB_NT) {
+        const int i = e / ATB_BK, j = e % ATB_BK, qi = q0 + i;
+        float p = 0.0f, ds = 0.0f;
+        if (qi < t && k0 + j <= qi) {
+            float sc = 0.0f, dp = 0.0f;
+            for (int d = 0; d < hd; d++) {
+                sc = fmaf(Qs[i][d], Ks[j][d], sc);
+                dp = fmaf(dOs[i][d], Vs[j][d], dp);
+            }
+            p = expf(sc - lse_s[i]);
+            ds = p * (dp - D_s[i]);
+        }
+        P[i][j] = p;
+        dS[i][j] = ds;
+    }
+}
+
+// Stages rows r0 .. r0 + ATB_BQ − 1 (of t) of head h: Qs = q·scale, dOs = dO; zeros past t.
+template <typename T>
+__device__ void bwd_stage_rows(float (*Qs)[ATT_HD_MAX], float (*dOs)[ATT_HD_MAX], const T* q, const T* dout, int row0, int r0,
+                               int t, int h, int nh, int hd, float scale) {
+    for (int e = threadIdx.x; e < ATB_BQ * hd; e += ATB_NT) {
+        const int r = e / hd, d = e % hd;
+        const bool ok = r0 + r < t;
+        const size_t at = ((size_t)(row0 + r0 + r) * nh + h) * hd + d;
+        Qs[r][d] = ok ? load(q + at) * scale : 0.0f;
+        dOs[r][d] = ok ? load(dout + at) : 0.0f;
+    }
+}
+
+// Stages keys k0 .. k0 + ATB_BK − 1 (of t) of one kv head: kc, vc point at key 0 of the head; zeros past t.
+template <typename T>
+__device__ void bwd_stage_keys(float (*Ks)[ATT_HD_MAX + 1], float (*Vs)[ATT_HD_MAX + 1], const T* kc, const T* vc, int k0, int t,
+                               int kvd, int hd) {
+    for (int e = threadIdx.x; e < ATB_BK * hd; e += ATB_NT) {
+        const int j = e / hd, d = e % hd;
+        const bool ok = k0 + j < t;
+        Ks[j][d] = ok ? load(kc + (size_t)(k0 + j) * kvd + d) : 0.0f;
+        Vs[j][d] = ok ? load(vc + (size_t)(k0 + j) * kvd + d) : 0.0f;
+    }
+}
+
+// attention_bwd_dq_T: grid (ceil(max t / ATB_BQ), nh, n_seqs), block ATB_NT. A block owns ATB_BQ query rows of
+// one head: computes D_i = dO_i·O_i (a lane-strided partial per warp, xor tree) and writes it to delta for
+// the dK/dV kernel, then walks the key tiles 0 ..= its last row: dq_i += scale · Σ_j ds_ij k_j in key
+// order (warp w owns rows w + 4r, lane the dims lane + 32i), added to dq's old value and rounded once.
+template <typename T>
+__device__ void attention_bwd_dq(T* dq, float* delta, const T* dout, const T* q, const T* k, const T* v, const T* out,
+                                 const float* lse, const int* seq_start, int nh, int nkv, int hd, float scale) {
+    __shared__ float Qs[ATB_BQ][ATT_HD_MAX], dOs[ATB_BQ][ATT_HD_MAX];
+    __shared__ float Ks[ATB_BK][ATT_HD_MAX + 1], Vs[ATB_BK][ATT_HD_MAX + 1];
+    __shared__ float P[ATB_BQ][ATB_BK], dS[ATB_BQ][ATB_BK];
+    __shared__ float lse_s[ATB_BQ], D_s[ATB_BQ];
+    constexpr int RPW = ATB_BQ / ATB_WARPS;
+    const int s = blockIdx.z, h = blockIdx.y, q0 = blockIdx.x * ATB_BQ;
+    const int row0 = seq_start[s], t = seq_start[s + 1] - row0;
+    if (q0 >= t) return;                                   // whole block
+    const int kvh = h / (nh / nkv), kvd = nkv * hd;
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const size_t kv_base = (size_t)row0 * kvd + kvh * hd;
+
+    bwd_stage_rows(Qs, dOs, q, dout, row0, q0, t, h, nh, hd, scale);
+    for (int r = 0; r < RPW; r++) {
+        const int rr = warp + ATB_WARPS * r, qi = q0 + rr;
+        float part = 0.0f;
+        if (qi < t)
+            for (int d = lane; d < hd; d += 32) {
+                const size_t at = ((size_t)(row0 + qi) * nh + h) * hd + d;
+                part = fmaf(load(dout + at), load(out + at), part);
+            }
+        const float D = warp_sum(part);
+        if (lane == 0) {
+            D_s[rr] = D;
+            lse_s[rr] = qi < t ? lse[(size_t)(row0 + qi) * nh + h] : 0.0f;
+            if (qi < t) delta[(size_t)(row0 + qi) * nh + h] = D;
+        }
+    }
+    float acc[RPW][ATT_DPL];
+#pragma unroll
+    for (int r = 0; r < RPW; r++)
+#pragma unroll
+        for (int i = 0; i < ATT_DPL; i++) acc[r][i] = 0.0f;
+
+    const int n_keys = min(q0 + ATB_BQ, t);                // keys visible to the tile's last row
+    for (int k0 = 0; k0 < n_keys; k0 += ATB_BK) {
+        __syncthreads();                                   // previous tile consumed (and the rows staged)
+        bwd_stage_keys(Ks, Vs, k + kv_base, v + kv_base, k0, n_keys, kvd, hd);
+        __syncthreads();
+        bwd_scores(P, dS, Qs, dOs, Ks, Vs, lse_s, D_s, q0, k0, t, hd);
+        __syncthreads();
+#pragma unroll
+        for (int r = 0; r < RPW; r++) {
+            const int rr = warp + ATB_WARPS * r;
+            for (int j = 0; j < ATB_BK; j++) {
+                const float ds = dS[rr][j];
+#pragma unroll
+                for (int i = 0; i < ATT_DPL; i++) {
+                    const int d = lane + 32 * i;
+                    if (d < hd) acc[r][i] = fmaf(ds, Ks[j][d], acc[r][i]);
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < RPW; r++) {
+        const int qi = q0 + warp + ATB_WARPS * r;
+        if (qi >= t) continue;
+        T* o = dq + ((size_t)(row0 + qi) * nh + h) * hd;
+#pragma unroll
+        for (int i = 0; i < ATT_DPL; i++) {
+            const int d = lane + 32 * i;
+            if (d < hd) store(o + d, load(o + d) + scale * acc[r][i]);
+        }
+    }
+}
+
+// attention_bwd_dkdv_T: grid (ceil(max t / ATB_BK), nkv, n_seqs), block ATB_NT; after attention_bwd_dq (reads
+// its delta). A block owns ATB_BK keys of one kv head and walks the group's query heads in ascending order,
+// for each the query tiles that see its keys (rows ≥ its first key) in row order:
+//   dv_j += Σ p_ij dO_i,  dk_j += Σ ds_ij (q_i·scale)
+// (warp w owns keys w + 4r, lane the dims lane + 32i), so the group's heads are summed in a fixed order
+// in registers, without atomics; added to the old values and rounded once at the end.
+template <typename T>
+__device__ void attention_bwd_dkdv(T* dk, T* dv, const T* dout, const T* q, const T* k, const T* v, const float* lse,
+                                   const float* delta, const int* seq_start, int nh, int nkv, int hd, float scale) {
+    __shared__ float Qs[ATB_BQ][ATT_HD_MAX], dOs[ATB_BQ][ATT_HD_MAX];
+    __shared__ float Ks[ATB_BK][ATT_HD_MAX + 1], Vs[ATB_BK][ATT_HD_MAX + 1];
+    __shared__ float P[ATB_BQ][ATB_BK], dS[ATB_BQ][ATB_BK];
+    __shared__ float lse_s[ATB_BQ], D_s[ATB_BQ];
+    constexpr int KPW = ATB_BK / ATB_WARPS;
+    const int s = blockIdx.z, g = blockIdx.y, k0 = blockIdx.x * ATB_BK;
+    const int row0 = seq_start[s], t = seq_start[s + 1] - row0;
+    if (k0 >= t) return;                                   // whole block
+    const int group = nh / nkv, kvd = nkv * hd;
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const size_t kv_base = (size_t)row0 * kvd + g * hd;
+
+    bwd_stage_keys(Ks, Vs, k + kv_base, v + kv_base, k0, t, kvd, hd);
+    float acc_k[KPW][ATT_DPL], acc_v[KPW][ATT_DPL];
+#pragma unroll
+    for (int r = 0; r < KPW; r++)
+#pragma unroll
+        for (int i = 0; i < ATT_DPL; i++) acc_k[r][i] = acc_v[r][i] = 0.0f;
+
+    for (int h = g * group; h < (g + 1) * group; h++) {
+        for (int q0 = k0 / ATB_BQ * ATB_BQ; q0 < t; q0 += ATB_BQ) {
+            __syncthreads();                               // previous tile consumed (and the keys staged)
+            bwd_stage_rows(Qs, dOs, q, dout, row0, q0, t, h, nh, hd, scale);
+            for (int r = threadIdx.x; r < ATB_BQ; r += ATB_NT) {
+                const bool ok = q0 + r < t;
+                lse_s[r] = ok ? lse[(size_t)(row0 + q0 + r) * nh + h] : 0.0f;
+                D_s[r] = ok ? delta[(size_t)(row0 + q0 + r) * nh + h] : 0.0f;
+            }
+            __syncthreads();
+            bwd_scores(P, dS, Qs, dOs, Ks, Vs, lse_s, D_s, q0, k0, t, hd);
+            __syncthreads();
+#pragma unroll
+            for (int r = 0; r < KPW; r++) {
+                const int j = warp + ATB_WARPS * r;
+                for (int i = 0; i < ATB_BQ; i++) {
+                    const float p = P[i][j], ds = dS[i][j];
+#pragma unroll
+                    for (int u = 0; u < ATT_DPL; u++) {
+                        const int d = lane + 32 * u;
+                        if (d < hd) {
+                            acc_v[r][u] = fmaf(p, dOs[i][d], acc_v[r][u]);
+                            acc_k[r][u] = fmaf(ds, Qs[i][d], acc_k[r][u]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < KPW; r++) {
+        const int kj = k0 + warp + ATB_WARPS * r;
+        if (kj >= t) continue;
+        const size_t at = (size_t)(row0 + kj) * kvd + g * hd;
+#pragma unroll
+        for (int u = 0; u < ATT_DPL; u++) {
+            const int d = lane + 32 * u;
+            if (d < hd) {
+                store(dk + at + d, load(dk + at + d) + acc_k[r][u]);
+                store(dv + at + d, load(dv + at + d) + acc_v[r][u]);
+            }
+        }
+    }
+}
+
 #define ATT_ENTRY(T, SUF)                                                                                        \
     extern "C" __global__ void kv_append_##SUF(T* k_cache, T* v_cache, const T* k, const T* v, const int* row_slot, \
                                                const int* row_pos, int kvd, int cap) {                            \
@@ -215,6 +458,21 @@ __device__ void attention_decode(T* out, const T* q, const T* k_cache, const T* 
         T* out, const T* q, const T* k_cache, const T* v_cache, const int* slot, const int* past, int nh, int nkv, \
         int hd, int cap, float scale) {                                                                           \
         attention_decode(out, q, k_cache, v_cache, slot, past, nh, nkv, hd, cap, scale);                          \
+    }                                                                                                             \
+    extern "C" __global__ void __launch_bounds__(ATT_PREFILL_WARPS * 32) attention_fwd_##SUF(                     \
+        T* out, float* lse, const T* q, const T* k, const T* v, const int* seq_start, int nh, int nkv, int hd,    \
+        float scale) {                                                                                            \
+        attention_fwd(out, lse, q, k, v, seq_start, nh, nkv, hd, scale);                                          \
+    }                                                                                                             \
+    extern "C" __global__ void __launch_bounds__(ATB_NT, ATB_MIN_BLOCKS) attention_bwd_dq_##SUF(                                  \
+        T* dq, float* delta, const T* dout, const T* q, const T* k, const T* v, const T* out, const float* lse,   \
+        const int* seq_start, int nh, int nkv, int hd, float scale) {                                             \
+        attention_bwd_dq(dq, delta, dout, q, k, v, out, lse, seq_start, nh, nkv, hd, scale);                      \
+    }                                                                                                             \
+    extern "C" __global__ void __launch_bounds__(ATB_NT, ATB_MIN_BLOCKS) attention_bwd_dkdv_##SUF(                                \
+        T* dk, T* dv, const T* dout, const T* q, const T* k, const T* v, const float* lse, const float* delta,     \
+        const int* seq_start, int nh, int nkv, int hd, float scale) {                                             \
+        attention_bwd_dkdv(dk, dv, dout, q, k, v, lse, delta, seq_start, nh, nkv, hd, scale);                     \
     }
 
 ATT_ENTRY(float, f32)

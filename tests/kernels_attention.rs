@@ -1,10 +1,12 @@
 //! GPU KV append + causal GQA attention (prefill over packed sequences with cached prefixes, and
 //! decode) against cpu::attention::attention_fwd per sequence, in f64 on the exact stored values.
 //! Cache positions that no sequence owns are NaN: a kernel reading them would fail the test.
+//! The training pair (forward over packed sequences saving the log-sum-exp, backward into dq, dk, dv)
+//! against cpu::attention::{attention_fwd, attention_lse, attention_bwd} per sequence, likewise.
 
 mod gpu_common;
-use drpo::cpu::attention::{attention_fwd, AttnShape};
-use drpo::gpu::attention::{attention_decode, attention_prefill, kv_append, Heads, SeqTable};
+use drpo::cpu::attention::{attention_bwd, attention_fwd, attention_lse, AttnShape};
+use drpo::gpu::attention::{attention_decode, attention_prefill, kv_append, Heads, PackedSeqs, SeqTable};
 use drpo::gpu::{bf16, Gpu, GpuFloat};
 use gpu_common::*;
 
@@ -134,6 +136,164 @@ fn attention_refuses_more_sequences_than_a_grid_holds() -> drpo::Result<()> {
             println!("{e}");
             assert!(matches!(e, drpo::Error::Input { .. }) && e.to_string().contains(op) && e.to_string().contains("65535"), "{e}");
         }
+    }
+    Ok(())
+}
+
+/// The CPU reference of one packed training batch, per sequence in f64 on the stored values:
+/// (out, lse, dq, dk, dv), the gradients accumulated onto `d0 = (dq0, dk0, dv0)` as the kernels do.
+/// With `stored_out` (the output the device's backward reads, rounded to its T), dq and dk are moved by
+/// what reading it instead of the exact output changes (FlashAttention-2's D_i = dO_i·out_i): ds_ij
+/// loses p_ij·δD_i, δD_i = dO_i·(stored_out_i − out_i), so dq_i −= scale Σ_j p_ij δD_i k_j and
+/// dk_j −= scale Σ_i p_ij δD_i q_i (dv does not use D).
+fn train_reference(lengths: &[usize], heads: Heads, x: [&[f64]; 4], d0: [&[f64]; 3], stored_out: Option<&[f64]>) -> [Vec<f64>; 5] {
+    let Heads { nh, nkv, hd } = heads;
+    let (qd, kvd, group) = (nh * hd, nkv * hd, nh / nkv);
+    let scale = 1.0 / (hd as f64).sqrt();
+    let [q, k, v, dout] = x;
+    let (mut out, mut lse) = (Vec::new(), Vec::new());
+    let (mut dq, mut dk, mut dv) = (d0[0].to_vec(), d0[1].to_vec(), d0[2].to_vec());
+    let mut r0 = 0;
+    for &t in lengths {
+        let shape = AttnShape { tq: t, tk: t, nh, nkv, hd };
+        let (qs, ks) = (r0 * qd..(r0 + t) * qd, r0 * kvd..(r0 + t) * kvd);
+        let (mut o, mut p, mut l) = (vec![0.0; t * qd], vec![0.0; nh * t * t], vec![0.0; t * nh]);
+        attention_fwd(&mut o, &mut p, &q[qs.clone()], &k[ks.clone()], &v[ks.clone()], shape);
+        attention_lse(&mut l, &q[qs.clone()], &k[ks.clone()], shape);
+        attention_bwd(&mut dq[qs.clone()], &mut dk[ks.clone()], &mut dv[ks.clone()], &dout[qs.clone()], &q[qs.clone()], &k[ks.clone()], &v[ks.clone()], &p, shape);
+        if let Some(stored) = stored_out {
+            let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
+            for h in 0..nh {
+                let g = h / group;
+                for i in 0..t {
+                    let at = qs.start + i * qd + h * hd;
+                    let d_delta = dot(&dout[at..at + hd], &stored[at..at + hd]) - dot(&dout[at..at + hd], &o[i * qd + h * hd..][..hd]);
+                    for j in 0..=i {
+                        let c = scale * p[(h * t + i) * t + j] * d_delta;
+                        let kj = ks.start + j * kvd + g * hd;
+                        for d in 0..hd {
+                            dq[at + d] -= c * k[kj + d];
+                            dk[kj + d] -= c * q[at + d];
+                        }
+                    }
+                }
+            }
+        }
+        out.extend(o);
+        lse.extend(l);
+        r0 += t;
+    }
+    [out, lse, dq, dk, dv]
+}
+
+/// What one training forward + backward on the device returns.
+struct TrainResult<T> {
+    out: Vec<T>,
+    lse: Vec<f32>,
+    dq: Vec<T>,
+    dk: Vec<T>,
+    dv: Vec<T>,
+}
+
+/// The training forward (out, lse NaN-poisoned) and the backward fed the forward's own out and lse,
+/// as training does; `x = (q, k, v, dout)`, `d0` the gradients' starting values.
+fn train_on_device<T: GpuFloat>(gpu: &Gpu, seqs: &PackedSeqs, heads: Heads, x: [&[T]; 4], d0: [&[T]; 3]) -> drpo::Result<TrainResult<T>> {
+    let (n, nh) = (seqs.n_rows, heads.nh);
+    let [q, k, v, dout] = x.map(|a| gpu.htod(a));
+    let (q, k, v, dout) = (q?, k?, v?, dout?);
+    let (mut out, mut lse) = (gpu.htod(&nan::<T>(n * nh * heads.hd))?, gpu.htod(&vec![f32::NAN; n * nh])?);
+    drpo::gpu::attention::attention_fwd(gpu, &mut out.as_view_mut(), &mut lse.as_view_mut(), &q.as_view(), &k.as_view(), &v.as_view(), seqs, heads)?;
+    let (mut dq, mut dk, mut dv) = (gpu.htod(d0[0])?, gpu.htod(d0[1])?, gpu.htod(d0[2])?);
+    let mut delta = gpu.htod(&vec![f32::NAN; n * nh])?;
+    drpo::gpu::attention::attention_bwd(
+        gpu,
+        &mut dq.as_view_mut(),
+        &mut dk.as_view_mut(),
+        &mut dv.as_view_mut(),
+        &mut delta.as_view_mut(),
+        &dout.as_view(),
+        &q.as_view(),
+        &k.as_view(),
+        &v.as_view(),
+        &out.as_view(),
+        &lse.as_view(),
+        seqs,
+        heads,
+    )?;
+    // delta is scratch, but every (row, head) must have been written before the dk/dv kernel read it
+    let delta = gpu.dtoh(&delta)?;
+    assert!(delta.iter().all(|d| d.is_finite()), "delta (rowsum(dout ∘ out)) left unwritten or non-finite");
+    Ok(TrainResult { out: gpu.dtoh(&out)?, lse: gpu.dtoh(&lse)?, dq: gpu.dtoh(&dq)?, dk: gpu.dtoh(&dk)?, dv: gpu.dtoh(&dv)? })
+}
+
+/// One packed training batch of sequences of `lengths`: the device against the CPU, then a second run
+/// from the same inputs, bit for bit.
+fn train_case<T: GpuFloat>(gpu: &Gpu, rng: &mut rand::rngs::StdRng, lengths: &[usize], heads: Heads) -> drpo::Result<()> {
+    let Heads { nh, nkv, hd } = heads;
+    let n: usize = lengths.iter().sum();
+    let (qd, kvd) = (nh * hd, nkv * hd);
+    let (q, k, v) = (uniform::<T>(rng, n * qd, 2.0), uniform::<T>(rng, n * kvd, 2.0), uniform::<T>(rng, n * kvd, 2.0));
+    let dout = uniform::<T>(rng, n * qd, 1.0);
+    // the gradients accumulate: start from known values, smaller than what is added
+    let (dq0, dk0, dv0) = (uniform::<T>(rng, n * qd, 0.25), uniform::<T>(rng, n * kvd, 0.25), uniform::<T>(rng, n * kvd, 0.25));
+    let (x, d0) = ([&widen(&q)[..], &widen(&k), &widen(&v), &widen(&dout)], [&widen(&dq0)[..], &widen(&dk0), &widen(&dv0)]);
+    let seqs = PackedSeqs::new(gpu, lengths)?;
+    let got = train_on_device(gpu, &seqs, heads, [&q, &k, &v, &dout], [&dq0, &dk0, &dv0])?;
+    let [want_out, want_lse, exact_dq, exact_dk, _] = train_reference(lengths, heads, x, d0, None);
+    let [_, _, want_dq, want_dk, want_dv] = train_reference(lengths, heads, x, d0, Some(&widen(&got.out)));
+    let what = |name: &str| format!("attention train {name} {} lengths={lengths:?} {heads:?}", T::NAME);
+    // out: the prefill's bound (same kernel body). lse: f32 whatever T, an absolute error of a few
+    // u·Σ_d |q_d k_d|·scale in the scores plus logf's ulps, against lse's own scale: floor rms(want).
+    let out_bound = if T::NAME == "f32" { chain(1e-5) } else { BF16_CHAIN };
+    assert_close(&what("out"), &widen(&got.out), &want_out, out_bound);
+    assert_close(&what("lse"), &got.lse.iter().map(|&x| x as f64).collect::<Vec<_>>(), &want_lse, chain(1e-6));
+    // The gradients, against the exact gradient given the stored out the backward reads (NOTES.md's
+    // numerics log, "attention backward"): f32 chains of ≤ group·t terms with cancellation
+    // (ds = p (dp − D)), so floor rms(want) and the 1e-5; bf16: every operand is the stored
+    // value and the arithmetic f32, so the one rounding of the result dominates: BF16_CHAIN.
+    let grad_bound = if T::NAME == "f32" { chain(1e-5) } else { BF16_CHAIN };
+    assert_close(&what("dq"), &widen(&got.dq), &want_dq, grad_bound);
+    assert_close(&what("dk"), &widen(&got.dk), &want_dk, grad_bound);
+    assert_close(&what("dv"), &widen(&got.dv), &want_dv, grad_bound);
+    // how far reading the stored out (D from it) moves dq, dk from the exact gradient: logged, not bounded
+    for (name, got, exact) in [("dq", &got.dq, &exact_dq), ("dk", &got.dk, &exact_dk)] {
+        println!("{} vs the exact gradient (D from the exact out): rel_l2 = {:.3e}", what(name), drpo::check::rel_l2(&widen(got), exact));
+    }
+
+    let again = train_on_device(gpu, &seqs, heads, [&q, &k, &v, &dout], [&dq0, &dk0, &dv0])?;
+    let bits = |x: &[T]| x.iter().map(|v| v.to_f32().to_bits()).collect::<Vec<u32>>();
+    assert_eq!(bits(&got.out), bits(&again.out), "{}: two runs differ", what("out"));
+    assert_eq!(got.lse.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), again.lse.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), "{}: two runs differ", what("lse"));
+    for (name, a, b) in [("dq", &got.dq, &again.dq), ("dk", &got.dk, &again.dk), ("dv", &got.dv, &again.dv)] {
+        assert_eq!(bits(a), bits(b), "{}: two runs differ", what(name));
+    }
+    Ok(())
+}
+
+fn train_check<T: GpuFloat>(gpu: &Gpu, rng: &mut rand::rngs::StdRng) -> drpo::Result<()> {
+    // head_dim 24 / 64 / 128; GQA 7:1 (Qwen2-0.5B: 14:2), 2:1, MHA; lengths across the 16-row tiles
+    let odd = Heads { nh: 7, nkv: 1, hd: 24 };
+    let qwen05 = Heads { nh: 14, nkv: 2, hd: 64 };
+    let wide = Heads { nh: 4, nkv: 2, hd: 128 };
+    let mha = Heads { nh: 2, nkv: 2, hd: 64 };
+    train_case::<T>(gpu, rng, &[1], odd)?;
+    train_case::<T>(gpu, rng, &[17, 1, 33, 0, 16, 40], odd)?;
+    train_case::<T>(gpu, rng, &[50, 23], qwen05)?;
+    train_case::<T>(gpu, rng, &[45, 3, 31], wide)?;
+    train_case::<T>(gpu, rng, &[29], mha)?;
+    if full_size(gpu) {
+        train_case::<T>(gpu, rng, &[517, 300, 61], qwen05)?;
+        train_case::<T>(gpu, rng, &[700, 129], wide)?;
+    }
+    Ok(())
+}
+
+#[test]
+fn attention_train_gpu_matches_cpu() -> drpo::Result<()> {
+    let mut rng = rng("attention_train");
+    for gpu in devices("attention_train") {
+        train_check::<f32>(&gpu, &mut rng)?;
+        train_check::<bf16>(&gpu, &mut rng)?;
     }
     Ok(())
 }

@@ -17,7 +17,20 @@ const ENTRY_POINTS: &[(&str, &[&str])] = &[
     ),
     (
         "attention",
-        &["kv_append_f32", "kv_append_bf16", "attention_prefill_f32", "attention_prefill_bf16", "attention_decode_f32", "attention_decode_bf16"],
+        &[
+            "kv_append_f32",
+            "kv_append_bf16",
+            "attention_prefill_f32",
+            "attention_prefill_bf16",
+            "attention_decode_f32",
+            "attention_decode_bf16",
+            "attention_fwd_f32",
+            "attention_fwd_bf16",
+            "attention_bwd_dq_f32",
+            "attention_bwd_dq_bf16",
+            "attention_bwd_dkdv_f32",
+            "attention_bwd_dkdv_bf16",
+        ],
     ),
     ("swiglu", &["swiglu_fwd_f32", "swiglu_fwd_bf16"]),
     ("residual", &["residual_add_f32", "residual_add_bf16"]),
@@ -96,6 +109,9 @@ fn launchers_use_the_kernels_compile_time_block_shapes() {
     assert_eq!(define("ATT_PREFILL_WARPS"), drpo::gpu::attention::PREFILL_WARPS, "prefill warps per block");
     assert_eq!(define("ATT_BQ"), drpo::gpu::attention::PREFILL_ROWS, "prefill query rows per block");
     assert_eq!(define("ATT_DECODE_WARPS"), drpo::gpu::attention::DECODE_WARPS, "decode warps per block");
+    assert_eq!(define("ATB_BQ"), drpo::gpu::attention::BWD_ROWS, "backward query rows per tile");
+    assert_eq!(define("ATB_BK"), drpo::gpu::attention::BWD_KEYS, "backward keys per tile");
+    assert_eq!(define("ATB_WARPS"), drpo::gpu::attention::BWD_WARPS, "backward warps per block");
     // the device grad norm sums the CPU's chunks in the CPU's order only if the chunks are the same
     let optim = include_str!("../cuda/optim.cu");
     let chunk = optim.lines().find_map(|l| l.strip_prefix("#define OPTIM_CHUNK ")).expect("no #define OPTIM_CHUNK");

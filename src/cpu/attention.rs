@@ -14,7 +14,7 @@
 //! run as blocked rank updates over the causal ranges (`simd::rank_update_ranges`).
 
 use super::simd::{self, HeadDims, Keys, RANGE_BLOCK};
-use super::Float;
+use super::{math, Float};
 use rayon::prelude::*;
 
 /// Sizes of one attention call.
@@ -175,4 +175,27 @@ pub fn attention_bwd<T: Float>(
         let d = HeadDims { tq, tk, hd, ldq: nh * hd, ldk: nkv * hd, ldt };
         simd::attention_group_bwd(&mut dq_g, &mut dk_g, &mut dv_g, kvh * group..(kvh + 1) * group, dout, q, &k[kvh * hd..], &vt, probs, d, scale::<T>(hd));
     });
+}
+
+/// lse[i, h] = log Σ_{j ≤ past+i} exp(q[i,h]·k[j,kvh] / sqrt(hd)): the log-sum-exp of each row's scaled
+/// scores, which a training forward saves so that its backward can recompute p[h, i, j] =
+/// exp(score − lse[i, h]) instead of keeping [`attention_fwd`]'s probabilities (the GPU's
+/// `attention_fwd` writes it; the CPU model keeps the probabilities and has no use for it).
+/// q: [tq, nh, hd]   k: [tk, nkv, hd]   lse: [tq, nh]
+/// Plain loops in f64 whatever T (max-shifted), rounded once: the reference for the device's value.
+pub fn attention_lse<T: Float>(lse: &mut [T], q: &[T], k: &[T], s: AttnShape) {
+    let AttnShape { tq, tk, nh, nkv, hd } = s;
+    let past = s.past();
+    assert!(lse.len() == tq * nh && q.len() == tq * nh * hd && k.len() == tk * nkv * hd, "attention_lse: bad lengths");
+    let scale = 1.0 / (hd as f64).sqrt();
+    for i in 0..tq {
+        for h in 0..nh {
+            let qi = &q[(i * nh + h) * hd..][..hd];
+            let kvh = s.kv_head(h);
+            let dot = |j: usize| qi.iter().zip(&k[(j * nkv + kvh) * hd..][..hd]).map(|(x, y)| x.to_f64() * y.to_f64()).sum::<f64>();
+            let scores: Vec<f64> = (0..=past + i).map(|j| dot(j) * scale).collect();
+            let m = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            lse[i * nh + h] = T::from_f64(m + math::ln(scores.iter().map(|&x| math::exp(x - m)).sum::<f64>()));
+        }
+    }
 }

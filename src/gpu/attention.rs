@@ -1,4 +1,6 @@
-//! Launchers of `cuda/attention.cu`: KV-cache append, prefill (flash) attention, decode attention.
+//! Launchers of `cuda/attention.cu`: KV-cache append, prefill (flash) attention, decode attention,
+//! and the training pair: the forward over packed sequences that saves the log-sum-exp, and its
+//! backward (dq, dk, dv; P recomputed tile by tile from the log-sum-exp).
 
 use super::{as_i32, blocks, grid_dims, DView, DViewMut, DeviceBuffer, Gpu, GpuFloat, LaunchCfg, ATTENTION};
 use crate::error::{check_len, Error, Result};
@@ -12,6 +14,11 @@ pub const PREFILL_ROWS: usize = 16;
 /// (the kernel's row-to-warp split and its loop strides assume exactly this many);
 /// tests/kernels_compile.rs checks the two agree.
 pub const PREFILL_WARPS: usize = 4;
+/// Query rows and keys per tile of the training backward, and its warps per block: `ATB_BQ`,
+/// `ATB_BK`, `ATB_WARPS` in cuda/attention.cu (checked equal by tests/kernels_compile.rs).
+pub const BWD_ROWS: usize = 16;
+pub const BWD_KEYS: usize = 16;
+pub const BWD_WARPS: usize = 4;
 /// Warps per decode block: `ATT_DECODE_WARPS` in cuda/attention.cu (its shared tiles are sized by it).
 pub const DECODE_WARPS: usize = 8;
 
@@ -185,5 +192,129 @@ pub fn attention_decode<T: GpuFloat>(
     l.i32(nh32).i32(nkv32).i32(hd32).i32(cap32).f32(scale);
     // SAFETY: order and types match attention_decode_<T>; one row per sequence checked above; keys
     // 0..=past[s] < cap by the SeqTable.
+    unsafe { l.run() }
+}
+
+/// The sequences of a packed training batch (no KV cache): sequence s owns rows
+/// `seq_start[s] .. seq_start[s + 1]` of q, k, v, out, lse, and its row i sees its rows 0 ..= i.
+#[derive(Debug)]
+pub struct PackedSeqs {
+    pub n_seqs: usize,
+    pub n_rows: usize,
+    pub max_len: usize,
+    pub seq_start: DeviceBuffer<i32>,
+}
+
+impl PackedSeqs {
+    /// The sequences' lengths, in row order (a length may be 0: its sequence has no rows).
+    pub fn new(gpu: &Gpu, lengths: &[usize]) -> Result<PackedSeqs> {
+        let mut seq_start = Vec::with_capacity(lengths.len() + 1);
+        let mut rows = 0usize;
+        seq_start.push(0);
+        for &t in lengths {
+            rows = rows.checked_add(t).ok_or_else(|| Error::input("PackedSeqs: the row count overflows"))?;
+            seq_start.push(as_i32("PackedSeqs", "rows", rows)?);
+        }
+        let max_len = lengths.iter().copied().max().unwrap_or(0);
+        Ok(PackedSeqs { n_seqs: lengths.len(), n_rows: rows, max_len, seq_start: gpu.htod(&seq_start)? })
+    }
+}
+
+fn packed_sizes(op: &'static str, heads: Heads, seqs: &PackedSeqs) -> Result<(i32, i32, i32, f32)> {
+    check_heads(op, heads)?;
+    let Heads { nh, nkv, hd } = heads;
+    // kernels index rows · nh · hd in 64 bits but take the counts as i32
+    as_i32(op, "rows", seqs.n_rows)?;
+    Ok((as_i32(op, "nh", nh)?, as_i32(op, "nkv", nkv)?, as_i32(op, "hd", hd)?, (1.0 / (hd as f64).sqrt()) as f32))
+}
+
+/// Training forward: causal GQA attention of every packed sequence over its own rows, per sequence
+/// `cpu::attention::attention_fwd` (tq = tk = its length), and the log-sum-exp of each row's scaled
+/// scores (`cpu::attention::attention_lse`), which the backward recomputes the probabilities from.
+/// out, q: [n_rows, nh, hd]   k, v: [n_rows, nkv, hd]   lse: [n_rows, nh] (f32)
+#[allow(clippy::too_many_arguments)]
+pub fn attention_fwd<T: GpuFloat>(
+    gpu: &Gpu,
+    out: &mut DViewMut<T>,
+    lse: &mut DViewMut<f32>,
+    q: &DView<T>,
+    k: &DView<T>,
+    v: &DView<T>,
+    seqs: &PackedSeqs,
+    heads: Heads,
+) -> Result<()> {
+    const OP: &str = "attention_fwd";
+    let (nh32, nkv32, hd32, scale) = packed_sizes(OP, heads, seqs)?;
+    let Heads { nh, nkv, hd } = heads;
+    let n = seqs.n_rows;
+    check_len(OP, "out", out.len(), n * nh * hd)?;
+    check_len(OP, "lse", lse.len(), n * nh)?;
+    check_len(OP, "q", q.len(), n * nh * hd)?;
+    check_len(OP, "k", k.len(), n * nkv * hd)?;
+    check_len(OP, "v", v.len(), n * nkv * hd)?;
+    if n == 0 {
+        return Ok(());
+    }
+    let grid = grid_dims(OP, [(blocks(seqs.max_len, PREFILL_ROWS), "query tiles"), (nh, "heads"), (seqs.n_seqs, "sequences")])?;
+    let mut l = gpu.launch(&ATTENTION, T::pick("attention_fwd_f32", "attention_fwd_bf16"), LaunchCfg::new(grid, PREFILL_WARPS as u32 * 32));
+    l.arg_mut(out).arg_mut(lse).arg(q).arg(k).arg(v).arg(&seqs.seq_start.as_view());
+    l.i32(nh32).i32(nkv32).i32(hd32).f32(scale);
+    // SAFETY: order and types match attention_fwd_<T>; the block is ATT_PREFILL_WARPS·32 threads;
+    // seq_start is ascending from 0 to n_rows (PackedSeqs::new), so every row read or written is
+    // < n_rows, whose lengths are checked above; heads checked (hd ≤ 128 fits the shared tiles).
+    unsafe { l.run() }
+}
+
+/// Backward of [`attention_fwd`], with `cpu::attention::attention_bwd`'s contract per sequence:
+/// dq, dk, dv accumulate (`+=`, each element rounded once to T). Two launches: dq (which also writes
+/// `delta` = rowsum(dout ∘ out), [n_rows, nh] f32 scratch), then dk and dv, each kv head summing its
+/// group's query heads in ascending order. No atomics: bit-identical from run to run.
+/// dq, dout, q, out: [n_rows, nh, hd]   dk, dv, k, v: [n_rows, nkv, hd]   lse, delta: [n_rows, nh]
+#[allow(clippy::too_many_arguments)]
+pub fn attention_bwd<T: GpuFloat>(
+    gpu: &Gpu,
+    dq: &mut DViewMut<T>,
+    dk: &mut DViewMut<T>,
+    dv: &mut DViewMut<T>,
+    delta: &mut DViewMut<f32>,
+    dout: &DView<T>,
+    q: &DView<T>,
+    k: &DView<T>,
+    v: &DView<T>,
+    out: &DView<T>,
+    lse: &DView<f32>,
+    seqs: &PackedSeqs,
+    heads: Heads,
+) -> Result<()> {
+    const OP: &str = "attention_bwd";
+    let (nh32, nkv32, hd32, scale) = packed_sizes(OP, heads, seqs)?;
+    let Heads { nh, nkv, hd } = heads;
+    let n = seqs.n_rows;
+    for (arg, len, want) in [("dq", dq.len(), nh), ("dout", dout.len(), nh), ("q", q.len(), nh), ("out", out.len(), nh)]
+        .into_iter()
+        .chain([("dk", dk.len(), nkv), ("dv", dv.len(), nkv), ("k", k.len(), nkv), ("v", v.len(), nkv)])
+    {
+        check_len(OP, arg, len, n * want * hd)?;
+    }
+    check_len(OP, "delta", delta.len(), n * nh)?;
+    check_len(OP, "lse", lse.len(), n * nh)?;
+    if n == 0 {
+        return Ok(());
+    }
+    let seq_start = seqs.seq_start.as_view();
+    let block = BWD_WARPS as u32 * 32;
+    let grid = grid_dims(OP, [(blocks(seqs.max_len, BWD_ROWS), "query tiles"), (nh, "heads"), (seqs.n_seqs, "sequences")])?;
+    let mut l = gpu.launch(&ATTENTION, T::pick("attention_bwd_dq_f32", "attention_bwd_dq_bf16"), LaunchCfg::new(grid, block));
+    l.arg_mut(dq).arg_mut(delta).arg(dout).arg(q).arg(k).arg(v).arg(out).arg(lse).arg(&seq_start);
+    l.i32(nh32).i32(nkv32).i32(hd32).f32(scale);
+    // SAFETY: order and types match attention_bwd_dq_<T>; the block is ATB_WARPS·32 threads; rows
+    // stay below n_rows (PackedSeqs::new), lengths checked above; heads checked (hd ≤ 128).
+    unsafe { l.run() }?;
+    let delta = delta.as_view();
+    let grid = grid_dims(OP, [(blocks(seqs.max_len, BWD_KEYS), "key tiles"), (nkv, "kv heads"), (seqs.n_seqs, "sequences")])?;
+    let mut l = gpu.launch(&ATTENTION, T::pick("attention_bwd_dkdv_f32", "attention_bwd_dkdv_bf16"), LaunchCfg::new(grid, block));
+    l.arg_mut(dk).arg_mut(dv).arg(dout).arg(q).arg(k).arg(v).arg(lse).arg(&delta).arg(&seq_start);
+    l.i32(nh32).i32(nkv32).i32(hd32).f32(scale);
+    // SAFETY: as above, for attention_bwd_dkdv_<T>; it reads the delta the launch before wrote (same stream).
     unsafe { l.run() }
 }
