@@ -105,6 +105,27 @@ fn run(gpu: &Gpu) -> drpo::Result<()> {
         println!("attention_{label:<7} bf16 seqs={} rows={} nh=14 nkv=2 hd=64  {}  {}", seqs.len(), table.n_rows, tflops(flops, us), gbs(bytes, us));
     }
 
+    // training attention over packed sequences (no cache): the forward saving the log-sum-exp, and the
+    // backward (dq + delta, then dk dv). FLOPs of causal attention: 4·hd·nh per visible (query, key) pair
+    // in the forward (QKᵀ and PV); the backward does 2.5× that (QKᵀ and dO·Vᵀ recomputed, dV, dQ, dK).
+    for (len, count) in [(1024usize, 8usize), (8192, 1)] {
+        let lengths = vec![len; count];
+        let seqs = gpu::attention::PackedSeqs::new(gpu, &lengths)?;
+        let rows = seqs.n_rows;
+        let (q, k, v) = (gpu.htod(&random::<bf16>(&mut rng, rows * qd, 1.0))?, gpu.htod(&random::<bf16>(&mut rng, rows * kvd, 1.0))?, gpu.htod(&random::<bf16>(&mut rng, rows * kvd, 1.0))?);
+        let dout = gpu.htod(&random::<bf16>(&mut rng, rows * qd, 1.0))?;
+        let (mut att, mut lse, mut delta) = (gpu.alloc_zeros::<bf16>(rows * qd)?, gpu.alloc_zeros::<f32>(rows * heads.nh)?, gpu.alloc_zeros::<f32>(rows * heads.nh)?);
+        let (mut dq, mut dk, mut dv) = (gpu.alloc_zeros::<bf16>(rows * qd)?, gpu.alloc_zeros::<bf16>(rows * kvd)?, gpu.alloc_zeros::<bf16>(rows * kvd)?);
+        let fwd_flops = 4.0 * (count * len * (len + 1) / 2 * heads.nh * heads.hd) as f64;
+        let us = time_us(gpu, 5, || gpu::attention::attention_fwd(gpu, &mut att.as_view_mut(), &mut lse.as_view_mut(), &q.as_view(), &k.as_view(), &v.as_view(), &seqs, heads))?;
+        println!("attention_fwd bf16  {count}×{len} tokens nh=14 nkv=2 hd=64 (+lse)  {}", tflops(fwd_flops, us));
+        let us = time_us(gpu, 5, || {
+            let (q, k, v, o, l) = (q.as_view(), k.as_view(), v.as_view(), att.as_view(), lse.as_view());
+            gpu::attention::attention_bwd(gpu, &mut dq.as_view_mut(), &mut dk.as_view_mut(), &mut dv.as_view_mut(), &mut delta.as_view_mut(), &dout.as_view(), &q, &k, &v, &o, &l, &seqs, heads)
+        })?;
+        println!("attention_bwd bf16  {count}×{len} tokens nh=14 nkv=2 hd=64 (dq, dk, dv)  {}", tflops(2.5 * fwd_flops, us));
+    }
+
     // SwiGLU and residual (elementwise, bandwidth-bound)
     let mut act = gpu.alloc_zeros::<bf16>(n * ff)?;
     let us = time_us(gpu, 100, || gpu::swiglu::swiglu_fwd(gpu, &mut act.as_view_mut(), &y.as_view(), n, ff))?;
