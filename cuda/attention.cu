@@ -13,7 +13,8 @@
 //   out[i, h] = Σ_j softmax_j(q_i·k_j · scale) v_j,   scale = 1/sqrt(hd);   hd ≤ 128, even.
 //
 // kv_append_T:          grid (n), block 128: writes the new rows' k, v into the cache at (slot, position).
-// attention_prefill_T:  grid (ceil(max tq / 16), nh, n_seqs), block 128 (ATT_PREFILL_WARPS = 4 warps, a
+// attention_prefill_T:  grid (ceil(max tq / rows), nh, n_seqs), rows 16 for f32 (below), 64 for bf16 (tensor
+//   cores: attention_rows_tc), block 128 (ATT_PREFILL_WARPS = 4 warps, a
 //   compile-time constant: the launcher's gpu::attention::PREFILL_WARPS, checked equal by
 //   tests/kernels_compile.rs). A block owns 16 query rows of one head: K/V tiles of 32 keys are staged in shared memory (f32), each lane scores
 //   one key of the tile, and each warp keeps an online softmax (running max m, sum l, f32 accumulator,
@@ -29,6 +30,8 @@
 // Precision: scores, softmax and accumulation in f32 (expf), output rounded once to T.
 // Determinism: fixed orders everywhere (shuffle trees, warp-order merge): bit-identical run to run.
 // v1: CUDA cores only; a tensor-core prefill (mma for QKᵀ and PV) and split-k decode are the next steps.
+// v3 (prefill, training forward; issue 12): bf16 on tensor cores (attention_rows_tc, 64 rows per block),
+//   f32 stays on CUDA cores (attention_rows): bf16 results differ from v2 by P's rounding to bf16.
 // v2 (decode): K staged per warp with coalesced loads (v1: each lane read its own key row, 32 sectors
 //   per load instruction); the FMA order is v1's, so the results are bit-identical to v1.
 
@@ -132,6 +135,154 @@ __device__ void attention_rows(T* out, float* lse, const T* q, const T* kc, cons
     }
 }
 
+// ---- bf16 on tensor cores (mma.sync m16n8k16, f32 accumulate): the same contract as attention_rows ----
+// A block owns ATC_BQ = 64 query rows (16 per warp); key tiles of ATC_BK = 32 staged as bf16 in shared
+// memory (rows padded to ATC_LD = hd_max + 8 elements, 272 bytes: the 8 rows of an ldmatrix fall on 8
+// disjoint 4-bank groups). Per warp and tile: S = Q·Kᵀ (A = Q rows by ldmatrix, B = K rows: K is stored
+// [key][dim], which is the "col" operand), scaled and masked in f32; the online softmax on the C fragments
+// (rows g and g + 8 of the warp, a quad of lanes per row: two xor shuffles); P rounded to bf16 and reused
+// in registers as the A operand of P·V (the C layout of two 16×8 tiles is the A layout of one 16×16);
+// V by ldmatrix .trans. head_dim is padded with zeros to a multiple of 16 (the mma's k).
+// Precision: as the CUDA-core body (f32 scores, softmax, sums), except that the products are the tensor
+// cores' and P enters P·V rounded to bf16 (≤ 2^-9 relative per weight, while l sums the f32 values).
+#define ATC_BQ 64        // query rows per tensor-core block (gpu::attention::TC_ROWS)
+#define ATC_BK 32        // keys per tile
+#define ATC_LD (ATT_HD_MAX + 8)
+static_assert(ATC_BQ == 16 * ATT_PREFILL_WARPS, "the tensor-core body runs in the prefill's launch: 16 rows per warp");
+
+__device__ __forceinline__ unsigned pack_bf16(float lo, float hi) {
+    return (unsigned)f32_to_bf16(lo) | ((unsigned)f32_to_bf16(hi) << 16);
+}
+
+// Stages rows r0 .. r0 + rows − 1 of a [*, ld] bf16 matrix (row r at src + r·ld) into dst [rows][ATC_LD],
+// columns 0 .. hdp − 1, zeros for rows ≥ n or columns ≥ hd; two elements (4 bytes) per access (hd even).
+__device__ __forceinline__ void tc_stage(bf16 (*dst)[ATC_LD], const bf16* src, size_t ld, int r0, int rows, int n, int hd, int hdp) {
+    const int pairs = hdp / 2;
+    for (int e = threadIdx.x; e < rows * pairs; e += blockDim.x) {
+        const int r = e / pairs, c = 2 * (e % pairs);
+        const unsigned v = r0 + r < n && c < hd ? *(const unsigned*)(src + (size_t)(r0 + r) * ld + c) : 0u;
+        *(unsigned*)&dst[r][c] = v;
+    }
+}
+
+__device__ void attention_rows_tc(bf16* out, float* lse, const bf16* q, const bf16* kc, const bf16* vc, int row0, int tq, int p,
+                                  int h, int nh, int kvd, int hd, float scale) {
+    __shared__ __align__(16) bf16 Qs[ATC_BQ][ATC_LD];
+    __shared__ __align__(16) bf16 Ks[ATC_BK][ATC_LD];
+    __shared__ __align__(16) bf16 Vs[ATC_BK][ATC_LD];
+    constexpr int NT = ATC_BK / 8, DT = ATT_HD_MAX / 8;   // S tiles per warp, output tiles (at most)
+    const int q0 = blockIdx.x * ATC_BQ;
+    if (q0 >= tq) return;                                  // whole block
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, g = lane / 4, t4 = lane % 4;
+    const int hdp = (hd + 15) / 16 * 16;
+    tc_stage(Qs, q + (size_t)(row0 + q0) * nh * hd + h * hd, (size_t)nh * hd, 0, ATC_BQ, tq - q0, hd, hdp);
+
+    const int w0 = q0 + warp * 16;                         // the warp's first row (sequence-relative)
+    const int qa = w0 + g, qb = qa + 8;                    // this lane's two rows
+    float o[DT][4], m[2] = {-F32_INF, -F32_INF}, l[2] = {0.0f, 0.0f};
+#pragma unroll
+    for (int dt = 0; dt < DT; dt++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) o[dt][i] = 0.0f;
+
+    const int n_keys = p + min(q0 + ATC_BQ, tq);
+    for (int k0 = 0; k0 < n_keys; k0 += ATC_BK) {
+        __syncthreads();                                   // previous tile consumed (and Qs staged)
+        tc_stage(Ks, kc, kvd, k0, ATC_BK, n_keys, hd, hdp);
+        tc_stage(Vs, vc, kvd, k0, ATC_BK, n_keys, hd, hdp);
+        __syncthreads();
+        if (w0 >= tq || k0 > p + w0 + 15) continue;         // warp-uniform: no row of the warp sees a key here
+        float sacc[NT][4];
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) sacc[nt][i] = 0.0f;
+        for (int kk = 0; kk < hdp; kk += 16) {
+            unsigned a[4];
+            ldmatrix_x4(a, &Qs[warp * 16 + lane % 16][kk + lane / 16 * 8]);
+#pragma unroll
+            for (int nt = 0; nt < NT; nt++) {
+                unsigned b[2];
+                ldmatrix_x2(b, &Ks[nt * 8 + lane % 8][kk + (lane / 8) % 2 * 8]);
+                mma_bf16_16816(sacc[nt], a, b);
+            }
+        }
+        // scale, mask (key > p + row, or a row past the end), row maxima over the quad
+        float mx[2] = {-F32_INF, -F32_INF};
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const int row = i < 2 ? qa : qb, key = k0 + nt * 8 + 2 * t4 + (i & 1);
+                const float sc = row < tq && key <= p + row ? sacc[nt][i] * scale : -F32_INF;
+                sacc[nt][i] = sc;
+                mx[i / 2] = fmaxf(mx[i / 2], sc);
+            }
+        float base[2], corr[2], rs[2] = {0.0f, 0.0f};
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+            const float m_new = fmaxf(m[r], mx[r]);
+            base[r] = m_new == -F32_INF ? 0.0f : m_new;    // a row with no key yet (or past the end): p = 0
+            corr[r] = expf(m[r] - base[r]);
+            m[r] = m_new;
+        }
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                sacc[nt][i] = expf(sacc[nt][i] - base[i / 2]);
+                rs[i / 2] += sacc[nt][i];
+            }
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            rs[r] += __shfl_xor_sync(0xffffffffu, rs[r], 1);
+            rs[r] += __shfl_xor_sync(0xffffffffu, rs[r], 2);
+            l[r] = l[r] * corr[r] + rs[r];
+        }
+#pragma unroll
+        for (int dt = 0; dt < DT; dt++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) o[dt][i] *= corr[i / 2];
+        // O += P·V: P's C fragments of key tiles 2kc, 2kc + 1 are the A fragment of keys 16kc .. 16kc + 15
+#pragma unroll
+        for (int kc2 = 0; kc2 < ATC_BK / 16; kc2++) {
+            const unsigned a[4] = {pack_bf16(sacc[2 * kc2][0], sacc[2 * kc2][1]), pack_bf16(sacc[2 * kc2][2], sacc[2 * kc2][3]),
+                                   pack_bf16(sacc[2 * kc2 + 1][0], sacc[2 * kc2 + 1][1]), pack_bf16(sacc[2 * kc2 + 1][2], sacc[2 * kc2 + 1][3])};
+#pragma unroll
+            for (int dt = 0; dt < DT; dt++) {
+                if (dt * 8 >= hdp) break;
+                unsigned b[2];
+                ldmatrix_x2_trans(b, &Vs[kc2 * 16 + lane % 16][dt * 8]);
+                mma_bf16_16816(o[dt], a, b);
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        const int row = r == 0 ? qa : qb;
+        if (row >= tq) continue;
+        bf16* dst = out + ((size_t)(row0 + row) * nh + h) * hd;
+#pragma unroll
+        for (int dt = 0; dt < DT; dt++) {
+            const int d = dt * 8 + 2 * t4;
+            if (d < hd) *(unsigned*)(dst + d) = pack_bf16(o[dt][2 * r] / l[r], o[dt][2 * r + 1] / l[r]);
+        }
+        if (lse != nullptr && t4 == 0) lse[(size_t)(row0 + row) * nh + h] = m[r] + logf(l[r]);
+    }
+}
+
+// The row core per storage type: f32 on CUDA cores, bf16 on tensor cores.
+__device__ __forceinline__ void attention_rows_any(float* out, float* lse, const float* q, const float* kc, const float* vc, int row0,
+                                                   int tq, int p, int h, int nh, int kvd, int hd, float scale) {
+    attention_rows(out, lse, q, kc, vc, row0, tq, p, h, nh, kvd, hd, scale);
+}
+__device__ __forceinline__ void attention_rows_any(bf16* out, float* lse, const bf16* q, const bf16* kc, const bf16* vc, int row0,
+                                                   int tq, int p, int h, int nh, int kvd, int hd, float scale) {
+    attention_rows_tc(out, lse, q, kc, vc, row0, tq, p, h, nh, kvd, hd, scale);
+}
+
 template <typename T>
 __device__ void attention_prefill(T* out, const T* q, const T* k_cache, const T* v_cache, const int* slot, const int* seq_start,
                                   const int* past, int nh, int nkv, int hd, int cap, float scale) {
@@ -140,7 +291,7 @@ __device__ void attention_prefill(T* out, const T* q, const T* k_cache, const T*
     const int kvh = h / (nh / nkv), kvd = nkv * hd;
     const T* kc = k_cache + (size_t)slot[s] * cap * kvd + kvh * hd;
     const T* vc = v_cache + (size_t)slot[s] * cap * kvd + kvh * hd;
-    attention_rows(out, (float*)nullptr, q, kc, vc, row0, tq, past[s], h, nh, kvd, hd, scale);
+    attention_rows_any(out, (float*)nullptr, q, kc, vc, row0, tq, past[s], h, nh, kvd, hd, scale);
 }
 
 // Training forward: packed q, k, v (no cache, no past), writes the per-row log-sum-exp too.
@@ -151,7 +302,7 @@ __device__ void attention_fwd(T* out, float* lse, const T* q, const T* k, const 
     const int row0 = seq_start[s], t = seq_start[s + 1] - row0;
     const int kvh = h / (nh / nkv), kvd = nkv * hd;
     const size_t base = (size_t)row0 * kvd + kvh * hd;
-    attention_rows(out, lse, q, k + base, v + base, row0, t, 0, h, nh, kvd, hd, scale);
+    attention_rows_any(out, lse, q, k + base, v + base, row0, t, 0, h, nh, kvd, hd, scale);
 }
 
 template <typename T>

@@ -10,6 +10,17 @@ pub const MAX_HEAD_DIM: usize = 128;
 
 /// Query rows per prefill block: `ATT_BQ` in cuda/attention.cu.
 pub const PREFILL_ROWS: usize = 16;
+/// Query rows per block of the bf16 prefill and training forward, which run on the tensor cores
+/// (16 rows per warp): `ATC_BQ` in cuda/attention.cu.
+pub const TC_ROWS: usize = 64;
+/// Query rows per block of [`attention_prefill`] / [`attention_fwd`] for storage type T.
+fn fwd_rows<T: GpuFloat>() -> usize {
+    if T::NAME == "bf16" {
+        TC_ROWS
+    } else {
+        PREFILL_ROWS
+    }
+}
 /// Warps per prefill block: `ATT_PREFILL_WARPS` in cuda/attention.cu, a compile-time constant there
 /// (the kernel's row-to-warp split and its loop strides assume exactly this many);
 /// tests/kernels_compile.rs checks the two agree.
@@ -149,7 +160,7 @@ pub fn attention_prefill<T: GpuFloat>(
     let name = T::pick("attention_prefill_f32", "attention_prefill_bf16");
     let (nh32, nkv32, hd32, cap32) = (as_i32(OP, "nh", nh)?, as_i32(OP, "nkv", nkv)?, as_i32(OP, "hd", hd)?, as_i32(OP, "cap", seqs.cap)?);
     let scale = (1.0 / (hd as f64).sqrt()) as f32;
-    let grid = grid_dims(OP, [(blocks(seqs.max_tq, PREFILL_ROWS), "query tiles"), (nh, "heads"), (seqs.n_seqs, "sequences")])?;
+    let grid = grid_dims(OP, [(blocks(seqs.max_tq, fwd_rows::<T>()), "query tiles"), (nh, "heads"), (seqs.n_seqs, "sequences")])?;
     let mut l = gpu.launch(&ATTENTION, name, LaunchCfg::new(grid, PREFILL_WARPS as u32 * 32));
     l.arg_mut(out).arg(q).arg(k_cache).arg(v_cache).arg(&seqs.slot.as_view()).arg(&seqs.seq_start.as_view()).arg(&seqs.past.as_view());
     l.i32(nh32).i32(nkv32).i32(hd32).i32(cap32).f32(scale);
@@ -255,7 +266,7 @@ pub fn attention_fwd<T: GpuFloat>(
     if n == 0 {
         return Ok(());
     }
-    let grid = grid_dims(OP, [(blocks(seqs.max_len, PREFILL_ROWS), "query tiles"), (nh, "heads"), (seqs.n_seqs, "sequences")])?;
+    let grid = grid_dims(OP, [(blocks(seqs.max_len, fwd_rows::<T>()), "query tiles"), (nh, "heads"), (seqs.n_seqs, "sequences")])?;
     let mut l = gpu.launch(&ATTENTION, T::pick("attention_fwd_f32", "attention_fwd_bf16"), LaunchCfg::new(grid, PREFILL_WARPS as u32 * 32));
     l.arg_mut(out).arg_mut(lse).arg(q).arg(k).arg(v).arg(&seqs.seq_start.as_view());
     l.i32(nh32).i32(nkv32).i32(hd32).f32(scale);
