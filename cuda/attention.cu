@@ -32,6 +32,7 @@
 // v1: CUDA cores only; a tensor-core prefill (mma for QKᵀ and PV) and split-k decode are the next steps.
 // v3 (prefill, training forward; issue 12): bf16 on tensor cores (attention_rows_tc, 64 rows per block),
 //   f32 stays on CUDA cores (attention_rows): bf16 results differ from v2 by P's rounding to bf16.
+// Training backward v1: CUDA cores for both types; v2: bf16 on tensor cores (attention_bwd_*_tc).
 // v2 (decode): K staged per warp with coalesced loads (v1: each lane read its own key row, 32 sectors
 //   per load instruction); the FMA order is v1's, so the results are bit-identical to v1.
 
@@ -595,7 +596,232 @@ __device__ void attention_bwd_dkdv(T* dk, T* dv, const T* dout, const T* q, cons
     }
 }
 
-#define ATT_ENTRY(T, SUF)                                                                                        \
+// ---- bf16 backward on tensor cores: the same two kernels' contracts, 64 rows (dq) / keys (dk dv) per block ----
+// attention_bwd_dq (bf16): a warp owns 16 query rows; per key tile of ATB_TC_K = 16 it forms S = Q·Kᵀ and
+// dP = dO·Vᵀ (two 16×16 C tiles by mma), P = exp(S·scale − lse) and dS = P (dP − D) on the fragments, and
+// dQ += dS·K with dS rounded to bf16 as the A operand (K by ldmatrix .trans). attention_bwd_dkdv (bf16): a
+// warp owns 16 keys; per query tile of 16 rows it forms Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ directly (keys as the
+// mma's rows), then dV += Pᵀ·dO and dK += dSᵀ·Q (Pᵀ, dSᵀ rounded to bf16; dO, Q by ldmatrix .trans), the
+// group's heads in ascending order. Shared memory: 64 rows of two operands + 16 of two more, 43.5 KB.
+// Precision: f32 products and sums; P, dS enter their second product rounded to bf16 (≤ 2^-9 each).
+#define ATB_TC 64        // query rows (dq) / keys (dk dv) per tensor-core block (gpu::attention::TC_ROWS)
+#define ATB_TC_K 16      // the other side's tile
+#define ATB_TC_MIN_BLOCKS 2   // register budget: 255 per thread (dk and dv accumulate 2·hd/8·4 f32 per lane)
+static_assert(ATB_TC == 16 * ATB_WARPS, "16 rows or keys per warp");
+
+__device__ void attention_bwd_dq_tc(bf16* dq, float* delta, const bf16* dout, const bf16* q, const bf16* k, const bf16* v,
+                                    const bf16* out, const float* lse, const int* seq_start, int nh, int nkv, int hd, float scale) {
+    __shared__ __align__(16) bf16 Qs[ATB_TC][ATC_LD], dOs[ATB_TC][ATC_LD];
+    __shared__ __align__(16) bf16 Ks[ATB_TC_K][ATC_LD], Vs[ATB_TC_K][ATC_LD];
+    constexpr int DT = ATT_HD_MAX / 8;
+    const int s = blockIdx.z, h = blockIdx.y, q0 = blockIdx.x * ATB_TC;
+    const int row0 = seq_start[s], t = seq_start[s + 1] - row0;
+    if (q0 >= t) return;                                   // whole block
+    const int kvh = h / (nh / nkv), kvd = nkv * hd;
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, g = lane / 4, t4 = lane % 4;
+    const int hdp = (hd + 15) / 16 * 16;
+    const size_t qoff = (size_t)(row0 + q0) * nh * hd + h * hd, kv_base = (size_t)row0 * kvd + kvh * hd;
+    tc_stage(Qs, q + qoff, (size_t)nh * hd, 0, ATB_TC, t - q0, hd, hdp);
+    tc_stage(dOs, dout + qoff, (size_t)nh * hd, 0, ATB_TC, t - q0, hd, hdp);
+
+    const int w0 = q0 + warp * 16, qa = w0 + g, qb = qa + 8;
+    // D of the warp's 16 rows (lane-strided partial, xor tree), written to delta; lanes keep their rows'
+    float Dr[2] = {0.0f, 0.0f}, Lr[2];
+    for (int r = 0; r < 16; r++) {
+        const int row = w0 + r;
+        float part = 0.0f;
+        if (row < t)
+            for (int d = lane; d < hd; d += 32) {
+                const size_t at = ((size_t)(row0 + row) * nh + h) * hd + d;
+                part = fmaf(bf16_to_f32(dout[at]), bf16_to_f32(out[at]), part);
+            }
+        const float D = warp_sum(part);
+        if (r == g) Dr[0] = D;
+        if (r == g + 8) Dr[1] = D;
+        if (lane == 0 && row < t) delta[(size_t)(row0 + row) * nh + h] = D;
+    }
+    Lr[0] = qa < t ? lse[(size_t)(row0 + qa) * nh + h] : 0.0f;
+    Lr[1] = qb < t ? lse[(size_t)(row0 + qb) * nh + h] : 0.0f;
+    float acc[DT][4];
+#pragma unroll
+    for (int dt = 0; dt < DT; dt++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) acc[dt][i] = 0.0f;
+
+    const int n_keys = min(q0 + ATB_TC, t);
+    for (int k0 = 0; k0 < n_keys; k0 += ATB_TC_K) {
+        __syncthreads();                                   // previous tile consumed (and Q, dO staged)
+        tc_stage(Ks, k + kv_base, kvd, k0, ATB_TC_K, n_keys, hd, hdp);
+        tc_stage(Vs, v + kv_base, kvd, k0, ATB_TC_K, n_keys, hd, hdp);
+        __syncthreads();
+        if (w0 >= t || k0 > w0 + 15) continue;             // warp-uniform: no row of the warp sees these keys
+        float sc[2][4] = {}, dp[2][4] = {};
+        for (int kk = 0; kk < hdp; kk += 16) {
+            unsigned aq[4], ado[4];
+            ldmatrix_x4(aq, &Qs[warp * 16 + lane % 16][kk + lane / 16 * 8]);
+            ldmatrix_x4(ado, &dOs[warp * 16 + lane % 16][kk + lane / 16 * 8]);
+#pragma unroll
+            for (int nt = 0; nt < 2; nt++) {
+                unsigned bk[2], bv[2];
+                ldmatrix_x2(bk, &Ks[nt * 8 + lane % 8][kk + (lane / 8) % 2 * 8]);
+                ldmatrix_x2(bv, &Vs[nt * 8 + lane % 8][kk + (lane / 8) % 2 * 8]);
+                mma_bf16_16816(sc[nt], aq, bk);
+                mma_bf16_16816(dp[nt], ado, bv);
+            }
+        }
+#pragma unroll
+        for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const int row = i < 2 ? qa : qb, key = k0 + nt * 8 + 2 * t4 + (i & 1);
+                const float pr = row < t && key <= row ? expf(sc[nt][i] * scale - Lr[i / 2]) : 0.0f;
+                sc[nt][i] = pr * (dp[nt][i] - Dr[i / 2]);  // dS
+            }
+        const unsigned a[4] = {pack_bf16(sc[0][0], sc[0][1]), pack_bf16(sc[0][2], sc[0][3]), pack_bf16(sc[1][0], sc[1][1]),
+                               pack_bf16(sc[1][2], sc[1][3])};
+#pragma unroll
+        for (int dt = 0; dt < DT; dt++) {
+            if (dt * 8 >= hdp) break;
+            unsigned b[2];
+            ldmatrix_x2_trans(b, &Ks[lane % 16][dt * 8]);
+            mma_bf16_16816(acc[dt], a, b);
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        const int row = r == 0 ? qa : qb;
+        if (row >= t) continue;
+        bf16* dst = dq + ((size_t)(row0 + row) * nh + h) * hd;
+#pragma unroll
+        for (int dt = 0; dt < DT; dt++) {
+            const int d = dt * 8 + 2 * t4;
+            if (d < hd) {
+                const unsigned old = *(const unsigned*)(dst + d);
+                *(unsigned*)(dst + d) = pack_bf16(bf16_to_f32(old & 0xffffu) + scale * acc[dt][2 * r],
+                                                  bf16_to_f32(old >> 16) + scale * acc[dt][2 * r + 1]);
+            }
+        }
+    }
+}
+
+__device__ void attention_bwd_dkdv_tc(bf16* dk, bf16* dv, const bf16* dout, const bf16* q, const bf16* k, const bf16* v,
+                                      const float* lse, const float* delta, const int* seq_start, int nh, int nkv, int hd,
+                                      float scale) {
+    __shared__ __align__(16) bf16 Ks[ATB_TC][ATC_LD], Vs[ATB_TC][ATC_LD];
+    __shared__ __align__(16) bf16 Qs[ATB_TC_K][ATC_LD], dOs[ATB_TC_K][ATC_LD];
+    __shared__ float lse_s[ATB_TC_K], D_s[ATB_TC_K];
+    constexpr int DT = ATT_HD_MAX / 8;
+    const int s = blockIdx.z, gk = blockIdx.y, k0 = blockIdx.x * ATB_TC;
+    const int row0 = seq_start[s], t = seq_start[s + 1] - row0;
+    if (k0 >= t) return;                                   // whole block
+    const int group = nh / nkv, kvd = nkv * hd;
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, g = lane / 4, t4 = lane % 4;
+    const int hdp = (hd + 15) / 16 * 16;
+    const size_t kv_base = (size_t)row0 * kvd + gk * hd;
+    tc_stage(Ks, k + kv_base, kvd, k0, ATB_TC, t, hd, hdp);
+    tc_stage(Vs, v + kv_base, kvd, k0, ATB_TC, t, hd, hdp);
+
+    const int kw0 = k0 + warp * 16, ka = kw0 + g, kb = ka + 8;   // the warp's keys; this lane's two
+    float acc_k[DT][4], acc_v[DT][4];
+#pragma unroll
+    for (int dt = 0; dt < DT; dt++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) acc_k[dt][i] = acc_v[dt][i] = 0.0f;
+
+    for (int h = gk * group; h < (gk + 1) * group; h++) {
+        for (int q0 = k0 / ATB_TC_K * ATB_TC_K; q0 < t; q0 += ATB_TC_K) {
+            __syncthreads();                               // previous tile consumed (and K, V staged)
+            const size_t qoff = (size_t)row0 * nh * hd + h * hd;
+            tc_stage(Qs, q + qoff, (size_t)nh * hd, q0, ATB_TC_K, t, hd, hdp);
+            tc_stage(dOs, dout + qoff, (size_t)nh * hd, q0, ATB_TC_K, t, hd, hdp);
+            for (int r = threadIdx.x; r < ATB_TC_K; r += blockDim.x) {
+                const bool ok = q0 + r < t;
+                lse_s[r] = ok ? lse[(size_t)(row0 + q0 + r) * nh + h] : 0.0f;
+                D_s[r] = ok ? delta[(size_t)(row0 + q0 + r) * nh + h] : 0.0f;
+            }
+            __syncthreads();
+            if (kw0 >= t || q0 + ATB_TC_K - 1 < kw0) continue;   // warp-uniform: no query here sees its keys
+            float sc[2][4] = {}, dp[2][4] = {};
+            for (int kk = 0; kk < hdp; kk += 16) {
+                unsigned ak[4], av[4];
+                ldmatrix_x4(ak, &Ks[warp * 16 + lane % 16][kk + lane / 16 * 8]);
+                ldmatrix_x4(av, &Vs[warp * 16 + lane % 16][kk + lane / 16 * 8]);
+#pragma unroll
+                for (int nt = 0; nt < 2; nt++) {
+                    unsigned bq[2], bdo[2];
+                    ldmatrix_x2(bq, &Qs[nt * 8 + lane % 8][kk + (lane / 8) % 2 * 8]);
+                    ldmatrix_x2(bdo, &dOs[nt * 8 + lane % 8][kk + (lane / 8) % 2 * 8]);
+                    mma_bf16_16816(sc[nt], ak, bq);
+                    mma_bf16_16816(dp[nt], av, bdo);
+                }
+            }
+            // C element i of tile nt: key (i < 2 ? ka : kb), query q0 + 8nt + 2t4 + (i & 1)
+#pragma unroll
+            for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+                for (int i = 0; i < 4; i++) {
+                    const int key = i < 2 ? ka : kb, c = nt * 8 + 2 * t4 + (i & 1), qi = q0 + c;
+                    const float pr = qi < t && key <= qi ? expf(sc[nt][i] * scale - lse_s[c]) : 0.0f;
+                    sc[nt][i] = pr;
+                    dp[nt][i] = pr * (dp[nt][i] - D_s[c]);        // dSᵀ
+                }
+            const unsigned ap[4] = {pack_bf16(sc[0][0], sc[0][1]), pack_bf16(sc[0][2], sc[0][3]), pack_bf16(sc[1][0], sc[1][1]),
+                                    pack_bf16(sc[1][2], sc[1][3])};
+            const unsigned ads[4] = {pack_bf16(dp[0][0], dp[0][1]), pack_bf16(dp[0][2], dp[0][3]), pack_bf16(dp[1][0], dp[1][1]),
+                                     pack_bf16(dp[1][2], dp[1][3])};
+#pragma unroll
+            for (int dt = 0; dt < DT; dt++) {
+                if (dt * 8 >= hdp) break;
+                unsigned bdo[2], bq[2];
+                ldmatrix_x2_trans(bdo, &dOs[lane % 16][dt * 8]);
+                ldmatrix_x2_trans(bq, &Qs[lane % 16][dt * 8]);
+                mma_bf16_16816(acc_v[dt], ap, bdo);
+                mma_bf16_16816(acc_k[dt], ads, bq);
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        const int key = r == 0 ? ka : kb;
+        if (key >= t) continue;
+        const size_t at = (size_t)(row0 + key) * kvd + gk * hd;
+#pragma unroll
+        for (int dt = 0; dt < DT; dt++) {
+            const int d = dt * 8 + 2 * t4;
+            if (d < hd) {
+                const unsigned ok_ = *(const unsigned*)(dk + at + d), ov = *(const unsigned*)(dv + at + d);
+                *(unsigned*)(dk + at + d) = pack_bf16(bf16_to_f32(ok_ & 0xffffu) + scale * acc_k[dt][2 * r],
+                                                      bf16_to_f32(ok_ >> 16) + scale * acc_k[dt][2 * r + 1]);
+                *(unsigned*)(dv + at + d) = pack_bf16(bf16_to_f32(ov & 0xffffu) + acc_v[dt][2 * r],
+                                                      bf16_to_f32(ov >> 16) + acc_v[dt][2 * r + 1]);
+            }
+        }
+    }
+}
+
+// The backward per storage type: f32 on CUDA cores, bf16 on tensor cores.
+__device__ __forceinline__ void attention_bwd_dq_any(float* dq, float* delta, const float* dout, const float* q, const float* k,
+                                                     const float* v, const float* out, const float* lse, const int* seq_start, int nh,
+                                                     int nkv, int hd, float scale) {
+    attention_bwd_dq(dq, delta, dout, q, k, v, out, lse, seq_start, nh, nkv, hd, scale);
+}
+__device__ __forceinline__ void attention_bwd_dq_any(bf16* dq, float* delta, const bf16* dout, const bf16* q, const bf16* k,
+                                                     const bf16* v, const bf16* out, const float* lse, const int* seq_start, int nh,
+                                                     int nkv, int hd, float scale) {
+    attention_bwd_dq_tc(dq, delta, dout, q, k, v, out, lse, seq_start, nh, nkv, hd, scale);
+}
+__device__ __forceinline__ void attention_bwd_dkdv_any(float* dk, float* dv, const float* dout, const float* q, const float* k,
+                                                       const float* v, const float* lse, const float* delta, const int* seq_start,
+                                                       int nh, int nkv, int hd, float scale) {
+    attention_bwd_dkdv(dk, dv, dout, q, k, v, lse, delta, seq_start, nh, nkv, hd, scale);
+}
+__device__ __forceinline__ void attention_bwd_dkdv_any(bf16* dk, bf16* dv, const bf16* dout, const bf16* q, const bf16* k,
+                                                       const bf16* v, const float* lse, const float* delta, const int* seq_start,
+                                                       int nh, int nkv, int hd, float scale) {
+    attention_bwd_dkdv_tc(dk, dv, dout, q, k, v, lse, delta, seq_start, nh, nkv, hd, scale);
+}
+
+#define ATT_ENTRY(T, SUF, BWD_MIN_BLOCKS)                                                                                      \
     extern "C" __global__ void kv_append_##SUF(T* k_cache, T* v_cache, const T* k, const T* v, const int* row_slot, \
                                                const int* row_pos, int kvd, int cap) {                            \
         kv_append(k_cache, v_cache, k, v, row_slot, row_pos, kvd, cap);                                           \
@@ -615,16 +841,16 @@ __device__ void attention_bwd_dkdv(T* dk, T* dv, const T* dout, const T* q, cons
         float scale) {                                                                                            \
         attention_fwd(out, lse, q, k, v, seq_start, nh, nkv, hd, scale);                                          \
     }                                                                                                             \
-    extern "C" __global__ void __launch_bounds__(ATB_NT, ATB_MIN_BLOCKS) attention_bwd_dq_##SUF(                                  \
+    extern "C" __global__ void __launch_bounds__(ATB_NT, BWD_MIN_BLOCKS) attention_bwd_dq_##SUF(                              \
         T* dq, float* delta, const T* dout, const T* q, const T* k, const T* v, const T* out, const float* lse,   \
         const int* seq_start, int nh, int nkv, int hd, float scale) {                                             \
-        attention_bwd_dq(dq, delta, dout, q, k, v, out, lse, seq_start, nh, nkv, hd, scale);                      \
+        attention_bwd_dq_any(dq, delta, dout, q, k, v, out, lse, seq_start, nh, nkv, hd, scale);                  \
     }                                                                                                             \
-    extern "C" __global__ void __launch_bounds__(ATB_NT, ATB_MIN_BLOCKS) attention_bwd_dkdv_##SUF(                                \
+    extern "C" __global__ void __launch_bounds__(ATB_NT, BWD_MIN_BLOCKS) attention_bwd_dkdv_##SUF(                              \
         T* dk, T* dv, const T* dout, const T* q, const T* k, const T* v, const float* lse, const float* delta,     \
         const int* seq_start, int nh, int nkv, int hd, float scale) {                                             \
-        attention_bwd_dkdv(dk, dv, dout, q, k, v, lse, delta, seq_start, nh, nkv, hd, scale);                     \
+        attention_bwd_dkdv_any(dk, dv, dout, q, k, v, lse, delta, seq_start, nh, nkv, hd, scale);                 \
     }
 
-ATT_ENTRY(float, f32)
-ATT_ENTRY(bf16, bf16)
+ATT_ENTRY(float, f32, ATB_MIN_BLOCKS)
+ATT_ENTRY(bf16, bf16, ATB_TC_MIN_BLOCKS)

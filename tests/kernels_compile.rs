@@ -110,6 +110,7 @@ fn launchers_use_the_kernels_compile_time_block_shapes() {
     assert_eq!(define("ATT_BQ"), drpo::gpu::attention::PREFILL_ROWS, "prefill query rows per block");
     assert_eq!(define("ATT_DECODE_WARPS"), drpo::gpu::attention::DECODE_WARPS, "decode warps per block");
     assert_eq!(define("ATC_BQ"), drpo::gpu::attention::TC_ROWS, "tensor-core forward query rows per block");
+    assert_eq!(define("ATB_TC"), drpo::gpu::attention::TC_ROWS, "tensor-core backward rows / keys per block");
     assert_eq!(define("ATB_BQ"), drpo::gpu::attention::BWD_ROWS, "backward query rows per tile");
     assert_eq!(define("ATB_BK"), drpo::gpu::attention::BWD_KEYS, "backward keys per tile");
     assert_eq!(define("ATB_WARPS"), drpo::gpu::attention::BWD_WARPS, "backward warps per block");

@@ -10,8 +10,9 @@ pub const MAX_HEAD_DIM: usize = 128;
 
 /// Query rows per prefill block: `ATT_BQ` in cuda/attention.cu.
 pub const PREFILL_ROWS: usize = 16;
-/// Query rows per block of the bf16 prefill and training forward, which run on the tensor cores
-/// (16 rows per warp): `ATC_BQ` in cuda/attention.cu.
+/// Query rows per block of the bf16 prefill, training forward and backward dq, and keys per block of
+/// the bf16 backward dk dv, which run on the tensor cores (16 per warp): `ATC_BQ` and `ATB_TC` in
+/// cuda/attention.cu.
 pub const TC_ROWS: usize = 64;
 /// Query rows per block of [`attention_prefill`] / [`attention_fwd`] for storage type T.
 fn fwd_rows<T: GpuFloat>() -> usize {
@@ -314,7 +315,9 @@ pub fn attention_bwd<T: GpuFloat>(
     }
     let seq_start = seqs.seq_start.as_view();
     let block = BWD_WARPS as u32 * 32;
-    let grid = grid_dims(OP, [(blocks(seqs.max_len, BWD_ROWS), "query tiles"), (nh, "heads"), (seqs.n_seqs, "sequences")])?;
+    // (query rows, keys) per block: CUDA cores (f32) or tensor cores (bf16)
+    let (rows, keys) = if T::NAME == "bf16" { (TC_ROWS, TC_ROWS) } else { (BWD_ROWS, BWD_KEYS) };
+    let grid = grid_dims(OP, [(blocks(seqs.max_len, rows), "query tiles"), (nh, "heads"), (seqs.n_seqs, "sequences")])?;
     let mut l = gpu.launch(&ATTENTION, T::pick("attention_bwd_dq_f32", "attention_bwd_dq_bf16"), LaunchCfg::new(grid, block));
     l.arg_mut(dq).arg_mut(delta).arg(dout).arg(q).arg(k).arg(v).arg(out).arg(lse).arg(&seq_start);
     l.i32(nh32).i32(nkv32).i32(hd32).f32(scale);
@@ -322,7 +325,7 @@ pub fn attention_bwd<T: GpuFloat>(
     // stay below n_rows (PackedSeqs::new), lengths checked above; heads checked (hd ≤ 128).
     unsafe { l.run() }?;
     let delta = delta.as_view();
-    let grid = grid_dims(OP, [(blocks(seqs.max_len, BWD_KEYS), "key tiles"), (nkv, "kv heads"), (seqs.n_seqs, "sequences")])?;
+    let grid = grid_dims(OP, [(blocks(seqs.max_len, keys), "key tiles"), (nkv, "kv heads"), (seqs.n_seqs, "sequences")])?;
     let mut l = gpu.launch(&ATTENTION, T::pick("attention_bwd_dkdv_f32", "attention_bwd_dkdv_bf16"), LaunchCfg::new(grid, block));
     l.arg_mut(dk).arg_mut(dv).arg(dout).arg(q).arg(k).arg(v).arg(lse).arg(&delta).arg(&seq_start);
     l.i32(nh32).i32(nkv32).i32(hd32).f32(scale);
