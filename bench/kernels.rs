@@ -31,6 +31,29 @@ fn tflops(flops: f64, us: f64) -> String {
     format!("{us:9.2} us {:7.1} TFLOP/s", flops / us / 1e6)
 }
 
+/// The training attention forward (saving the log-sum-exp) and backward (dq + delta, then dk dv) over
+/// `count` packed sequences of `len` tokens. FLOPs of causal attention: 4·hd·nh per visible (query,
+/// key) pair in the forward (QKᵀ and PV); the backward does 2.5× that (QKᵀ and dO·Vᵀ recomputed, dV,
+/// dQ, dK).
+fn train_attention<T: GpuFloat>(gpu: &Gpu, rng: &mut StdRng, len: usize, count: usize, heads: Heads) -> drpo::Result<()> {
+    let seqs = gpu::attention::PackedSeqs::new(gpu, &vec![len; count])?;
+    let (rows, qd, kvd) = (seqs.n_rows, heads.nh * heads.hd, heads.nkv * heads.hd);
+    let (q, k, v) = (gpu.htod(&random::<T>(rng, rows * qd, 1.0))?, gpu.htod(&random::<T>(rng, rows * kvd, 1.0))?, gpu.htod(&random::<T>(rng, rows * kvd, 1.0))?);
+    let dout = gpu.htod(&random::<T>(rng, rows * qd, 1.0))?;
+    let (mut att, mut lse, mut delta) = (gpu.alloc_zeros::<T>(rows * qd)?, gpu.alloc_zeros::<f32>(rows * heads.nh)?, gpu.alloc_zeros::<f32>(rows * heads.nh)?);
+    let (mut dq, mut dk, mut dv) = (gpu.alloc_zeros::<T>(rows * qd)?, gpu.alloc_zeros::<T>(rows * kvd)?, gpu.alloc_zeros::<T>(rows * kvd)?);
+    let fwd_flops = 4.0 * (count * len * (len + 1) / 2 * qd) as f64;
+    let label = format!("{:<5} {count}×{len} tokens nh={} nkv={} hd={}", T::NAME, heads.nh, heads.nkv, heads.hd);
+    let us = time_us(gpu, 5, || gpu::attention::attention_fwd(gpu, &mut att.as_view_mut(), &mut lse.as_view_mut(), &q.as_view(), &k.as_view(), &v.as_view(), &seqs, heads))?;
+    println!("attention_fwd {label} (+lse)  {}", tflops(fwd_flops, us));
+    let us = time_us(gpu, 5, || {
+        let (q, k, v, o, l) = (q.as_view(), k.as_view(), v.as_view(), att.as_view(), lse.as_view());
+        gpu::attention::attention_bwd(gpu, &mut dq.as_view_mut(), &mut dk.as_view_mut(), &mut dv.as_view_mut(), &mut delta.as_view_mut(), &dout.as_view(), &q, &k, &v, &o, &l, &seqs, heads)
+    })?;
+    println!("attention_bwd {label} (dq, dk, dv)  {}", tflops(2.5 * fwd_flops, us));
+    Ok(())
+}
+
 fn run(gpu: &Gpu) -> drpo::Result<()> {
     let mut rng = StdRng::seed_from_u64(1);
     let (n, c, ff, v) = (4096usize, 896usize, 4864usize, 151_936usize);
@@ -105,26 +128,11 @@ fn run(gpu: &Gpu) -> drpo::Result<()> {
         println!("attention_{label:<7} bf16 seqs={} rows={} nh=14 nkv=2 hd=64  {}  {}", seqs.len(), table.n_rows, tflops(flops, us), gbs(bytes, us));
     }
 
-    // training attention over packed sequences (no cache): the forward saving the log-sum-exp, and the
-    // backward (dq + delta, then dk dv). FLOPs of causal attention: 4·hd·nh per visible (query, key) pair
-    // in the forward (QKᵀ and PV); the backward does 2.5× that (QKᵀ and dO·Vᵀ recomputed, dV, dQ, dK).
+    // training attention over packed sequences (no cache): bf16 on tensor cores; f32 is the CUDA-core v1
     for (len, count) in [(1024usize, 8usize), (8192, 1)] {
-        let lengths = vec![len; count];
-        let seqs = gpu::attention::PackedSeqs::new(gpu, &lengths)?;
-        let rows = seqs.n_rows;
-        let (q, k, v) = (gpu.htod(&random::<bf16>(&mut rng, rows * qd, 1.0))?, gpu.htod(&random::<bf16>(&mut rng, rows * kvd, 1.0))?, gpu.htod(&random::<bf16>(&mut rng, rows * kvd, 1.0))?);
-        let dout = gpu.htod(&random::<bf16>(&mut rng, rows * qd, 1.0))?;
-        let (mut att, mut lse, mut delta) = (gpu.alloc_zeros::<bf16>(rows * qd)?, gpu.alloc_zeros::<f32>(rows * heads.nh)?, gpu.alloc_zeros::<f32>(rows * heads.nh)?);
-        let (mut dq, mut dk, mut dv) = (gpu.alloc_zeros::<bf16>(rows * qd)?, gpu.alloc_zeros::<bf16>(rows * kvd)?, gpu.alloc_zeros::<bf16>(rows * kvd)?);
-        let fwd_flops = 4.0 * (count * len * (len + 1) / 2 * heads.nh * heads.hd) as f64;
-        let us = time_us(gpu, 5, || gpu::attention::attention_fwd(gpu, &mut att.as_view_mut(), &mut lse.as_view_mut(), &q.as_view(), &k.as_view(), &v.as_view(), &seqs, heads))?;
-        println!("attention_fwd bf16  {count}×{len} tokens nh=14 nkv=2 hd=64 (+lse)  {}", tflops(fwd_flops, us));
-        let us = time_us(gpu, 5, || {
-            let (q, k, v, o, l) = (q.as_view(), k.as_view(), v.as_view(), att.as_view(), lse.as_view());
-            gpu::attention::attention_bwd(gpu, &mut dq.as_view_mut(), &mut dk.as_view_mut(), &mut dv.as_view_mut(), &mut delta.as_view_mut(), &dout.as_view(), &q, &k, &v, &o, &l, &seqs, heads)
-        })?;
-        println!("attention_bwd bf16  {count}×{len} tokens nh=14 nkv=2 hd=64 (dq, dk, dv)  {}", tflops(2.5 * fwd_flops, us));
+        train_attention::<bf16>(gpu, &mut rng, len, count, heads)?;
     }
+    train_attention::<f32>(gpu, &mut rng, 1024, 8, heads)?;
 
     // SwiGLU and residual (elementwise, bandwidth-bound)
     let mut act = gpu.alloc_zeros::<bf16>(n * ff)?;
