@@ -122,26 +122,19 @@ fn stroke(i: usize) -> (&'static str, &'static str) {
 
 /// Lines through each series' points, in the order given.
 pub fn line_chart(title: &str, xlabel: &str, ylabel: &str, series: &[Series]) -> String {
-    lines(title, xlabel, ylabel, series, false)
-}
-
-/// [`line_chart`] with a marker on every point (for series of few points).
-pub fn line_chart_marked(title: &str, xlabel: &str, ylabel: &str, series: &[Series]) -> String {
-    lines(title, xlabel, ylabel, series, true)
-}
-
-fn lines(title: &str, xlabel: &str, ylabel: &str, series: &[Series], markers: bool) -> String {
     let (mut s, b) = frame(title, xlabel, ylabel, series);
     for (i, se) in series.iter().enumerate() {
         let (color, dash) = stroke(i);
-        let px: Vec<(f64, f64)> = se.points.iter().filter(|p| p.0.is_finite() && p.1.is_finite()).map(|&(x, y)| to_px(b, x, y)).collect();
-        let pts: Vec<String> = px.iter().map(|(x, y)| format!("{x:.1},{y:.1}")).collect();
+        let pts: Vec<String> = se
+            .points
+            .iter()
+            .filter(|p| p.0.is_finite() && p.1.is_finite())
+            .map(|&(x, y)| {
+                let (px, py) = to_px(b, x, y);
+                format!("{px:.1},{py:.1}")
+            })
+            .collect();
         s += &format!("<polyline fill=\"none\" stroke=\"{color}\"{dash} stroke-width=\"1.6\" points=\"{}\"/>\n", pts.join(" "));
-        if markers {
-            for (x, y) in &px {
-                s += &format!("<circle cx=\"{x:.1}\" cy=\"{y:.1}\" r=\"3.5\" fill=\"{color}\"/>\n");
-            }
-        }
         legend(&mut s, i, &se.name);
     }
     s + "</svg>\n"

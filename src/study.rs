@@ -33,7 +33,7 @@ use crate::rl::env::ToyEnv;
 use crate::rl::objectives::Hyper;
 use crate::rl::trainer::{read_metrics, ObjectiveKind, StepMetrics, TrainConfig, Trainer};
 use crate::sampling::SamplingParams;
-use crate::sft::{run_sft, SftConfig};
+use crate::sft::{run_sft, SftConfig, SftPhase};
 use crate::task::{generate_split, trace_tokens, Split};
 use crate::tokenizer::Tokenizer;
 use serde::{Deserialize, Serialize};
@@ -232,6 +232,9 @@ pub struct StudyConfig {
     pub settings: Vec<Setting>,
     pub seeds: Vec<u64>,
     pub rl_steps: usize,
+    /// training questions of the RL runs (the first of the SFT's training split): 320 = 20 steps
+    /// per epoch, 3 epochs in 60 steps, as the paper's ≈ 3.2; HAPO's history needs problems that recur
+    pub rl_train_questions: usize,
     /// held-out questions × samples per question, for the base and every RL run
     pub eval_questions: usize,
     pub eval_samples: usize,
@@ -244,75 +247,46 @@ pub struct StudyConfig {
 impl StudyConfig {
     pub fn preset(preset: Preset) -> StudyConfig {
         use Family::*;
-        let s = Setting::new;
         let inf = f64::INFINITY;
-        let sft = SftConfig { max_level: 6, ..SftConfig::default() };
+        let settings = |list: &[(Family, &[f64])]| -> Vec<Setting> {
+            list.iter().flat_map(|&(f, knobs)| knobs.iter().map(move |&k| Setting::new(f, k))).collect()
+        };
+        // every method at its reference and its strongest setting of the full sweep, DRPO at two λ
+        let default = StudyConfig {
+            sft: SftConfig { max_level: 6, ..SftConfig::default() },
+            settings: settings(&[(Drpo, &[0.1, 0.5, inf]), (GrpoLp, &[0.0, 1.0]), (RlooLp, &[0.0, 0.4]), (Alp, &[0.0, 1e-5]), (Hapo, &[0.0, 1.0])]),
+            seeds: vec![1, 2, 3],
+            rl_steps: 60,
+            rl_train_questions: 320,
+            eval_questions: 300,
+            eval_samples: 4,
+            eval_temperature: 0.6,
+            base_questions: 1000,
+            base_samples: 8,
+        };
         match preset {
             Preset::Quick => StudyConfig {
                 sft: SftConfig { max_level: 3, steps: 500, full_only_steps: 1500, n_train: 2000, ..SftConfig::default() },
-                settings: vec![s(Drpo, 0.1), s(Drpo, inf), s(GrpoLp, 0.5), s(GrpoLp, 0.0)],
+                settings: settings(&[(Drpo, &[0.1, inf]), (GrpoLp, &[0.5, 0.0])]),
                 seeds: vec![1],
                 rl_steps: 12,
+                rl_train_questions: 64,
                 eval_questions: 60,
                 eval_samples: 2,
-                eval_temperature: 0.6,
                 base_questions: 200,
                 base_samples: 4,
+                ..default
             },
-            Preset::Default => StudyConfig {
-                sft,
-                settings: vec![
-                    s(Drpo, 0.1),
-                    s(Drpo, 0.5),
-                    s(Drpo, inf),
-                    s(GrpoLp, 0.0),
-                    s(GrpoLp, 0.5),
-                    s(RlooLp, 0.0),
-                    s(RlooLp, 0.4),
-                    s(Alp, 0.0),
-                    s(Alp, 1e-5),
-                    s(Hapo, 0.0),
-                    s(Hapo, 1.0),
-                ],
-                seeds: vec![1, 2, 3],
-                rl_steps: 60,
-                eval_questions: 300,
-                eval_samples: 4,
-                eval_temperature: 0.6,
-                base_questions: 1000,
-                base_samples: 8,
-            },
+            Preset::Default => default,
             Preset::Full => StudyConfig {
-                sft,
-                settings: vec![
-                    s(Drpo, 0.1),
-                    s(Drpo, 0.2),
-                    s(Drpo, 0.5),
-                    s(Drpo, inf),
-                    s(GrpoLp, 0.0),
-                    s(GrpoLp, 0.2),
-                    s(GrpoLp, 0.5),
-                    s(GrpoLp, 1.0),
-                    s(RlooLp, 0.0),
-                    s(RlooLp, 0.1),
-                    s(RlooLp, 0.2),
-                    s(RlooLp, 0.4),
-                    s(Alp, 0.0),
-                    s(Alp, 1e-7),
-                    s(Alp, 1e-6),
-                    s(Alp, 1e-5),
-                    s(Hapo, 0.0),
-                    s(Hapo, 0.01),
-                    s(Hapo, 0.1),
-                    s(Hapo, 1.0),
-                ],
-                seeds: vec![1, 2, 3],
-                rl_steps: 60,
-                eval_questions: 300,
-                eval_samples: 4,
-                eval_temperature: 0.6,
-                base_questions: 1000,
-                base_samples: 8,
+                settings: settings(&[
+                    (Drpo, &[0.1, 0.2, 0.5, inf]),
+                    (GrpoLp, &[0.0, 0.2, 0.5, 1.0]),
+                    (RlooLp, &[0.0, 0.1, 0.2, 0.4]),
+                    (Alp, &[0.0, 1e-7, 1e-6, 1e-5]),
+                    (Hapo, &[0.0, 0.01, 0.1, 1.0]),
+                ]),
+                ..default
             },
         }
     }
@@ -323,7 +297,7 @@ impl StudyConfig {
         if self.settings.is_empty() || self.seeds.is_empty() {
             return bad("needs at least one setting and one seed".into());
         }
-        if self.eval_questions == 0 || self.eval_samples == 0 || self.base_questions == 0 || self.base_samples == 0 {
+        if self.rl_train_questions == 0 || self.eval_questions == 0 || self.eval_samples == 0 || self.base_questions == 0 || self.base_samples == 0 {
             return bad("evaluation sizes must be positive".into());
         }
         for st in &self.settings {
@@ -473,7 +447,15 @@ pub fn run_study(study: &StudyConfig, out: &Path, device: Device, log: &mut dyn 
             study.sft.full_only_steps,
             study.sft.steps
         ));
-        run_sft(&study.sft, &base_dir, &mut |_| {})?
+        let (mut last_probe, mut announced) = (None, false);
+        run_sft(&study.sft, &base_dir, &mut |st| {
+            last_probe = st.probe_accuracy.or(last_probe);
+            if st.phase == SftPhase::Mixture && !announced {
+                announced = true;
+                let probe = last_probe.map_or("none".into(), |p: f64| format!("{p:.2}"));
+                log(format!("base model: full-granularity phase over after {} steps (last greedy probe {probe}), now the mixture", st.step));
+            }
+        })?
     };
     let tok = Tokenizer::from_dir(&base_dir)?;
     let engine = Engine::new(device, &base, &mut |n| log(n))?;
@@ -492,7 +474,7 @@ pub fn run_study(study: &StudyConfig, out: &Path, device: Device, log: &mut dyn 
     if !results.fitness.fit {
         log("the base model's accuracy does not rise with the length of its reasoning: the task is not fit for the comparison, no RL run".into());
     } else {
-        let train_env = ToyEnv::new(generate_split(&study.sft.task(), Split::Train, study.sft.n_train)?, &tok)?;
+        let train_env = ToyEnv::new(generate_split(&study.sft.task(), Split::Train, study.rl_train_questions)?, &tok)?;
         let runs = study.runs();
         for (i, (setting, seed)) in runs.iter().enumerate() {
             let cfg = run_config(study, setting, *seed, &base_dir);

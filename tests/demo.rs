@@ -109,6 +109,7 @@ fn demo_quick_writes_a_sane_report() {
     assert!(again.status.success());
     let log = String::from_utf8_lossy(&again.stderr);
     assert!(log.contains("reusing"), "{log}");
+    assert!(stderr.contains("full-granularity phase over after"), "{stderr}");
     assert_eq!(log.matches("found finished").count(), runs.len(), "{log}");
     let _ = std::fs::remove_dir_all(Path::new(&cwd));
 }
@@ -138,6 +139,16 @@ fn plot_ticks_are_nice_numbers() {
         assert!(svg.contains(label), "{label} missing");
     }
     assert!(!svg.contains("2.475") && !svg.contains("-0.550"));
+
+    // error bars: the axes cover every bar's ends (0.5 ± 0.3 reaches down to 0.2) and the marks, a bar per
+    // non-zero error, a label per point, a diamond per mark
+    use drpo::plot::{error_bar_chart, Curve, ErrorPoint};
+    let p = |x: f64, y: f64, xe: f64, ye: f64, label: &str| ErrorPoint { x, y, x_err: xe, y_err: ye, label: label.into() };
+    let curves = [Curve { name: "A".into(), points: vec![p(10.0, 0.5, 2.0, 0.3, "k=1"), p(30.0, 0.6, 0.0, 0.0, "k=2")] }];
+    let svg = error_bar_chart("t", "x", "y", &curves, &[("base".into(), 40.0, 0.9)]);
+    assert!(svg.contains(">0.2<") && svg.contains(">0.9<"), "{svg}");
+    assert_eq!(svg.matches("stroke-width=\"1\"").count(), 2, "one bar per axis of the first point only");
+    assert!(svg.contains(">k=1<") && svg.contains(">k=2<") && svg.contains(">base<") && svg.contains("<path d=\"M"));
 }
 
 /// A stopped SFT never leaves new weights next to an old sft_config.json (the study reuses a base

@@ -373,6 +373,13 @@ fn task_tokenizer_vocab_and_roundtrip() {
             both.extend(&ids);
             assert_eq!(tok.encode(&format!("{prompt}{trace}")).unwrap(), both);
         }
+        // shortcut steps and guesses: 2m + 4 tokens per step of m operations, 4 for a guess
+        for shape in [TraceShape { chunks: random_chunks(k, &mut rng), checks: rng.random_range(0..3) }, TraceShape::guess()] {
+            let trace = render_shaped(&ex, &shape, &mut rng).unwrap();
+            let ids = tok.encode(&trace).unwrap();
+            assert_eq!(ids.len(), shape.tokens(), "{trace}");
+            assert_eq!(tok.decode(&ids, false).unwrap(), trace);
+        }
     }
     // hardest default level: prompt 19, concise 34 tokens
     assert_eq!((prompt_tokens(5), trace_tokens(5, 0), trace_tokens(5, 6)), (19, 34, 58));

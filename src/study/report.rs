@@ -6,9 +6,9 @@ use std::path::Path;
 
 use super::stats::{aes, Difference, Summary, AES_GAIN_WEIGHT, AES_LOSS_WEIGHT};
 use super::verdict::{answer, matched_comparisons, Answer, CurvePoint, MatchedComparison, Outcome};
-use super::{knob_text, run_config, Family, RunResult, Setting, ShapeStats, StudyResults};
+use super::{knob_text, run_config, Family, RunResult, Setting, ShapeClass, ShapeStats, StudyResults};
 use crate::error::{write_atomic, Error, Result};
-use crate::plot::{error_bar_chart, line_chart, line_chart_marked, Curve, ErrorPoint, Series};
+use crate::plot::{error_bar_chart, line_chart, Curve, ErrorPoint, Series};
 use crate::rl::trainer::StepMetrics;
 
 /// `+0.123 [+0.045, +0.201]`, `+0.123 (no interval)` or `no data`.
@@ -100,6 +100,17 @@ fn run_label(r: &StudyResults, run: &str) -> String {
     }
 }
 
+/// One row per distinct run (settings sharing runs appear once), in setting order, with its label.
+fn distinct_rows(r: &StudyResults) -> Vec<(String, Row<'_>)> {
+    let mut seen = std::collections::HashSet::new();
+    r.study
+        .settings
+        .iter()
+        .filter(|st| seen.insert(st.run_name()))
+        .filter_map(|st| Some((run_label(r, &st.run_name()), Row::of(r, st)?)))
+        .collect()
+}
+
 /// The DRPO-vs-baselines comparisons (DRPO's length-penalised settings against each baseline family).
 fn comparisons(r: &StudyResults) -> Vec<MatchedComparison> {
     let drpo: Vec<CurvePoint> = family_rows(r, Family::Drpo).iter().filter(|x| !x.setting.is_reference()).map(Row::point).collect();
@@ -171,7 +182,7 @@ fn setup_paragraph(r: &StudyResults) -> String {
         "Task: arithmetic chains mod 10 of levels {}..={} (src/task.rs). Base model: a {}-layer, {}-wide Qwen2 model, SFT for {} steps \
          on correct traces of mixed shapes: {:.0}% guesses (the answer alone), {:.0}% of the rest with shortcut steps (two operations \
          folded into one written step), the others one operation per step; {:.0}% of the non-guesses padded with 1..=k+{} checks \
-         (restating the partial just written). RL: {} steps of {}, budget C = {} tokens. Evaluation: {} held-out questions × {} \
+         (restating the partial just written). RL: {} steps of {}, on {} training questions ({:.1} epochs), budget C = {} tokens. Evaluation: {} held-out questions × {} \
          samples at T = {}, top-p 0.95; the base's trade-off (section 1) on {} questions × {} samples. Seeds {:?}; mean ± sample sd \
          over seeds, 95% intervals from Student's t. This demo took {:.1} min of wall time.\n",
         sft.min_level,
@@ -185,6 +196,8 @@ fn setup_paragraph(r: &StudyResults) -> String {
         sft.extra_checks,
         st.rl_steps,
         rl_text,
+        st.rl_train_questions,
+        (st.rl_steps * rl.questions_per_step) as f64 / st.rl_train_questions as f64,
         st.budget(),
         st.eval_questions,
         st.eval_samples,
@@ -197,7 +210,7 @@ fn setup_paragraph(r: &StudyResults) -> String {
 }
 
 /// Section 1: the base model's pass@1 per shape and level.
-fn base_section(r: &StudyResults) -> (String, Vec<Series>) {
+fn base_section(r: &StudyResults) -> (String, Vec<Curve>) {
     let b = &r.base_tradeoff;
     let mut md = String::from(
         "## 1. Does length buy accuracy for the base model?\n\n\
@@ -206,9 +219,7 @@ fn base_section(r: &StudyResults) -> (String, Vec<Series>) {
          no step.\n\n\
          | level | shape | share | pass@1 | mean length | useful steps | useless steps |\n|---|---|---|---|---|---|---|\n",
     );
-    let mut series = Vec::new();
     for (level, all) in &b.per_level {
-        let mut pts = Vec::new();
         for (_, class, s) in b.per_level_shape.iter().filter(|(l, _, _)| l == level) {
             let _ = writeln!(
                 md,
@@ -220,17 +231,12 @@ fn base_section(r: &StudyResults) -> (String, Vec<Series>) {
                 s.mean_useful_steps,
                 s.mean_useless_steps
             );
-            if s.responses >= 10 {
-                pts.push((s.mean_length, s.accuracy));
-            }
         }
         let _ = writeln!(
             md,
             "| {level} | all ({} responses) | 1 | {:.3} | {:.1} | {:.2} | {:.2} |",
             all.responses, all.accuracy, all.mean_length, all.mean_useful_steps, all.mean_useless_steps
         );
-        pts.sort_by(|a, b| a.0.total_cmp(&b.0));
-        series.push(Series { name: format!("level {level}"), points: pts });
     }
     let f = &r.fitness;
     let _ = write!(
@@ -240,12 +246,33 @@ fn base_section(r: &StudyResults) -> (String, Vec<Series>) {
          minus without: {} (a check follows its step, so this is an association, not an effect of the check). The criterion, fixed \
          in advance: the task is fit when the first interval lies above 0. **{}**\n\n\
          ![base model: pass@1 vs response length per shape](base_tradeoff.svg)\n\n\
-         Each line is one level; its points are the shapes with at least 10 responses, from the shortest (a guess) to the longest.\n",
+         One curve per shape through the levels (L1..L6, cells of at least 10 responses), error bars ± 1 binomial sd: length buys \
+         accuracy when the curves of the shorter shapes lie below those of full granularity.\n",
         difference_text(f.length_buys_accuracy.as_ref(), 3),
         difference_text(f.padding_effect.as_ref(), 3),
         if f.fit { "Fit: written steps buy accuracy on this base." } else { "Not fit: the comparison is skipped." }
     );
-    (md, series)
+    // one curve per shape through the levels: where each shape sits in (length, pass@1)
+    let curves = ShapeClass::ALL
+        .iter()
+        .map(|&class| Curve {
+            name: class.label().into(),
+            points: b
+                .per_level_shape
+                .iter()
+                .filter(|(_, c, s)| *c == class && s.responses >= 10)
+                .map(|(l, _, s)| ErrorPoint {
+                    x: s.mean_length,
+                    y: s.accuracy,
+                    x_err: 0.0,
+                    y_err: (s.accuracy * (1.0 - s.accuracy) / s.responses as f64).sqrt(),
+                    label: format!("L{l}"),
+                })
+                .collect(),
+        })
+        .filter(|c| !c.points.is_empty())
+        .collect();
+    (md, curves)
 }
 
 /// Section 2: one row per setting with AES against the family's reference.
@@ -345,12 +372,7 @@ fn mechanism_section(r: &StudyResults) -> (String, Vec<Series>, Vec<Series>) {
          rollout), averaged over the steps and seeds of each setting.\n\n\
          | setting | correct pushed down | correct left alone | mixed groups |\n|---|---|---|---|\n",
     );
-    let mut seen = std::collections::HashSet::new();
-    for s in &r.study.settings {
-        if !seen.insert(s.run_name()) {
-            continue;
-        }
-        let Some(row) = Row::of(r, s) else { continue };
+    for (name, row) in distinct_rows(r) {
         let avg = |f: &dyn Fn(&StepMetrics) -> Option<f64>| {
             let v: Vec<f64> = row.runs.iter().flat_map(|x| x.metrics.iter().filter_map(f)).collect();
             if v.is_empty() {
@@ -361,8 +383,7 @@ fn mechanism_section(r: &StudyResults) -> (String, Vec<Series>, Vec<Series>) {
         };
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} |",
-            run_label(r, &s.run_name()),
+            "| {name} | {} | {} | {} |",
             avg(&|m| m.correct_pushed_down_share),
             avg(&|m| m.correct_unpushed_share),
             avg(&|m| Some(m.valid_group_share))
@@ -401,13 +422,7 @@ fn level_section(r: &StudyResults) -> String {
     for (level, s) in &r.base.shapes.per_level {
         line("base (SFT)", *level, s);
     }
-    let mut seen = std::collections::HashSet::new();
-    for st in &r.study.settings {
-        if !seen.insert(st.run_name()) {
-            continue;
-        }
-        let Some(row) = Row::of(r, st) else { continue };
-        let name = run_label(r, &st.run_name());
+    for (name, row) in distinct_rows(r) {
         let mut by_level: BTreeMap<usize, Vec<&ShapeStats>> = BTreeMap::new();
         for x in &row.runs {
             for (l, s) in &x.evaluation.shapes.per_level {
@@ -439,12 +454,12 @@ pub fn write_report(out: &Path, r: &StudyResults) -> Result<()> {
     md += &answer_paragraph(r, &cs);
     md += "\n## Setup\n\n";
     md += &setup_paragraph(r);
-    let (base_md, base_series) = base_section(r);
+    let (base_md, base_curves) = base_section(r);
     md += "\n";
     md += &base_md;
     write_atomic(
         out.join("base_tradeoff.svg"),
-        line_chart_marked("base model: pass@1 vs length, per shape", "mean response length (tokens)", "pass@1", &base_series).as_bytes(),
+        error_bar_chart("base model: pass@1 vs length, per shape", "mean response length (tokens)", "pass@1", &base_curves, &[]).as_bytes(),
     )?;
     if r.fitness.fit {
         md += "\n";
@@ -459,19 +474,19 @@ pub fn write_report(out: &Path, r: &StudyResults) -> Result<()> {
                | DRPO setting | length | pass@1 | baseline | its pass@1 at that length | Δ [95% interval] | outcome |\n|---|---|---|---|---|---|---|\n";
         for c in &cs {
             if c.baselines.is_empty() {
-                let _ = writeln!(md, "| {} | {:.1} | {:.3} | – | – | – | no baseline reaches this length |", c.setting, c.length, c.accuracy);
+                let _ = writeln!(md, "| {} | {:.1} | {:.3} | – | – | – | {} |", c.setting, c.length, c.accuracy, c.outcome.text());
             }
             for b in &c.baselines {
                 let _ = writeln!(
                     md,
-                    "| {} | {:.1} | {:.3} | {} | {:.3} | {} | {:?} |",
+                    "| {} | {:.1} | {:.3} | {} | {:.3} | {} | {} |",
                     c.setting,
                     c.length,
                     c.accuracy,
                     b.family,
                     b.accuracy,
                     difference_text(Some(&b.difference), 3),
-                    c.outcome
+                    c.outcome.text()
                 );
             }
         }
@@ -485,13 +500,7 @@ pub fn write_report(out: &Path, r: &StudyResults) -> Result<()> {
         // training curves: one line per distinct run (mean over seeds)
         let mut acc = Vec::new();
         let mut len = Vec::new();
-        let mut seen = std::collections::HashSet::new();
-        for st in &r.study.settings {
-            if !seen.insert(st.run_name()) {
-                continue;
-            }
-            let Some(row) = Row::of(r, st) else { continue };
-            let name = run_label(r, &st.run_name());
+        for (name, row) in distinct_rows(r) {
             acc.push(Series { name: name.clone(), points: mean_curve(&row.runs, &|m| Some(m.accuracy)) });
             len.push(Series { name, points: mean_curve(&row.runs, &|m| Some(m.mean_length)) });
         }

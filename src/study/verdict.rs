@@ -48,6 +48,17 @@ pub enum Outcome {
     NotComparable,
 }
 
+impl Outcome {
+    pub fn text(self) -> &'static str {
+        match self {
+            Outcome::Better => "better",
+            Outcome::Worse => "worse",
+            Outcome::NotDistinguishable => "not distinguishable",
+            Outcome::NotComparable => "no baseline reaches this length",
+        }
+    }
+}
+
 /// One DRPO setting against every family that reaches its length.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MatchedComparison {
