@@ -291,6 +291,12 @@ pub fn load_optimizer_state<T: Float>(dir: &Path, layout: &ParamLayout) -> Resul
                     return Err(Error::weights(&path, &name, what));
                 }
             }
+            // a NaN moment would turn every later update into NaN; exp_avg_sq is a mean of squares
+            let negative_allowed = prefix == "exp_avg";
+            if let Some(i) = out.iter().position(|x| !(x.to_f64().is_finite() && (negative_allowed || x.to_f64() >= 0.0))) {
+                let what = format!("element {i} (flat) is {}: optimizer moments must be finite (and exp_avg_sq ≥ 0)", out[i]);
+                return Err(Error::weights(&path, &name, what));
+            }
         }
     }
     Ok((state, trainer))

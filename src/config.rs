@@ -42,19 +42,24 @@ const MAX_SIZES: [(&str, usize); 8] = [
     ("max_position_embeddings", 1 << 30),
 ];
 
+/// A size field's rule, shared by config.json parsing and [`ModelConfig::validate`]: 1 ≤ n ≤ its cap.
+fn check_size(path: &Path, name: &str, n: u64) -> Result<usize> {
+    let max = MAX_SIZES.iter().find(|(f, _)| *f == name).map_or(usize::MAX, |&(_, m)| m);
+    if n == 0 {
+        return Err(Error::config(path, name, "expected a positive integer, got 0"));
+    }
+    usize::try_from(n)
+        .ok()
+        .filter(|&n| n <= max)
+        .ok_or_else(|| Error::config(path, name, format!("{n} is too large (at most {max} is accepted)")))
+}
+
 fn field_usize(v: &Value, path: &Path, name: &str) -> Result<usize> {
-    let max = MAX_SIZES.iter().find(|(n, _)| *n == name).map_or(usize::MAX, |&(_, m)| m);
     match v.get(name) {
         None | Some(Value::Null) => Err(Error::config(path, name, "missing (required)")),
         Some(x) => {
-            let n = x
-                .as_u64()
-                .filter(|&n| n > 0)
-                .ok_or_else(|| Error::config(path, name, format!("expected a positive integer, got {x}")))?;
-            usize::try_from(n)
-                .ok()
-                .filter(|&n| n <= max)
-                .ok_or_else(|| Error::config(path, name, format!("{n} is too large (at most {max} is accepted)")))
+            let n = x.as_u64().ok_or_else(|| Error::config(path, name, format!("expected a positive integer, got {x}")))?;
+            check_size(path, name, n)
         }
     }
 }
@@ -132,13 +137,6 @@ impl ModelConfig {
             None | Some(Value::Null) => num_attention_heads,
             Some(_) => field_usize(v, path, "num_key_value_heads")?,
         };
-        if num_attention_heads % num_key_value_heads != 0 {
-            return Err(Error::config(
-                path,
-                "num_key_value_heads",
-                format!("{num_key_value_heads} does not divide num_attention_heads = {num_attention_heads}"),
-            ));
-        }
         let head_dim = match v.get("head_dim") {
             None | Some(Value::Null) => {
                 if hidden_size % num_attention_heads != 0 {
@@ -152,9 +150,6 @@ impl ModelConfig {
             }
             Some(_) => field_usize(v, path, "head_dim")?,
         };
-        if head_dim % 2 != 0 {
-            return Err(Error::config(path, "head_dim", format!("{head_dim} is odd; rotary embedding needs pairs")));
-        }
         let rope_theta = match field_f64(v, path, "rope_theta")? {
             Some(t) => t,
             None => match rope_params {
@@ -185,9 +180,45 @@ impl ModelConfig {
             eos_token_ids: token_ids(v.get("eos_token_id"), path, "eos_token_id")?,
             torch_dtype: dtype,
         };
-        // every size derived from the config (tensor sizes, the parameter count) must be computable
-        crate::layout::ParamLayout::checked_total(&cfg, path)?;
+        cfg.validate(path)?;
         Ok(cfg)
+    }
+
+    /// The rules every model configuration obeys, whether read from a config.json or built by a
+    /// command (`drpo sft`): sizes within [1, cap], kv heads dividing the heads, an even head_dim,
+    /// positive finite rope theta and eps, and a parameter count that is computable. A configuration
+    /// that passes is one every command can load. `path` names the source in errors.
+    pub fn validate(&self, path: &Path) -> Result<()> {
+        for (name, n) in [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("num_key_value_heads", self.num_key_value_heads),
+            ("head_dim", self.head_dim),
+            ("max_position_embeddings", self.max_position_embeddings),
+        ] {
+            check_size(path, name, n as u64)?;
+        }
+        if self.num_attention_heads % self.num_key_value_heads != 0 {
+            return Err(Error::config(
+                path,
+                "num_key_value_heads",
+                format!("{} does not divide num_attention_heads = {}", self.num_key_value_heads, self.num_attention_heads),
+            ));
+        }
+        if self.head_dim % 2 != 0 {
+            return Err(Error::config(path, "head_dim", format!("{} is odd; rotary embedding needs pairs", self.head_dim)));
+        }
+        for (name, x) in [("rope_theta", self.rope_theta), ("rms_norm_eps", self.rms_norm_eps)] {
+            if !(x.is_finite() && x > 0.0) {
+                return Err(Error::config(path, name, format!("expected a positive number, got {x}")));
+            }
+        }
+        // every size derived from the config (tensor sizes, the parameter count) must be computable
+        crate::layout::ParamLayout::checked_total(self, path)?;
+        Ok(())
     }
 
     /// A config.json that transformers (4 and 5) and this loader both read back to the same model.

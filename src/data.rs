@@ -73,6 +73,7 @@ fn problem_from_json(record: &Value) -> std::result::Result<Problem, String> {
     let answers = match (obj.get("answer"), obj.get("solution")) {
         (Some(a), _) => answers_from_json(a).map_err(|what| format!("field `answer`: {what}"))?,
         (None, Some(Value::String(sol))) => match crate::rl::grader::extract_boxed(sol) {
+            Some(boxed) if boxed.trim().is_empty() => return Err("field `solution`: its `\\boxed{}` answer is empty".to_string()),
             Some(boxed) => vec![boxed],
             None => return Err("field `solution`: no `\\boxed{}` answer and no `answer` field".to_string()),
         },
@@ -89,13 +90,21 @@ fn problem_from_json(record: &Value) -> std::result::Result<Problem, String> {
 
 /// Reference answers from JSON: a string, a number, or a non-empty list of those. Each is turned
 /// into a string as Python's `str()` would; a string holding `####` keeps what follows the last one.
+/// An empty or blank answer is an error.
 pub fn answers_from_json(v: &Value) -> std::result::Result<Vec<String>, String> {
     let one = |x: &Value| -> std::result::Result<String, String> {
         match x {
-            Value::String(s) => Ok(match s.rfind("####") {
-                Some(k) => s[k + 4..].trim().to_string(),
-                None => s.clone(),
-            }),
+            Value::String(s) => {
+                let answer = match s.rfind("####") {
+                    Some(k) => s[k + 4..].trim().to_string(),
+                    None => s.clone(),
+                };
+                // an empty reference would grade every empty box as correct
+                if answer.trim().is_empty() {
+                    return Err(format!("empty answer ({x})"));
+                }
+                Ok(answer)
+            }
             Value::Number(n) => Ok(python_str_number(n)),
             other => Err(format!("expected a string or a number, got {}", json_kind(other))),
         }

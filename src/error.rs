@@ -35,6 +35,13 @@ pub enum Error {
     Nvrtc { family: String, log: String },
     /// No CUDA driver / NVRTC library / device on this machine.
     NoDevice { why: String },
+    /// A command that compiles kernels (`drpo kernels`) found no NVRTC library; no GPU is involved.
+    NoNvrtc { why: String },
+    /// A result about to be written or printed holds NaN or ±inf (`at`: where inside it).
+    NonFinite { what: String, at: String, value: f64 },
+    /// A run folder (`drpo train --out`, `drpo sft --out`) is locked by another process, or is neither
+    /// fresh nor a complete run; `what` says what is missing and what the user can do.
+    RunFolder { path: PathBuf, what: String },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -100,6 +107,12 @@ impl fmt::Display for Error {
                 f,
                 "no usable CUDA GPU: {why}\n  hint: use `--device cpu`, or `--device auto` to fall back to the CPU"
             ),
+            Error::NoNvrtc { why } => write!(f, "NVRTC is needed to compile the kernels (no GPU or driver is): {why}"),
+            Error::NonFinite { what, at, value } => {
+                let at = if at.is_empty() { String::new() } else { format!(" at `{at}`") };
+                write!(f, "{what}: {value}{at}; stopped without writing it (a non-finite number is never a result)")
+            }
+            Error::RunFolder { path, what } => write!(f, "{}: {what}", path.display()),
         }
     }
 }

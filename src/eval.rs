@@ -78,6 +78,10 @@ pub struct ResponseRecord {
     pub text: String,
 }
 
+/// Cap on the responses of one evaluation (problems × samples): far above a benchmark run (MATH500
+/// × 64 samples is 32,000), far below a count whose bookkeeping alone would not fit in memory.
+pub const MAX_RESPONSES: usize = 1 << 24;
+
 /// What `eval_env` calls after each batch: (that batch's responses, responses done, total).
 pub type OnBatch<'a> = dyn FnMut(&[ResponseRecord], usize, usize) -> Result<()> + 'a;
 
@@ -143,6 +147,12 @@ pub fn eval_env<T: Float>(
     let n = opts.n_samples.max(1);
     let total = env.len().checked_mul(n).ok_or_else(|| crate::Error::input(format!("{} problems × {n} samples overflows", env.len())))?;
     let batch = opts.batch_size.max(1);
+    if total > MAX_RESPONSES {
+        return Err(crate::Error::input(format!(
+            "{} problems × {n} samples = {total} responses; at most {MAX_RESPONSES} are evaluated in one run (lower --n or --limit)",
+            env.len()
+        )));
+    }
     let mut graded = Vec::with_capacity(total);
     for first in (0..total).step_by(batch) {
         let rows = first..(first + batch).min(total);

@@ -58,6 +58,7 @@ pub fn generate<T: Float>(model: &Model<T>, prompts: &[Vec<u32>], opts: &Generat
     let mut active: Vec<bool> = vec![opts.max_new_tokens > 0; b];
     let chunks: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
     let logits = model.forward_last(&mut cache, &chunks)?;
+    check_logits(&logits, v, 0)?;
     let mut last_rows: Vec<Vec<T>> = logits.chunks_exact(v).map(<[T]>::to_vec).collect();
     for step in 0..opts.max_new_tokens {
         // draw in parallel: sequence i's uniform depends on (seed, stream, step) only, so the tokens
@@ -84,6 +85,7 @@ pub fn generate<T: Float>(model: &Model<T>, prompts: &[Vec<u32>], opts: &Generat
         }
         let chunks: Vec<&[u32]> = next.iter().map(Vec::as_slice).collect();
         let logits = model.forward_last(&mut cache, &chunks)?;
+        check_logits(&logits, v, step + 1)?;
         let mut row = 0;
         for i in 0..b {
             if !next[i].is_empty() {
@@ -93,4 +95,17 @@ pub fn generate<T: Float>(model: &Model<T>, prompts: &[Vec<u32>], opts: &Generat
         }
     }
     Ok(out)
+}
+
+/// A sampler fed NaN or ±inf logits still returns an id (the first of a NaN row): refuse instead, so
+/// generation never emits tokens of a model whose numbers overflowed. `step`: the token being drawn.
+fn check_logits<T: Float>(logits: &[T], v: usize, step: usize) -> Result<()> {
+    match logits.iter().position(|x| !x.to_f64().is_finite()) {
+        None => Ok(()),
+        Some(k) => Err(Error::NonFinite {
+            what: format!("generation: the model's logits before new token {step} (the weights or the activations overflow)"),
+            at: format!("batch row {}, id {}", k / v, k % v),
+            value: logits[k].to_f64(),
+        }),
+    }
 }

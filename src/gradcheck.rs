@@ -30,6 +30,8 @@ use std::path::Path;
 pub const TOLERANCE: f64 = 1e-6;
 /// Step of the five-point central difference, relative to max(1, |x|).
 pub const STEP: f64 = 1e-4;
+/// Cap on `--samples`: each coordinate costs four forward passes.
+pub const MAX_SAMPLES: usize = 10_000;
 /// Denominator floor, relative to the largest |analytic| entry of the whole gradient.
 pub const FLOOR: f64 = 1e-4;
 /// The temperature of the checked log-probs (SPEC §1: rollouts and scoring use 0.6).
@@ -181,12 +183,19 @@ fn check_entries(
 /// Cost: 4 · samples · (number of tensors) forward passes of a few tokens, plus the model in f64 twice
 /// (weights and a perturbed copy) and its gradient: fine for tiny models, slow for real ones.
 pub fn gradcheck(model_dir: Option<&Path>, cfg_override: Option<ModelConfig>, seed: u64, samples: usize) -> Result<Vec<GradcheckRow>> {
-    if samples == 0 {
-        return Err(Error::input("gradcheck needs at least one sample per tensor"));
+    if samples == 0 || samples > MAX_SAMPLES {
+        return Err(Error::input(format!("gradcheck: --samples {samples}: must be in 1..={MAX_SAMPLES} (coordinates checked per tensor)")));
     }
     let model = match (model_dir, cfg_override) {
         (Some(_), Some(_)) => return Err(Error::input("gradcheck takes a model folder or a config, not both")),
-        (Some(dir), None) => Model::<f64>::load(dir)?,
+        (Some(dir), None) => {
+            // the model in f64 three times (weights, the perturbed copy, the gradient), before any of it
+            let cfg = crate::weights::checked_config(dir)?;
+            let mut est = crate::memory::training(&cfg, 8, 21, 7); // ≤ 3 sequences of ≤ 7 tokens
+            est.optimizer = est.weights.saturating_mul(2);
+            crate::memory::ensure_fits("gradcheck in f64 (the weights, a perturbed copy, the gradient)", &est)?;
+            Model::<f64>::load(dir)?
+        }
         (None, cfg) => {
             let cfg = match cfg {
                 // through the config.json checks, so a bad override is an error, not a panic in an op

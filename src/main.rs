@@ -30,13 +30,13 @@ enum Cmd {
         #[arg(long)]
         model: PathBuf,
         /// sequences generated (or scored for training) together [default: 8]
-        #[arg(long)]
+        #[arg(long, value_parser = positive::<u64>)]
         batch: Option<u64>,
         /// prompt tokens per sequence [default: 1024, capped at half the context]
-        #[arg(long)]
+        #[arg(long, value_parser = positive::<u64>)]
         prompt_tokens: Option<u64>,
         /// new tokens per sequence [default: 8192, capped by the context left after the prompt]
-        #[arg(long)]
+        #[arg(long, value_parser = positive::<u64>)]
         new_tokens: Option<u64>,
     },
     /// Log-probabilities of every next token of token sequences.
@@ -64,20 +64,20 @@ enum Cmd {
         #[arg(long, conflicts_with = "prompt_ids", required_unless_present = "prompt_ids")]
         prompt: Option<String>,
         /// Wrap --prompt in the chat template as a user turn, with the assistant turn opened
-        #[arg(long, requires = "prompt")]
+        #[arg(long, requires = "prompt", conflicts_with = "prompt_ids")]
         chat: bool,
         /// Prompt token ids, comma separated
         #[arg(long, value_delimiter = ',')]
         prompt_ids: Option<Vec<u32>>,
-        #[arg(long, default_value_t = 64)]
+        #[arg(long, default_value_t = 64, value_parser = positive::<usize>)]
         max_new_tokens: usize,
         /// 0 = greedy
-        #[arg(long, default_value_t = 0.0)]
+        #[arg(long, default_value_t = 0.0, value_parser = non_negative)]
         temperature: f64,
         /// 0 = off
         #[arg(long, default_value_t = 0)]
         top_k: usize,
-        #[arg(long, default_value_t = 1.0)]
+        #[arg(long, default_value_t = 1.0, value_parser = probability)]
         top_p: f64,
         #[arg(long, default_value_t = 0)]
         seed: u64,
@@ -94,8 +94,8 @@ enum Cmd {
         model: Option<PathBuf>,
         #[arg(long, default_value_t = 0)]
         seed: u64,
-        /// coordinates checked per tensor
-        #[arg(long, default_value_t = 8)]
+        /// coordinates checked per tensor (at most 10000)
+        #[arg(long, default_value_t = 8, value_parser = positive::<usize>)]
         samples: usize,
     },
     /// Evaluate the RL objectives on a cases file (the schema of tests/fixtures/*/objectives.json).
@@ -122,10 +122,17 @@ enum Cmd {
     },
     /// Supervised fine-tuning of the toy study's base model from scratch.
     Sft {
+        /// model folder written (locked while SFT runs)
         #[arg(long)]
         out: PathBuf,
+        /// optimizer steps on the mixture of trace shapes (phase 2; 0 with --full-only-steps 0: write
+        /// the initial model only)
         #[arg(long)]
         steps: Option<usize>,
+        /// at most this many steps on full-granularity traces first (phase 1, ended once greedy
+        /// decoding solves 90% of a probe; 0: no phase 1)
+        #[arg(long)]
+        full_only_steps: Option<usize>,
         #[arg(long)]
         seed: Option<u64>,
         /// JSON file with any SftConfig fields
@@ -161,7 +168,8 @@ struct TrainArgs {
     /// problem set (JSON / JSONL of {problem, answer}); without it, the toy task
     #[arg(long)]
     data: Option<PathBuf>,
-    /// run folder: train_config.json, metrics.jsonl, checkpoint/ (an existing run there is resumed)
+    /// run folder: train_config.json, metrics.jsonl, checkpoint/ (an existing run there is resumed;
+    /// the folder is locked while training runs)
     #[arg(long)]
     out: PathBuf,
     #[arg(long, value_enum, default_value = "drpo")]
@@ -169,6 +177,7 @@ struct TrainArgs {
     /// JSON file with any TrainConfig fields (CLI options override it)
     #[arg(long)]
     config: Option<PathBuf>,
+    /// training steps (0: write the run folder without training)
     #[arg(long)]
     steps: Option<usize>,
     /// DRPO's λ; `inf` = DisCO
@@ -195,32 +204,32 @@ struct TrainArgs {
     /// max global L2 norm of the gradient
     #[arg(long)]
     grad_clip: Option<f64>,
-    #[arg(long)]
+    #[arg(long, value_parser = positive::<usize>)]
     questions_per_step: Option<usize>,
-    #[arg(long)]
+    #[arg(long, value_parser = positive::<usize>)]
     group_size: Option<usize>,
-    #[arg(long)]
+    #[arg(long, value_parser = positive::<usize>)]
     mini_batch_questions: Option<usize>,
-    #[arg(long)]
+    #[arg(long, value_parser = positive::<usize>)]
     chunk_questions: Option<usize>,
-    #[arg(long)]
+    #[arg(long, value_parser = positive::<usize>)]
     inner_epochs: Option<usize>,
-    #[arg(long)]
+    #[arg(long, value_parser = non_negative)]
     temperature: Option<f64>,
-    #[arg(long)]
+    #[arg(long, value_parser = probability)]
     top_p: Option<f64>,
     /// generation budget C [default: 8192 for --data, the toy budget otherwise; capped by the context]
-    #[arg(long)]
+    #[arg(long, value_parser = positive::<usize>)]
     max_new_tokens: Option<usize>,
     /// --data problems whose templated prompt is longer are dropped [default: 1024]
-    #[arg(long)]
+    #[arg(long, value_parser = positive::<usize>)]
     max_prompt_tokens: Option<usize>,
     #[arg(long)]
     save_every: Option<usize>,
     #[arg(long)]
     seed: Option<u64>,
     /// use only the first K problems
-    #[arg(long)]
+    #[arg(long, value_parser = positive::<usize>)]
     limit: Option<usize>,
     #[arg(long, value_enum, default_value = "auto")]
     device: Device,
@@ -234,16 +243,16 @@ struct EvalArgs {
     #[arg(long)]
     data: Option<PathBuf>,
     /// samples per problem
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = positive::<usize>)]
     n: usize,
-    #[arg(long)]
+    #[arg(long, value_parser = positive::<usize>)]
     max_new_tokens: Option<usize>,
-    #[arg(long, default_value_t = 0.6)]
+    #[arg(long, default_value_t = 0.6, value_parser = non_negative)]
     temperature: f64,
-    #[arg(long, default_value_t = 0.95)]
+    #[arg(long, default_value_t = 0.95, value_parser = probability)]
     top_p: f64,
-    /// evaluate only the first K problems (K ≥ 1)
-    #[arg(long)]
+    /// evaluate only the first K problems
+    #[arg(long, value_parser = positive::<usize>)]
     limit: Option<usize>,
     /// folder for eval.json, eval.md and responses.jsonl (one line per response: problem, sample, verdict, length, text)
     #[arg(long)]
@@ -251,7 +260,7 @@ struct EvalArgs {
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// sequences generated together
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = positive::<usize>)]
     batch_size: usize,
     /// grade only after `</think>`: auto = when the chat template opens a think block
     #[arg(long, value_enum, default_value = "auto")]
@@ -267,6 +276,43 @@ enum Think {
     Off,
 }
 
+// One rule per option, shared by every command that has it (NOTES: "Guarantees"). A count that 0
+// would make meaningless (samples, batch sizes, token budgets, limits) is positive; `--steps`,
+// `--save-every`, `--warmup-steps`, `--top-k` and `--seed` take 0 with a documented meaning.
+
+/// Counts: a positive integer.
+fn positive<T: std::str::FromStr + Default + PartialEq>(s: &str) -> std::result::Result<T, String> {
+    match s.parse::<T>() {
+        Ok(v) if v == T::default() => Err("must be a positive integer (1 or more), got 0".into()),
+        Ok(v) => Ok(v),
+        Err(_) => Err(format!("must be a positive integer (1 or more), got `{s}`")),
+    }
+}
+
+/// `--temperature`: a finite number ≥ 0 (0 = greedy where a command samples; training needs > 0).
+fn non_negative(s: &str) -> std::result::Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(x) if x.is_finite() && x >= 0.0 => Ok(x),
+        _ => Err(format!("must be a finite number ≥ 0, got `{s}`")),
+    }
+}
+
+/// `--top-p`: a probability in (0, 1].
+fn probability(s: &str) -> std::result::Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(x) if x > 0.0 && x <= 1.0 => Ok(x),
+        _ => Err(format!("must be in (0, 1], got `{s}`")),
+    }
+}
+
+/// `println!` that returns an error instead of panicking when stdout is closed (`drpo inspect | head`).
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout(), $($arg)*).map_err(|e| Error::io("<stdout>", e))?
+    }};
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli.cmd) {
@@ -278,19 +324,37 @@ fn main() -> ExitCode {
     }
 }
 
+/// `--device gpu` fails here, before any work, when no GPU is usable (`auto` falls back later with a
+/// notice; `cpu` needs nothing). Every command with `--device` calls it first.
+fn probe_device(device: Device) -> Result<()> {
+    if device == Device::Gpu {
+        drpo::gpu::Gpu::new(0)?;
+    }
+    Ok(())
+}
+
 fn run(cmd: Cmd) -> Result<()> {
+    // a DRPO_CPU_SIMD the CPU cannot run (or a typo) is an error, not a silent fallback
+    drpo::cpu::simd::level_from_env()?;
+    let device = match &cmd {
+        Cmd::Logprobs { device, .. } | Cmd::Generate { device, .. } | Cmd::Demo { device, .. } => Some(*device),
+        Cmd::Train(a) => Some(a.device),
+        Cmd::Eval(a) => Some(a.device),
+        _ => None,
+    };
+    // options that contradict each other first: they fail the same way on every machine
+    if let Cmd::Logprobs { dtype: FloatType::F64, device: Device::Gpu, .. } = &cmd {
+        return Err(Error::input("--dtype f64 runs on the CPU only (the GPU computes in bf16); use --device cpu"));
+    }
+    if let Some(d) = device {
+        probe_device(d)?;
+    }
     match cmd {
         Cmd::Inspect { model, batch, prompt_tokens, new_tokens } => inspect(&model, batch, prompt_tokens, new_tokens),
         Cmd::Logprobs { model, input, out, dtype, device } => match dtype {
             FloatType::F32 => logprobs::<f32>(&model, &input, &out, device),
-            FloatType::F64 => {
-                // f64 asks for exact numbers: the GPU computes in bf16
-                let device = match device {
-                    Device::Gpu => return Err(Error::input("--dtype f64 runs on the CPU only (the GPU computes in bf16); use --device cpu")),
-                    _ => Device::Cpu,
-                };
-                logprobs::<f64>(&model, &input, &out, device)
-            }
+            // f64 asks for exact numbers: the GPU computes in bf16 (`--device gpu` was refused above)
+            FloatType::F64 => logprobs::<f64>(&model, &input, &out, Device::Cpu),
         },
         Cmd::Generate { model, prompt, chat, prompt_ids, max_new_tokens, temperature, top_k, top_p, seed, json, device } => {
             let sampling = drpo::sampling::SamplingParams { temperature, top_k, top_p };
@@ -302,7 +366,7 @@ fn run(cmd: Cmd) -> Result<()> {
             drpo::rl::grader::grade_cases_file(&input, &out, &drpo::rl::grader::GraderConfig { require_think_close: !no_think })
         }
         Cmd::Kernels { arch } => kernels(&arch),
-        Cmd::Sft { out, steps, seed, config } => sft(&out, steps, seed, config.as_deref()),
+        Cmd::Sft { out, steps, full_only_steps, seed, config } => sft(&out, steps, full_only_steps, seed, config.as_deref()),
         Cmd::Train(a) => train(*a),
         Cmd::Demo { out, quick, full, device } => {
             use drpo::study::Preset;
@@ -315,7 +379,7 @@ fn run(cmd: Cmd) -> Result<()> {
             let out = out.unwrap_or_else(|| PathBuf::from(folder));
             let study = drpo::study::StudyConfig::preset(preset);
             drpo::study::run_study(&study, &out, device, &mut |line| eprintln!("{line}"))?;
-            println!("report: {}", out.join("report.md").display());
+            say!("report: {}", out.join("report.md").display());
             Ok(())
         }
         Cmd::Eval(a) => eval(a),
@@ -349,17 +413,25 @@ fn eos_of(dir: &Path, file: &str, tok: Option<&drpo::tokenizer::Tokenizer>) -> R
 }
 
 fn inspect(dir: &Path, batch: Option<u64>, prompt_tokens: Option<u64>, new_tokens: Option<u64>) -> Result<()> {
-    let cfg = ModelConfig::from_dir(dir)?;
+    // the loader's own check of the tensor list against the config, from the headers alone
+    let cfg = drpo::weights::checked_config(dir)?;
     let layout = drpo::layout::ParamLayout::new(&cfg);
-    let files = drpo::weights::WeightFiles::open(dir)?;
-    let tensors = files.tensors()?;
+    let tensors = drpo::weights::WeightFiles::open(dir)?.tensors()?;
     let mut dtypes: Vec<String> = tensors.iter().map(|t| t.1.clone()).collect();
     dtypes.sort();
     dtypes.dedup();
+    // a corrupt tokenizer.json fails here, as it would for generate / eval / train; a missing one is
+    // shown as such. Everything that can fail is read before the first line is printed.
+    let tok = drpo::tokenizer::Tokenizer::from_dir_if_present(dir)?;
+    let eos = [
+        eos_of(dir, "generation_config.json", tok.as_ref())?,
+        eos_of(dir, "tokenizer_config.json", tok.as_ref())?,
+        eos_of(dir, "config.json", None)?,
+    ];
     let n = layout.total as f64;
-    println!("model        {}", dir.display());
-    println!("layers       {}   hidden {}   mlp {}   vocab {}", cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
-    println!(
+    say!("model        {}", dir.display());
+    say!("layers       {}   hidden {}   mlp {}   vocab {}", cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
+    say!(
         "attention    {} query heads, {} kv heads (GQA {}:1), head_dim {}, rope theta {}",
         cfg.num_attention_heads,
         cfg.num_key_value_heads,
@@ -368,33 +440,33 @@ fn inspect(dir: &Path, batch: Option<u64>, prompt_tokens: Option<u64>, new_token
         cfg.rope_theta
     );
     let ctx = cfg.max_position_embeddings as u64;
-    println!("context      {} positions   rms eps {:e}   tied embeddings {}", ctx, cfg.rms_norm_eps, cfg.tie_word_embeddings);
-    let tok = drpo::tokenizer::Tokenizer::from_dir(dir).ok();
-    let show = |x: Option<Vec<u32>>| x.map_or("–".to_string(), |ids| format!("{ids:?}"));
-    println!(
+    say!("context      {} positions   rms eps {:e}   tied embeddings {}", ctx, cfg.rms_norm_eps, cfg.tie_word_embeddings);
+    let show = |x: &Option<Vec<u32>>| x.as_ref().map_or("–".to_string(), |ids| format!("{ids:?}"));
+    say!(
         "eos ids      generation_config {}   tokenizer_config {}   config {}   → used {}",
-        show(eos_of(dir, "generation_config.json", tok.as_ref())?),
-        show(eos_of(dir, "tokenizer_config.json", tok.as_ref())?),
-        show(eos_of(dir, "config.json", None)?),
+        show(&eos[0]),
+        show(&eos[1]),
+        show(&eos[2]),
         tok.as_ref().map_or("– (no tokenizer.json)".to_string(), |t| format!("{:?}", t.eos_ids()))
     );
     if let Some(t) = &tok {
-        println!("tokenizer    {} ids (the model has {} rows)   chat template {:?}   bos {:?}", t.vocab_size(), cfg.vocab_size, t.chat_family(), cfg.bos_token_id);
+        say!("tokenizer    {} ids (the model has {} rows)   chat template {:?}   bos {:?}", t.vocab_size(), cfg.vocab_size, t.chat_family(), cfg.bos_token_id);
     }
-    println!("parameters   {} ({:.3} B)   {} tensors in the checkpoint, dtypes {}", layout.total, n / 1e9, tensors.len(), dtypes.join(", "));
+    say!("parameters   {} ({:.3} B)   {} tensors in the checkpoint, dtypes {}", layout.total, n / 1e9, tensors.len(), dtypes.join(", "));
     let kv_per_token = 2.0 * cfg.num_hidden_layers as f64 * cfg.kv_dim() as f64;
-    println!("memory       weights: {} in bf16, {} in f32, {} in f64", gib(2.0 * n), gib(4.0 * n), gib(8.0 * n));
-    println!("             KV cache per token: {} KiB in f32", kv_per_token * 4.0 / 1024.0);
-    println!("             training state (f32 params + grads + 2 AdamW moments): {}", gib(16.0 * n));
-    let b = batch.unwrap_or(8).max(1);
-    let p = prompt_tokens.unwrap_or_else(|| 1024.min(ctx / 2)).max(1);
-    let new = new_tokens.unwrap_or_else(|| 8192.min(ctx.saturating_sub(p))).max(1);
+    say!("memory       weights: {} in bf16, {} in f32, {} in f64", gib(2.0 * n), gib(4.0 * n), gib(8.0 * n));
+    say!("             KV cache per token: {} KiB in f32", kv_per_token * 4.0 / 1024.0);
+    say!("             training state (f32 params + grads + 2 AdamW moments): {}", gib(16.0 * n));
+    // explicit values are positive (the option's rule); the defaults are kept ≥ 1 for tiny contexts
+    let b = batch.unwrap_or(8);
+    let p = prompt_tokens.unwrap_or_else(|| 1024.min(ctx / 2).max(1));
+    let new = new_tokens.unwrap_or_else(|| 8192.min(ctx.saturating_sub(p)).max(1));
     let seq = p.saturating_add(new);
     if seq > ctx {
-        println!("             note: {p} + {new} tokens exceed the context of {ctx}: generate / eval / train would refuse");
+        say!("             note: {p} + {new} tokens exceed the context of {ctx}: generate / eval / train would refuse");
     }
     let g = drpo::memory::generation(&cfg, 4, b, p, seq);
-    println!(
+    say!(
         "             generate / eval, {b} sequences of {p} + {new} tokens (f32): {}  (weights {}, KV cache {}, activations {})",
         gib(g.total() as f64),
         gib(g.weights as f64),
@@ -402,47 +474,57 @@ fn inspect(dir: &Path, batch: Option<u64>, prompt_tokens: Option<u64>, new_token
         gib(g.activations as f64)
     );
     let t = drpo::memory::training(&cfg, 4, b.saturating_mul(seq), seq);
-    println!(
+    say!(
         "             train, a chunk of {b} sequences of {p} + {new} tokens (f32): {}  (weights {}, optimizer {}, activations {})",
         gib(t.total() as f64),
         gib(t.weights as f64),
         gib(t.optimizer as f64),
         gib(t.activations as f64)
     );
-    println!("             (train also holds the rollout KV cache of questions × G sequences: the generate line with --batch Q·G)");
+    say!("             (train also holds the rollout KV cache of questions × G sequences: the generate line with --batch Q·G)");
     if let Some(a) = drpo::memory::available_bytes() {
-        println!("             available on this machine: {}", gib(a as f64));
+        say!("             available on this machine: {}", gib(a as f64));
     }
     Ok(())
+}
+
+/// `drpo logprobs`'s output: row i has len_i − 1 entries.
+#[derive(serde::Serialize)]
+struct LogprobsOut {
+    logprobs: Vec<Vec<f64>>,
 }
 
 fn logprobs<T: drpo::cpu::Float>(dir: &Path, input: &Path, out: &Path, device: Device) -> Result<()> {
     let v = read_json(input)?;
     let rows = v.get("sequences").and_then(|s| s.as_array()).ok_or_else(|| Error::json(input, "expected {\"sequences\": [[id, ...], ...]}"))?;
-    let vocab = ModelConfig::from_dir(dir)?.vocab_size;
+    let cfg = drpo::weights::checked_config(dir)?;
+    let vocab = cfg.vocab_size;
     let mut seqs = Vec::with_capacity(rows.len());
     for (i, row) in rows.iter().enumerate() {
+        // Error::data names the record (the sequence's index): the text need not repeat it
         let ids = row
             .as_array()
-            .ok_or_else(|| Error::data(input, i, "sequence {i}: a sequence must be a list of token ids"))?
+            .ok_or_else(|| Error::data(input, i, "a sequence must be a list of token ids"))?
             .iter()
             .map(|x| x.as_u64().filter(|&t| t <= u32::MAX as u64).map(|t| t as u32))
             .collect::<Option<Vec<u32>>>()
-            .ok_or_else(|| Error::data(input, i, format!("sequence {i}: token ids must be non-negative integers")))?;
+            .ok_or_else(|| Error::data(input, i, "token ids must be non-negative integers"))?;
         if ids.is_empty() {
-            return Err(Error::data(input, i, format!("sequence {i}: empty sequence")));
+            return Err(Error::data(input, i, "empty sequence"));
         }
         if let Some((t, &id)) = ids.iter().enumerate().find(|(_, &id)| id as usize >= vocab) {
-            return Err(Error::data(input, i, format!("sequence {i}: token id {id} at position {t} is out of range (the model's vocab_size is {vocab})")));
+            return Err(Error::data(input, i, format!("token id {id} at position {t} is out of range (the model's vocab_size is {vocab})")));
         }
         seqs.push(ids);
     }
+    let tokens = seqs.iter().map(|s| s.len() as u64).fold(0u64, u64::saturating_add);
+    let elem = std::mem::size_of::<T>() as u64;
+    drpo::memory::ensure_fits(&format!("scoring {tokens} tokens on the CPU ({})", T::NAME), &drpo::memory::scoring(&cfg, elem, tokens))?;
     let model = Model::<T>::load(dir)?;
     let refs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
     let engine = Engine::new(device, &model, &mut |n| eprintln!("{n}"))?;
-    let lp = engine.score(&model, &refs, 1.0)?;
-    let text = serde_json::to_vec(&json!({ "logprobs": lp })).map_err(|e| Error::json(out, e))?;
-    write_atomic(out, &text)
+    let logprobs = engine.score(&model, &refs, 1.0)?;
+    drpo::output::write_json(out, &LogprobsOut { logprobs }, false)
 }
 
 /// One warning line when prompts will be rendered with a chat template this tool does not recognise.
@@ -469,7 +551,7 @@ fn generate_cmd(
     as_json: bool,
     device: Device,
 ) -> Result<()> {
-    let cfg = ModelConfig::from_dir(dir)?;
+    let cfg = drpo::weights::checked_config(dir)?;
     let max_pos = cfg.max_position_embeddings as u64;
     let max_new = max_new_tokens as u64;
     // up front, with checked sums: a huge --max-new-tokens must not wrap around and pass
@@ -492,13 +574,14 @@ fn generate_cmd(
     };
     let est = drpo::memory::generation(&cfg, 4, 1, prompt_len, total);
     drpo::memory::ensure_fits("generation on the CPU (f32 weights, KV cache)", &est)?;
-    let model = Model::<f32>::load(dir)?;
-    let engine = Engine::new(device, &model, &mut |n| eprintln!("{n}"))?;
-    let tokenizer = drpo::tokenizer::Tokenizer::from_dir(dir);
+    // a corrupt tokenizer.json is an error; a missing one is one only where text is needed
+    let tokenizer = drpo::tokenizer::Tokenizer::from_dir_if_present(dir)?;
     let ids = match (prompt, prompt_ids) {
         (_, Some(ids)) => ids,
         (Some(text), None) => {
-            let tok = tokenizer.as_ref().map_err(|e| Error::input(format!("--prompt needs the model's tokenizer: {e}")))?;
+            let tok = tokenizer
+                .as_ref()
+                .ok_or_else(|| Error::input(format!("--prompt needs the model's tokenizer, and {} has no tokenizer.json (give --prompt-ids)", dir.display())))?;
             let text = if chat {
                 warn_chat_family(tok);
                 tok.apply_chat_template(&[drpo::tokenizer::Message::user(text)], true)?
@@ -509,8 +592,10 @@ fn generate_cmd(
         }
         (None, None) => return Err(Error::input("give --prompt or --prompt-ids")),
     };
+    let model = Model::<f32>::load(dir)?;
+    let engine = Engine::new(device, &model, &mut |n| eprintln!("{n}"))?;
     let mut eos = model.cfg.eos_token_ids.clone();
-    if let Ok(tok) = &tokenizer {
+    if let Some(tok) = &tokenizer {
         eos.extend_from_slice(tok.eos_ids());
     }
     eos.sort_unstable();
@@ -519,29 +604,36 @@ fn generate_cmd(
     let out = engine.generate(&model, std::slice::from_ref(&ids), &opts)?;
     let generated = &out[0].tokens;
     let text = match &tokenizer {
-        Ok(tok) => {
+        Some(tok) => {
             let (text, skipped) = tok.decode_lenient(generated, false)?;
             if skipped > 0 {
                 eprintln!("note: {skipped} generated ids are not in the tokenizer ({} ids); the text leaves them out", tok.vocab_size());
             }
-            text
+            Some(text)
         }
-        Err(_) => String::new(),
+        None => {
+            eprintln!("note: {} has no tokenizer.json: the generated ids are not decoded", dir.display());
+            None
+        }
     };
     if as_json {
-        println!("{}", json!({ "prompt_ids": ids, "generated_ids": generated, "text": text }));
+        // "text": null (not "") when there is no tokenizer to decode with
+        say!("{}", json!({ "prompt_ids": ids, "generated_ids": generated, "text": text }));
     } else {
-        println!("{text}");
+        match text {
+            Some(text) => say!("{text}"),
+            None => say!("{}", generated.iter().map(u32::to_string).collect::<Vec<_>>().join(",")),
+        }
     }
     Ok(())
 }
 
 fn gradcheck(model: Option<&Path>, seed: u64, samples: usize) -> Result<()> {
     let rows = drpo::gradcheck::gradcheck(model, None, seed, samples)?;
-    println!("{:<55} {:>8} {:>12} {:>12}  result", "tensor", "checked", "max abs err", "max rel err");
+    say!("{:<55} {:>8} {:>12} {:>12}  result", "tensor", "checked", "max abs err", "max rel err");
     let mut failed = 0;
     for r in &rows {
-        println!(
+        say!(
             "{:<55} {:>8} {:>12.3e} {:>12.3e}  {}",
             r.tensor,
             r.checked,
@@ -554,15 +646,23 @@ fn gradcheck(model: Option<&Path>, seed: u64, samples: usize) -> Result<()> {
     if failed > 0 {
         return Err(Error::input(format!("gradcheck: {failed} of {} tensors failed (tolerance {:e})", rows.len(), drpo::gradcheck::TOLERANCE)));
     }
-    println!("all {} tensors pass (relative tolerance {:e})", rows.len(), drpo::gradcheck::TOLERANCE);
+    say!("all {} tensors pass (relative tolerance {:e})", rows.len(), drpo::gradcheck::TOLERANCE);
     Ok(())
 }
 
 fn kernels(archs: &[String]) -> Result<()> {
-    println!("{:<10} {:<28} {:<6} {:>5} {:>10} {:>7} {:>12}", "family", "kernel", "arch", "regs", "smem B", "stack", "spill st/ld");
+    // compiling needs NVRTC only: no driver, no GPU, and no --device option to suggest
+    if !drpo::gpu::nvrtc_available() {
+        return Err(Error::NoNvrtc {
+            why: "libnvrtc.so.13 was not found\n  hint: run `eval \"$(bash .ci/install-nvrtc.sh)\"` in this shell, or put the \
+                  CUDA 13 lib folder on LD_LIBRARY_PATH"
+                .into(),
+        });
+    }
+    say!("{:<10} {:<28} {:<6} {:>5} {:>10} {:>7} {:>12}", "family", "kernel", "arch", "regs", "smem B", "stack", "spill st/ld");
     for arch in archs {
         for r in drpo::gpu::compile_all(arch)? {
-            println!(
+            say!(
                 "{:<10} {:<28} {:<6} {:>5} {:>10} {:>7} {:>6}/{:<5}",
                 r.family, r.kernel, r.arch, r.registers, r.shared_bytes, r.stack_bytes, r.spill_store_bytes, r.spill_load_bytes
             );
@@ -588,20 +688,24 @@ fn json_overrides<T: serde::Serialize + serde::de::DeserializeOwned>(base: T, fi
     }
 }
 
-fn sft(out: &Path, steps: Option<usize>, seed: Option<u64>, config: Option<&Path>) -> Result<()> {
+fn sft(out: &Path, steps: Option<usize>, full_only_steps: Option<usize>, seed: Option<u64>, config: Option<&Path>) -> Result<()> {
     let (mut cfg, _) = json_overrides(drpo::sft::SftConfig::default(), config)?;
     if let Some(s) = steps {
         cfg.steps = s;
+    }
+    if let Some(s) = full_only_steps {
+        cfg.full_only_steps = s;
     }
     if let Some(s) = seed {
         cfg.seed = s;
     }
     // at most: the full-only phase usually ends early
-    let bar = progress((cfg.full_only_steps + cfg.steps) as u64, "sft");
-    drpo::sft::run_sft(&cfg, out, &mut |s| {
+    let bar = progress(cfg.full_only_steps.saturating_add(cfg.steps) as u64, "sft");
+    let on_step = &mut |s: &drpo::sft::SftStep| {
         bar.set_position(s.step as u64 + 1);
         bar.set_message(format!("loss {:.4}", s.loss));
-    })?;
+    };
+    drpo::sft::run_sft_with_notices(&cfg, out, on_step, &mut |line| eprintln!("note: {line}"))?;
     bar.finish();
     eprintln!("base model written to {}", out.display());
     Ok(())
@@ -696,7 +800,7 @@ fn load_env(
 fn train(a: TrainArgs) -> Result<()> {
     let tok = drpo::tokenizer::Tokenizer::from_dir(&a.model)?;
     warn_chat_family(&tok);
-    let mcfg = ModelConfig::from_dir(&a.model)?;
+    let mcfg = drpo::weights::checked_config(&a.model)?;
     let base = if a.data.is_some() {
         drpo::rl::trainer::TrainConfig { objective: a.objective, ..Default::default() }
     } else {
@@ -765,16 +869,18 @@ fn eval(a: EvalArgs) -> Result<()> {
     let tok = drpo::tokenizer::Tokenizer::from_dir(&a.model)?;
     warn_chat_family(&tok);
     let env = load_env(&a.model, a.data.as_deref(), a.limit, drpo::task::Split::Eval, &tok, a.think, None)?;
-    let mcfg = ModelConfig::from_dir(&a.model)?;
+    let mcfg = drpo::weights::checked_config(&a.model)?;
     let max_prompt = (0..env.len()).map(|i| env.prompt(i).len()).max().unwrap_or(0) as u64;
     // default: SPEC's 8192 (the toy budget for the toy task), capped by the model's context
     let room = mcfg.max_position_embeddings.saturating_sub(max_prompt as usize);
     let default_budget = if a.data.is_some() { 8192 } else { toy_budget(&a.model)? };
     let max_new = a.max_new_tokens.unwrap_or(default_budget.min(room));
-    let n = a.n.max(1);
-    let responses = env.len().checked_mul(n).ok_or_else(|| Error::input(format!("--n {n} × {} problems overflows", env.len())))?;
+    let n = a.n;
+    let responses = env.len().checked_mul(n).filter(|&r| r <= drpo::eval::MAX_RESPONSES).ok_or_else(|| {
+        Error::input(format!("--n {n} × {} problems: more than {} responses (lower --n or --limit)", env.len(), drpo::eval::MAX_RESPONSES))
+    })?;
     // the batches eval really generates: at most --batch-size sequences, at most every response
-    let batch = a.batch_size.max(1).min(responses) as u64;
+    let batch = a.batch_size.min(responses) as u64;
     let est = drpo::memory::generation(&mcfg, 4, batch, max_prompt, max_prompt.saturating_add(max_new as u64));
     drpo::memory::ensure_fits("evaluation on the CPU (f32 weights, KV cache of one batch)", &est)?;
     let model = Model::<f32>::load(&a.model)?;
@@ -795,9 +901,8 @@ fn eval(a: EvalArgs) -> Result<()> {
     let (report, _) = drpo::eval::eval_env(&engine, &model, env.as_ref(), &tok, &opts, &mut |records, done, _| {
         if let Some(lines) = lines.as_mut() {
             for r in records {
-                let mut line = serde_json::to_vec(r).map_err(|e| Error::json(Path::new("responses.jsonl"), e))?;
-                line.push(b'\n');
-                lines.write(&line)?;
+                let line = drpo::output::json_text("responses.jsonl", r, false)?;
+                lines.write(format!("{line}\n").as_bytes())?;
             }
         }
         bar.set_position(done as u64);
@@ -807,8 +912,10 @@ fn eval(a: EvalArgs) -> Result<()> {
     if let Some(lines) = lines {
         lines.finish()?;
     }
+    // the table and eval.json print the report's numbers: none may be NaN or ±inf
+    drpo::output::ensure_finite("the evaluation report", &report)?;
     let table = drpo::eval::markdown_table(&report);
-    println!("{table}");
+    say!("{table}");
     if let Some(out) = a.out {
         let doc = json!({
             "model": a.model, "data": a.data, "options": opts, "device": engine.name(),

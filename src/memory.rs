@@ -52,6 +52,16 @@ pub fn generation(cfg: &ModelConfig, elem: u64, batch: u64, max_prompt: u64, max
     }
 }
 
+/// Scoring `rows` tokens without a backward pass (`drpo logprobs`): one layer's activations for
+/// every row at a time (nothing is kept across layers but the residual stream) and one block of
+/// [`HEAD_ROWS`] rows of logits.
+pub fn scoring(cfg: &ModelConfig, elem: u64, rows: u64) -> MemoryEstimate {
+    let (c, ff, v) = (cfg.hidden_size as u64, cfg.intermediate_size as u64, cfg.vocab_size as u64);
+    let per_row = add(&[mul(&[6, c]), mul(&[3, ff]), 2]);
+    let acts = add(&[mul(&[rows, per_row]), mul(&[HEAD_ROWS as u64, v])]);
+    MemoryEstimate { weights: mul(&[params(cfg), elem]), kv_cache: 0, activations: mul(&[acts, elem]), optimizer: 0 }
+}
+
 /// One training chunk of `rows` tokens in sequences of up to `seq_len` tokens: every layer's
 /// activations are kept for the backward pass (attention probabilities included), plus the head's
 /// logits and their gradient for one block of [`HEAD_ROWS`] rows, plus gradients and the two AdamW

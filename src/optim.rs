@@ -75,22 +75,43 @@ impl<T: Float> AdamWState<T> {
         // torch's lerp_(end, w): self + w·(end − self) for |w| < 0.5, else end − (end − self)·(1 − w)
         let (lerp_low, one_minus_w) = ((1.0 - cfg.beta1).abs() < 0.5, T::ONE - one_minus_b1);
         let (bc2_sqrt, eps) = (T::from_f64(bias_correction2_sqrt), T::from_f64(cfg.eps));
+        let k = AdamWScalars { decay, step_size, one_minus_b1, b2, one_minus_b2, lerp_low, one_minus_w, bc2_sqrt, eps };
         params
             .par_chunks_mut(CHUNK)
             .zip(grads.par_chunks(CHUNK))
             .zip(self.m.par_chunks_mut(CHUNK))
             .zip(self.v.par_chunks_mut(CHUNK))
-            .for_each(|(((p, g), m), v)| {
-                for i in 0..p.len() {
-                    let gi = g[i];
-                    p[i] *= decay;
-                    let diff = gi - m[i];
-                    m[i] = if lerp_low { m[i] + one_minus_b1 * diff } else { gi - diff * one_minus_w };
-                    v[i] = b2 * v[i] + one_minus_b2 * (gi * gi);
-                    let denom = v[i].sqrt() / bc2_sqrt + eps;
-                    p[i] -= step_size * (m[i] / denom);
-                }
-            });
+            // compiled per SIMD level: element-wise IEEE operations, the same bits at any vector width
+            .for_each(|(((p, g), m), v)| crate::cpu::simd::run(#[inline(always)] || adamw_chunk(p, g, m, v, &k)));
+    }
+}
+
+/// The scalars of one AdamW step, rounded once to T.
+struct AdamWScalars<T> {
+    decay: T,
+    step_size: T,
+    one_minus_b1: T,
+    b2: T,
+    one_minus_b2: T,
+    lerp_low: bool,
+    one_minus_w: T,
+    bc2_sqrt: T,
+    eps: T,
+}
+
+/// The element-wise AdamW update of one chunk (torch's CUDA rounding order, see the module doc).
+#[inline(always)]
+fn adamw_chunk<T: Float>(p: &mut [T], g: &[T], m: &mut [T], v: &mut [T], k: &AdamWScalars<T>) {
+    let n = p.len();
+    let (g, m, v) = (&g[..n], &mut m[..n], &mut v[..n]);
+    for i in 0..n {
+        let gi = g[i];
+        p[i] *= k.decay;
+        let diff = gi - m[i];
+        m[i] = if k.lerp_low { m[i] + k.one_minus_b1 * diff } else { gi - diff * k.one_minus_w };
+        v[i] = k.b2 * v[i] + k.one_minus_b2 * (gi * gi);
+        let denom = v[i].sqrt() / k.bc2_sqrt + k.eps;
+        p[i] -= k.step_size * (m[i] / denom);
     }
 }
 

@@ -93,43 +93,83 @@ impl SftConfig {
         }
     }
 
-    /// The Qwen2 config of the toy model for a tokenizer of `vocab` ids.
+    /// The Qwen2 config of the toy model for the task tokenizer `tok`.
     pub fn model_config(&self, tok: &Tokenizer) -> ModelConfig {
+        self.model_config_for(tok.vocab_size(), tok.eos_ids().to_vec())
+    }
+
+    fn model_config_for(&self, vocab_size: usize, eos_token_ids: Vec<u32>) -> ModelConfig {
         let max_len = crate::task::prompt_tokens(self.max_level) + crate::task::trace_tokens(self.max_level, 3 * self.max_level + 8);
         ModelConfig {
-            vocab_size: tok.vocab_size(),
+            vocab_size,
             hidden_size: self.hidden_size,
             intermediate_size: self.intermediate_size,
             num_hidden_layers: self.num_layers,
             num_attention_heads: self.num_heads,
             num_key_value_heads: self.num_kv_heads,
-            head_dim: self.hidden_size / self.num_heads,
+            head_dim: self.hidden_size / self.num_heads.max(1),
             rope_theta: 10000.0,
             rms_norm_eps: 1e-6,
             max_position_embeddings: max_len.next_power_of_two(),
             tie_word_embeddings: true,
             bos_token_id: None,
-            eos_token_ids: tok.eos_ids().to_vec(),
+            eos_token_ids,
             torch_dtype: Some("float32".into()),
         }
     }
 
+    /// Every setting checked before anything is written: sizes positive and capped, the optimizer
+    /// settings by the rules `drpo train` uses ([`crate::settings::OptimizerSettings`]), and the model
+    /// by the rules a config.json is loaded with ([`ModelConfig::validate`]), so a finished SFT always
+    /// writes a folder every command can load. The error names the setting.
     pub fn validate(&self) -> Result<()> {
+        const WHO: &str = "sft config";
         self.task().validate()?;
-        let bad = |w: &str| Err(Error::input(format!("sft: {w}")));
-        if self.batch_size == 0 || self.n_train == 0 {
-            return bad("batch size and number of questions must be positive");
+        let bad = |field: &str, why: String| Err(Error::input(format!("{WHO}: {field}: {why}")));
+        for (field, v) in [
+            ("n_train", self.n_train),
+            ("batch_size", self.batch_size),
+            ("hidden_size", self.hidden_size),
+            ("num_layers", self.num_layers),
+            ("num_heads", self.num_heads),
+            ("num_kv_heads", self.num_kv_heads),
+            ("intermediate_size", self.intermediate_size),
+        ] {
+            crate::settings::check_positive(WHO, field, v)?;
         }
-        self.trace_mix().validate()?;
-        if self.num_heads == 0 || self.num_kv_heads == 0 || self.num_heads % self.num_kv_heads != 0 || self.hidden_size % self.num_heads != 0 {
-            return bad("heads must divide the hidden size, kv heads must divide heads");
+        if self.n_train > crate::task::MAX_EXAMPLES {
+            return bad("n_train", format!("{} is above the cap of {} questions", self.n_train, crate::task::MAX_EXAMPLES));
         }
-        if (self.hidden_size / self.num_heads) % 2 != 0 {
-            return bad("head dim must be even (rotary pairs)");
+        if self.batch_size > MAX_BATCH {
+            return bad("batch_size", format!("{} is above the cap of {MAX_BATCH} sequences per step", self.batch_size));
         }
-        Ok(())
+        // a padded trace has up to max_level + extra_checks checks; the model's context holds
+        // 3·max_level + 8 (model_config)
+        let max_extra = 2 * self.max_level + 8;
+        if self.extra_checks > max_extra {
+            return bad("extra_checks", format!("{} is above 2·max_level + 8 = {max_extra} (longer traces do not fit the context)", self.extra_checks));
+        }
+        self.trace_mix().validate(WHO)?;
+        if self.hidden_size % self.num_heads != 0 {
+            return bad("num_heads", format!("{} does not divide hidden_size = {}", self.num_heads, self.hidden_size));
+        }
+        let optimizer = crate::settings::OptimizerSettings { lr: self.lr, min_lr: 0.1 * self.lr, weight_decay: 0.0, grad_clip: 1.0 };
+        optimizer.validate(WHO)?;
+        self.model_config_for(crate::task::TASK_VOCAB.len(), Vec::new()).validate(Path::new("sft config (the model it builds)"))
+    }
+
+    /// The memory SFT needs on the CPU: f32 weights, gradients and AdamW moments, and one step's
+    /// activations (batch_size sequences of the longest prompt + trace).
+    pub fn memory_estimate(&self) -> crate::memory::MemoryEstimate {
+        let cfg = self.model_config_for(crate::task::TASK_VOCAB.len(), Vec::new());
+        let seq = cfg.max_position_embeddings as u64;
+        crate::memory::training(&cfg, 4, (self.batch_size as u64).saturating_mul(seq), seq)
     }
 }
+
+/// Cap on SFT's sequences per step (the questions are capped by [`crate::task::MAX_EXAMPLES`], the
+/// steps have a progress bar): far above the toy study's 32.
+pub const MAX_BATCH: usize = 1 << 16;
 
 /// Which traces an SFT step trains on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -190,9 +230,25 @@ fn probe_accuracy(model: &Model<f32>, probe: &[(&crate::task::TaskExample, &Vec<
 /// seed (measured), and shapes mixed in before that delay it further or prevent it. Phase 2 trains
 /// `steps` steps on the mixture, the rate decaying along a cosine to a tenth. Without phase 1 the
 /// schedule is warmup, then the cosine over `steps` (the SFT of configurations older than phase 1).
+///
+/// `out` is locked for the run ([`crate::runlock::RunLock`]). A loss or gradient norm that is not
+/// finite stops the run with an error before the update, and no model is saved (the weights are
+/// only saved at the end, after the last good step).
 pub fn run_sft(cfg: &SftConfig, out: &Path, on_step: &mut dyn FnMut(&SftStep)) -> Result<Model<f32>> {
+    run_sft_with_notices(cfg, out, on_step, &mut |_| {})
+}
+
+/// [`run_sft`], passing lines for the user (a stale lock taken over) to `notice`.
+pub fn run_sft_with_notices(
+    cfg: &SftConfig,
+    out: &Path,
+    on_step: &mut dyn FnMut(&SftStep),
+    notice: &mut dyn FnMut(String),
+) -> Result<Model<f32>> {
     cfg.validate()?;
-    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    crate::memory::ensure_fits("SFT on the CPU (weights, gradients, optimizer, one batch's activations)", &cfg.memory_estimate())?;
+    let (_lock, note) = crate::runlock::RunLock::acquire(out, "drpo sft")?;
+    note.into_iter().for_each(&mut *notice);
     // sft_config.json marks a finished base (a study reuses a folder holding it): remove a previous
     // one first, so a run stopped before the end never leaves new weights under an old config
     let marker = out.join("sft_config.json");
@@ -257,11 +313,17 @@ pub fn run_sft(cfg: &SftConfig, out: &Path, on_step: &mut dyn FnMut(&SftStep)) -
         let dlogp: Vec<Vec<f64>> = scored.logp.iter().map(|r| vec![-1.0 / n_tokens as f64; r.len()]).collect();
         let mut grads = backward_responses(&model, &scored, &dlogp);
         let grad_norm = clip_grad_norm(&mut grads, 1.0);
-        if grad_norm.is_finite() {
-            opt.step(&mut model.params, &grads, &adamw, lr);
+        if !(loss.is_finite() && grad_norm.is_finite()) {
+            let (at, value) = if loss.is_finite() { ("gradient norm", grad_norm) } else { ("loss", loss) };
+            return Err(Error::NonFinite {
+                what: format!("sft at step {step} (stopped before the update: no model was saved to {}; a lower lr may help)", out.display()),
+                at: at.into(),
+                value,
+            });
         }
+        opt.step(&mut model.params, &grads, &adamw, lr);
         let rec = SftStep { step, phase, loss, grad_norm, lr, probe_accuracy: probed };
-        log.push_str(&serde_json::to_string(&rec).map_err(|e| Error::json(out, e))?);
+        log.push_str(&crate::output::json_text("sft_log.jsonl", &rec, false)?);
         log.push('\n');
         on_step(&rec);
     }

@@ -274,11 +274,18 @@ fn splitmix64_mix(mut z: u64) -> u64 {
 /// them in eval).
 const FRESH_TRIES: usize = 64;
 
+/// Cap on the questions of one split (`drpo sft`'s n_train, `--limit` on the toy task): far above
+/// the study's sizes, far below an allocation that aborts.
+pub const MAX_EXAMPLES: usize = 1 << 20;
+
 /// `n` questions of `split`, deterministic in `(cfg, split, n)`; a prefix of a longer call equals a
 /// shorter call. Questions are distinct within one call while the level's pool of the split
 /// allows, then repeat.
 pub fn generate_split(cfg: &TaskConfig, split: Split, n: usize) -> Result<Vec<TaskExample>> {
     cfg.validate()?;
+    if n > MAX_EXAMPLES {
+        return Err(Error::input(format!("{n} task questions asked for; at most {MAX_EXAMPLES} are generated")));
+    }
     let stream = match split {
         Split::Train => 0x7472_6169_6e00_0000u64, // "train"
         Split::Eval => 0x6576_616c_0000_0000u64,  // "eval"
@@ -380,10 +387,11 @@ pub struct TraceMix {
 }
 
 impl TraceMix {
-    pub fn validate(&self) -> Result<()> {
+    /// Every share in [0, 1]; the error names `who` (the settings it comes from) and the field.
+    pub fn validate(&self, who: &str) -> Result<()> {
         for (name, v) in [("guess_share", self.guess_share), ("shortcut_share", self.shortcut_share), ("concise_share", self.concise_share)] {
             if !(0.0..=1.0).contains(&v) {
-                return Err(Error::input(format!("trace mix: {name} = {v} must be in [0, 1]")));
+                return Err(Error::input(format!("{who}: {name}: {v} must be in [0, 1]")));
             }
         }
         Ok(())

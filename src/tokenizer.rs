@@ -103,6 +103,18 @@ impl std::fmt::Debug for Tokenizer {
 }
 
 impl Tokenizer {
+    /// [`Tokenizer::from_dir`] when `dir/tokenizer.json` exists, `None` when it does not. A file that
+    /// exists but does not load (corrupt, or its companion files are) is an error: missing and
+    /// corrupt are never confused.
+    pub fn from_dir_if_present(dir: &Path) -> Result<Option<Tokenizer>> {
+        let path = dir.join("tokenizer.json");
+        match std::fs::metadata(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(&path, e)),
+            Ok(_) => Tokenizer::from_dir(dir).map(Some),
+        }
+    }
+
     /// Loads `dir/tokenizer.json` (required) and, when present, `tokenizer_config.json`,
     /// `generation_config.json`, `config.json` and `chat_template.jinja` from a checkpoint folder.
     ///

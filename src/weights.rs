@@ -110,8 +110,9 @@ impl WeightFiles {
         Ok(out)
     }
 
-    /// Converts one tensor into `dst`, checking its shape.
-    fn read_into<T: Float>(&self, name: &str, shape: &[usize], dst: &mut [T]) -> Result<()> {
+    /// The checks of one tensor that need its header only: present, of `shape`, of a supported dtype,
+    /// with a data length that matches. Returns its file and the element width in bytes.
+    fn check_tensor(&self, name: &str, shape: &[usize]) -> Result<(&MappedFile, usize)> {
         let &k = self.index.get(name).ok_or_else(|| Error::weights(&self.source, name, "missing from the checkpoint"))?;
         let file = &self.files[k];
         let st = file.parse()?;
@@ -123,7 +124,6 @@ impl WeightFiles {
                 format!("has shape {:?}, expected {:?} from config.json", view.shape(), shape),
             ));
         }
-        let bytes = view.data();
         let width = match view.dtype() {
             Dtype::F32 => 4,
             Dtype::F64 => 8,
@@ -132,17 +132,49 @@ impl WeightFiles {
                 return Err(Error::weights(&file.path, name, format!("dtype {other:?} is not supported (F32, F64, BF16, F16 are)")))
             }
         };
-        if bytes.len() != dst.len() * width {
+        if view.data().len() != shape.iter().product::<usize>() * width {
             return Err(Error::weights(&file.path, name, "data length does not match its shape and dtype"));
         }
+        Ok((file, width))
+    }
+
+    /// Checks the checkpoint against `layout` from the safetensors headers alone (no tensor data is
+    /// read, nothing is allocated): no surplus tensor, and every tensor of the layout present with its
+    /// shape, a supported dtype and a matching data length. Loading runs it before allocating the
+    /// parameter buffer and `drpo inspect` runs it as is, so both fail the same way, naming the tensor.
+    pub fn check_layout(&self, layout: &ParamLayout) -> Result<()> {
+        self.check_no_surplus(layout)?;
+        for e in &layout.entries {
+            self.check_tensor(&e.name, &e.shape)?;
+        }
+        Ok(())
+    }
+
+    /// Converts one tensor into `dst` (after [`Self::check_tensor`]); a value that is not finite
+    /// once converted (NaN, ±inf, or an F64 beyond the range of `T`) is an error naming the tensor and
+    /// the element's index.
+    fn read_into<T: Float>(&self, name: &str, shape: &[usize], dst: &mut [T]) -> Result<()> {
+        let (file, width) = self.check_tensor(name, shape)?;
+        let st = file.parse()?;
+        let view = st.tensor(name).map_err(|e| Error::weights(&file.path, name, format!("unreadable: {e}")))?;
         let dtype = view.dtype();
-        for (d, b) in dst.iter_mut().zip(bytes.chunks_exact(width)) {
-            *d = match dtype {
-                Dtype::F32 => T::from_f32(f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-                Dtype::F64 => T::from_f64(f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])),
-                Dtype::BF16 => T::from_f32(half::bf16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32()),
-                _ => T::from_f32(half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32()),
+        for (i, (d, b)) in dst.iter_mut().zip(view.data().chunks_exact(width)).enumerate() {
+            let stored = match dtype {
+                Dtype::F32 => f64::from(f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+                Dtype::F64 => f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]),
+                Dtype::BF16 => f64::from(half::bf16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32()),
+                _ => f64::from(half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32()),
             };
+            // every narrower dtype is exact in f64, so from_f64 rounds once, as from_f32 did
+            *d = T::from_f64(stored);
+            if !d.to_f64().is_finite() {
+                let what = if stored.is_finite() {
+                    format!("element {} = {stored:e} overflows {}: the weights must be finite", element_index(i, shape), T::NAME)
+                } else {
+                    format!("element {} is {stored}: the checkpoint holds non-finite weights", element_index(i, shape))
+                };
+                return Err(Error::weights(&file.path, name, what));
+            }
         }
         Ok(())
     }
@@ -179,16 +211,41 @@ impl WeightFiles {
     }
 }
 
+/// The config of the checkpoint in `dir`, after [`WeightFiles::check_layout`] (headers only): what a
+/// command reads before its memory estimate, so a config that does not match its weights is named as
+/// such (the tensor, the shapes) rather than as an absurd memory need.
+pub fn checked_config(dir: &Path) -> Result<ModelConfig> {
+    let cfg = ModelConfig::from_dir(dir)?;
+    WeightFiles::open(dir)?.check_layout(&ParamLayout::new(&cfg))?;
+    Ok(cfg)
+}
+
 /// Loads every parameter of `layout` from the checkpoint folder `dir` into one flat buffer.
 /// Every tensor of the checkpoint must be read (see [`WeightFiles`]'s surplus check).
+/// The headers are checked first ([`WeightFiles::check_layout`]), then the buffer's size against the
+/// memory available, and only then is anything allocated.
 pub fn load_params<T: Float>(dir: &Path, layout: &ParamLayout) -> Result<Vec<T>> {
     let files = WeightFiles::open(dir)?;
-    files.check_no_surplus(layout)?;
+    files.check_layout(layout)?;
+    let weights = (layout.total as u64).saturating_mul(std::mem::size_of::<T>() as u64);
+    let est = crate::memory::MemoryEstimate { weights, ..Default::default() };
+    crate::memory::ensure_fits(&format!("loading the weights of {} in {}", dir.display(), T::NAME), &est)?;
     let mut params = vec![T::ZERO; layout.total];
     for e in &layout.entries {
         files.read_into(&e.name, &e.shape, &mut params[e.range()])?;
     }
     Ok(params)
+}
+
+/// `[i, j, …]` of flat index `flat` in a tensor of `shape` (row-major), with the flat index.
+fn element_index(flat: usize, shape: &[usize]) -> String {
+    let mut rest = flat;
+    let mut idx = vec![0; shape.len()];
+    for (k, &n) in shape.iter().enumerate().rev() {
+        idx[k] = rest % n.max(1);
+        rest /= n.max(1);
+    }
+    format!("{idx:?} (flat index {flat})")
 }
 
 /// One tensor for [`write_safetensors_atomic`]: a slice of a flat buffer, converted to `dtype` (F32,

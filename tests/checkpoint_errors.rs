@@ -20,19 +20,8 @@ fn scratch(test: &str, from: &str) -> PathBuf {
     dir
 }
 
-/// All tensors of a safetensors file as (name, dtype, shape, bytes).
-fn tensors(path: &Path) -> Vec<(String, Dtype, Vec<usize>, Vec<u8>)> {
-    let bytes = std::fs::read(path).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut out: Vec<_> = st.tensors().into_iter().map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec())).collect();
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    out
-}
-
-fn write_tensors(path: &Path, ts: &[(String, Dtype, Vec<usize>, Vec<u8>)]) {
-    let views: Vec<(String, TensorView)> =
-        ts.iter().map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap())).collect();
-    std::fs::write(path, safetensors::tensor::serialize(views, None::<HashMap<String, String>>).unwrap()).unwrap();
+fn tensors(path: &Path) -> Vec<RawTensor> {
+    read_tensors(path)
 }
 
 fn load_err(dir: &Path) -> Error {

@@ -168,6 +168,11 @@ fn malformed_files_name_file_and_record() {
         (r#"[{"problem": "a", "answer": ["1", {"x": 1}]}]"#, 0, "item 1"),
         (r#"[{"problem": "a", "answer": "1", "level": [1]}]"#, 0, "level"),
         (r#"[{"problem": "a", "solution": "no box here"}]"#, 0, "solution"),
+        // an empty reference would grade an empty box as correct
+        (r#"[{"problem": "a", "answer": "1"}, {"problem": "b", "answer": ""}]"#, 1, "empty answer"),
+        (r#"[{"problem": "a", "answer": ["1", "  "]}]"#, 0, "item 1: empty answer"),
+        ("[{\"problem\": \"a\", \"answer\": \"#### \"}]", 0, "empty answer"),
+        (r#"[{"problem": "a", "solution": "so \\boxed{}"}]"#, 0, "empty"),
         (r#"[{"problem": "a", "answer": "1"}, 7]"#, 1, "object"),
         ("{\"problem\": \"a\", \"answer\": \"1\"}\n{\"problem\": \"b\", \"answer\": \n", 1, "line 2"),
     ];

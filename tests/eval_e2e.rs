@@ -299,7 +299,8 @@ fn eval_batches_respect_the_batch_size() {
 fn eval_limit_zero_is_an_error() {
     let model = fixture("qwen2-tiny");
     let (ok, _, stderr) = run_drpo(&["eval", "--model", &s(&model), "--data", &s(&gsm8k_path()), "--limit", "0", "--device", "cpu"]);
-    assert!(!ok && stderr.contains("--limit 0"), "{stderr}");
+    // the rule of every count option (NOTES: Guarantees)
+    assert!(!ok && stderr.contains("'--limit <LIMIT>'") && stderr.contains("must be a positive integer (1 or more), got 0"), "{stderr}");
 }
 
 /// `drpo logprobs`: the CPU by default (exact numbers), f64 refused on the GPU, out-of-range ids
@@ -324,7 +325,7 @@ fn logprobs_cli_checks() {
     let vocab = drpo::config::ModelConfig::from_dir(&model).unwrap().vocab_size;
     std::fs::write(&input, format!(r#"{{"sequences": [[1, 2], [3, {vocab}, 4]]}}"#)).unwrap();
     let (ok, _, stderr) = run_drpo(&["logprobs", "--model", &s(&model), "--input", &s(&input), "--out", &s(&out)]);
-    assert!(!ok && stderr.contains("in.json") && stderr.contains("sequence 1") && stderr.contains(&format!("token id {vocab} at position 1")), "{stderr}");
+    assert!(!ok && stderr.contains("in.json") && stderr.contains("record 1") && stderr.contains(&format!("token id {vocab} at position 1")), "{stderr}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -83,8 +83,8 @@ fn a_wrong_gradient_is_caught() {
     }
 }
 
-/// The gradient of the loss at temperature 0.7 checked against differences at 0.6: nearly every
-/// tensor fails (a backward that ignored the temperature would fail the same way).
+/// The gradient of the loss at temperature 0.7 checked against differences at 0.6: every tensor with
+/// a gradient fails (a backward that ignored the temperature would fail the same way).
 #[test]
 fn a_gradient_at_the_wrong_temperature_is_caught() {
     let mut rng = rng("gradcheck_wrong_temperature");
@@ -92,10 +92,24 @@ fn a_gradient_at_the_wrong_temperature_is_caught() {
     let loss = GradcheckLoss::random(&model.cfg, &mut rng);
     assert_eq!(loss.temp, 0.6);
     let wrong = GradcheckLoss { temp: 0.7, ..loss.clone() }.gradient(&model).unwrap();
-    let rows = check_gradient(&model, &loss, &wrong, 4, rng.random()).unwrap();
+    // every coordinate checked: a tensor's sampled coordinates may all have a zero gradient (the
+    // embedding rows of absent tokens)
+    let rows = check_gradient(&model, &loss, &wrong, usize::MAX, rng.random()).unwrap();
     report("temp 0.7 vs 0.6", &rows);
-    let failed = rows.iter().filter(|r| !r.pass).count();
-    assert!(4 * failed >= 3 * rows.len(), "only {failed} of {} tensors fail", rows.len());
+    // A tensor whose true gradient is zero up to round-off cannot tell the temperatures apart (q/k
+    // projections when every scored position attends to a single key: that softmax is 1 whatever q
+    // and k are). Every other tensor must fail.
+    let right = loss.gradient(&model).unwrap();
+    let scale = right.iter().fold(0.0f64, |m, g| m.max(g.abs()));
+    let mut discriminating = 0;
+    for (e, r) in model.layout.entries.iter().zip(&rows) {
+        let largest = right[e.range()].iter().fold(0.0f64, |m, g| m.max(g.abs()));
+        if largest > 1e-6 * scale {
+            discriminating += 1;
+            assert!(!r.pass, "{}: a gradient at temperature 0.7 passed the check at 0.6 (max |g| = {largest:.2e})", r.tensor);
+        }
+    }
+    assert!(discriminating > 0, "no tensor has a gradient");
 }
 
 #[test]

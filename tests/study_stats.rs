@@ -117,11 +117,12 @@ fn aes_reproduces_spec_values() {
         (0.714, 1502.0, 0.733, 3052.0, 0.248),
         (0.568, 2660.0, 0.606, 3494.0, -0.388),
     ] {
-        let got = aes(acc, len, acc_ref, len_ref);
+        let got = aes(acc, len, acc_ref, len_ref).unwrap();
         assert!((got - want).abs() < 0.002, "{acc}/{len} vs {acc_ref}/{len_ref}: {got}, SPEC {want}");
     }
     // an accuracy gain: ΔL + 3ΔA
-    assert!((aes(0.66, 50.0, 0.60, 100.0) - (0.5 + 3.0 * 0.1)).abs() < 1e-12);
+    assert!((aes(0.66, 50.0, 0.60, 100.0).unwrap() - (0.5 + 3.0 * 0.1)).abs() < 1e-12);
+    assert_eq!(aes(0.5, 50.0, 0.0, 100.0), None, "a reference with pass@1 0 has no relative change");
 }
 
 fn point(label: &str, acc: &[f64], len: &[f64]) -> CurvePoint {

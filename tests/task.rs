@@ -499,8 +499,8 @@ fn trace_mix_draws_the_configured_shares() {
     assert!((0..200).all(|_| !mix.sample(1, &mut rng).chunks.contains(&2)));
     let plain = TraceMix { guess_share: 0.0, shortcut_share: 0.0, ..mix.clone() };
     assert!((0..200).all(|_| plain.sample(4, &mut rng).chunks == vec![1; 4]));
-    assert!(TraceMix { guess_share: 1.5, ..mix.clone() }.validate().is_err());
-    assert!(TraceMix { shortcut_share: -0.1, ..mix }.validate().is_err());
+    assert!(TraceMix { guess_share: 1.5, ..mix.clone() }.validate("trace mix").is_err());
+    assert!(TraceMix { shortcut_share: -0.1, ..mix }.validate("trace mix").is_err());
 }
 
 /// Correction mechanics: a slip, the steps built on it, a fix; the verdict is the final box's.

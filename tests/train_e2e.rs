@@ -436,6 +436,11 @@ fn resume_is_bit_identical(objective: ObjectiveKind, name: &str) {
     assert_eq!(ma, mb, "metrics of the resumed run differ");
     let from_disk = Model::<f32>::load(&dir_b.join("checkpoint")).unwrap();
     assert!(bits_equal(&from_disk.params, &straight));
+    // a second trainer on a folder in use is refused (the run-folder lock), then welcome once it is free
+    let err = Trainer::new(cfg.clone(), initial.clone(), &env, &tok, &dir_b, &model_dir, Engine::Cpu).err().expect("a folder in use must be refused");
+    assert!(matches!(&err, drpo::Error::RunFolder { .. }) && err.to_string().contains("in use by another process"), "{err}");
+    drop((resumed, trainer));
+    assert!(!dir_b.join(drpo::runlock::LOCK_FILE).exists(), "the lock file is removed on release");
 
     // a different configuration in the same folder is refused, and so is another problem set
     let other_cfg = TrainConfig { lr: cfg.lr * 2.0, ..cfg.clone() };
@@ -540,6 +545,7 @@ fn resume_with_infinite_lambda_and_a_17_digit_rate() {
     t.run_until(1, &mut |_| {}).unwrap();
     let saved: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run_dir.join("train_config.json")).unwrap()).unwrap();
     assert_eq!(saved["hyper"]["lambda"], "inf");
+    drop(t); // the folder's lock
     let mut resumed = Trainer::new(cfg, initial, &env, &tok, &run_dir, &model_dir, Engine::Cpu).unwrap();
     assert_eq!(resumed.step(), 1);
     resumed.run(&mut |_| {}).unwrap();
@@ -638,6 +644,7 @@ fn train_config_validation_names_the_field() {
         ("group_size", TrainConfig { group_size: 0, ..ok.clone() }),
         ("max_new_tokens", TrainConfig { max_new_tokens: 0, ..ok.clone() }),
         ("max_prompt_tokens", TrainConfig { max_prompt_tokens: 0, ..ok.clone() }),
+        ("inner_epochs", TrainConfig { inner_epochs: usize::MAX, ..ok.clone() }),
         ("chunk_questions", TrainConfig { chunk_questions: 3, ..ok.clone() }),
         ("mini_batch_questions", TrainConfig { mini_batch_questions: 3, chunk_questions: 1, ..ok.clone() }),
         ("questions_per_step", TrainConfig { questions_per_step: usize::MAX / 2 + 1, mini_batch_questions: 1, chunk_questions: 1, ..ok.clone() }),

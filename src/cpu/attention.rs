@@ -6,7 +6,7 @@
 //! probability matrix for the backward pass; inference ([`attention_fwd_infer`]) keeps one [tk] row
 //! per task instead (the GPU kernels never keep it). Both compute each row identically.
 
-use super::{axpy, dot, Float};
+use super::{axpy, simd, Float};
 use rayon::prelude::*;
 
 /// Sizes of one attention call.
@@ -22,7 +22,7 @@ pub struct AttnShape {
 impl AttnShape {
     /// Panics on a shape no attention call can have (more queries than keys, nh not a multiple of nkv).
     fn check(&self) {
-        assert!(self.tk >= self.tq && self.nkv > 0 && self.nh % self.nkv == 0, "attention: bad shape {self:?}");
+        assert!(self.tk >= self.tq && self.nkv > 0 && self.nh.is_multiple_of(self.nkv), "attention: bad shape {self:?}");
     }
     fn past(&self) -> usize {
         self.check();
@@ -103,24 +103,21 @@ fn attend_row<T: Float>(o: &mut [T], p: &mut [T], q: &[T], k: &[T], v: &[T], s: 
     let qi = &q[(i * nh + h) * hd..(i * nh + h + 1) * hd];
     let visible = s.past() + i + 1;
     debug_assert!(visible <= tk && p.len() == tk);
-    let mut m = T::NEG_INFINITY;
-    for j in 0..visible {
-        p[j] = dot(qi, &k[(j * nkv + kvh) * hd..(j * nkv + kvh + 1) * hd]) * scale;
-        m = m.max(p[j]);
-    }
-    let mut sum = T::ZERO;
+    // scores: canonical dots of q_i with the visible keys of kv head kvh (rows of stride nkv·hd)
+    simd::dots(&mut p[..visible], qi, &k[kvh * hd..], nkv * hd);
     for pj in &mut p[..visible] {
-        *pj = (*pj - m).exp();
-        sum += *pj;
+        *pj *= scale;
     }
+    // softmax with the canonical max, exp and sum (simd's module doc), then one division per entry
+    let m = simd::max(&p[..visible]);
+    let sum = simd::exp_shifted_sum(&mut p[..visible], m);
     for pj in &mut p[..visible] {
         *pj /= sum;
     }
     p[visible..].fill(T::ZERO);
+    // o = Σ_j p_j v_j: one FMA chain per element in ascending j (= an axpy per j), as one rank update
     o.fill(T::ZERO);
-    for j in 0..visible {
-        axpy(o, p[j], &v[(j * nkv + kvh) * hd..(j * nkv + kvh + 1) * hd]);
-    }
+    simd::rank_update(&mut [o], &p[..visible], 0, 1, &v[kvh * hd..], nkv * hd, visible);
 }
 
 /// Backward of [`attention_fwd`]; dq, dk, dv accumulate (`+=`).
@@ -143,26 +140,27 @@ pub fn attention_bwd<T: Float>(
     assert!(dq.len() == tq * nh * hd && dk.len() == tk * nkv * hd && dv.len() == tk * nkv * hd);
     assert!(dout.len() == tq * nh * hd && probs.len() == nh * tq * tk, "attention_bwd: bad lengths");
     let scale = T::from_f64(1.0 / (hd as f64).sqrt());
-    let mut dp = vec![T::ZERO; tk];
+    let (mut dp, mut ds) = (vec![T::ZERO; tk], vec![T::ZERO; tk]);
     for h in 0..nh {
         let kvh = s.kv_head(h);
         for i in 0..tq {
             let visible = past + i + 1;
             let p = &probs[(h * tq + i) * tk..(h * tq + i + 1) * tk];
             let doi = &dout[(i * nh + h) * hd..(i * nh + h + 1) * hd];
+            simd::dots(&mut dp[..visible], doi, &v[kvh * hd..], nkv * hd);
             let mut pdp = T::ZERO;
             for j in 0..visible {
-                let kv = (j * nkv + kvh) * hd..(j * nkv + kvh + 1) * hd;
-                dp[j] = dot(doi, &v[kv.clone()]);
                 pdp += p[j] * dp[j];
-                axpy(&mut dv[kv], p[j], doi);
+                axpy(&mut dv[(j * nkv + kvh) * hd..(j * nkv + kvh + 1) * hd], p[j], doi);
             }
-            let qi = (i * nh + h) * hd..(i * nh + h + 1) * hd;
             for j in 0..visible {
-                let ds = p[j] * (dp[j] - pdp) * scale;
-                let kv = (j * nkv + kvh) * hd..(j * nkv + kvh + 1) * hd;
-                axpy(&mut dq[qi.clone()], ds, &k[kv.clone()]);
-                axpy(&mut dk[kv], ds, &q[qi.clone()]);
+                ds[j] = p[j] * (dp[j] - pdp) * scale;
+            }
+            // dq_i += Σ_j ds_j k_j (one FMA chain per element, ascending j); dk_j += ds_j q_i
+            let qi = (i * nh + h) * hd..(i * nh + h + 1) * hd;
+            simd::rank_update(&mut [&mut dq[qi.clone()]], &ds[..visible], 0, 1, &k[kvh * hd..], nkv * hd, visible);
+            for j in 0..visible {
+                axpy(&mut dk[(j * nkv + kvh) * hd..(j * nkv + kvh + 1) * hd], ds[j], &q[qi.clone()]);
             }
         }
     }

@@ -8,17 +8,21 @@
 //! `axpy`s) in the same order as the unblocked loops, so results are bitwise independent of the
 //! blocking and of the thread count.
 
-use super::{axpy, dot, Float};
+use super::{axpy, simd, Float};
 use rayon::prelude::*;
 
 /// Bytes of W (or x) a block should hold: small enough to stay in a core's L2 while reused.
 const BLOCK_BYTES: usize = 128 * 1024;
 /// Rows of x (or dout) per tile: W is read once per tile.
 const TILE_ROWS: usize = 64;
+/// Steps of a rank update between loads and stores of its register tile (dx: W rows, dw: x rows):
+/// the panel of b it walks (128 × 64 floats = 32 KiB in f32) stays in L1.
+const RANK_STEPS: usize = 128;
 
-/// Rows of a `[rows, d]` matrix of T per block of about [`BLOCK_BYTES`] (at least 4, at most 64).
+/// Rows of a `[rows, d]` matrix of T per block of about [`BLOCK_BYTES`]: a multiple of 12 (whole
+/// register tiles of 4 or 6 rows) from 12 to 60.
 fn block_rows<T>(d: usize) -> usize {
-    (BLOCK_BYTES / (d.max(1) * std::mem::size_of::<T>())).clamp(4, 64)
+    (BLOCK_BYTES / (d.max(1) * std::mem::size_of::<T>())).clamp(12, 60) / 12 * 12
 }
 
 /// out[r, o] = Σ_i x[r, i] · w[o, i] + b[o].   out: [n, o]   x: [n, i]   w: [o, i]   b: [o]
@@ -39,16 +43,7 @@ pub fn matmul_fwd<T: Float>(out: &mut [T], x: &[T], w: &[T], b: Option<&[T]>, n:
                 cols[k].push(piece);
             }
         }
-        cols.into_par_iter().enumerate().for_each(|(k, mut rows)| {
-            let o0 = k * block;
-            for (j, out_row) in rows.iter_mut().enumerate() {
-                let xr = &x[(r0 + j) * d_in..(r0 + j + 1) * d_in];
-                for (m, y) in out_row.iter_mut().enumerate() {
-                    let o = o0 + m;
-                    *y = dot(xr, &w[o * d_in..(o + 1) * d_in]) + b.map_or(T::ZERO, |b| b[o]);
-                }
-            }
-        });
+        cols.into_par_iter().enumerate().for_each(|(k, mut rows)| simd::matmul_fwd_task(&mut rows, x, w, b, r0, k * block, d_in));
     });
 }
 
@@ -72,30 +67,25 @@ pub fn matmul_bwd<T: Float>(
         return;
     }
     // dx: tiles of rows in parallel; inside a tile, W in blocks of rows, each block used by every row
-    let w_block = block_rows::<T>(d_in);
+    let w_block = RANK_STEPS;
     let tile = TILE_ROWS.min(n.div_ceil(rayon::current_num_threads() * 4)).max(1);
     dx.par_chunks_mut(tile * d_in).zip(dout.par_chunks(tile * d_out)).for_each(|(dx_tile, dout_tile)| {
+        let mut rows: Vec<&mut [T]> = dx_tile.chunks_mut(d_in).collect();
         for o0 in (0..d_out).step_by(w_block) {
             let o1 = (o0 + w_block).min(d_out);
-            for (dxr, dr) in dx_tile.chunks_mut(d_in).zip(dout_tile.chunks(d_out)) {
-                for o in o0..o1 {
-                    axpy(dxr, dr[o], &w[o * d_in..(o + 1) * d_in]);
-                }
-            }
+            // dx[r, :] += Σ_{o in block} dout[r, o] · w[o, :]: a = dout (row stride d_out), b = W rows
+            simd::rank_update(&mut rows, &dout_tile[o0..], d_out, 1, &w[o0 * d_in..], d_in, o1 - o0);
         }
     });
     // dw: blocks of W rows in parallel; inside a block, x in tiles of rows, each tile used by every W row
-    let x_tile = block_rows::<T>(d_in);
-    dw.par_chunks_mut(w_block * d_in).enumerate().for_each(|(k, dw_block)| {
-        let o0 = k * w_block;
+    let (x_tile, dw_block) = (RANK_STEPS, block_rows::<T>(d_in));
+    dw.par_chunks_mut(dw_block * d_in).enumerate().for_each(|(k, dw_rows)| {
+        let o0 = k * dw_block;
+        let mut rows: Vec<&mut [T]> = dw_rows.chunks_mut(d_in).collect();
         for r0 in (0..n).step_by(x_tile) {
             let r1 = (r0 + x_tile).min(n);
-            for (m, dwr) in dw_block.chunks_mut(d_in).enumerate() {
-                let o = o0 + m;
-                for r in r0..r1 {
-                    axpy(dwr, dout[r * d_out + o], &x[r * d_in..(r + 1) * d_in]);
-                }
-            }
+            // dw[o, :] += Σ_{r in tile} dout[r, o] · x[r, :]: a = doutᵀ (row stride 1, k stride d_out), b = x rows
+            simd::rank_update(&mut rows, &dout[r0 * d_out + o0..], 1, d_out, &x[r0 * d_in..], d_in, r1 - r0);
         }
     });
     if let Some(db) = db {

@@ -10,6 +10,7 @@ pub mod logprob;
 pub mod matmul;
 pub mod rmsnorm;
 pub mod rope;
+pub mod simd;
 pub mod swiglu;
 
 use std::fmt::{Debug, Display};
@@ -18,8 +19,10 @@ use std::ops::{Add, AddAssign, Div, DivAssign, Mul, MulAssign, Neg, Sub, SubAssi
 
 /// The float types the reference runs in: f64 (the definition, checked to ~1e-12 against PyTorch)
 /// and f32 (what training on the CPU uses). A small hand-written trait keeps the dependency list short.
+/// Its constants (ZERO, ONE, NEG_INFINITY, …) come from [`simd::Real`].
 pub trait Float:
-    Copy
+    simd::Element
+    + Copy
     + Send
     + Sync
     + Default
@@ -38,9 +41,6 @@ pub trait Float:
     + DivAssign
     + 'static
 {
-    const ZERO: Self;
-    const ONE: Self;
-    const NEG_INFINITY: Self;
     const NAME: &'static str;
     fn from_f64(x: f64) -> Self;
     fn from_f32(x: f32) -> Self;
@@ -60,9 +60,6 @@ pub trait Float:
 macro_rules! impl_float {
     ($t:ty, $name:expr) => {
         impl Float for $t {
-            const ZERO: Self = 0.0;
-            const ONE: Self = 1.0;
-            const NEG_INFINITY: Self = <$t>::NEG_INFINITY;
             const NAME: &'static str = $name;
             #[inline(always)]
             fn from_f64(x: f64) -> Self {
@@ -110,31 +107,15 @@ macro_rules! impl_float {
 impl_float!(f32, "f32");
 impl_float!(f64, "f64");
 
-/// Dot product with eight independent accumulators: the compiler may vectorise it (a single running
-/// sum is a serial dependency chain it must not reorder), and the fixed order keeps it deterministic.
+/// The canonical dot product (`simd`'s module doc): 16 (f32) or 8 (f64) lane-partial FMA sums and a
+/// fixed tree, the same bits at every SIMD level, thread count and batch composition.
 #[inline]
 pub fn dot<T: Float>(a: &[T], b: &[T]) -> T {
-    debug_assert_eq!(a.len(), b.len());
-    let mut acc = [T::ZERO; 8];
-    let chunks = a.len() / 8;
-    for k in 0..chunks {
-        let (x, y) = (&a[k * 8..k * 8 + 8], &b[k * 8..k * 8 + 8]);
-        for l in 0..8 {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    let mut tail = T::ZERO;
-    for i in chunks * 8..a.len() {
-        tail += a[i] * b[i];
-    }
-    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+    simd::dot(a, b)
 }
 
-/// `y += a * x`, the other inner loop of the backward matmuls.
+/// `y += a * x`, one FMA per element (the backward matmuls' and attention's accumulation step).
 #[inline]
 pub fn axpy<T: Float>(y: &mut [T], a: T, x: &[T]) {
-    debug_assert_eq!(y.len(), x.len());
-    for (yi, &xi) in y.iter_mut().zip(x) {
-        *yi += a * xi;
-    }
+    simd::axpy(y, a, x)
 }

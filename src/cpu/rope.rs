@@ -37,7 +37,7 @@ pub fn rope_bwd<T: Float>(dx: &mut [T], cos: &[T], sin: &[T], heads: usize, hd: 
 fn rotate<T: Float>(x: &mut [T], cos: &[T], sin: &[T], heads: usize, hd: usize, inverse: bool) {
     let half = hd / 2;
     let n = cos.len() / half;
-    assert!(hd % 2 == 0 && x.len() == n * heads * hd && sin.len() == cos.len(), "rope: bad lengths");
+    assert!(hd.is_multiple_of(2) && x.len() == n * heads * hd && sin.len() == cos.len(), "rope: bad lengths");
     for r in 0..n {
         let (cr, sr) = (&cos[r * half..(r + 1) * half], &sin[r * half..(r + 1) * half]);
         for h in 0..heads {

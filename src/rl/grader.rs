@@ -15,6 +15,7 @@
 //! Checked against the authors' grader (pylatexenc 2.10, sympy 1.14) on 56,211 variants of the
 //! vendored datasets' answers: 121 differ, all from the two deviations above (tests/grader.rs).
 
+mod exact;
 mod expr;
 mod latex;
 mod py;
@@ -105,8 +106,12 @@ pub fn grade(response: &str, answers: &[String], cfg: &GraderConfig) -> bool {
     })
 }
 
-/// `mathd_equal(answer, gt) || sympy_equal(answer, gt)`: the verdict on an extracted answer.
+/// `mathd_equal(answer, gt) || sympy_equal(answer, gt)`: the verdict on an extracted answer. An empty
+/// (or all-blank) ground truth matches nothing, an empty box included: it states no answer.
 pub fn equivalent(answer: &str, gt: &str) -> bool {
+    if py::py_strip(gt).is_empty() {
+        return false;
+    }
     mathd_equal(answer, gt) || sympy_equal(answer, gt)
 }
 
@@ -248,7 +253,8 @@ pub fn normalize_sympy(expr: &str) -> String {
     e = py::remove_spaced(&e, ",\\!", "");
     if let Some(x) = py::py_float(&e) {
         if py::is_near_int(x) {
-            e = py::int_string(x.round_ties_even());
+            // an exact integer keeps its digits (the authors' float route rounds past 2^53)
+            e = py::exact_int_literal(&e).unwrap_or_else(|| py::int_string(x.round_ties_even()));
         }
     }
     if e.contains('\\') {
@@ -261,7 +267,7 @@ pub fn normalize_sympy(expr: &str) -> String {
     e = e.replace(' ', "").replace(['{', '}'], "");
     e = e.to_lowercase();
     if py::str_is_int(&e) {
-        if let Some(i) = py::str_to_int(&e) {
+        if let Some(i) = py::exact_int_literal(&e.replace(',', "")).or_else(|| py::str_to_int(&e)) {
             e = i;
         }
     }

@@ -3,4 +3,5 @@
 pub mod env;
 pub mod grader;
 pub mod objectives;
+pub mod run_folder;
 pub mod trainer;

@@ -26,7 +26,8 @@
 //! A run folder holds `train_config.json` (every setting, the start model, data file and limit, and
 //! the device), `metrics.jsonl` (one line per step) and `checkpoint/` (HF weights + optimizer +
 //! trainer state, see [`crate::checkpoint`]); a run there is resumed bit-identically on the CPU, after
-//! repairing an interrupted checkpoint save.
+//! repairing an interrupted checkpoint save. The folder is locked while a trainer runs in it
+//! ([`crate::runlock`]); what it may hold and what a resume checks is [`crate::rl::run_folder`].
 
 use crate::checkpoint::{load_checkpoint, recover_interrupted_save, save_checkpoint};
 use crate::cpu::Float;
@@ -39,6 +40,8 @@ use crate::optim::{clip_grad_norm, AdamWConfig, AdamWState, LrDecay, LrSchedule}
 use crate::policy::{backward_responses, score_responses};
 use crate::rl::env::Environment;
 use crate::rl::objectives::{self, Baseline, Batch, HapoHistory, Hyper, Outcomes};
+use crate::rl::run_folder::{self, RunStart};
+use crate::runlock::RunLock;
 use crate::sampling::SamplingParams;
 use crate::tokenizer::Tokenizer;
 use crate::weights::SaveDtype;
@@ -167,6 +170,9 @@ pub struct TrainConfig {
     pub source: RunSource,
 }
 
+/// Cap on `inner_epochs` (SPEC: 1; PPO-style runs use a few): a work count with no progress bar of its own.
+pub const MAX_INNER_EPOCHS: usize = 1024;
+
 fn default_max_prompt_tokens() -> usize {
     1024
 }
@@ -203,8 +209,9 @@ impl Default for TrainConfig {
 impl TrainConfig {
     /// Rejects settings the trainer cannot run; the error names the field.
     pub fn validate(&self) -> Result<()> {
+        const WHO: &str = "train config";
         self.hyper.validate()?;
-        let bad = |field: &str, why: String| Err(Error::input(format!("train config: {field}: {why}")));
+        let bad = |field: &str, why: String| Err(Error::input(format!("{WHO}: {field}: {why}")));
         for (field, v) in [
             ("questions_per_step", self.questions_per_step),
             ("group_size", self.group_size),
@@ -214,9 +221,10 @@ impl TrainConfig {
             ("max_new_tokens", self.max_new_tokens),
             ("max_prompt_tokens", self.max_prompt_tokens),
         ] {
-            if v == 0 {
-                return bad(field, "must be positive".into());
-            }
+            crate::settings::check_positive(WHO, field, v)?;
+        }
+        if self.inner_epochs > MAX_INNER_EPOCHS {
+            return bad("inner_epochs", format!("{} is above the cap of {MAX_INNER_EPOCHS} passes per step", self.inner_epochs));
         }
         if self.mini_batch_questions % self.chunk_questions != 0 {
             return bad(
@@ -241,19 +249,13 @@ impl TrainConfig {
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
             return bad("top_p", format!("{} must be in (0, 1]", self.top_p));
         }
-        if !(self.lr.is_finite() && self.lr >= 0.0) {
-            return bad("lr", format!("{} must be finite and ≥ 0", self.lr));
-        }
-        if !(self.min_lr.is_finite() && self.min_lr >= 0.0) {
-            return bad("min_lr", format!("{} must be finite and ≥ 0", self.min_lr));
-        }
-        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
-            return bad("weight_decay", format!("{} must be finite and ≥ 0", self.weight_decay));
-        }
-        if !(self.grad_clip.is_finite() && self.grad_clip > 0.0) {
-            return bad("grad_clip", format!("{} must be finite and > 0", self.grad_clip));
-        }
-        Ok(())
+        let optimizer = crate::settings::OptimizerSettings {
+            lr: self.lr,
+            min_lr: self.min_lr,
+            weight_decay: self.weight_decay,
+            grad_clip: self.grad_clip,
+        };
+        optimizer.validate(WHO)
     }
 
     /// The objective's hyper-parameters as used (DisCO forces λ = ∞).
@@ -267,7 +269,7 @@ impl TrainConfig {
 
     /// Optimizer steps per training step: mini-batches × inner epochs.
     pub fn optimizer_steps_per_step(&self) -> u64 {
-        ((self.questions_per_step / self.mini_batch_questions.max(1)) * self.inner_epochs) as u64
+        ((self.questions_per_step / self.mini_batch_questions.max(1)) as u64).saturating_mul(self.inner_epochs as u64)
     }
 
     /// The learning-rate schedule over optimizer steps; the cosine ends at the run's last one.
@@ -518,13 +520,15 @@ pub struct Trainer<'a> {
     /// lines for the user (e.g. an interrupted checkpoint save that was repaired); the caller prints them
     pub notices: Vec<String>,
     state: TrainerState,
+    /// the run folder's lock, held while the trainer lives
+    _lock: RunLock,
 }
-
-const CONFIG_FILE: &str = "train_config.json";
 
 impl<'a> Trainer<'a> {
     /// Starts a run in `run_dir` from `model`, or resumes the one there if it has a checkpoint.
-    /// A folder whose train_config.json differs from `cfg` (the device aside) is refused.
+    /// The folder is locked while the trainer lives ([`RunLock`]); a folder whose train_config.json
+    /// differs from `cfg` (the device aside), or that is neither fresh nor a complete run, is refused
+    /// ([`run_folder`]).
     pub fn new(
         cfg: TrainConfig,
         model: Model<f32>,
@@ -539,11 +543,13 @@ impl<'a> Trainer<'a> {
             return Err(Error::input("the training set has no problems"));
         }
         questions_of_step(env.len(), cfg.questions_per_step, cfg.seed, 0)?;
-        std::fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))?;
-        let mut notices = Vec::new();
-        let ckpt = run_dir.join("checkpoint");
+        // the lock first: the repairs and checks below must not race another process
+        let (lock, stale) = RunLock::acquire(run_dir, "drpo train")?;
+        let mut notices: Vec<String> = stale.into_iter().collect();
+        let ckpt = run_dir.join(run_folder::CHECKPOINT_DIR);
         notices.extend(recover_interrupted_save(&ckpt)?);
-        let config_path = run_dir.join(CONFIG_FILE);
+        let start = run_folder::classify(run_dir)?;
+        let config_path = run_dir.join(run_folder::CONFIG_FILE);
         if config_path.exists() {
             let saved = read_json(&config_path)?;
             let saved: TrainConfig = serde_json::from_value(saved).map_err(|e| Error::json(&config_path, e))?;
@@ -555,20 +561,31 @@ impl<'a> Trainer<'a> {
                 )));
             }
         }
-        let (model, opt, state) = if crate::checkpoint::is_complete(&ckpt) {
+        let (model, opt, state) = if start == RunStart::Resume {
             let c = load_checkpoint::<f32>(&ckpt)?;
             let state: TrainerState =
                 serde_json::from_value(c.trainer).map_err(|e| Error::json(ckpt.join(crate::checkpoint::TRAINER_STATE_FILE), e))?;
-            truncate_metrics(&run_dir.join("metrics.jsonl"), state.step)?;
+            let at = run_folder::ResumePoint { step: state.step, optimizer_steps: state.optimizer_steps, adam_step: c.optim.step };
+            run_folder::check_resume(run_dir, &cfg, at)?;
             (c.model, c.optim, state)
         } else {
+            if let RunStart::StartOver { metrics_lines } = start {
+                notices.push(format!(
+                    "{} holds a run that never reached a checkpoint: starting it over at step 0 ({metrics_lines} line(s) of {} dropped)",
+                    run_dir.display(),
+                    run_folder::METRICS_FILE
+                ));
+            }
             let mut v = serde_json::to_value(&cfg).map_err(|e| Error::json(&config_path, e))?;
             if let Some(obj) = v.as_object_mut() {
                 obj.insert("device".into(), engine.name().into()); // recorded, not compared
             }
             let text = serde_json::to_string_pretty(&v).map_err(|e| Error::json(&config_path, e))?;
             write_atomic(&config_path, text.as_bytes())?;
-            let _ = std::fs::remove_file(run_dir.join("metrics.jsonl"));
+            match std::fs::remove_file(run_dir.join(run_folder::METRICS_FILE)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io(run_dir.join(run_folder::METRICS_FILE), e)),
+                _ => {}
+            }
             let opt = AdamWState::new(model.layout.total);
             (model, opt, TrainerState::default())
         };
@@ -585,6 +602,7 @@ impl<'a> Trainer<'a> {
             engine,
             notices,
             state,
+            _lock: lock,
         })
     }
 
@@ -608,8 +626,8 @@ impl<'a> Trainer<'a> {
     pub fn run_until(&mut self, stop: usize, on_step: &mut dyn FnMut(&StepMetrics)) -> Result<()> {
         while self.state.step < stop.min(self.cfg.steps) {
             let m = self.train_step()?;
-            let line = serde_json::to_string(&m).map_err(|e| Error::json(&self.run_dir, e))?;
-            let path = self.run_dir.join("metrics.jsonl");
+            let path = self.run_dir.join(run_folder::METRICS_FILE);
+            let line = crate::output::json_text(&path.display().to_string(), &m, false)?;
             let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(|e| Error::io(&path, e))?;
             writeln!(f, "{line}").and_then(|_| f.flush()).map_err(|e| Error::io(&path, e))?;
             on_step(&m);
@@ -792,13 +810,6 @@ fn config_difference(saved: &TrainConfig, now: &TrainConfig) -> String {
         }
     }
     "settings differ".into()
-}
-
-/// Keeps the first `steps` lines of a metrics file (a resumed run rewrites what follows).
-fn truncate_metrics(path: &Path, steps: usize) -> Result<()> {
-    let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
-    let kept: String = text.lines().take(steps).map(|l| format!("{l}\n")).collect();
-    write_atomic(path, kept.as_bytes())
 }
 
 /// Reads metrics.jsonl back (for reports and tests).

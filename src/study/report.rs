@@ -7,7 +7,7 @@ use std::path::Path;
 use super::stats::{aes, Difference, Summary, AES_GAIN_WEIGHT, AES_LOSS_WEIGHT};
 use super::verdict::{answer, matched_comparisons, Answer, CurvePoint, MatchedComparison, Outcome};
 use super::{knob_text, run_config, Family, RunResult, Setting, ShapeClass, ShapeStats, StudyResults};
-use crate::error::{write_atomic, Error, Result};
+use crate::error::{write_atomic, Result};
 use crate::plot::{error_bar_chart, line_chart, Curve, ErrorPoint, Series};
 use crate::rl::trainer::StepMetrics;
 
@@ -306,7 +306,8 @@ fn sweep_section(r: &StudyResults) -> String {
         for x in &rows {
             let aes_text = match reference {
                 _ if x.setting.is_reference() => "ref".to_string(),
-                Some(rf) => format!("{:+.3}", aes(x.accuracy.mean, x.length.mean, rf.accuracy.mean, rf.length.mean)),
+                Some(rf) => aes(x.accuracy.mean, x.length.mean, rf.accuracy.mean, rf.length.mean)
+                    .map_or("– (reference pass@1 or length 0)".into(), |v| format!("{v:+.3}")),
                 None => "– (no reference run)".into(),
             };
             let _ = writeln!(
@@ -447,9 +448,19 @@ fn level_section(r: &StudyResults) -> String {
     md
 }
 
+/// What results.json holds.
+#[derive(serde::Serialize)]
+struct Saved<'a> {
+    results: &'a StudyResults,
+    comparisons: &'a [MatchedComparison],
+}
+
 /// report.md, results.json and the SVG figures into `out`.
 pub fn write_report(out: &Path, r: &StudyResults) -> Result<()> {
     let cs = if r.fitness.fit { comparisons(r) } else { Vec::new() };
+    // the output guard, before any file is written: no NaN/inf reaches the report or results.json
+    let saved = Saved { results: r, comparisons: &cs };
+    crate::output::ensure_finite("the study's results", &saved)?;
     let mut md = String::from("# DRPO toy study: does DRPO cut reasoning with less accuracy loss than a length penalty?\n\n## Answer\n\n");
     md += &answer_paragraph(r, &cs);
     md += "\n## Setup\n\n";
@@ -509,7 +520,6 @@ pub fn write_report(out: &Path, r: &StudyResults) -> Result<()> {
         md += "\n## 6. Training curves\n\n![training curves: accuracy](train_accuracy.svg)\n![training curves: length](train_length.svg)\n\n\
                The rollouts' accuracy and mean length per RL step at the training temperature (mean over seeds).\n";
     }
-    let json = serde_json::to_string_pretty(&serde_json::json!({ "results": r, "comparisons": cs })).map_err(|e| Error::json(out, e))?;
-    write_atomic(out.join("results.json"), json.as_bytes())?;
+    crate::output::write_json(&out.join("results.json"), &saved, true)?;
     write_atomic(out.join("report.md"), md.as_bytes())
 }

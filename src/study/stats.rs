@@ -145,12 +145,12 @@ pub const AES_LOSS_WEIGHT: f64 = 10.0;
 
 /// Accuracy-Efficiency Score against the same method without length penalty (SPEC §9.2):
 /// ΔL = (L_ref − L)/L_ref, ΔA = (A − A_ref)/A_ref; AES = ΔL − 10|ΔA| if ΔA < 0, else ΔL + 3ΔA.
-pub fn aes(acc: f64, len: f64, acc_ref: f64, len_ref: f64) -> f64 {
+/// None when the reference's pass@1 or length is 0 (the relative changes are not defined).
+pub fn aes(acc: f64, len: f64, acc_ref: f64, len_ref: f64) -> Option<f64> {
+    if acc_ref <= 0.0 || len_ref <= 0.0 {
+        return None;
+    }
     let dl = (len_ref - len) / len_ref;
     let da = (acc - acc_ref) / acc_ref;
-    if da < 0.0 {
-        dl - AES_LOSS_WEIGHT * da.abs()
-    } else {
-        dl + AES_GAIN_WEIGHT * da
-    }
+    Some(if da < 0.0 { dl - AES_LOSS_WEIGHT * da.abs() } else { dl + AES_GAIN_WEIGHT * da })
 }

@@ -95,11 +95,67 @@ pub fn write_gsm8k_slice(model_dir: &std::path::Path, n: usize, max_new_tokens: 
 
 /// Runs the `drpo` binary; returns (exit success, stdout, stderr), and asserts it did not panic.
 pub fn run_drpo(args: &[&str]) -> (bool, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_drpo")).args(args).output().unwrap();
-    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
-    println!("$ drpo {}\n-> {:?}\n{stdout}\n{stderr}", args.join(" "), out.status);
+    let (code, stdout, stderr) = drpo_exit(args);
+    (code == 0, stdout, stderr)
+}
+
+/// Runs the `drpo` binary; returns (exit code, stdout, stderr). Asserts that it neither panicked nor
+/// died of a signal (an abort): every failure must be an exit code with a message.
+pub fn drpo_exit(args: &[&str]) -> (i32, String, String) {
+    drpo_exit_within(args, std::time::Duration::from_secs(600))
+}
+
+/// [`drpo_exit`], failing the test (and killing the process) when it runs longer than `limit`: a
+/// hang is a bug like a panic.
+pub fn drpo_exit_within(args: &[&str], limit: std::time::Duration) -> (i32, String, String) {
+    use std::io::Read;
+    use std::process::Stdio;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_drpo")).args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    // drain both pipes while waiting, so a chatty child never blocks on a full pipe
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = r.read_to_end(&mut buf);
+            String::from_utf8_lossy(&buf).into_owned()
+        })
+    };
+    let (out, err) = (drain(Box::new(child.stdout.take().unwrap())), drain(Box::new(child.stderr.take().unwrap())));
+    let t0 = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if t0.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("drpo {} ran for more than {limit:?}: a hang (killed)", args.join(" "));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    let (stdout, stderr) = (out.join().unwrap(), err.join().unwrap());
+    println!("$ drpo {}\n-> {status:?}\n{stdout}\n{stderr}", args.join(" "));
     assert!(!stderr.contains("panicked"), "drpo {} panicked:\n{stderr}", args.join(" "));
-    (out.status.success(), stdout, stderr)
+    let code = status.code().unwrap_or_else(|| panic!("drpo {} was killed by a signal ({status:?}):\n{stderr}", args.join(" ")));
+    (code, stdout, stderr)
+}
+
+/// One tensor of a safetensors file: (name, dtype, shape, bytes).
+pub type RawTensor = (String, safetensors::Dtype, Vec<usize>, Vec<u8>);
+
+/// All tensors of a safetensors file, sorted by name.
+pub fn read_tensors(path: &std::path::Path) -> Vec<RawTensor> {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut out: Vec<_> = st.tensors().into_iter().map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec())).collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// Writes `ts` as a safetensors file (no metadata).
+pub fn write_tensors(path: &std::path::Path, ts: &[RawTensor]) {
+    let views: Vec<(String, safetensors::tensor::TensorView)> =
+        ts.iter().map(|(n, d, s, b)| (n.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap())).collect();
+    std::fs::write(path, safetensors::tensor::serialize(views, None::<std::collections::HashMap<String, String>>).unwrap()).unwrap();
 }
 
 /// A fresh toy model folder: the task tokenizer and a random model of the default SFT config's shape

@@ -23,6 +23,7 @@
 //! uniformly from [-2, 2] (|z| ≥ 0.25). Two sides A, B are equal when at every point both are finite
 //! and |A − B| ≤ 1e-9 · max(|A|, |B|).
 
+use super::exact::Rational;
 use std::collections::BTreeMap;
 
 const TOL: f64 = 1e-9;
@@ -110,9 +111,19 @@ impl C {
     }
 }
 
+/// A number literal: its f64 value and its exact decimal form `digits` × 10^`exp10`.
+#[derive(Clone, Debug, PartialEq)]
+struct Literal {
+    value: f64,
+    digits: String,
+    exp10: i64,
+    /// written with a point or an exponent (`1.5`, `2e3`): a Float to sympy
+    decimal: bool,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 enum Tok {
-    Num(f64),
+    Num(Literal),
     Name(String),
     Op(&'static str),
 }
@@ -143,8 +154,8 @@ fn tokenize(s: &str) -> Option<Vec<Tok>> {
             }
             i += 1;
         } else if ch.is_ascii_digit() || (ch == '.' && c.get(i + 1).is_some_and(|d| d.is_ascii_digit())) {
-            let (v, len) = number(&c[i..])?;
-            out.push(Tok::Num(v));
+            let (lit, len) = number(&c[i..])?;
+            out.push(Tok::Num(lit));
             i += len;
         } else if ch.is_alphabetic() || ch == '_' {
             let start = i;
@@ -184,8 +195,8 @@ fn tokenize(s: &str) -> Option<Vec<Tok>> {
     Some(out)
 }
 
-/// A Python number literal at the start of `c`: value and length in chars.
-fn number(c: &[char]) -> Option<(f64, usize)> {
+/// A Python number literal at the start of `c`: the literal and its length in chars.
+fn number(c: &[char]) -> Option<(Literal, usize)> {
     let mut i = 0;
     let mut text = String::new();
     let digits = |i: &mut usize, text: &mut String| {
@@ -199,11 +210,13 @@ fn number(c: &[char]) -> Option<(f64, usize)> {
         }
     };
     digits(&mut i, &mut text);
+    let int_digits = text.len();
     if i < c.len() && c[i] == '.' {
         text.push('.');
         i += 1;
         digits(&mut i, &mut text);
     }
+    let mantissa_end = text.len();
     if i < c.len() && (c[i] == 'e' || c[i] == 'E') {
         let mut k = i + 1;
         if k < c.len() && (c[k] == '+' || c[k] == '-') {
@@ -219,17 +232,24 @@ fn number(c: &[char]) -> Option<(f64, usize)> {
     // Python's tokenizer reads `0032` as the integer `00` followed by `32`
     if !text.contains(['.', 'e']) && text.len() > 1 && text.starts_with('0') {
         let zeros = c.iter().take_while(|&&d| d == '0' || d == '_').count();
-        return Some((0.0, zeros));
+        return Some((Literal { value: 0.0, digits: "0".into(), exp10: 0, decimal: false }, zeros));
     }
+    let mantissa = text[..mantissa_end].to_string();
+    let fraction_digits = mantissa.len().saturating_sub(int_digits + 1);
+    // an exponent too long for i64 saturates: the exact side then reports the value as too large
+    let exponent: i64 = text[mantissa_end..].strip_prefix('e').map_or(0, |e| e.parse().unwrap_or(if e.starts_with('-') { i64::MIN / 2 } else { i64::MAX / 2 }));
+    let exp10 = exponent.saturating_sub(fraction_digits as i64);
+    let decimal = text.contains(['.', 'e']);
     if text.starts_with('.') {
         text.insert(0, '0');
     }
-    Some((text.parse::<f64>().ok()?, i))
+    let value = text.parse::<f64>().ok()?;
+    Some((Literal { value, digits: mantissa.replace('.', ""), exp10, decimal }, i))
 }
 
 #[derive(Debug)]
 enum Node {
-    Num(f64),
+    Num(Literal),
     Sym(String),
     Pi,
     NotFinite,
@@ -333,9 +353,9 @@ impl Parser {
 
     fn primary(&mut self, depth: usize) -> Option<Node> {
         match self.toks.get(self.i)?.clone() {
-            Tok::Num(v) => {
+            Tok::Num(lit) => {
                 self.i += 1;
-                Some(Node::Num(v))
+                Some(Node::Num(lit))
             }
             Tok::Op("(") => {
                 self.i += 1;
@@ -393,7 +413,8 @@ impl Parser {
                     k += 1;
                 }
                 let digits: String = chars[start..k].iter().collect();
-                parts.push(Node::Num(digits.parse().ok()?));
+                let value = digits.parse().ok()?;
+                parts.push(Node::Num(Literal { value, digits, exp10: 0, decimal: false }));
             } else {
                 parts.push(Node::Sym(chars[k].to_string()));
                 k += 1;
@@ -421,7 +442,7 @@ fn collect_symbols(n: &Node, out: &mut BTreeMap<String, C>) {
 fn eval(n: &Node, env: &BTreeMap<String, C>) -> C {
     const NAN: C = C { re: f64::NAN, im: f64::NAN };
     match n {
-        Node::Num(v) => C::real(*v),
+        Node::Num(lit) => C::real(lit.value),
         Node::Pi => C::real(std::f64::consts::PI),
         Node::NotFinite => NAN,
         Node::Sym(s) => env.get(s).copied().unwrap_or(NAN),
@@ -460,6 +481,19 @@ fn eval(n: &Node, env: &BTreeMap<String, C>) -> C {
     }
 }
 
+/// The exact value of a tree built from number literals with + − × ÷, integer powers and factorials;
+/// anything else (a symbol, π, a function, `//`) is [`Rational::NotExact`].
+fn exact(n: &Node) -> Rational {
+    match n {
+        Node::Num(lit) => Rational::literal(&lit.digits, lit.exp10, lit.decimal),
+        Node::Neg(a) => exact(a).neg(),
+        Node::Fact(a) => exact(a).factorial(),
+        Node::Bin('^', a, b) => exact(a).pow(exact(b)),
+        Node::Bin(op @ ('+' | '-' | '*' | '/'), a, b) => exact(a).binary(*op, exact(b)),
+        _ => Rational::NotExact,
+    }
+}
+
 /// splitmix64: a fixed, dependency-free stream for the evaluation points.
 fn splitmix(state: &mut u64) -> f64 {
     *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
@@ -482,6 +516,20 @@ pub fn difference_is_zero(expr: &str) -> bool {
     let Some(tree) = p.sum(0) else { return false };
     if p.i != p.toks.len() {
         return false;
+    }
+    // two exact numbers (integers, fractions, or decimals on both sides) are compared exactly; the
+    // relative tolerance below is for everything else, a decimal against a fraction included
+    if let Node::Bin('-', a, b) = &tree {
+        let (a, b) = (exact(a), exact(b));
+        match (&a, &b) {
+            (Rational::Value { .. }, Rational::Value { .. }) if a.is_decimal() == b.is_decimal() => {
+                return a.equals(&b) == Some(true);
+            }
+            (Rational::TooLarge, Rational::TooLarge | Rational::Value { .. }) | (Rational::Value { .. }, Rational::TooLarge) => {
+                return false;
+            }
+            _ => {}
+        }
     }
     let mut env = BTreeMap::new();
     collect_symbols(&tree, &mut env);

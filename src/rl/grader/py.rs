@@ -84,6 +84,72 @@ pub fn is_near_int(x: f64) -> bool {
     x.is_finite() && (x - x.round_ties_even()).abs() <= 1e-7
 }
 
+/// The integer a number literal of [`py_float`]'s grammar denotes, printed as `str(int(…))` does but
+/// without passing through a float: `123456789012345678901` keeps its 21 digits (the float route
+/// gives `123456789012345683968`, so the authors equate it with its neighbours), `1.5e3` is `1500`.
+/// None when the literal's value is not an integer exactly, or is not a literal, or its exponent
+/// passes 1000 (the float route applies then).
+pub fn exact_int_literal(s: &str) -> Option<String> {
+    let t = py_strip(s);
+    let (negative, body) = match t.as_bytes().first() {
+        Some(b'+') => (false, &t[1..]),
+        Some(b'-') => (true, &t[1..]),
+        _ => (false, t),
+    };
+    let chars: Vec<char> = body.chars().collect();
+    let mut i = 0;
+    let mut digits = String::new();
+    let int_len = take_digit_part(&chars, &mut i, &mut digits) as i64;
+    if i < chars.len() && chars[i] == '.' {
+        i += 1;
+        take_digit_part(&chars, &mut i, &mut digits);
+    }
+    if digits.is_empty() {
+        return None;
+    }
+    let mut exponent = 0i64;
+    if i < chars.len() && (chars[i] == 'e' || chars[i] == 'E') {
+        i += 1;
+        let sign = match chars.get(i) {
+            Some('-') => {
+                i += 1;
+                -1
+            }
+            Some('+') => {
+                i += 1;
+                1
+            }
+            _ => 1,
+        };
+        let mut e = String::new();
+        if take_digit_part(&chars, &mut i, &mut e) == 0 || e.len() > 4 {
+            return None;
+        }
+        exponent = sign * e.parse::<i64>().ok()?;
+    }
+    if i != chars.len() || exponent.abs() > 1000 {
+        return None;
+    }
+    // the decimal point sits after `point` digits; everything after it must be zeros
+    let point = int_len + exponent;
+    let n = digits.len() as i64;
+    let whole = if point >= n {
+        format!("{digits}{}", "0".repeat((point - n) as usize))
+    } else {
+        let cut = point.max(0) as usize;
+        if digits[cut..].bytes().any(|b| b != b'0') {
+            return None;
+        }
+        digits[..cut].to_string()
+    };
+    let whole = whole.trim_start_matches('0');
+    Some(match (whole.is_empty(), negative) {
+        (true, _) => "0".to_string(),
+        (false, true) => format!("-{whole}"),
+        (false, false) => whole.to_string(),
+    })
+}
+
 /// `str(int(x))` for a finite float: the exact decimal digits of its integer part.
 pub fn int_string(x: f64) -> String {
     let t = x.trunc();
@@ -297,6 +363,21 @@ pub fn str_to_int(s: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exact_integer_literals() {
+        assert_eq!(exact_int_literal("123456789012345678901").as_deref(), Some("123456789012345678901"));
+        assert_eq!(exact_int_literal(" -0012 ").as_deref(), Some("-12"));
+        assert_eq!(exact_int_literal("-0").as_deref(), Some("0"));
+        assert_eq!(exact_int_literal("1.5e3").as_deref(), Some("1500"));
+        assert_eq!(exact_int_literal("12.000").as_deref(), Some("12"));
+        assert_eq!(exact_int_literal("1_000").as_deref(), Some("1000"));
+        assert_eq!(exact_int_literal("2500e-2").as_deref(), Some("25"));
+        assert_eq!(exact_int_literal("12.00000001"), None);
+        assert_eq!(exact_int_literal("1e2000"), None);
+        assert_eq!(exact_int_literal("inf"), None);
+        assert_eq!(exact_int_literal("1,000"), None);
+    }
 
     #[test]
     fn floats_follow_python() {
