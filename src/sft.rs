@@ -150,7 +150,7 @@ impl SftConfig {
             return bad("extra_checks", format!("{} is above 2·max_level + 8 = {max_extra} (longer traces do not fit the context)", self.extra_checks));
         }
         self.trace_mix().validate(WHO)?;
-        if self.hidden_size % self.num_heads != 0 {
+        if !self.hidden_size.is_multiple_of(self.num_heads) {
             return bad("num_heads", format!("{} does not divide hidden_size = {}", self.num_heads, self.hidden_size));
         }
         let optimizer = crate::settings::OptimizerSettings { lr: self.lr, min_lr: 0.1 * self.lr, weight_decay: 0.0, grad_clip: 1.0 };

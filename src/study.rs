@@ -359,6 +359,10 @@ pub struct RunResult {
     /// wall time of the run's training and evaluation in this `demo` (a run found finished only
     /// costs its evaluation)
     pub seconds: f64,
+    /// the step this `demo` found the run at (0: trained here from the start; the run's steps:
+    /// found finished, only evaluated)
+    #[serde(default)]
+    pub found_at_step: usize,
 }
 
 /// Is the task fit for the question? Measured on the base model before any RL.
@@ -406,6 +410,9 @@ pub struct StudyResults {
     pub runs: Vec<RunResult>,
     /// wall time of this `demo` call
     pub seconds: f64,
+    /// the SFT base was found in the folder (made by an earlier call), not trained by this one
+    #[serde(default)]
+    pub base_found: bool,
 }
 
 fn evaluate(model: &Model<f32>, tok: &Tokenizer, study: &StudyConfig, questions: usize, samples: usize, engine: &Engine) -> Result<Evaluation> {
@@ -470,7 +477,7 @@ pub fn run_study(study: &StudyConfig, out: &Path, device: Device, log: &mut dyn 
         report::difference_text(fitness.length_buys_accuracy.as_ref(), 3),
         t0.elapsed().as_secs_f64()
     ));
-    let mut results = StudyResults { study: study.clone(), base: base_eval, base_tradeoff, fitness, runs: Vec::new(), seconds: 0.0 };
+    let mut results = StudyResults { study: study.clone(), base: base_eval, base_tradeoff, fitness, runs: Vec::new(), seconds: 0.0, base_found: cached };
     if !results.fitness.fit {
         log("the base model's accuracy does not rise with the length of its reasoning: the task is not fit for the comparison, no RL run".into());
     } else {
@@ -507,7 +514,7 @@ pub fn run_study(study: &StudyConfig, out: &Path, device: Device, log: &mut dyn 
                 t0.elapsed().as_secs_f64() / 60.0
             ));
             let metrics = read_metrics(&run_dir.join("metrics.jsonl"))?;
-            results.runs.push(RunResult { run, seed: *seed, evaluation, metrics, seconds });
+            results.runs.push(RunResult { run, seed: *seed, evaluation, metrics, seconds, found_at_step: resumed });
         }
     }
     results.seconds = t0.elapsed().as_secs_f64();

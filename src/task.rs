@@ -152,7 +152,7 @@ impl TaskExample {
     pub fn parse(question: &str) -> Result<TaskExample> {
         let chars: Vec<char> = question.chars().collect();
         let bad = || Error::input(format!("`{question}` is not a task question (digit (op digit)+, ops + - *)"));
-        if chars.len() < 3 || chars.len() % 2 == 0 {
+        if chars.len() < 3 || chars.len().is_multiple_of(2) {
             return Err(bad());
         }
         let mut operands = Vec::new();
@@ -257,7 +257,7 @@ pub fn split_of(question: &str) -> Split {
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
     // FNV's low bits are weak on short strings: finish with the splitmix64 mixer
-    if splitmix64_mix(h) % 4 == 0 {
+    if splitmix64_mix(h).is_multiple_of(4) {
         Split::Eval
     } else {
         Split::Train

@@ -111,6 +111,12 @@ fn demo_quick_writes_a_sane_report() {
     assert!(log.contains("reusing"), "{log}");
     assert!(stderr.contains("full-granularity phase over after"), "{stderr}");
     assert_eq!(log.matches("found finished").count(), runs.len(), "{log}");
+    // and its report says that its wall time is not the study's
+    let first_said = "This demo call took";
+    assert!(report.contains(first_said) && !report.contains("reused the SFT base"), "{report}");
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    let said = format!("reused the SFT base of an earlier call and found {n} of its {n} runs already trained in its folder ({n} finished", n = runs.len());
+    assert!(report.contains(&said), "{said}:\n{report}");
     let _ = std::fs::remove_dir_all(Path::new(&cwd));
 }
 

@@ -179,16 +179,20 @@ fn setup_paragraph(r: &StudyResults) -> String {
         rl.hyper.delta
     );
     format!(
-        "Task: arithmetic chains mod 10 of levels {}..={} (src/task.rs). Base model: a {}-layer, {}-wide Qwen2 model, SFT for {} steps \
+        "Task: arithmetic chains mod 10 of levels {}..={} (src/task.rs). Base model: a {}-layer, {}-wide Qwen2 model, SFT on \
+         full-granularity traces until greedy decoding solves {:.0}% of {} training questions (at most {} steps), then {} steps \
          on correct traces of mixed shapes: {:.0}% guesses (the answer alone), {:.0}% of the rest with shortcut steps (two operations \
          folded into one written step), the others one operation per step; {:.0}% of the non-guesses padded with 1..=k+{} checks \
          (restating the partial just written). RL: {} steps of {}, on {} training questions ({:.1} epochs), budget C = {} tokens. Evaluation: {} held-out questions × {} \
          samples at T = {}, top-p 0.95; the base's trade-off (section 1) on {} questions × {} samples. Seeds {:?}; mean ± sample sd \
-         over seeds, 95% intervals from Student's t. This demo took {:.1} min of wall time.\n",
+         over seeds, 95% intervals from Student's t. {}\n",
         sft.min_level,
         sft.max_level,
         sft.num_layers,
         sft.hidden_size,
+        100.0 * crate::sft::PROBE_ACCURACY,
+        crate::sft::PROBE_QUESTIONS,
+        sft.full_only_steps,
         sft.steps,
         100.0 * sft.guess_share,
         100.0 * sft.shortcut_share,
@@ -205,8 +209,27 @@ fn setup_paragraph(r: &StudyResults) -> String {
         st.base_questions,
         st.base_samples,
         st.seeds,
-        r.seconds / 60.0
+        wall_time_text(r)
     )
+}
+
+/// The wall time of the `demo` call that wrote the report, and how much of the work it found done.
+fn wall_time_text(r: &StudyResults) -> String {
+    let found = r.runs.iter().filter(|x| x.found_at_step > 0).count();
+    let mut s = format!("This demo call took {:.1} min of wall time", r.seconds / 60.0);
+    if r.base_found {
+        s += if found > 0 { ", reused the SFT base of an earlier call" } else { " and reused the SFT base of an earlier call" };
+    }
+    if found > 0 {
+        let finished = r.runs.iter().filter(|x| x.found_at_step >= r.study.rl_steps).count();
+        let _ = write!(
+            s,
+            " and found {found} of its {} runs already trained in its folder ({finished} finished: only evaluated), so it does not \
+             time the whole study",
+            r.runs.len()
+        );
+    }
+    s + "."
 }
 
 /// Section 1: the base model's pass@1 per shape and level.

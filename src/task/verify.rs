@@ -177,7 +177,7 @@ struct Step {
 fn parse_step(s: &str) -> Option<Step> {
     let c: Vec<char> = s.chars().collect();
     let n = c.len();
-    if n < 5 || n % 2 == 0 || c[n - 2] != '=' {
+    if n < 5 || n.is_multiple_of(2) || c[n - 2] != '=' {
         return None;
     }
     let digit = |ch: char| ch.to_digit(10).map(|d| d as u8);
