@@ -277,10 +277,12 @@ fn run_folder_is_locked() {
     child.kill().unwrap(); // SIGKILL: the lock file stays behind with the dead pid
     child.wait().unwrap();
     assert!(lock.exists());
-    // start over in the folder (the killed run never reached a checkpoint)
+    // start over in the folder: remove what the killed run wrote, the lock file aside (with
+    // --save-every 1 it can reach a checkpoint before the kill on a loaded machine: seen once)
     for f in ["train_config.json", "metrics.jsonl"] {
         let _ = std::fs::remove_file(out.join(f));
     }
+    let _ = std::fs::remove_dir_all(out.join("checkpoint"));
     let (code, _, stderr) = drpo_exit(&train_args(s(&base), s(&out), "0"));
     assert_eq!(code, 0, "{stderr}");
     assert!(stderr.contains("took over the lock") && stderr.contains(&format!("pid {}", child.id())), "{stderr}");
