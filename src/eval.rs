@@ -38,7 +38,8 @@ pub struct EvalStats {
     pub mean_length_wrong: Option<f64>,
     /// share of responses cut at max_new_tokens without an eos
     pub truncation_rate: f64,
-    /// toy task only: mean necessary / redundant steps per response
+    /// toy task only: mean useful / useless steps per response (the names predate shortcut steps:
+    /// "necessary" = steps that advance the solution, "redundant" = padding; see task::Verdict)
     pub mean_necessary_steps: Option<f64>,
     pub mean_redundant_steps: Option<f64>,
     /// responses holding sampled ids the tokenizer could not decode (graded on the decodable text)

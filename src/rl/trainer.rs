@@ -291,6 +291,7 @@ pub struct StepMetrics {
     pub accuracy: f64,
     pub mean_length: f64,
     pub mean_length_correct: Option<f64>,
+    /// toy task: mean useless (padding) and useful steps per rollout (see task::Verdict)
     pub mean_redundant_steps: Option<f64>,
     pub mean_necessary_steps: Option<f64>,
     pub truncation_rate: f64,
@@ -315,6 +316,13 @@ pub struct StepMetrics {
     pub adv_mean_correct: Option<f64>,
     pub adv_min_correct: Option<f64>,
     pub negative_advantage_share_correct: Option<f64>,
+    /// every objective: share of the correct rollouts the objective pushes down (push < 0, see
+    /// [`ChunkResult::push`]; the mechanism of SPEC §6.3) and share it leaves alone (push = 0, e.g.
+    /// all-correct groups under DRPO); first inner epoch. Absent in metrics written before them.
+    #[serde(default)]
+    pub correct_pushed_down_share: Option<f64>,
+    #[serde(default)]
+    pub correct_unpushed_share: Option<f64>,
     pub loss: Option<f64>,
     pub objective: Option<f64>,
     /// mean and max over the step's optimizer steps of the gradient norm before clipping
@@ -405,6 +413,11 @@ pub struct ChunkResult {
     pub penalty: f64,
     /// DRPO/DisCO: ŵ of the positives of each valid group (each list sums to 1); empty for baselines
     pub positive_weights: Vec<Vec<f64>>,
+    /// `[rows]` the objective's push on each response, the sign of its gradient step on the
+    /// response's log-likelihood: > 0 up, < 0 down, 0 none. DRPO/DisCO: −∂loss/∂s_i of the
+    /// discriminative part (the KL penalty's uniform pull towards π_old left out); baselines (no KL
+    /// term): −Σ_t ∂loss/∂ℓ_{i,t} = (1/n) A_i · mean over unclipped tokens of ρ.
+    pub push: Vec<f64>,
 }
 
 /// The gradient of one mini-batch and its chunks' numbers.
@@ -458,12 +471,21 @@ pub fn minibatch_gradient<T: Float>(
                     .filter(|gs| gs.valid)
                     .map(|gs| gs.members.iter().filter(|&&i| correct[i]).map(|&i| out.weights[i]).collect())
                     .collect();
-                let r = ChunkResult { loss: out.loss, objective: out.j, kl: out.kl, penalty: out.penalty, positive_weights };
+                let push = out.dloss_ds.iter().map(|d| -d).collect();
+                let r = ChunkResult { loss: out.loss, objective: out.j, kl: out.kl, penalty: out.penalty, positive_weights, push };
                 (out.dlogp, r)
             }
             Some(adv) => {
                 let out = objectives::clipped_surrogate(&batch, &adv[first..first + chunk.len()], hyper.clip_eps)?;
-                let r = ChunkResult { loss: out.loss, objective: out.j, kl: out.kl, penalty: out.penalty, positive_weights: Vec::new() };
+                let mut at = 0;
+                let push = len
+                    .iter()
+                    .map(|&l| {
+                        at += l;
+                        -out.dlogp[at - l..at].iter().sum::<f64>()
+                    })
+                    .collect();
+                let r = ChunkResult { loss: out.loss, objective: out.j, kl: out.kl, penalty: out.penalty, positive_weights: Vec::new(), push };
                 (out.dlogp, r)
             }
         };
@@ -692,6 +714,7 @@ impl<'a> Trainer<'a> {
         let (mut kl_last, mut penalties, mut losses, mut objs) = (f64::NAN, Vec::new(), Vec::new(), Vec::new());
         let (mut grad_norms, mut lrs, mut skipped) = (Vec::new(), Vec::new(), 0usize);
         let mut positive_weights: Vec<Vec<f64>> = Vec::new();
+        let mut push: Vec<f64> = Vec::with_capacity(rollouts.len());
         let mb_rows = cfg.mini_batch_questions * g;
         for epoch in 0..cfg.inner_epochs {
             for (mi, mb) in rollouts.chunks(mb_rows).enumerate() {
@@ -705,6 +728,7 @@ impl<'a> Trainer<'a> {
                     objs.push(c.objective);
                     if epoch == 0 {
                         positive_weights.extend(c.positive_weights);
+                        push.extend(c.push);
                     }
                 }
                 let norm = clip_grad_norm(&mut grads, cfg.grad_clip);
@@ -738,6 +762,8 @@ impl<'a> Trainer<'a> {
             Some(a) => a.iter().zip(&rollouts).filter(|(_, r)| r.correct).map(|(&x, _)| x).collect(),
             None => Vec::new(),
         };
+        // epoch 0 visits every rollout once, in order
+        let correct_push: Vec<f64> = push.iter().zip(&rollouts).filter(|(_, r)| r.correct).map(|(&p, _)| p).collect();
         let grad_norm_mean = mean(grad_norms.iter().copied()).and_then(finite);
         let grad_norm_max = if grad_norms.iter().all(|x| x.is_finite()) { grad_norms.iter().copied().reduce(f64::max) } else { None };
         Ok(StepMetrics {
@@ -759,6 +785,8 @@ impl<'a> Trainer<'a> {
             adv_mean_correct: mean(adv_correct.iter().copied()),
             adv_min_correct: adv_correct.iter().copied().reduce(f64::min),
             negative_advantage_share_correct: advantages.as_ref().and(mean(adv_correct.iter().map(|&a| (a < 0.0) as u8 as f64))),
+            correct_pushed_down_share: mean(correct_push.iter().map(|&p| (p < 0.0) as u8 as f64)),
+            correct_unpushed_share: mean(correct_push.iter().map(|&p| (p == 0.0) as u8 as f64)),
             loss: mean(losses.iter().copied()).and_then(finite),
             objective: mean(objs.iter().copied()).and_then(finite),
             grad_norm_mean,
