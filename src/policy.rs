@@ -15,9 +15,9 @@
 //!
 //! Input is checked once, where a batch is built: [`Chunks`] (slot in range and increasing, token
 //! ids < vocab_size, positions ≤ max_position_embeddings and the cache's capacity) and
-//! [`ScoreBatch`] (the same for fresh sequences, a prompt token before every response, temperature
-//! > 0 and finite). The devices trust a built batch. Prompt tokens never carry gradient (SPEC §4.5:
-//! only response tokens enter the objectives).
+//! [`ScoreBatch`] (the same for fresh sequences, a prompt token before every response, a positive
+//! finite temperature). The devices trust a built batch. Prompt tokens never carry gradient
+//! (SPEC §4.5: only response tokens enter the objectives).
 //!
 //! The GPU model answers `backward_responses` and `apply_update` with an error until the device
 //! training step lands (NOTES.md, "One policy seam").

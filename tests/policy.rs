@@ -98,7 +98,7 @@ fn packed_batch_validation<P: Policy>(what: &str, p: &P) {
     expect(generate(p, &[vec![1, v, 2]], &greedy).map(|_| ()), "position 1");
     expect(generate(p, &[vec![]], &greedy).map(|_| ()), "prompt 0 is empty");
     let long = vec![1u32; cfg.max_position_embeddings];
-    expect(generate(p, &[long.clone()], &greedy).map(|_| ()), "max_position_embeddings");
+    expect(generate(p, std::slice::from_ref(&long), &greedy).map(|_| ()), "max_position_embeddings");
     expect(ScoreBatch::responses(&cfg, &[&[1], &[2]], &[&[3], &[v]], 1.0).map(|_| ()), "token id");
     expect(ScoreBatch::responses(&cfg, &[&[1], &[]], &[&[3], &[4]], 1.0).map(|_| ()), "prompt 1 is empty");
     expect(ScoreBatch::responses(&cfg, &[&[1]], &[&[3], &[4]], 1.0).map(|_| ()), "responses");
@@ -125,7 +125,7 @@ fn backward_and_update<P: Policy>(what: &str, p: &mut P) -> drpo::Result<()> {
         let grads = p.backward_responses(&scored, &dlogp)?;
         assert_eq!(grads.len(), p.n_params());
         assert!(grads.iter().any(|g| g.to_f64() != 0.0), "{what}: a zero gradient");
-        let short = p.backward_responses(&scored, &dlogp[..1]).err().expect("one dlogp row per response");
+        let short = p.backward_responses(&scored, &dlogp[..1]).expect_err("one dlogp row per response");
         assert!(short.to_string().contains("dlogp"), "{short}");
         let unrecorded = p.score_responses(&batch, false)?;
         assert!(p.backward_responses(&unrecorded, &dlogp).is_err(), "{what}: a backward needs a recorded score");
@@ -137,7 +137,7 @@ fn backward_and_update<P: Policy>(what: &str, p: &mut P) -> drpo::Result<()> {
         assert!(e.contains("not supported on the") && e.contains(p.device()), "{what}: {e}");
         let mut opt = drpo::optim::AdamWState::new(p.n_params());
         let grads = vec![<P::Grad as Float>::from_f64(0.0); p.n_params()];
-        let e = p.apply_update(&mut opt, &grads, &drpo::optim::AdamWConfig::default(), 1e-3).err().expect("no device update yet").to_string();
+        let e = p.apply_update(&mut opt, &grads, &drpo::optim::AdamWConfig::default(), 1e-3).expect_err("no device update yet").to_string();
         assert!(e.contains("apply_update") && e.contains(p.device()), "{what}: {e}");
     }
     Ok(())
