@@ -524,7 +524,8 @@ fn logprobs<T: drpo::cpu::Float>(dir: &Path, input: &Path, out: &Path, device: D
     let model = Model::<T>::load(dir)?;
     let refs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
     let engine = Engine::new(device, &model, &mut |n| eprintln!("{n}"))?;
-    let logprobs = engine.score(&model, &refs, 1.0)?;
+    let batch = drpo::policy::ScoreBatch::sequences(&model.cfg, &refs, 1.0)?;
+    let logprobs = engine.generator(&model).score(&batch)?;
     drpo::output::write_json(out, &LogprobsOut { logprobs }, false)
 }
 
@@ -602,7 +603,7 @@ fn generate_cmd(
     eos.sort_unstable();
     eos.dedup();
     let opts = drpo::generate::GenerateOptions { max_new_tokens, sampling, seed, eos_ids: eos, stream_offset: 0 };
-    let out = engine.generate(&model, std::slice::from_ref(&ids), &opts)?;
+    let out = engine.generator(&model).generate(std::slice::from_ref(&ids), &opts)?;
     let generated = &out[0].tokens;
     let text = match &tokenizer {
         Some(tok) => {
@@ -899,7 +900,7 @@ fn eval(a: EvalArgs) -> Result<()> {
         Some(out) => Some(drpo::error::AtomicWriter::create(&out.join("responses.jsonl"))?),
         None => None,
     };
-    let (report, _) = drpo::eval::eval_env(&engine, &model, env.as_ref(), &tok, &opts, &mut |records, done, _| {
+    let (report, _) = drpo::eval::eval_env(engine.generator(&model), env.as_ref(), &tok, &opts, &mut |records, done, _| {
         if let Some(lines) = lines.as_mut() {
             for r in records {
                 let line = drpo::output::json_text("responses.jsonl", r, false)?;

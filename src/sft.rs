@@ -11,7 +11,7 @@ use crate::config::ModelConfig;
 use crate::error::{write_atomic, Error, Result};
 use crate::model::Model;
 use crate::optim::{clip_grad_norm, AdamWConfig, AdamWState, LrDecay, LrSchedule};
-use crate::policy::{backward_responses, score_responses};
+use crate::policy::{Policy, ScoreBatch};
 use crate::task::{generate_split, render_shaped, Split, TaskConfig, TraceMix};
 use crate::tokenizer::Tokenizer;
 use rand::rngs::StdRng;
@@ -307,11 +307,11 @@ pub fn run_sft_with_notices(
             batch_prompts.push(prompts[i].as_slice());
         }
         let resp: Vec<&[u32]> = responses.iter().map(Vec::as_slice).collect();
-        let scored = score_responses(&model, &batch_prompts, &resp, 1.0, true)?;
+        let scored = model.score_responses(&ScoreBatch::responses(&model.cfg, &batch_prompts, &resp, 1.0)?, true)?;
         let n_tokens: usize = resp.iter().map(|r| r.len()).sum();
         let loss = -scored.logp.iter().flatten().sum::<f64>() / n_tokens as f64;
         let dlogp: Vec<Vec<f64>> = scored.logp.iter().map(|r| vec![-1.0 / n_tokens as f64; r.len()]).collect();
-        let mut grads = backward_responses(&model, &scored, &dlogp);
+        let mut grads = model.backward_responses(&scored, &dlogp)?;
         let grad_norm = clip_grad_norm(&mut grads, 1.0);
         if !(loss.is_finite() && grad_norm.is_finite()) {
             let (at, value) = if loss.is_finite() { ("gradient norm", grad_norm) } else { ("loss", loss) };
@@ -321,7 +321,7 @@ pub fn run_sft_with_notices(
                 value,
             });
         }
-        opt.step(&mut model.params, &grads, &adamw, lr);
+        model.apply_update(&mut opt, &grads, &adamw, lr)?;
         let rec = SftStep { step, phase, loss, grad_norm, lr, probe_accuracy: probed };
         log.push_str(&crate::output::json_text("sft_log.jsonl", &rec, false)?);
         log.push('\n');

@@ -29,6 +29,7 @@ use crate::engine::{Device, Engine};
 use crate::error::{read_json, Error, Result};
 use crate::eval::{eval_env, EvalOptions, EvalReport};
 use crate::model::Model;
+use crate::policy::Generator;
 use crate::rl::env::ToyEnv;
 use crate::rl::objectives::Hyper;
 use crate::rl::trainer::{read_metrics, ObjectiveKind, StepMetrics, TrainConfig, Trainer};
@@ -415,7 +416,7 @@ pub struct StudyResults {
     pub base_found: bool,
 }
 
-fn evaluate(model: &Model<f32>, tok: &Tokenizer, study: &StudyConfig, questions: usize, samples: usize, engine: &Engine) -> Result<Evaluation> {
+fn evaluate(policy: &dyn Generator, tok: &Tokenizer, study: &StudyConfig, questions: usize, samples: usize) -> Result<Evaluation> {
     let env = ToyEnv::new(generate_split(&study.sft.task(), Split::Eval, questions)?, tok)?;
     let opts = EvalOptions {
         n_samples: samples,
@@ -425,7 +426,7 @@ fn evaluate(model: &Model<f32>, tok: &Tokenizer, study: &StudyConfig, questions:
         batch_size: 256,
     };
     let mut responses = Vec::with_capacity(questions * samples);
-    let (eval, _) = eval_env(engine, model, &env, tok, &opts, &mut |batch, _, _| {
+    let (eval, _) = eval_env(policy, &env, tok, &opts, &mut |batch, _, _| {
         responses.extend(batch.iter().map(|r| Response::new(&env.examples[r.problem], &r.text, r.length)));
         Ok(())
     })?;
@@ -466,8 +467,8 @@ pub fn run_study(study: &StudyConfig, out: &Path, device: Device, log: &mut dyn 
     };
     let tok = Tokenizer::from_dir(&base_dir)?;
     let engine = Engine::new(device, &base, &mut |n| log(n))?;
-    let base_eval = evaluate(&base, &tok, study, study.eval_questions, study.eval_samples, &engine)?;
-    let base_tradeoff = evaluate(&base, &tok, study, study.base_questions, study.base_samples, &engine)?.shapes;
+    let base_eval = evaluate(engine.generator(&base), &tok, study, study.eval_questions, study.eval_samples)?;
+    let base_tradeoff = evaluate(engine.generator(&base), &tok, study, study.base_questions, study.base_samples)?.shapes;
     drop(engine);
     let fitness = Fitness::of(&base_tradeoff);
     log(format!(
@@ -497,7 +498,7 @@ pub fn run_study(study: &StudyConfig, out: &Path, device: Device, log: &mut dyn 
             trainer.run(&mut |_| {})?;
             // the trainer's engine holds the trained weights (a GPU engine generates from its own copy,
             // synced after every step); an engine built from the base would evaluate the base again
-            let evaluation = evaluate(&trainer.model, &tok, study, study.eval_questions, study.eval_samples, &trainer.engine)?;
+            let evaluation = evaluate(trainer.engine.generator(&trainer.model), &tok, study, study.eval_questions, study.eval_samples)?;
             let seconds = t.elapsed().as_secs_f64();
             log(format!(
                 "[{}/{}] {} seed {seed}: pass@1 {:.3}, length {:.1}{} ({seconds:.0} s; {:.1} min so far)",

@@ -37,7 +37,7 @@ use crate::eval::mean;
 use crate::generate::GenerateOptions;
 use crate::model::Model;
 use crate::optim::{clip_grad_norm, AdamWConfig, AdamWState, LrDecay, LrSchedule};
-use crate::policy::{backward_responses, score_responses};
+use crate::policy::{mean_abs_logp_diff, Generator, Policy, ScoreBatch};
 use crate::rl::env::Environment;
 use crate::rl::objectives::{self, Baseline, Batch, HapoHistory, Hyper, Outcomes};
 use crate::rl::run_folder::{self, RunStart};
@@ -334,6 +334,11 @@ pub struct StepMetrics {
     pub lr_mean: f64,
     pub lr_max: f64,
     pub step_seconds: f64,
+    /// mean |Δ log-prob| per response token between the policy that sampled the rollouts (the
+    /// device's bf16 copy) and the one that scores and trains (the host f32 model): the
+    /// train/inference mismatch of `--device gpu|sim`. None on the CPU, where they are one policy.
+    #[serde(default)]
+    pub sampler_logp_mismatch: Option<f64>,
 }
 
 /// `Some(x)` for a finite x.
@@ -436,13 +441,13 @@ pub struct MiniBatchGradient<T> {
 ///
 /// prompts: `[rows]` the prompt of each rollout.  advantages: `[rows]` the baselines' advantages
 /// (None: DRPO / DisCO from `cfg`).
-pub fn minibatch_gradient<T: Float>(
-    model: &Model<T>,
+pub fn minibatch_gradient<P: Policy>(
+    policy: &P,
     cfg: &TrainConfig,
     prompts: &[&[u32]],
     rollouts: &[Rollout],
     advantages: Option<&[f64]>,
-) -> Result<MiniBatchGradient<T>> {
+) -> Result<MiniBatchGradient<P::Grad>> {
     crate::error::check_len("minibatch_gradient", "prompts", prompts.len(), rollouts.len())?;
     if let Some(a) = advantages {
         crate::error::check_len("minibatch_gradient", "advantages", a.len(), rollouts.len())?;
@@ -451,12 +456,13 @@ pub fn minibatch_gradient<T: Float>(
     let rows_per_chunk = cfg.chunk_questions * cfg.group_size;
     let n_chunks = rollouts.len().div_ceil(rows_per_chunk).max(1);
     let scale = 1.0 / n_chunks as f64;
-    let mut grads = vec![T::ZERO; model.layout.total];
+    let mut grads = vec![<P::Grad as Float>::from_f64(0.0); policy.n_params()];
     let mut chunks = Vec::with_capacity(n_chunks);
     for (ci, chunk) in rollouts.chunks(rows_per_chunk).enumerate() {
         let first = ci * rows_per_chunk;
         let resps: Vec<&[u32]> = chunk.iter().map(|r| r.tokens.as_slice()).collect();
-        let scored = score_responses(model, &prompts[first..first + chunk.len()], &resps, cfg.temperature, true)?;
+        let batch = ScoreBatch::responses(policy.config(), &prompts[first..first + chunk.len()], &resps, cfg.temperature)?;
+        let scored = policy.score_responses(&batch, true)?;
         let logp: Vec<f64> = scored.logp.concat();
         let old: Vec<f64> = chunk.iter().flat_map(|r| r.old_logp.iter().copied()).collect();
         let cols = Columns::of(chunk);
@@ -496,7 +502,7 @@ pub fn minibatch_gradient<T: Float>(
             rows.push(dlogp[at..at + l].iter().map(|d| d * scale).collect::<Vec<f64>>());
             at += l;
         }
-        let g = backward_responses(model, &scored, &rows);
+        let g = policy.backward_responses(&scored, &rows)?;
         for (a, b) in grads.iter_mut().zip(&g) {
             *a += *b;
         }
@@ -652,7 +658,9 @@ impl<'a> Trainer<'a> {
         }
     }
 
-    fn rollouts(&self, questions: &[usize]) -> Result<Vec<Rollout>> {
+    /// The step's rollouts, and the sampling policy's log-prob mismatch where it is not the
+    /// scoring policy ([`StepMetrics::sampler_logp_mismatch`]).
+    fn rollouts(&self, questions: &[usize]) -> Result<(Vec<Rollout>, Option<f64>)> {
         let cfg = &self.cfg;
         let g = cfg.group_size;
         let prompts: Vec<Vec<u32>> = questions.iter().flat_map(|&q| std::iter::repeat_n(self.env.prompt(q).to_vec(), g)).collect();
@@ -665,13 +673,20 @@ impl<'a> Trainer<'a> {
             eos_ids: self.tok.eos_ids().to_vec(),
             stream_offset,
         };
-        let gens = self.engine.generate(&self.model, &prompts, &opts)?;
-        // old log-probs: the current weights, temperature T, recomputed (SPEC §5.1)
+        let gens = self.engine.generator(&self.model).generate(&prompts, &opts)?;
+        // old log-probs: the current weights, temperature T, recomputed (SPEC §5.1) by the policy
+        // that trains
         let p_refs: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
         let r_refs: Vec<&[u32]> = gens.iter().map(|g| g.tokens.as_slice()).collect();
-        let old = score_responses(&self.model, &p_refs, &r_refs, cfg.temperature, false)?;
+        let batch = ScoreBatch::responses(&self.model.cfg, &p_refs, &r_refs, cfg.temperature)?;
+        let old = self.model.score_responses(&batch, false)?.logp;
+        // until the device scores and trains, a device samples with its own (bf16) copy: measured
+        let mismatch = match &self.engine {
+            Engine::Cpu => None,
+            Engine::Gpu(g) => mean_abs_logp_diff(&Generator::score(g, &batch)?, &old),
+        };
         let mut out = Vec::with_capacity(gens.len());
-        for (k, (gen, old_logp)) in gens.into_iter().zip(old.logp).enumerate() {
+        for (k, (gen, old_logp)) in gens.into_iter().zip(old).enumerate() {
             let problem = questions[k / g];
             let (text, undecodable) = self.graded_text(problem, &gen.tokens)?;
             let v = self.env.grade(problem, &text);
@@ -686,7 +701,7 @@ impl<'a> Trainer<'a> {
                 old_logp,
             });
         }
-        Ok(out)
+        Ok((out, mismatch))
     }
 
     /// One training step (rollouts, then the optimizer steps of its mini-batches).
@@ -696,7 +711,7 @@ impl<'a> Trainer<'a> {
         let hyper = cfg.effective_hyper();
         let g = cfg.group_size;
         let questions = questions_of_step(self.env.len(), cfg.questions_per_step, cfg.seed, self.state.step)?;
-        let rollouts = self.rollouts(&questions)?;
+        let (rollouts, sampler_logp_mismatch) = self.rollouts(&questions)?;
 
         // baselines: rewards and advantages once per step, on all rollouts
         let advantages = match cfg.objective.baseline() {
@@ -736,7 +751,7 @@ impl<'a> Trainer<'a> {
                 grad_norms.push(norm);
                 lrs.push(lr);
                 if norm.is_finite() {
-                    self.opt.step(&mut self.model.params, &grads, &adamw, lr);
+                    self.model.apply_update(&mut self.opt, &grads, &adamw, lr)?;
                     self.state.optimizer_steps += 1;
                 } else {
                     skipped += 1;
@@ -795,6 +810,7 @@ impl<'a> Trainer<'a> {
             lr_mean: mean(lrs.iter().copied()).unwrap_or(0.0),
             lr_max: lrs.iter().copied().reduce(f64::max).unwrap_or(0.0),
             step_seconds: t0.elapsed().as_secs_f64(),
+            sampler_logp_mismatch: sampler_logp_mismatch.and_then(finite),
         })
     }
 }
