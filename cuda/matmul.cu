@@ -52,3 +52,95 @@ extern "C" __global__ void __launch_bounds__(256) matmul_fwd_f32(float* out, con
             if (row < m && col < n) out[(size_t)row * n + col] = acc[i][j] + (b ? b[col] : 0.0f);
         }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Backward of the linear layer.  Reference: cpu::matmul::matmul_bwd.  Launcher: gpu::matmul::matmul_bwd.
+//   dX[r, i] += Σ_o dY[r, o]·W[o, i]     dW[o, i] += Σ_r dY[r, o]·X[r, i]     db[o] += Σ_r dY[r, o]
+//   dY: [tokens, d_out]   X, dX: [tokens, d_in]   W: [d_out, d_in]   dW: [d_out, d_in] (f32)   db: [d_out] (f32)
+// Both products run the forward's main loops (gemm.cuh) with the operands read as they are stored:
+//   dX = dY·W:   m = tokens, n = d_in, k = d_out; A = dY [m, k], B = W [k, n] (n-contiguous: ldmatrix.trans)
+//   dW = dYᵀ·X:  m = d_out, n = d_in, k = tokens; A = dY [k, m], B = X [k, n] (both through ldmatrix.trans)
+// Kernels (grid (ceil(n/BN), ceil(m/BM)) as the forward):
+//   matmul_bwd_dx_bf16_{large,small}   bf16 dX, tensor cores;  matmul_bwd_dx_f32   f32, CUDA cores
+//   matmul_bwd_dw_bf16_{large,small}   f32 dW from bf16 operands, tensor cores;  matmul_bwd_dw_f32
+//   matmul_bwd_db_{f32,bf16}   grid (ceil(d_out / 32)), block 256: 8 row phases × 32 columns, then a
+//     fixed-order sum of the 8 phase sums (coalesced rows, no atomics)
+// Every output accumulates (+=, the CPU's contract: a gradient summed over uses, the residual stream):
+// the f32 accumulator of the whole k range is added to the stored value, rounded once to the output type.
+// Precision: f32 accumulation in a fixed k order (mma for bf16); dW and db are f32 whatever the operands.
+// Determinism: no split-k, no atomics: bit-identical from run to run.
+// v1 (this): the forward's register-staged double buffer; K = tokens of dW is walked by one block per
+//   output tile (no split-k: at d_out = d_in = 896 that is 49 blocks of 128×128 on a 132-SM chip).
+
+template <typename Tile, typename Out>
+__device__ void matmul_tc_accumulate(Out* out, const bf16* a, const bf16* b, int m, int k, int n, int vec) {
+    float acc[Tile::TM][Tile::TN][4];
+    const int m0 = blockIdx.y * Tile::BM, n0 = blockIdx.x * Tile::BN;
+    Tile::mainloop(acc, vec != 0, a, b, m, n, k, m0, n0);
+#pragma unroll
+    for (int t = 0; t < Tile::TM; t++)
+#pragma unroll
+        for (int c = 0; c < Tile::TN; c++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                int row = m0 + Tile::row_of(t, i), col = n0 + Tile::col_of(c, i);
+                if (row < m && col < n) {
+                    Out* p = out + (size_t)row * n + col;
+                    store(p, load(p) + acc[t][c][i]);
+                }
+            }
+}
+
+template <typename Simt>
+__device__ void matmul_simt_accumulate(float* out, const float* a, const float* b, int m, int k, int n) {
+    float acc[4][4];
+    const int m0 = blockIdx.y * Simt::BM, n0 = blockIdx.x * Simt::BN;
+    Simt::mainloop(acc, a, b, m, n, k, m0, n0);
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            int row = m0 + Simt::row_of(i), col = n0 + Simt::col_of(j);
+            if (row < m && col < n) out[(size_t)row * n + col] += acc[i][j];
+        }
+}
+
+// dX = dY·W: m = tokens, k = d_out, n = d_in
+extern "C" __global__ void __launch_bounds__(256) matmul_bwd_dx_bf16_large(bf16* dx, const bf16* dy, const bf16* w, int m, int k, int n, int vec) {
+    matmul_tc_accumulate<TcLargeDx>(dx, dy, w, m, k, n, vec);
+}
+extern "C" __global__ void __launch_bounds__(128) matmul_bwd_dx_bf16_small(bf16* dx, const bf16* dy, const bf16* w, int m, int k, int n, int vec) {
+    matmul_tc_accumulate<TcSmallDx>(dx, dy, w, m, k, n, vec);
+}
+extern "C" __global__ void __launch_bounds__(256) matmul_bwd_dx_f32(float* dx, const float* dy, const float* w, int m, int k, int n) {
+    matmul_simt_accumulate<SimtGemmDx>(dx, dy, w, m, k, n);
+}
+// dW = dYᵀ·X: m = d_out, k = tokens, n = d_in
+extern "C" __global__ void __launch_bounds__(256) matmul_bwd_dw_bf16_large(float* dw, const bf16* dy, const bf16* x, int m, int k, int n, int vec) {
+    matmul_tc_accumulate<TcLargeDw>(dw, dy, x, m, k, n, vec);
+}
+extern "C" __global__ void __launch_bounds__(128) matmul_bwd_dw_bf16_small(float* dw, const bf16* dy, const bf16* x, int m, int k, int n, int vec) {
+    matmul_tc_accumulate<TcSmallDw>(dw, dy, x, m, k, n, vec);
+}
+extern "C" __global__ void __launch_bounds__(256) matmul_bwd_dw_f32(float* dw, const float* dy, const float* x, int m, int k, int n) {
+    matmul_simt_accumulate<SimtGemmDw>(dw, dy, x, m, k, n);
+}
+
+template <typename T>
+__device__ void matmul_bwd_db(float* db, const T* dy, int rows, int cols) {
+    __shared__ float phase_sum[8][32];
+    const int tx = threadIdx.x % 32, ty = threadIdx.x / 32, col = blockIdx.x * 32 + tx;
+    float s = 0.0f;
+    if (col < cols)
+        for (int r = ty; r < rows; r += 8) s += load(dy + (size_t)r * cols + col);
+    phase_sum[ty][tx] = s;
+    __syncthreads();
+    if (ty == 0 && col < cols) {
+        float t = 0.0f;
+#pragma unroll
+        for (int p = 0; p < 8; p++) t += phase_sum[p][tx];
+        db[col] += t;
+    }
+}
+extern "C" __global__ void __launch_bounds__(256) matmul_bwd_db_f32(float* db, const float* dy, int rows, int cols) { matmul_bwd_db(db, dy, rows, cols); }
+extern "C" __global__ void __launch_bounds__(256) matmul_bwd_db_bf16(float* db, const bf16* dy, int rows, int cols) { matmul_bwd_db(db, dy, rows, cols); }

@@ -13,7 +13,21 @@ const ENTRY_POINTS: &[(&str, &[&str])] = &[
     ("rope", &["rope_fwd_f32", "rope_fwd_bf16", "rope_bwd_f32", "rope_bwd_bf16"]),
     (
         "matmul",
-        &["matmul_fwd_f32", "matmul_fwd_bf16_large", "matmul_fwd_bf16_small", "matmul_fwd_bf16f32_large", "matmul_fwd_bf16f32_small"],
+        &[
+            "matmul_fwd_f32",
+            "matmul_fwd_bf16_large",
+            "matmul_fwd_bf16_small",
+            "matmul_fwd_bf16f32_large",
+            "matmul_fwd_bf16f32_small",
+            "matmul_bwd_dx_f32",
+            "matmul_bwd_dx_bf16_large",
+            "matmul_bwd_dx_bf16_small",
+            "matmul_bwd_dw_f32",
+            "matmul_bwd_dw_bf16_large",
+            "matmul_bwd_dw_bf16_small",
+            "matmul_bwd_db_f32",
+            "matmul_bwd_db_bf16",
+        ],
     ),
     (
         "attention",
