@@ -82,3 +82,70 @@ fn head_logprob_rejects_bad_targets_and_temperatures() {
         assert!(call(&[0, 1], 1.0).is_ok());
     }
 }
+
+/// dh, dW of the GPU head backward against cpu::logprob::logprob_bwd then cpu::matmul::matmul_bwd, in
+/// f64 on the stored values (lse: the f32 values the kernel reads); both outputs prefilled.
+fn check_bwd<T: GpuFloat>(gpu: &Gpu, rng: &mut rand::rngs::StdRng) -> drpo::Result<()> {
+    // (n, c, v, temp, row chunk, vocabulary chunk): degenerate (v = 1: every dlogit is 0), odd, 16-byte
+    // loads, chunks that do not divide the rows or the vocabulary (so dh and dW accumulate over several
+    // launches), the Qwen2 width with the full vocabulary in the default chunks (DRPO_SIM_FULL=1 only)
+    let cases = [
+        (1, 1, 1, 1.0, 4096, 8192),
+        (3, 33, 70, 0.6, 4096, 8192),
+        (67, 96, 1000, 1.0, 4096, 8192),
+        (130, 40, 300, 0.6, 50, 128),
+        (9, 896, 151_936, 0.6, 4096, 8192),
+    ];
+    for (n, c, v, temp, row_chunk, vocab_chunk) in cases {
+        if v == 151_936 && !full_size(gpu) {
+            continue;
+        }
+        let (h, w) = (uniform::<T>(rng, n * c, 1.0), uniform::<T>(rng, v * c, 1.0));
+        let targets: Vec<u32> = (0..n).map(|_| rng.random_range(0..v as u32)).collect();
+        let dlogp = uniform::<f32>(rng, n, 2.0);
+        let (dh0, dw0) = (uniform::<T>(rng, n * c, 1.0), uniform::<f32>(rng, v * c, 0.1));
+        let (hw, ww) = (widen(&h), widen(&w));
+        let mut logits = vec![0.0; n * v];
+        drpo::cpu::matmul::matmul_fwd(&mut logits, &hw, &ww, None, n, c, v);
+        let (mut logp, mut lse64) = (vec![0.0; n], vec![0.0; n]);
+        drpo::cpu::logprob::logprob_fwd(&mut logp, &mut lse64, &logits, &targets, v, temp);
+        let lse: Vec<f32> = lse64.iter().map(|&x| x as f32).collect();
+        let mut dlogits = vec![0.0; n * v];
+        drpo::cpu::logprob::logprob_bwd(&mut dlogits, &widen(&dlogp), &logits, &widen(&lse), &targets, v, temp);
+        let (mut want_dh, mut want_dw) = (widen(&dh0), widen(&dw0));
+        drpo::cpu::matmul::matmul_bwd(&mut want_dh, &mut want_dw, None, &dlogits, &hw, &ww, n, c, v);
+
+        let (hd, wd, gd, ld) = (gpu.htod(&h)?, gpu.htod(&w)?, gpu.htod(&dlogp)?, gpu.htod(&lse)?);
+        let (mut dh, mut dw) = (gpu.htod(&dh0)?, gpu.htod(&dw0)?);
+        let mut scratch = gpu::logprob::HeadGradScratch::<T>::with_chunks(gpu, &targets, v, row_chunk, vocab_chunk)?;
+        gpu::logprob::head_bwd_with(gpu, &mut scratch, &mut dh.as_view_mut(), &mut dw.as_view_mut(), &gd.as_view(), &ld.as_view(), &hd.as_view(), &wd.as_view(), n, c, v, temp)?;
+        let what = format!("head_bwd {} n={n} c={c} v={v} temp={temp} chunks {row_chunk}x{vocab_chunk}", T::NAME);
+        // f32: logits over c ≤ 896, expf, then the GEMM backward's f32 chains (k = v for dh, but the
+        // target's dlogit dominates the sum): the GEMM's f32 bound, chain(1e-5).
+        // bf16: each dlogit is rounded to bf16 (≤ 2^-8 relative, rms 2^-9/√3 ≈ 1.1e-3) before both
+        // products, and dh once more at the end: dh two roundings → rel_l2 ≤ √2·4e-3, worst 2·2^-8 + the
+        // chain (bound 1.6e-2, floor rms); dW (f32) sums n terms with independent operand roundings: noise-like,
+        // the single-rounding rel_l2 4e-3 and 5σ of it.
+        let (dh_bound, dw_bound) = if T::NAME == "f32" {
+            (chain(1e-5), chain(1e-5))
+        } else {
+            (Bound { rel_l2: 6e-3, worst: 1.6e-2, floor: Floor::Rms }, chain(4e-3))
+        };
+        assert_close(&format!("{what} dh"), &widen(&gpu.dtoh(&dh)?), &want_dh, dh_bound);
+        assert_close(&format!("{what} dw"), &widen(&gpu.dtoh(&dw)?), &want_dw, dw_bound);
+    }
+    // a target past the vocabulary is an input error naming its row
+    let e = gpu::logprob::HeadGradScratch::<T>::new(gpu, &[2, 0, 5], 5).err().expect("target 5 ≥ v = 5 must be refused");
+    assert!(e.to_string().contains("target 5 of row 2"), "{e}");
+    Ok(())
+}
+
+#[test]
+fn head_bwd_gpu_matches_cpu() -> drpo::Result<()> {
+    let mut rng = rng("head_bwd");
+    for gpu in devices("head_bwd") {
+        check_bwd::<f32>(&gpu, &mut rng)?;
+        check_bwd::<bf16>(&gpu, &mut rng)?;
+    }
+    Ok(())
+}

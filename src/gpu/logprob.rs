@@ -140,3 +140,127 @@ pub fn head_logprob_with<T: GpuFloat>(
     }
     Ok(())
 }
+
+/// Rows and vocabulary ids per chunk of [`head_bwd`]: its dlogits scratch holds at most
+/// 4096 × 8192 values (64 MiB in bf16) whatever the batch and the vocabulary.
+pub const BWD_ROW_CHUNK: usize = 4096;
+pub const BWD_VOCAB_CHUNK: usize = 8192;
+
+/// The device side of one head backward: the targets (checked < v on the host, uploaded once) and the
+/// dlogits scratch of one (rows, vocabulary) chunk. Reusable for any number of [`head_bwd_with`] calls
+/// with these targets.
+pub struct HeadGradScratch<T: GpuFloat> {
+    targets: DeviceBuffer<u32>,
+    dlogits: DeviceBuffer<T>,
+    n: usize,
+    v: usize,
+    rows: usize,
+    vocab: usize,
+}
+
+impl<T: GpuFloat> HeadGradScratch<T> {
+    /// Scratch for `targets.len()` rows over a vocabulary of `v`, with the default chunks.
+    pub fn new(gpu: &Gpu, targets: &[u32], v: usize) -> Result<Self> {
+        Self::with_chunks(gpu, targets, v, BWD_ROW_CHUNK, BWD_VOCAB_CHUNK)
+    }
+
+    /// Scratch with chunks of `rows` × `vocab` (tests use small ones to cross chunk boundaries).
+    pub fn with_chunks(gpu: &Gpu, targets: &[u32], v: usize, rows: usize, vocab: usize) -> Result<Self> {
+        const OP: &str = "head_bwd";
+        assert!(rows > 0 && vocab > 0, "{OP}: empty chunks");
+        if let Some((r, &t)) = targets.iter().enumerate().find(|(_, &t)| t as usize >= v) {
+            return Err(Error::input(format!("{OP}: target {t} of row {r} is not below the vocabulary size {v}")));
+        }
+        let (rows, vocab) = (rows.min(targets.len()).max(1), vocab.min(v).max(1));
+        let targets_d = gpu.htod(if targets.is_empty() { &[0] } else { targets })?;
+        Ok(HeadGradScratch { targets: targets_d, dlogits: gpu.alloc_zeros::<T>(rows * vocab)?, n: targets.len(), v, rows, vocab })
+    }
+}
+
+/// Backward of [`head_logprob`]: with dlogits[r, j] = dlogp[r]·(1[j = targets[r]] − softmax(z[r])_j) / temp,
+/// z = h·Wᵀ / temp (`cpu::logprob::logprob_bwd` of the logits `cpu::matmul::matmul_fwd(h, w)`),
+///   dh[r, :] += Σ_j dlogits[r, j]·w[j, :]     dw[j, :] += Σ_r dlogits[r, j]·h[r, :]
+/// without the [n, v] logits: the logits are recomputed chunk by chunk of the vocabulary.
+/// dh, h: [n, c]   w: [v, c]   dw: [v, c] (f32; for tied embeddings, the embedding's gradient table)
+/// dlogp: [n] (the gradient of each token's log-prob)   lse: [n] (from [`head_logprob`], the same temp)
+#[allow(clippy::too_many_arguments)]
+pub fn head_bwd<T: GpuFloat>(
+    gpu: &Gpu,
+    dh: &mut DViewMut<T>,
+    dw: &mut DViewMut<f32>,
+    dlogp: &DView<f32>,
+    lse: &DView<f32>,
+    h: &DView<T>,
+    w: &DView<T>,
+    targets: &[u32],
+    n: usize,
+    c: usize,
+    v: usize,
+    temp: f64,
+) -> Result<()> {
+    check_len("head_bwd", "targets", targets.len(), n)?;
+    let mut scratch = HeadGradScratch::<T>::new(gpu, targets, v)?;
+    head_bwd_with(gpu, &mut scratch, dh, dw, dlogp, lse, h, w, n, c, v, temp)
+}
+
+/// [`head_bwd`] with the targets and scratch of a prepared [`HeadGradScratch`] (same n and v).
+#[allow(clippy::too_many_arguments)]
+pub fn head_bwd_with<T: GpuFloat>(
+    gpu: &Gpu,
+    scratch: &mut HeadGradScratch<T>,
+    dh: &mut DViewMut<T>,
+    dw: &mut DViewMut<f32>,
+    dlogp: &DView<f32>,
+    lse: &DView<f32>,
+    h: &DView<T>,
+    w: &DView<T>,
+    n: usize,
+    c: usize,
+    v: usize,
+    temp: f64,
+) -> Result<()> {
+    const OP: &str = "head_bwd";
+    check_len(OP, "dh", dh.len(), n * c)?;
+    check_len(OP, "dw", dw.len(), v * c)?;
+    check_len(OP, "dlogp", dlogp.len(), n)?;
+    check_len(OP, "lse", lse.len(), n)?;
+    check_len(OP, "h", h.len(), n * c)?;
+    check_len(OP, "w", w.len(), v * c)?;
+    check_len(OP, "scratch rows", scratch.n, n)?;
+    check_len(OP, "scratch vocabulary", scratch.v, v)?;
+    if !(temp > 0.0 && temp.is_finite()) {
+        return Err(Error::input(format!("{OP}: temperature must be positive, got {temp}")));
+    }
+    if n == 0 || v == 0 || c == 0 {
+        return Ok(());
+    }
+    let f32_path = T::NAME == "f32";
+    let (name, bm, bn) = if f32_path { ("head_dlogits_f32", 64, 64) } else { ("head_dlogits_bf16", 128, 128) };
+    let (c32, inv_temp) = (as_i32(OP, "c", c)?, (1.0 / temp) as f32);
+    for r0 in (0..n).step_by(scratch.rows) {
+        let rows = scratch.rows.min(n - r0);
+        let hv = h.slice(r0 * c..(r0 + rows) * c);
+        for j0 in (0..v).step_by(scratch.vocab) {
+            let vc = scratch.vocab.min(v - j0);
+            let wv = w.slice(j0 * c..(j0 + vc) * c);
+            let vec = (c % 8 == 0 && hv.addr() % 16 == 0 && wv.addr() % 16 == 0) as i32;
+            let mut dl = scratch.dlogits.slice_mut(0..rows * vc);
+            let grid = grid_dims(OP, [(blocks(rows, bm), "row tiles"), (blocks(vc, bn), "vocabulary tiles"), (1, "")])?;
+            let mut l = gpu.launch(&LOGPROB, name, LaunchCfg::new(grid, 256));
+            let (tv, gv, lv) = (scratch.targets.slice(r0..r0 + rows), dlogp.slice(r0..r0 + rows), lse.slice(r0..r0 + rows));
+            l.arg_mut(&mut dl).arg(&hv).arg(&wv).arg(&tv).arg(&gv).arg(&lv);
+            l.i32(as_i32(OP, "rows", rows)?).i32(c32).i32(as_i32(OP, "vocabulary chunk", vc)?).i32(as_i32(OP, "vocabulary", j0)?).f32(inv_temp);
+            if !f32_path {
+                l.i32(vec);
+            }
+            // SAFETY: order and types match head_dlogits_<T> in cuda/logprob.cu (only bf16 takes `vec`);
+            // dlogits holds rows·vc ≤ the scratch's chunk; targets < v were checked by the scratch.
+            unsafe { l.run() }?;
+            // the chunk's share of both products: dh[rows] += dlogits·W[chunk], dW[chunk] += dlogitsᵀ·h[rows]
+            let dl = scratch.dlogits.slice(0..rows * vc);
+            let (mut dhv, mut dwv) = (dh.slice_mut(r0 * c..(r0 + rows) * c), dw.slice_mut(j0 * c..(j0 + vc) * c));
+            super::matmul::matmul_bwd(gpu, &mut dhv, &mut dwv, None, &dl, &hv, &wv, rows, c, vc)?;
+        }
+    }
+    Ok(())
+}
