@@ -208,6 +208,23 @@ fn backward(gpu: &Gpu, rng: &mut StdRng) -> drpo::Result<()> {
         gpu::matmul::matmul_bwd(gpu, &mut dxin.as_view_mut(), &mut dwt.as_view_mut(), db, &dy.as_view(), &xin.as_view(), &wt.as_view(), n, d_in, d_out)
     })?;
     println!("matmul_bwd f32      m={n} d_in={d_in} d_out={d_out}  {}  (dx + dw + db)", tflops(4.0 * (n * d_in * d_out) as f64, us));
+
+    // fused head backward: 1024 scored tokens over the full vocabulary; three products (the logits
+    // recomputed, dh, dW) and the dlogits chunks through memory (written once, read twice, bf16)
+    let rows = 1024;
+    let targets: Vec<u32> = (0..rows).map(|_| rng.random_range(0..v as u32)).collect();
+    let (h, wh) = (gpu.htod(&random::<bf16>(rng, rows * c, 1.0))?, gpu.htod(&random::<bf16>(rng, v * c, 0.05))?);
+    let dlogp = gpu.htod(&random::<f32>(rng, rows, 1.0))?;
+    let lse = gpu.htod(&vec![12.0f32; rows])?;
+    let mut dh = gpu.alloc_zeros::<bf16>(rows * c)?;
+    let mut dwh = gpu.alloc_zeros::<f32>(v * c)?;
+    let mut scratch = gpu::logprob::HeadGradScratch::<bf16>::new(gpu, &targets, v)?;
+    let us = time_us(gpu, 3, || {
+        gpu::logprob::head_bwd_with(gpu, &mut scratch, &mut dh.as_view_mut(), &mut dwh.as_view_mut(), &dlogp.as_view(), &lse.as_view(), &h.as_view(), &wh.as_view(), rows, c, v, 0.6)
+    })?;
+    // W read by two products, dW (f32) read and written, dlogits 3 × 2 bytes per logit
+    let bytes = (2 * v * c * 2 + 2 * v * c * 4 + 3 * rows * v * 2) as f64;
+    println!("head_bwd bf16       n={rows} c={c} v={v}  {}  {}", tflops(6.0 * (rows * c * v) as f64, us), gbs(bytes, us));
     Ok(())
 }
 
