@@ -136,7 +136,9 @@ extern "C" __global__ void __launch_bounds__(256) head_finish(float* logp, float
 // chunk, head_dlogits_* recomputes the logits of the chunk with the forward's main loop and turns them
 // into dlogits in its epilogue (lse from the forward, so no second reduction over the vocabulary),
 // written to a [rows, chunk] scratch; then the GEMM backward of matmul.cu adds the chunk's dh and dW
-// terms. Only one chunk of dlogits exists at a time: ≤ 4096 × 8192 × 2 bytes = 64 MiB in bf16, never
+// terms. bf16: dh is summed over the vocabulary chunks in an f32 accumulator (matmul_bwd_dx_bf16f32)
+// and added to dh once per row chunk by head_dh_flush_bf16, so dh is rounded to bf16 once, not once
+// per chunk (19 chunks at v = 151,936). Only one chunk of dlogits exists at a time: ≤ 4096 × 8192 × 2 bytes = 64 MiB in bf16, never
 // [tokens × vocab] (2.5 GB at 8192 tokens of Qwen2's 151,936 ids).
 //   head_dlogits_*: dlogits: [rows, vc] (T)   h: [rows, c]   w: the chunk's rows of W, [vc, c]
 //     j0: the chunk's first id (targets are global ids);  grid (ceil(rows / BM), ceil(vc / BN)), block 256;
@@ -187,4 +189,12 @@ extern "C" __global__ void __launch_bounds__(256) head_dlogits_f32(float* dlogit
             if (row < n && col < vc)
                 dlogits[(size_t)row * vc + col] = head_dlogit(acc[i][j], inv_temp, j0 + col, target[row], dlogp[row], lse[row]);
         }
+}
+
+// dh[i] += acc[i], rounded once to bf16; acc[i] = 0 for the next row chunk.  Grid (ceil(len / 256)), block 256.
+extern "C" __global__ void head_dh_flush_bf16(bf16* dh, float* acc, int len) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= len) return;
+    dh[i] = f32_to_bf16(bf16_to_f32(dh[i]) + acc[i]);
+    acc[i] = 0.0f;
 }

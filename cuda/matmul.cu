@@ -62,6 +62,7 @@ extern "C" __global__ void __launch_bounds__(256) matmul_fwd_f32(float* out, con
 //   dW = dYᵀ·X:  m = d_out, n = d_in, k = tokens; A = dY [k, m], B = X [k, n] (both through ldmatrix.trans)
 // Kernels (grid (ceil(n/BN), ceil(m/BM)) as the forward):
 //   matmul_bwd_dx_bf16_{large,small}   bf16 dX, tensor cores;  matmul_bwd_dx_f32   f32, CUDA cores
+//   matmul_bwd_dx_bf16f32_{large,small}   f32 dX from bf16 operands (several products summed in f32)
 //   matmul_bwd_dw_bf16_{large,small}   f32 dW from bf16 operands, tensor cores;  matmul_bwd_dw_f32
 //   matmul_bwd_db_{f32,bf16}   grid (ceil(d_out / 32)), block 256: 8 row phases × 32 columns, then a
 //     fixed-order sum of the 8 phase sums (coalesced rows, no atomics)
@@ -110,6 +111,14 @@ extern "C" __global__ void __launch_bounds__(256) matmul_bwd_dx_bf16_large(bf16*
     matmul_tc_accumulate<TcLargeDx>(dx, dy, w, m, k, n, vec);
 }
 extern "C" __global__ void __launch_bounds__(128) matmul_bwd_dx_bf16_small(bf16* dx, const bf16* dy, const bf16* w, int m, int k, int n, int vec) {
+    matmul_tc_accumulate<TcSmallDx>(dx, dy, w, m, k, n, vec);
+}
+// dX with an f32 output from bf16 operands: a caller summing several products into one dX in f32
+// before a single rounding (the head backward, over vocabulary chunks)
+extern "C" __global__ void __launch_bounds__(256) matmul_bwd_dx_bf16f32_large(float* dx, const bf16* dy, const bf16* w, int m, int k, int n, int vec) {
+    matmul_tc_accumulate<TcLargeDx>(dx, dy, w, m, k, n, vec);
+}
+extern "C" __global__ void __launch_bounds__(128) matmul_bwd_dx_bf16f32_small(float* dx, const bf16* dy, const bf16* w, int m, int k, int n, int vec) {
     matmul_tc_accumulate<TcSmallDx>(dx, dy, w, m, k, n, vec);
 }
 extern "C" __global__ void __launch_bounds__(256) matmul_bwd_dx_f32(float* dx, const float* dy, const float* w, int m, int k, int n) {

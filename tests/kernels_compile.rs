@@ -22,6 +22,8 @@ const ENTRY_POINTS: &[(&str, &[&str])] = &[
             "matmul_bwd_dx_f32",
             "matmul_bwd_dx_bf16_large",
             "matmul_bwd_dx_bf16_small",
+            "matmul_bwd_dx_bf16f32_large",
+            "matmul_bwd_dx_bf16f32_small",
             "matmul_bwd_dw_f32",
             "matmul_bwd_dw_bf16_large",
             "matmul_bwd_dw_bf16_small",
@@ -35,7 +37,7 @@ const ENTRY_POINTS: &[(&str, &[&str])] = &[
     ),
     ("swiglu", &["swiglu_fwd_f32", "swiglu_fwd_bf16", "swiglu_bwd_f32", "swiglu_bwd_bf16"]),
     ("residual", &["residual_add_f32", "residual_add_bf16"]),
-    ("logprob", &["head_partial_f32", "head_partial_bf16", "head_finish", "head_dlogits_f32", "head_dlogits_bf16"]),
+    ("logprob", &["head_partial_f32", "head_partial_bf16", "head_finish", "head_dlogits_f32", "head_dlogits_bf16", "head_dh_flush_bf16"]),
     ("sampling", &["sampling_fwd_f32", "philox_uniform_f64"]),
 ];
 

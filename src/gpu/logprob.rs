@@ -1,6 +1,7 @@
 //! Launcher of `cuda/logprob.cu`: the fused lm head (GEMM + log-softmax + gather, no logits tensor).
 
 use super::{as_i32, blocks, grid_dims, DView, DViewMut, DeviceBuffer, Gpu, GpuFloat, LaunchCfg, LOGPROB};
+use super::matmul::{matmul_bwd_dw, matmul_bwd_dx, matmul_bwd_dx_f32out, MatmulTile};
 use crate::error::{check_len, Error, Result};
 
 /// Rows per launch pair: bounds the partials scratch to ROW_CHUNK · ceil(v / 64) · 8 bytes
@@ -33,10 +34,7 @@ pub struct HeadScratch {
 impl HeadScratch {
     /// Scratch for `targets.len()` rows over a vocabulary of `v`, for storage type T.
     pub fn new<T: GpuFloat>(gpu: &Gpu, targets: &[u32], v: usize) -> Result<HeadScratch> {
-        const OP: &str = "head_logprob";
-        if let Some((r, &t)) = targets.iter().enumerate().find(|(_, &t)| t as usize >= v) {
-            return Err(Error::input(format!("{OP}: target {t} of row {r} is not below the vocabulary size {v}")));
-        }
+        check_targets("head_logprob", targets, v)?;
         let (partial, _, bn) = tiles::<T>();
         let n = targets.len();
         let chunk = ROW_CHUNK.min(n).max(1);
@@ -141,6 +139,14 @@ pub fn head_logprob_with<T: GpuFloat>(
     Ok(())
 }
 
+/// Every target below the vocabulary size, else an input error naming the first bad row.
+fn check_targets(op: &str, targets: &[u32], v: usize) -> Result<()> {
+    match targets.iter().enumerate().find(|(_, &t)| t as usize >= v) {
+        Some((r, t)) => Err(Error::input(format!("{op}: target {t} of row {r} is not below the vocabulary size {v}"))),
+        None => Ok(()),
+    }
+}
+
 /// Rows and vocabulary ids per chunk of [`head_bwd`]: its dlogits scratch holds at most
 /// 4096 × 8192 values (64 MiB in bf16) whatever the batch and the vocabulary.
 pub const BWD_ROW_CHUNK: usize = 4096;
@@ -152,6 +158,9 @@ pub const BWD_VOCAB_CHUNK: usize = 8192;
 pub struct HeadGradScratch<T: GpuFloat> {
     targets: DeviceBuffer<u32>,
     dlogits: DeviceBuffer<T>,
+    /// bf16: dh of one row chunk summed over the vocabulary chunks in f32 (zero between calls),
+    /// allocated on first use (its width c comes with the call)
+    dh_acc: Option<DeviceBuffer<f32>>,
     n: usize,
     v: usize,
     rows: usize,
@@ -166,14 +175,11 @@ impl<T: GpuFloat> HeadGradScratch<T> {
 
     /// Scratch with chunks of `rows` × `vocab` (tests use small ones to cross chunk boundaries).
     pub fn with_chunks(gpu: &Gpu, targets: &[u32], v: usize, rows: usize, vocab: usize) -> Result<Self> {
-        const OP: &str = "head_bwd";
-        assert!(rows > 0 && vocab > 0, "{OP}: empty chunks");
-        if let Some((r, &t)) = targets.iter().enumerate().find(|(_, &t)| t as usize >= v) {
-            return Err(Error::input(format!("{OP}: target {t} of row {r} is not below the vocabulary size {v}")));
-        }
+        assert!(rows > 0 && vocab > 0, "head_bwd: empty chunks");
+        check_targets("head_bwd", targets, v)?;
         let (rows, vocab) = (rows.min(targets.len()).max(1), vocab.min(v).max(1));
         let targets_d = gpu.htod(if targets.is_empty() { &[0] } else { targets })?;
-        Ok(HeadGradScratch { targets: targets_d, dlogits: gpu.alloc_zeros::<T>(rows * vocab)?, n: targets.len(), v, rows, vocab })
+        Ok(HeadGradScratch { targets: targets_d, dlogits: gpu.alloc_zeros::<T>(rows * vocab)?, dh_acc: None, n: targets.len(), v, rows, vocab })
     }
 }
 
@@ -237,13 +243,16 @@ pub fn head_bwd_with<T: GpuFloat>(
     let f32_path = T::NAME == "f32";
     let (name, bm, bn) = if f32_path { ("head_dlogits_f32", 64, 64) } else { ("head_dlogits_bf16", 128, 128) };
     let (c32, inv_temp) = (as_i32(OP, "c", c)?, (1.0 / temp) as f32);
+    if !f32_path && scratch.dh_acc.as_ref().is_none_or(|a| a.len() != scratch.rows * c) {
+        scratch.dh_acc = Some(gpu.alloc_zeros::<f32>(scratch.rows * c)?);
+    }
     for r0 in (0..n).step_by(scratch.rows) {
         let rows = scratch.rows.min(n - r0);
         let hv = h.slice(r0 * c..(r0 + rows) * c);
         for j0 in (0..v).step_by(scratch.vocab) {
             let vc = scratch.vocab.min(v - j0);
             let wv = w.slice(j0 * c..(j0 + vc) * c);
-            let vec = (c % 8 == 0 && hv.addr() % 16 == 0 && wv.addr() % 16 == 0) as i32;
+            let vec = (c.is_multiple_of(8) && hv.addr().is_multiple_of(16) && wv.addr().is_multiple_of(16)) as i32;
             let mut dl = scratch.dlogits.slice_mut(0..rows * vc);
             let grid = grid_dims(OP, [(blocks(rows, bm), "row tiles"), (blocks(vc, bn), "vocabulary tiles"), (1, "")])?;
             let mut l = gpu.launch(&LOGPROB, name, LaunchCfg::new(grid, 256));
@@ -257,9 +266,24 @@ pub fn head_bwd_with<T: GpuFloat>(
             // dlogits holds rows·vc ≤ the scratch's chunk; targets < v were checked by the scratch.
             unsafe { l.run() }?;
             // the chunk's share of both products: dh[rows] += dlogits·W[chunk], dW[chunk] += dlogitsᵀ·h[rows]
+            // (bf16: dh into the f32 accumulator, rounded once after the last chunk)
             let dl = scratch.dlogits.slice(0..rows * vc);
-            let (mut dhv, mut dwv) = (dh.slice_mut(r0 * c..(r0 + rows) * c), dw.slice_mut(j0 * c..(j0 + vc) * c));
-            super::matmul::matmul_bwd(gpu, &mut dhv, &mut dwv, None, &dl, &hv, &wv, rows, c, vc)?;
+            let dx_tile = MatmulTile::choose(gpu, rows, c);
+            match scratch.dh_acc.as_mut() {
+                Some(acc) => matmul_bwd_dx_f32out(gpu, dx_tile, &mut acc.slice_mut(0..rows * c), &dl, &wv, rows, c, vc)?,
+                None => matmul_bwd_dx(gpu, dx_tile, &mut dh.slice_mut(r0 * c..(r0 + rows) * c), &dl, &wv, rows, c, vc)?,
+            }
+            matmul_bwd_dw(gpu, MatmulTile::choose(gpu, vc, c), &mut dw.slice_mut(j0 * c..(j0 + vc) * c), &dl, &hv, rows, c, vc)?;
+        }
+        if let Some(acc) = scratch.dh_acc.as_mut() {
+            let len = rows * c;
+            let grid = grid_dims(OP, [(blocks(len, 256), "rows·c / 256"), (1, ""), (1, "")])?;
+            let mut l = gpu.launch(&LOGPROB, "head_dh_flush_bf16", LaunchCfg::new(grid, 256));
+            let mut dhv = dh.slice_mut(r0 * c..(r0 + rows) * c);
+            l.arg_mut(&mut dhv).arg_mut(&mut acc.slice_mut(0..len)).i32(as_i32(OP, "rows·c", len)?);
+            // SAFETY: order and types match head_dh_flush_bf16 (T is bf16 whenever dh_acc exists);
+            // both views hold rows·c elements.
+            unsafe { l.run() }?;
         }
     }
     Ok(())

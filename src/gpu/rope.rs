@@ -57,7 +57,7 @@ fn rotate<T: GpuFloat>(
     heads: usize,
     hd: usize,
 ) -> Result<()> {
-    assert!(hd % 2 == 0, "{op}: odd head dim {hd}");
+    assert!(hd.is_multiple_of(2), "{op}: odd head dim {hd}");
     check_len(op, "x", x.len(), n * heads * hd)?;
     check_len(op, "pos", pos.len(), n)?;
     check_len(op, "sin", sin.len(), cos.len())?;
