@@ -1,7 +1,7 @@
 //! Launcher of `cuda/logprob.cu`: the fused lm head (GEMM + log-softmax + gather, no logits tensor).
 
 use super::{as_i32, blocks, grid_dims, DView, DViewMut, DeviceBuffer, Gpu, GpuFloat, LaunchCfg, LOGPROB};
-use super::matmul::{matmul_bwd_dw, matmul_bwd_dx, matmul_bwd_dx_f32out, MatmulTile};
+use super::matmul::{matmul_bwd_dw, matmul_bwd_dx, MatmulTile};
 use crate::error::{check_len, Error, Result};
 
 /// Rows per launch pair: bounds the partials scratch to ROW_CHUNK · ceil(v / 64) · 8 bytes
@@ -270,7 +270,7 @@ pub fn head_bwd_with<T: GpuFloat>(
             let dl = scratch.dlogits.slice(0..rows * vc);
             let dx_tile = MatmulTile::choose(gpu, rows, c);
             match scratch.dh_acc.as_mut() {
-                Some(acc) => matmul_bwd_dx_f32out(gpu, dx_tile, &mut acc.slice_mut(0..rows * c), &dl, &wv, rows, c, vc)?,
+                Some(acc) => matmul_bwd_dx(gpu, dx_tile, &mut acc.slice_mut(0..rows * c), &dl, &wv, rows, c, vc)?,
                 None => matmul_bwd_dx(gpu, dx_tile, &mut dh.slice_mut(r0 * c..(r0 + rows) * c), &dl, &wv, rows, c, vc)?,
             }
             matmul_bwd_dw(gpu, MatmulTile::choose(gpu, vc, c), &mut dw.slice_mut(j0 * c..(j0 + vc) * c), &dl, &hv, rows, c, vc)?;

@@ -202,7 +202,7 @@ pub fn matmul_bwd_with<T: GpuFloat>(
     if let Some(db) = &db {
         check_len(OP, "db", db.len(), d_out)?;
     }
-    bwd_dx(gpu, dx_tile, dx, dout, w, n, d_in, d_out)?;
+    matmul_bwd_dx(gpu, dx_tile, dx, dout, w, n, d_in, d_out)?;
     matmul_bwd_dw(gpu, dw_tile, dw, dout, x, n, d_in, d_out)?;
     if let Some(db) = db {
         check_len(OP, "dout", dout.len(), n * d_out)?;
@@ -219,48 +219,17 @@ pub fn matmul_bwd_with<T: GpuFloat>(
     Ok(())
 }
 
-/// The dX product of [`matmul_bwd`] alone: dx[r, i] += Σ_o dout[r, o]·w[o, i].
-/// dx: [n, d_in]   dout: [n, d_out]   w: [d_out, d_in]
-#[allow(clippy::too_many_arguments)]
-pub fn matmul_bwd_dx<T: GpuFloat>(
-    gpu: &Gpu,
-    tile: MatmulTile,
-    dx: &mut DViewMut<T>,
-    dout: &DView<T>,
-    w: &DView<T>,
-    n: usize,
-    d_in: usize,
-    d_out: usize,
-) -> Result<()> {
-    bwd_dx(gpu, tile, dx, dout, w, n, d_in, d_out)
-}
-
-/// The dX product of [`matmul_bwd`] alone with an f32 dX whatever T is: dx[r, i] += Σ_o dout[r, o]·w[o, i]
-/// (a caller summing several products into one dX rounds once at the end: the head backward).
-/// dx: [n, d_in] (f32)   dout: [n, d_out]   w: [d_out, d_in]
-#[allow(clippy::too_many_arguments)]
-pub fn matmul_bwd_dx_f32out<T: GpuFloat>(
-    gpu: &Gpu,
-    tile: MatmulTile,
-    dx: &mut DViewMut<f32>,
-    dout: &DView<T>,
-    w: &DView<T>,
-    n: usize,
-    d_in: usize,
-    d_out: usize,
-) -> Result<()> {
-    bwd_dx(gpu, tile, dx, dout, w, n, d_in, d_out)
-}
-
 /// 16-byte loads need every operand's contiguous dimension (d_out for dout, d_in for w and x) to take
 /// whole chunks, and 16-byte aligned operands.
 fn bwd_vec(d_in: usize, d_out: usize, addrs: &[u64]) -> i32 {
     (d_in.is_multiple_of(8) && d_out.is_multiple_of(8) && addrs.iter().all(|a| a.is_multiple_of(16))) as i32
 }
 
-/// dX = dY·W (m = n rows, k = d_out, n = d_in) into a dX of type O (T, or f32 from bf16 operands).
+/// The dX product of [`matmul_bwd`] alone: dx[r, i] += Σ_o dout[r, o]·w[o, i], into a dX of type O:
+/// T, or f32 from bf16 operands (a caller summing several products into one dX in f32 rounds once at
+/// the end: the head backward).   dx: [n, d_in]   dout: [n, d_out]   w: [d_out, d_in]
 #[allow(clippy::too_many_arguments)]
-fn bwd_dx<T: GpuFloat, O: GpuFloat>(
+pub fn matmul_bwd_dx<T: GpuFloat, O: GpuFloat>(
     gpu: &Gpu,
     tile: MatmulTile,
     dx: &mut DViewMut<O>,
