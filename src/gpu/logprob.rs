@@ -108,7 +108,7 @@ pub fn head_logprob_with<T: GpuFloat>(
     let chunk = ROW_CHUNK.min(n);
     let (c32, v32, nb32) = (as_i32(OP, "c", c)?, as_i32(OP, "v", v)?, as_i32(OP, "nb", nb)?);
     let inv_temp = (1.0 / temp) as f32;
-    let vec = (c % 8 == 0 && h.addr() % 16 == 0 && w.addr() % 16 == 0) as i32;
+    let vec = (c.is_multiple_of(8) && h.addr().is_multiple_of(16) && w.addr().is_multiple_of(16)) as i32;
     for r0 in (0..n).step_by(chunk) {
         let rows = chunk.min(n - r0);
         let rows32 = rows as i32;

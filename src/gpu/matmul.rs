@@ -38,7 +38,7 @@ impl MatmulTile {
 /// 16-byte loads need k % 8 == 0 and 16-byte aligned operands (views into the flat parameter
 /// buffer start at any element).
 fn vec_ok<T: GpuFloat>(d_in: usize, x: &DView<T>, w: &DView<T>) -> i32 {
-    (d_in % 8 == 0 && x.addr() % 16 == 0 && w.addr() % 16 == 0) as i32
+    (d_in.is_multiple_of(8) && x.addr().is_multiple_of(16) && w.addr().is_multiple_of(16)) as i32
 }
 
 #[allow(clippy::too_many_arguments)]
