@@ -214,6 +214,92 @@ fn run(gpu: &Gpu) -> drpo::Result<()> {
         gpu::optim::adamw_step(gpu, bufs, &g.as_view(), Some((&norm.as_view(), 1.0)), &k)
     })?;
     println!("adamw_step f32      n={params}        {}  (fused clip, bf16 copy)", gbs((30 * params) as f64, us));
+    backward(gpu, &mut rng)
+}
+
+/// The backward kernels at the same sizes; every output accumulates, so its bytes count twice.
+fn backward(gpu: &Gpu, rng: &mut StdRng) -> drpo::Result<()> {
+    let (n, c, ff, v) = (4096usize, 896usize, 4864usize, 151_936usize);
+    let heads = Heads { nh: 14, nkv: 2, hd: 64 };
+    let x = gpu.htod(&random::<bf16>(rng, n * c, 2.0))?;
+    let dout = gpu.htod(&random::<bf16>(rng, n * c, 1.0))?;
+    let mut dx = gpu.htod(&random::<bf16>(rng, n * c, 1.0))?;
+
+    // RMSNorm: dout, x in; dx read and written; the f32 dw partials written and read once
+    let w = gpu.htod(&random::<bf16>(rng, c, 1.0))?;
+    let rstd = gpu.htod(&random::<f32>(rng, n, 1.0).iter().map(|r| r.abs() + 0.5).collect::<Vec<_>>())?;
+    let mut dw = gpu.alloc_zeros::<f32>(c)?;
+    let mut part = gpu.alloc_zeros::<f32>(gpu::rmsnorm::bwd_scratch_len(n, c))?;
+    let us = time_us(gpu, 200, || {
+        gpu::rmsnorm::rmsnorm_bwd(gpu, &mut dx.as_view_mut(), &mut dw.as_view_mut(), &mut part.as_view_mut(), &dout.as_view(), &x.as_view(), &w.as_view(), &rstd.as_view(), n, c)
+    })?;
+    let bytes = 4 * n * c * 2 + 2 * part.len() * 4 + 2 * c + 4 * n + 8 * c;
+    println!("rmsnorm_bwd bf16    n={n} c={c}            {}  (L2-resident)", gbs(bytes as f64, us));
+
+    // rotary backward on dq (in place)
+    let (cos, sin) = gpu::rope::rope_table(32_768, heads.hd, 1e6);
+    let (cos, sin) = (gpu.htod(&cos)?, gpu.htod(&sin)?);
+    let pos = gpu.htod(&(0..n as i32).collect::<Vec<_>>())?;
+    let mut dq = gpu.htod(&random::<bf16>(rng, n * heads.nh * heads.hd, 2.0))?;
+    let us = time_us(gpu, 200, || gpu::rope::rope_bwd(gpu, &mut dq.as_view_mut(), &pos.as_view(), &cos.as_view(), &sin.as_view(), n, heads.nh, heads.hd))?;
+    println!("rope_bwd bf16       n={n} nh=14 hd=64       {}", gbs((2 * n * heads.nh * heads.hd * 2 + n * heads.hd * 4) as f64, us));
+
+    // SwiGLU: dout [n, ff] and gu [n, 2ff] in, dgu [n, 2ff] read and written
+    let gu = gpu.htod(&random::<bf16>(rng, n * 2 * ff, 4.0))?;
+    let dact = gpu.htod(&random::<bf16>(rng, n * ff, 1.0))?;
+    let mut dgu = gpu.alloc_zeros::<bf16>(n * 2 * ff)?;
+    let us = time_us(gpu, 100, || gpu::swiglu::swiglu_bwd(gpu, &mut dgu.as_view_mut(), &dact.as_view(), &gu.as_view(), n, ff))?;
+    println!("swiglu_bwd bf16     n={n} ff={ff}           {}", gbs((7 * n * ff * 2) as f64, us));
+
+    // embedding: random ids over the vocabulary (few repeats); dout once, each touched f32 row read and written
+    let ids: Vec<u32> = (0..n).map(|_| rng.random_range(0..v as u32)).collect();
+    let plan = gpu::embedding::EmbeddingGradPlan::new(gpu, &ids, v)?;
+    let mut dtable = gpu.alloc_zeros::<f32>(v * c)?;
+    let us = time_us(gpu, 200, || gpu::embedding::embedding_bwd(gpu, &mut dtable.as_view_mut(), &dout.as_view(), &plan, c))?;
+    let bytes = n * c * 2 + plan.segments() * c * 4 * 2 + 3 * n * 4;
+    println!("embedding_bwd bf16  n={n} c={c} ({} ids)  {}", plan.segments(), gbs(bytes as f64, us));
+
+    // linear backward (dx and dw, the launcher's tiles) at the MLP's up (gate|up) and down projections
+    for (d_in, d_out) in [(c, 2 * ff), (ff, c)] {
+        let xin = gpu.htod(&random::<bf16>(rng, n * d_in, 1.0))?;
+        let wt = gpu.htod(&random::<bf16>(rng, d_out * d_in, 0.05))?;
+        let dy = gpu.htod(&random::<bf16>(rng, n * d_out, 1.0))?;
+        let mut dxin = gpu.alloc_zeros::<bf16>(n * d_in)?;
+        let mut dwt = gpu.alloc_zeros::<f32>(d_out * d_in)?;
+        let us = time_us(gpu, 10, || {
+            gpu::matmul::matmul_bwd(gpu, &mut dxin.as_view_mut(), &mut dwt.as_view_mut(), None, &dy.as_view(), &xin.as_view(), &wt.as_view(), n, d_in, d_out)
+        })?;
+        let flops = 4.0 * (n * d_in * d_out) as f64;
+        println!("matmul_bwd bf16     m={n} d_in={d_in} d_out={d_out}  {}  (dx + dw)", tflops(flops, us));
+    }
+    let (d_in, d_out) = (c, 2 * ff);
+    let xin = gpu.htod(&random::<f32>(rng, n * d_in, 1.0))?;
+    let wt = gpu.htod(&random::<f32>(rng, d_out * d_in, 0.05))?;
+    let dy = gpu.htod(&random::<f32>(rng, n * d_out, 1.0))?;
+    let (mut dxin, mut dwt) = (gpu.alloc_zeros::<f32>(n * d_in)?, gpu.alloc_zeros::<f32>(d_out * d_in)?);
+    let mut db = gpu.alloc_zeros::<f32>(d_out)?;
+    let us = time_us(gpu, 5, || {
+        let db = Some(&mut db.as_view_mut());
+        gpu::matmul::matmul_bwd(gpu, &mut dxin.as_view_mut(), &mut dwt.as_view_mut(), db, &dy.as_view(), &xin.as_view(), &wt.as_view(), n, d_in, d_out)
+    })?;
+    println!("matmul_bwd f32      m={n} d_in={d_in} d_out={d_out}  {}  (dx + dw + db)", tflops(4.0 * (n * d_in * d_out) as f64, us));
+
+    // fused head backward: 1024 scored tokens over the full vocabulary; three products (the logits
+    // recomputed, dh, dW) and the dlogits chunks through memory (written once, read twice, bf16)
+    let rows = 1024;
+    let targets: Vec<u32> = (0..rows).map(|_| rng.random_range(0..v as u32)).collect();
+    let (h, wh) = (gpu.htod(&random::<bf16>(rng, rows * c, 1.0))?, gpu.htod(&random::<bf16>(rng, v * c, 0.05))?);
+    let dlogp = gpu.htod(&random::<f32>(rng, rows, 1.0))?;
+    let lse = gpu.htod(&vec![12.0f32; rows])?;
+    let mut dh = gpu.alloc_zeros::<bf16>(rows * c)?;
+    let mut dwh = gpu.alloc_zeros::<f32>(v * c)?;
+    let mut scratch = gpu::logprob::HeadGradScratch::<bf16>::new(gpu, &targets, v)?;
+    let us = time_us(gpu, 3, || {
+        gpu::logprob::head_bwd_with(gpu, &mut scratch, &mut dh.as_view_mut(), &mut dwh.as_view_mut(), &dlogp.as_view(), &lse.as_view(), &h.as_view(), &wh.as_view(), rows, c, v, 0.6)
+    })?;
+    // W read by two products, dW (f32) read and written, dlogits 3 × 2 bytes per logit
+    let bytes = (2 * v * c * 2 + 2 * v * c * 4 + 3 * rows * v * 2) as f64;
+    println!("head_bwd bf16       n={rows} c={c} v={v}  {}  {}", tflops(6.0 * (rows * c * v) as f64, us), gbs(bytes, us));
     Ok(())
 }
 

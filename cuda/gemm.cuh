@@ -1,7 +1,11 @@
-// gemm.cuh — the main loops of y = x·Wᵀ, shared by matmul.cu (bias epilogue) and logprob.cu (fused
-// log-softmax epilogue). Prepended after common.cuh and ptx.cuh (mma_bf16_16816) for those two families.
-//   x: [m, k] row-major   W: [n, k] row-major (the HF [out, in] layout)   acc: [m, n] f32
-// The product is "NT": both operands are read along k, so no transposed copy of W is ever made.
+// gemm.cuh — the main loops of acc = A·B, shared by matmul.cu (forward with a bias epilogue, the two
+// backward products with accumulating epilogues) and logprob.cu (fused log-softmax epilogue).
+// Prepended after common.cuh and ptx.cuh (mma_bf16_16816, ldmatrix) for those two families.
+// Each operand is read in the layout it is stored in (row-major, the contiguous index last), chosen
+// at compile time, so no transposed copy of anything is ever made:
+//   A: [m, k] (A_KM = false: x in the forward, dY in dX)   or [k, m] (A_KM = true: dY in dW = dYᵀ·X)
+//   B: [n, k] (B_KN = false: W in the forward, y = x·Wᵀ)   or [k, n] (B_KN = true: W in dX = dY·W, X in dW)
+//   acc: [m, n] f32
 // Sizes need not be multiples of any tile: out-of-range rows / columns / k are loaded as zeros and
 // out-of-range outputs are not written. Each output is summed over k in one fixed order by one thread
 // (no split-k, no atomics): bit-identical from run to run.
@@ -16,6 +20,12 @@
 //   A (row-major 16×16): reg0 = A[g][2t..2t+1], reg1 = A[g+8][2t..], reg2 = A[g][2t+8..], reg3 = A[g+8][2t+8..]
 //   B ("col" 16×8 = W rows, k contiguous): reg0 = W[g][2t..2t+1], reg1 = W[g][2t+8..2t+9]
 //   C (16×8 f32): c0,c1 = C[g][2t, 2t+1], c2,c3 = C[g+8][2t, 2t+1]
+// A k-contiguous operand is staged as [rows][BK + 8] and its fragments are two consecutive bf16 read
+// as one 32-bit word. An m- or n-contiguous operand is staged as it is stored, [BK][BM + 8] or
+// [BK][BN + 8] (16-byte chunks along m / n, coalesced), and its fragments come from ldmatrix.trans:
+// an 8×8 block whose rows are 8 consecutive k transposes into exactly the fragment's pairs of
+// consecutive k. Row strides of 136 / 72 bf16 (272 / 144 bytes) put the 8 rows of an ldmatrix in
+// 8 disjoint 4-bank groups (no bank conflicts), and keep every row 16-byte aligned.
 
 struct Chunk { unsigned w[4]; };   // 8 bf16, 16 bytes
 
@@ -40,15 +50,18 @@ __device__ __forceinline__ Chunk load_chunk(bool vec, const bf16* src, int row, 
     return r;
 }
 
-template <int BM_, int BN_, int WM_, int WN_>
+template <int BM_, int BN_, int WM_, int WN_, bool A_KM = false, bool B_KN = false>
 struct TcGemm {
     static constexpr int BM = BM_, BN = BN_, WM = WM_, WN = WN_;
     static constexpr int BK = 32, LDS = BK + 8;
+    static constexpr int LDA_T = BM + 8, LDB_T = BN + 8;    // row strides of the m- / n-contiguous tiles
+    static constexpr int A_ELEMS = A_KM ? BK * LDA_T : BM * LDS, B_ELEMS = B_KN ? BK * LDB_T : BN * LDS;
     static constexpr int THREADS = WM * WN * 32;
     static constexpr int WTM = BM / WM, WTN = BN / WN;     // warp tile
     static constexpr int TM = WTM / 16, TN = WTN / 8;       // mma tiles per warp
     static constexpr int CHUNKS_A = BM * BK / 8 / THREADS, CHUNKS_B = BN * BK / 8 / THREADS;
     static_assert(CHUNKS_A * THREADS * 8 == BM * BK && CHUNKS_B * THREADS * 8 == BN * BK, "tile/threads mismatch");
+    static_assert(!B_KN || TN % 2 == 0, "B fragments of two n tiles per ldmatrix.x4");
 
     // Row / column of accumulator acc[tm][tn][i] of this thread, relative to the block's (m0, n0).
     static __device__ __forceinline__ int row_of(int tm, int i) {
@@ -60,9 +73,15 @@ struct TcGemm {
         return (warp % WN) * WTN + tn * 8 + (lane % 4) * 2 + (i % 2);
     }
 
+    // Staging of 16-byte chunk e of a tile: (row, col) in the stored matrix's own coordinates, and
+    // its offset in the shared tile. k-contiguous: BK / 8 = 4 chunks per row; else BM / 8 (BN / 8).
+    static __device__ __forceinline__ int chunk_row(bool kmajor, int e, int mn) { return kmajor ? e / (mn / 8) : e / 4; }
+    static __device__ __forceinline__ int chunk_col(bool kmajor, int e, int mn) { return kmajor ? (e % (mn / 8)) * 8 : (e % 4) * 8; }
+
+    // x: A (as stored, see A_KM), w: B (see B_KN); m, n, k: the product's sizes.
     static __device__ void mainloop(float (&acc)[TM][TN][4], bool vec, const bf16* x, const bf16* w, int m, int n, int k, int m0, int n0) {
-        __shared__ __align__(16) bf16 As[2][BM * LDS];
-        __shared__ __align__(16) bf16 Bs[2][BN * LDS];
+        __shared__ __align__(16) bf16 As[2][A_ELEMS];
+        __shared__ __align__(16) bf16 Bs[2][B_ELEMS];
         const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, wm = warp / WN, wn = warp % WN;
 #pragma unroll
         for (int a = 0; a < TM; a++)
@@ -75,25 +94,25 @@ struct TcGemm {
         auto fetch = [&](int k0) {
 #pragma unroll
             for (int c = 0; c < CHUNKS_A; c++) {
-                int e = tid + c * THREADS;                      // chunk e: row e/4, k offset (e%4)·8
-                ra[c] = load_chunk(vec, x, m0 + e / 4, m, k0 + (e % 4) * 8, k);
+                int e = tid + c * THREADS, r = chunk_row(A_KM, e, BM), col = chunk_col(A_KM, e, BM);
+                ra[c] = A_KM ? load_chunk(vec, x, k0 + r, k, m0 + col, m) : load_chunk(vec, x, m0 + r, m, k0 + col, k);
             }
 #pragma unroll
             for (int c = 0; c < CHUNKS_B; c++) {
-                int e = tid + c * THREADS;
-                rb[c] = load_chunk(vec, w, n0 + e / 4, n, k0 + (e % 4) * 8, k);
+                int e = tid + c * THREADS, r = chunk_row(B_KN, e, BN), col = chunk_col(B_KN, e, BN);
+                rb[c] = B_KN ? load_chunk(vec, w, k0 + r, k, n0 + col, n) : load_chunk(vec, w, n0 + r, n, k0 + col, k);
             }
         };
         auto stash = [&](int buf) {
 #pragma unroll
             for (int c = 0; c < CHUNKS_A; c++) {
-                int e = tid + c * THREADS;
-                *(uint4*)&As[buf][(e / 4) * LDS + (e % 4) * 8] = make_uint4(ra[c].w[0], ra[c].w[1], ra[c].w[2], ra[c].w[3]);
+                int e = tid + c * THREADS, r = chunk_row(A_KM, e, BM), col = chunk_col(A_KM, e, BM);
+                *(uint4*)&As[buf][r * (A_KM ? LDA_T : LDS) + col] = make_uint4(ra[c].w[0], ra[c].w[1], ra[c].w[2], ra[c].w[3]);
             }
 #pragma unroll
             for (int c = 0; c < CHUNKS_B; c++) {
-                int e = tid + c * THREADS;
-                *(uint4*)&Bs[buf][(e / 4) * LDS + (e % 4) * 8] = make_uint4(rb[c].w[0], rb[c].w[1], rb[c].w[2], rb[c].w[3]);
+                int e = tid + c * THREADS, r = chunk_row(B_KN, e, BN), col = chunk_col(B_KN, e, BN);
+                *(uint4*)&Bs[buf][r * (B_KN ? LDB_T : LDS) + col] = make_uint4(rb[c].w[0], rb[c].w[1], rb[c].w[2], rb[c].w[3]);
             }
         };
 
@@ -109,17 +128,34 @@ struct TcGemm {
                 unsigned af[TM][4], bfr[TN][2];
 #pragma unroll
                 for (int a = 0; a < TM; a++) {
-                    const bf16* p = &As[cur][(wm * WTM + a * 16 + lane / 4) * LDS + kk + (lane % 4) * 2];
-                    af[a][0] = *(const unsigned*)p;
-                    af[a][1] = *(const unsigned*)(p + 8 * LDS);
-                    af[a][2] = *(const unsigned*)(p + 8);
-                    af[a][3] = *(const unsigned*)(p + 8 * LDS + 8);
+                    if (A_KM) {
+                        // matrices 0-3: (m 0-7, k 0-7), (m 8-15, k 0-7), (m 0-7, k 8-15), (m 8-15, k 8-15) = a[0..3]
+                        const int i = lane / 8, r = lane % 8;
+                        ldmatrix_x4_trans(af[a], &As[cur][(kk + (i / 2) * 8 + r) * LDA_T + wm * WTM + a * 16 + (i % 2) * 8]);
+                    } else {
+                        const bf16* p = &As[cur][(wm * WTM + a * 16 + lane / 4) * LDS + kk + (lane % 4) * 2];
+                        af[a][0] = *(const unsigned*)p;
+                        af[a][1] = *(const unsigned*)(p + 8 * LDS);
+                        af[a][2] = *(const unsigned*)(p + 8);
+                        af[a][3] = *(const unsigned*)(p + 8 * LDS + 8);
+                    }
                 }
 #pragma unroll
-                for (int b = 0; b < TN; b++) {
-                    const bf16* q = &Bs[cur][(wn * WTN + b * 8 + lane / 4) * LDS + kk + (lane % 4) * 2];
-                    bfr[b][0] = *(const unsigned*)q;
-                    bfr[b][1] = *(const unsigned*)(q + 8);
+                for (int b = 0; b < TN; b += B_KN ? 2 : 1) {
+                    if (B_KN) {
+                        // matrices 0-3: (k 0-7, tile b), (k 8-15, tile b), (k 0-7, tile b+1), (k 8-15, tile b+1)
+                        const int i = lane / 8, r = lane % 8;
+                        unsigned q[4];
+                        ldmatrix_x4_trans(q, &Bs[cur][(kk + (i % 2) * 8 + r) * LDB_T + wn * WTN + (b + i / 2) * 8]);
+                        bfr[b][0] = q[0];
+                        bfr[b][1] = q[1];
+                        bfr[b + 1][0] = q[2];
+                        bfr[b + 1][1] = q[3];
+                    } else {
+                        const bf16* q = &Bs[cur][(wn * WTN + b * 8 + lane / 4) * LDS + kk + (lane % 4) * 2];
+                        bfr[b][0] = *(const unsigned*)q;
+                        bfr[b][1] = *(const unsigned*)(q + 8);
+                    }
                 }
 #pragma unroll
                 for (int a = 0; a < TM; a++)
@@ -133,16 +169,22 @@ struct TcGemm {
     }
 };
 
-// The two tile shapes the launchers choose between (gpu::matmul::MatmulTile).
+// The two tile shapes the launchers choose between (gpu::matmul::MatmulTile), in each operand layout.
 typedef TcGemm<128, 128, 2, 4> TcLarge;   // 256 threads, warp tile 64×32: big m (prefill, scoring)
 typedef TcGemm<64, 64, 2, 2> TcSmall;     // 128 threads, warp tile 32×32: small m (decode), more blocks
+typedef TcGemm<128, 128, 2, 4, false, true> TcLargeDx;   // dX = dY·W: W read [d_out, d_in] as stored
+typedef TcGemm<64, 64, 2, 2, false, true> TcSmallDx;
+typedef TcGemm<128, 128, 2, 4, true, true> TcLargeDw;    // dW = dYᵀ·X: dY and X read [tokens, ·] as stored
+typedef TcGemm<64, 64, 2, 2, true, true> TcSmallDw;
 
 // ---------------------------------------------------------------------------------------------
 // f32 on the CUDA cores (the tight-check path): 64×64 block tile, k-step 16, 256 threads as 16×16,
 // each thread a 4×4 register tile at rows ty + 16i, columns tx + 16j (coalesced stores).
 // Shared tiles are stored k-major, so the inner loop reads 4 + 4 values and does 16 FMAs.
 
-struct SimtGemm {
+// A_KM / B_KN as for TcGemm: a transposed operand is loaded along its contiguous index (coalesced).
+template <bool A_KM = false, bool B_KN = false>
+struct SimtGemmT {
     static constexpr int BM = 64, BN = 64, BK = 16, THREADS = 256;
     static __device__ __forceinline__ int row_of(int i) { return threadIdx.x / 16 + 16 * i; }
     static __device__ __forceinline__ int col_of(int j) { return threadIdx.x % 16 + 16 * j; }
@@ -158,9 +200,12 @@ struct SimtGemm {
         for (int k0 = 0; k0 < k; k0 += BK) {
 #pragma unroll
             for (int l = 0; l < 4; l++) {
-                int e = tid + l * THREADS, r = e / BK, kk = e % BK;   // 16 consecutive k of a row per half-warp
-                As[kk][r] = (m0 + r < m && k0 + kk < k) ? x[(size_t)(m0 + r) * k + k0 + kk] : 0.0f;
-                Bs[kk][r] = (n0 + r < n && k0 + kk < k) ? w[(size_t)(n0 + r) * k + k0 + kk] : 0.0f;
+                // k-contiguous: 16 consecutive k of a row per half-warp; else 64 consecutive m (n) of a k row
+                int e = tid + l * THREADS, r = e / BK, kk = e % BK, rt = e % BM, kt = e / BM;
+                if (A_KM) As[kt][rt] = (m0 + rt < m && k0 + kt < k) ? x[(size_t)(k0 + kt) * m + m0 + rt] : 0.0f;
+                else As[kk][r] = (m0 + r < m && k0 + kk < k) ? x[(size_t)(m0 + r) * k + k0 + kk] : 0.0f;
+                if (B_KN) Bs[kt][rt] = (n0 + rt < n && k0 + kt < k) ? w[(size_t)(k0 + kt) * n + n0 + rt] : 0.0f;
+                else Bs[kk][r] = (n0 + r < n && k0 + kk < k) ? w[(size_t)(n0 + r) * k + k0 + kk] : 0.0f;
             }
             __syncthreads();
 #pragma unroll
@@ -179,3 +224,7 @@ struct SimtGemm {
         }
     }
 };
+
+typedef SimtGemmT<> SimtGemm;                   // y = x·Wᵀ
+typedef SimtGemmT<false, true> SimtGemmDx;      // dX = dY·W
+typedef SimtGemmT<true, true> SimtGemmDw;       // dW = dYᵀ·X

@@ -126,3 +126,75 @@ extern "C" __global__ void __launch_bounds__(256) head_finish(float* logp, float
         logp[r] = z_target[r] - l;
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Backward of the fused head.  Reference: cpu::logprob::logprob_bwd, then cpu::matmul::matmul_bwd (no
+// bias).  Launcher: gpu::logprob::head_bwd.
+//   g[r] = dlogp[r] / temp,   dlogits[r, j] = g[r]·(1[j = target[r]] − e^(z[r, j] − lse[r])),   z = h·Wᵀ / temp
+//   dh[r, :] += Σ_j dlogits[r, j]·W[j, :]        dW[j, :] += Σ_r dlogits[r, j]·h[r, :]
+// The launcher walks the vocabulary in chunks of ≤ 8192 ids (and the rows in chunks of ≤ 4096): per
+// chunk, head_dlogits_* recomputes the logits of the chunk with the forward's main loop and turns them
+// into dlogits in its epilogue (lse from the forward, so no second reduction over the vocabulary),
+// written to a [rows, chunk] scratch; then the GEMM backward of matmul.cu adds the chunk's dh and dW
+// terms. bf16: dh is summed over the vocabulary chunks in an f32 accumulator (matmul_bwd_dx_bf16f32)
+// and added to dh once per row chunk by head_dh_flush_bf16, so dh is rounded to bf16 once, not once
+// per chunk (19 chunks at v = 151,936). Only one chunk of dlogits exists at a time: ≤ 4096 × 8192 × 2 bytes = 64 MiB in bf16, never
+// [tokens × vocab] (2.5 GB at 8192 tokens of Qwen2's 151,936 ids).
+//   head_dlogits_*: dlogits: [rows, vc] (T)   h: [rows, c]   w: the chunk's rows of W, [vc, c]
+//     j0: the chunk's first id (targets are global ids);  grid (ceil(rows / BM), ceil(vc / BN)), block 256;
+//     bf16: TcLarge tiles, f32: SimtGemm tiles.
+// Precision: logits in f32 as in the forward; e^(z − lse) by expf; dlogits rounded once to T (bf16 for
+// the bf16 path: the operands of the two mma products are bf16 anyway); dh, dW as the GEMM backward.
+// Determinism: chunks in ascending order, every sum in a fixed order, no atomics: bit-identical.
+// v1 (this): dlogits go through memory (written once, read by the two products: ~3 × 2 bytes per
+//   logit); a fused v2 would keep each dlogits tile on chip for both products.
+
+__device__ __forceinline__ float head_dlogit(float acc, float inv_temp, unsigned id, unsigned target, float dlogp, float lse) {
+    const float g = dlogp * inv_temp;
+    const float d = -g * expf(acc * inv_temp - lse);
+    return id == target ? d + g : d;
+}
+
+extern "C" __global__ void __launch_bounds__(256) head_dlogits_bf16(bf16* dlogits, const bf16* h, const bf16* w, const unsigned* target,
+                                                                     const float* dlogp, const float* lse, int n, int c, int vc, int j0,
+                                                                     float inv_temp, int vec) {
+    typedef TcLarge G;
+    float acc[G::TM][G::TN][4];
+    const int m0 = blockIdx.x * G::BM, n0 = blockIdx.y * G::BN;
+    G::mainloop(acc, vec != 0, h, w, n, vc, c, m0, n0);
+#pragma unroll
+    for (int a = 0; a < G::TM; a++)
+#pragma unroll
+        for (int b = 0; b < G::TN; b++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const int row = m0 + G::row_of(a, i), col = n0 + G::col_of(b, i);
+                if (row < n && col < vc)
+                    store(dlogits + (size_t)row * vc + col, head_dlogit(acc[a][b][i], inv_temp, j0 + col, target[row], dlogp[row], lse[row]));
+            }
+}
+
+extern "C" __global__ void __launch_bounds__(256) head_dlogits_f32(float* dlogits, const float* h, const float* w, const unsigned* target,
+                                                                    const float* dlogp, const float* lse, int n, int c, int vc, int j0,
+                                                                    float inv_temp) {
+    typedef SimtGemm G;
+    float acc[4][4];
+    const int m0 = blockIdx.x * G::BM, n0 = blockIdx.y * G::BN;
+    G::mainloop(acc, h, w, n, vc, c, m0, n0);
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            const int row = m0 + G::row_of(i), col = n0 + G::col_of(j);
+            if (row < n && col < vc)
+                dlogits[(size_t)row * vc + col] = head_dlogit(acc[i][j], inv_temp, j0 + col, target[row], dlogp[row], lse[row]);
+        }
+}
+
+// dh[i] += acc[i], rounded once to bf16; acc[i] = 0 for the next row chunk.  Grid (ceil(len / 256)), block 256.
+extern "C" __global__ void head_dh_flush_bf16(bf16* dh, float* acc, int len) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= len) return;
+    dh[i] = f32_to_bf16(bf16_to_f32(dh[i]) + acc[i]);
+    acc[i] = 0.0f;
+}

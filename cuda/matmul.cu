@@ -11,7 +11,8 @@
 // Determinism: no split-k, no atomics: bit-identical from run to run.
 // v1 (this): register-staged double buffer, no cp.async / ldmatrix, one output element per store.
 
-template <typename Tile, typename Out>
+// ACCUMULATE (the backward products): out += acc, rounded once to Out; else out = acc + b.
+template <typename Tile, typename Out, bool ACCUMULATE = false>
 __device__ void matmul_tc(Out* out, const bf16* x, const bf16* w, const bf16* b, int m, int k, int n, int vec) {
     float acc[Tile::TM][Tile::TN][4];
     const int m0 = blockIdx.y * Tile::BM, n0 = blockIdx.x * Tile::BN;
@@ -23,7 +24,9 @@ __device__ void matmul_tc(Out* out, const bf16* x, const bf16* w, const bf16* b,
 #pragma unroll
             for (int i = 0; i < 4; i++) {
                 int row = m0 + Tile::row_of(a, i), col = n0 + Tile::col_of(c, i);
-                if (row < m && col < n) store(out + (size_t)row * n + col, acc[a][c][i] + (b ? bf16_to_f32(b[col]) : 0.0f));
+                if (row >= m || col >= n) continue;
+                Out* p = out + (size_t)row * n + col;
+                store(p, ACCUMULATE ? load(p) + acc[a][c][i] : acc[a][c][i] + (b ? bf16_to_f32(b[col]) : 0.0f));
             }
 }
 
@@ -40,15 +43,91 @@ extern "C" __global__ void __launch_bounds__(128) matmul_fwd_bf16f32_small(float
     matmul_tc<TcSmall>(out, x, w, b, m, k, n, vec);
 }
 
-extern "C" __global__ void __launch_bounds__(256) matmul_fwd_f32(float* out, const float* x, const float* w, const float* b, int m, int k, int n) {
+// The f32 CUDA-core twin of matmul_tc (same epilogues).
+template <typename Simt, bool ACCUMULATE = false>
+__device__ void matmul_simt(float* out, const float* x, const float* w, const float* b, int m, int k, int n) {
     float acc[4][4];
-    const int m0 = blockIdx.y * SimtGemm::BM, n0 = blockIdx.x * SimtGemm::BN;
-    SimtGemm::mainloop(acc, x, w, m, n, k, m0, n0);
+    const int m0 = blockIdx.y * Simt::BM, n0 = blockIdx.x * Simt::BN;
+    Simt::mainloop(acc, x, w, m, n, k, m0, n0);
 #pragma unroll
     for (int i = 0; i < 4; i++)
 #pragma unroll
         for (int j = 0; j < 4; j++) {
-            int row = m0 + SimtGemm::row_of(i), col = n0 + SimtGemm::col_of(j);
-            if (row < m && col < n) out[(size_t)row * n + col] = acc[i][j] + (b ? b[col] : 0.0f);
+            int row = m0 + Simt::row_of(i), col = n0 + Simt::col_of(j);
+            if (row >= m || col >= n) continue;
+            float* p = out + (size_t)row * n + col;
+            *p = ACCUMULATE ? *p + acc[i][j] : acc[i][j] + (b ? b[col] : 0.0f);
         }
 }
+
+extern "C" __global__ void __launch_bounds__(256) matmul_fwd_f32(float* out, const float* x, const float* w, const float* b, int m, int k, int n) {
+    matmul_simt<SimtGemm>(out, x, w, b, m, k, n);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backward of the linear layer.  Reference: cpu::matmul::matmul_bwd.  Launcher: gpu::matmul::matmul_bwd.
+//   dX[r, i] += Σ_o dY[r, o]·W[o, i]     dW[o, i] += Σ_r dY[r, o]·X[r, i]     db[o] += Σ_r dY[r, o]
+//   dY: [tokens, d_out]   X, dX: [tokens, d_in]   W: [d_out, d_in]   dW: [d_out, d_in] (f32)   db: [d_out] (f32)
+// Both products run the forward's main loops (gemm.cuh) with the operands read as they are stored:
+//   dX = dY·W:   m = tokens, n = d_in, k = d_out; A = dY [m, k], B = W [k, n] (n-contiguous: ldmatrix.trans)
+//   dW = dYᵀ·X:  m = d_out, n = d_in, k = tokens; A = dY [k, m], B = X [k, n] (both through ldmatrix.trans)
+// Kernels (grid (ceil(n/BN), ceil(m/BM)) as the forward):
+//   matmul_bwd_dx_bf16_{large,small}   bf16 dX, tensor cores;  matmul_bwd_dx_f32   f32, CUDA cores
+//   matmul_bwd_dx_bf16f32_{large,small}   f32 dX from bf16 operands (several products summed in f32)
+//   matmul_bwd_dw_bf16_{large,small}   f32 dW from bf16 operands, tensor cores;  matmul_bwd_dw_f32
+//   matmul_bwd_db_{f32,bf16}   grid (ceil(d_out / 32)), block 256: 8 row phases × 32 columns, then a
+//     fixed-order sum of the 8 phase sums (coalesced rows, no atomics)
+// Every output accumulates (+=, the CPU's contract: a gradient summed over uses, the residual stream):
+// the f32 accumulator of the whole k range is added to the stored value, rounded once to the output type.
+// Precision: f32 accumulation in a fixed k order (mma for bf16); dW and db are f32 whatever the operands.
+// Determinism: no split-k, no atomics: bit-identical from run to run.
+// v1 (this): the forward's register-staged double buffer; K = tokens of dW is walked by one block per
+//   output tile (no split-k: at d_out = d_in = 896 that is 49 blocks of 128×128 on a 132-SM chip).
+
+// dX = dY·W: m = tokens, k = d_out, n = d_in
+extern "C" __global__ void __launch_bounds__(256) matmul_bwd_dx_bf16_large(bf16* dx, const bf16* dy, const bf16* w, int m, int k, int n, int vec) {
+    matmul_tc<TcLargeDx, bf16, true>(dx, dy, w, nullptr, m, k, n, vec);
+}
+extern "C" __global__ void __launch_bounds__(128) matmul_bwd_dx_bf16_small(bf16* dx, const bf16* dy, const bf16* w, int m, int k, int n, int vec) {
+    matmul_tc<TcSmallDx, bf16, true>(dx, dy, w, nullptr, m, k, n, vec);
+}
+// dX with an f32 output from bf16 operands: a caller summing several products into one dX in f32
+// before a single rounding (the head backward, over vocabulary chunks)
+extern "C" __global__ void __launch_bounds__(256) matmul_bwd_dx_bf16f32_large(float* dx, const bf16* dy, const bf16* w, int m, int k, int n, int vec) {
+    matmul_tc<TcLargeDx, float, true>(dx, dy, w, nullptr, m, k, n, vec);
+}
+extern "C" __global__ void __launch_bounds__(128) matmul_bwd_dx_bf16f32_small(float* dx, const bf16* dy, const bf16* w, int m, int k, int n, int vec) {
+    matmul_tc<TcSmallDx, float, true>(dx, dy, w, nullptr, m, k, n, vec);
+}
+extern "C" __global__ void __launch_bounds__(256) matmul_bwd_dx_f32(float* dx, const float* dy, const float* w, int m, int k, int n) {
+    matmul_simt<SimtGemmDx, true>(dx, dy, w, nullptr, m, k, n);
+}
+// dW = dYᵀ·X: m = d_out, k = tokens, n = d_in
+extern "C" __global__ void __launch_bounds__(256) matmul_bwd_dw_bf16_large(float* dw, const bf16* dy, const bf16* x, int m, int k, int n, int vec) {
+    matmul_tc<TcLargeDw, float, true>(dw, dy, x, nullptr, m, k, n, vec);
+}
+extern "C" __global__ void __launch_bounds__(128) matmul_bwd_dw_bf16_small(float* dw, const bf16* dy, const bf16* x, int m, int k, int n, int vec) {
+    matmul_tc<TcSmallDw, float, true>(dw, dy, x, nullptr, m, k, n, vec);
+}
+extern "C" __global__ void __launch_bounds__(256) matmul_bwd_dw_f32(float* dw, const float* dy, const float* x, int m, int k, int n) {
+    matmul_simt<SimtGemmDw, true>(dw, dy, x, nullptr, m, k, n);
+}
+
+template <typename T>
+__device__ void matmul_bwd_db(float* db, const T* dy, int rows, int cols) {
+    __shared__ float phase_sum[8][32];
+    const int tx = threadIdx.x % 32, ty = threadIdx.x / 32, col = blockIdx.x * 32 + tx;
+    float s = 0.0f;
+    if (col < cols)
+        for (int r = ty; r < rows; r += 8) s += load(dy + (size_t)r * cols + col);
+    phase_sum[ty][tx] = s;
+    __syncthreads();
+    if (ty == 0 && col < cols) {
+        float t = 0.0f;
+#pragma unroll
+        for (int p = 0; p < 8; p++) t += phase_sum[p][tx];
+        db[col] += t;
+    }
+}
+extern "C" __global__ void __launch_bounds__(256) matmul_bwd_db_f32(float* db, const float* dy, int rows, int cols) { matmul_bwd_db(db, dy, rows, cols); }
+extern "C" __global__ void __launch_bounds__(256) matmul_bwd_db_bf16(float* db, const bf16* dy, int rows, int cols) { matmul_bwd_db(db, dy, rows, cols); }

@@ -9,9 +9,13 @@
 // Precision: each product and the difference are rounded separately (__fmul_rn/__fsub_rn: no FMA
 // contraction), which is exactly what the CPU f32 reference computes: the f32 path is bit-identical.
 // Determinism: elementwise.
+// Backward (rope_bwd_*, reference cpu::rope::rope_bwd, launcher gpu::rope::rope_bwd): the transpose of
+// the rotation, i.e. the rotation by −angle, in place on the gradient:
+//   dx[i] = dy[i]·cos + dy[i+h]·sin,   dx[i+h] = dy[i+h]·cos − dy[i]·sin
+// the same products with the opposite signs, so its f32 path is bit-identical to the CPU's too.
 
-template <typename T>
-__device__ void rope_fwd(T* x, const int* pos, const float* cos_t, const float* sin_t, int heads, int hd, int max_pos) {
+template <bool INVERSE, typename T>
+__device__ void rotate(T* x, const int* pos, const float* cos_t, const float* sin_t, int heads, int hd, int max_pos) {
     int half = hd / 2;
     const int p = pos[blockIdx.x];
     T* row = x + (size_t)blockIdx.x * heads * hd;
@@ -25,14 +29,25 @@ __device__ void rope_fwd(T* x, const int* pos, const float* cos_t, const float* 
         int h = k / half, i = k % half;
         T* v = row + h * hd;
         float a = load(v + i), b = load(v + i + half), c = cr[i], s = sr[i];
-        store(v + i, __fsub_rn(__fmul_rn(a, c), __fmul_rn(b, s)));
-        store(v + i + half, __fadd_rn(__fmul_rn(b, c), __fmul_rn(a, s)));
+        if (INVERSE) {
+            store(v + i, __fadd_rn(__fmul_rn(a, c), __fmul_rn(b, s)));
+            store(v + i + half, __fsub_rn(__fmul_rn(b, c), __fmul_rn(a, s)));
+        } else {
+            store(v + i, __fsub_rn(__fmul_rn(a, c), __fmul_rn(b, s)));
+            store(v + i + half, __fadd_rn(__fmul_rn(b, c), __fmul_rn(a, s)));
+        }
     }
 }
 
 extern "C" __global__ void rope_fwd_f32(float* x, const int* pos, const float* cos_t, const float* sin_t, int heads, int hd, int max_pos) {
-    rope_fwd(x, pos, cos_t, sin_t, heads, hd, max_pos);
+    rotate<false>(x, pos, cos_t, sin_t, heads, hd, max_pos);
 }
 extern "C" __global__ void rope_fwd_bf16(bf16* x, const int* pos, const float* cos_t, const float* sin_t, int heads, int hd, int max_pos) {
-    rope_fwd(x, pos, cos_t, sin_t, heads, hd, max_pos);
+    rotate<false>(x, pos, cos_t, sin_t, heads, hd, max_pos);
+}
+extern "C" __global__ void rope_bwd_f32(float* dx, const int* pos, const float* cos_t, const float* sin_t, int heads, int hd, int max_pos) {
+    rotate<true>(dx, pos, cos_t, sin_t, heads, hd, max_pos);
+}
+extern "C" __global__ void rope_bwd_bf16(bf16* dx, const int* pos, const float* cos_t, const float* sin_t, int heads, int hd, int max_pos) {
+    rotate<true>(dx, pos, cos_t, sin_t, heads, hd, max_pos);
 }

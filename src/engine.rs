@@ -1,14 +1,15 @@
 //! Where a command runs: `--device auto|cpu|gpu|sim`. The CPU engine is the f32 reference model; the
 //! GPU engine holds the same weights in bf16 on a device and runs the hand-written kernels — on a CUDA
 //! GPU, or on the simulated device (`sim`: the same kernels run on the CPU with race and bounds
-//! checks; slow, for checking, not for speed). All give the same contract for scoring and generation.
+//! checks; slow, for checking, not for speed). Both answer one contract, [`crate::policy::Policy`]:
+//! [`Engine::generator`] hands out the policy that generates and scores.
 
 use crate::cpu::Float;
 use crate::error::{Error, Result};
-use crate::generate::{generate, GenerateOptions, Generation};
 use crate::gpu::Gpu;
 use crate::model::gpu::GpuModel;
 use crate::model::Model;
+use crate::policy::Generator;
 use std::sync::Arc;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
@@ -23,6 +24,7 @@ pub enum Device {
 
 #[allow(clippy::large_enum_variant)] // one engine per process; boxing buys nothing
 pub enum Engine {
+    /// the host model the caller holds is the policy
     Cpu,
     Gpu(GpuModel<half::bf16>),
 }
@@ -53,6 +55,15 @@ impl Engine {
         }
     }
 
+    /// The policy that generates and scores: `host` itself on the CPU; on a device, the device's
+    /// copy (`host` is not read).
+    pub fn generator<'a, T: Float>(&'a self, host: &'a Model<T>) -> &'a dyn Generator {
+        match self {
+            Engine::Cpu => host,
+            Engine::Gpu(g) => g,
+        }
+    }
+
     /// Refreshes the device copy after the CPU weights changed (training): the values are converted
     /// and copied into the existing buffer; the rotary tables stay.
     pub fn sync<T: Float>(&mut self, model: &Model<T>) -> Result<()> {
@@ -60,20 +71,5 @@ impl Engine {
             g.update_params(model)?;
         }
         Ok(())
-    }
-
-    pub fn generate<T: Float>(&self, model: &Model<T>, prompts: &[Vec<u32>], opts: &GenerateOptions) -> Result<Vec<Generation>> {
-        match self {
-            Engine::Cpu => generate(model, prompts, opts),
-            Engine::Gpu(g) => g.generate(prompts, opts),
-        }
-    }
-
-    /// Per-token next-token log-probs of each sequence (len − 1 each), in f64.
-    pub fn score<T: Float>(&self, model: &Model<T>, seqs: &[&[u32]], temp: f64) -> Result<Vec<Vec<f64>>> {
-        match self {
-            Engine::Cpu => Ok(model.score(seqs, temp, false)?.logp.iter().map(|r| r.iter().map(|x| x.to_f64()).collect()).collect()),
-            Engine::Gpu(g) => Ok(g.score(seqs, temp)?.iter().map(|r| r.iter().map(|&x| x as f64).collect()).collect()),
-        }
     }
 }

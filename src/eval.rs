@@ -1,12 +1,10 @@
 //! Evaluation: pass@1 averaged over n samples per question, response lengths, per difficulty level.
 //! The toy task ([`eval_toy`]) and the math benchmarks share the report shape ([`EvalReport`]).
 
-use crate::cpu::Float;
 use crate::error::Result;
-use crate::engine::Engine;
 use crate::generate::GenerateOptions;
+use crate::policy::Generator;
 use crate::rl::env::Environment;
-use crate::model::Model;
 use crate::sampling::SamplingParams;
 use crate::task::{generate_split, Split, TaskConfig};
 use crate::tokenizer::Tokenizer;
@@ -38,7 +36,8 @@ pub struct EvalStats {
     pub mean_length_wrong: Option<f64>,
     /// share of responses cut at max_new_tokens without an eos
     pub truncation_rate: f64,
-    /// toy task only: mean necessary / redundant steps per response
+    /// toy task only: mean useful / useless steps per response (the names predate shortcut steps:
+    /// "necessary" = steps that advance the solution, "redundant" = padding; see task::Verdict)
     pub mean_necessary_steps: Option<f64>,
     pub mean_redundant_steps: Option<f64>,
     /// responses holding sampled ids the tokenizer could not decode (graded on the decodable text)
@@ -135,9 +134,8 @@ pub fn report(graded: &[Graded], n_questions: usize) -> EvalReport {
 /// Rows (problem i, sample j) are generated in order, `batch_size` at a time; row r draws from
 /// stream r, so the samples do not depend on the batch size. After each batch, `on_batch(records,
 /// done, total)` gets that batch's responses (for a responses file) and the progress.
-pub fn eval_env<T: Float>(
-    engine: &Engine,
-    model: &Model<T>,
+pub fn eval_env(
+    policy: &dyn Generator,
     env: &dyn Environment,
     tok: &Tokenizer,
     opts: &EvalOptions,
@@ -163,7 +161,7 @@ pub fn eval_env<T: Float>(
             eos_ids: tok.eos_ids().to_vec(),
             stream_offset: first as u64,
         };
-        let responses = engine.generate(model, &prompts, &g)?;
+        let responses = policy.generate(&prompts, &g)?;
         let mut records = Vec::with_capacity(responses.len());
         for (r, resp) in rows.zip(&responses) {
             let i = r / n;
@@ -213,7 +211,7 @@ pub fn markdown_table(r: &EvalReport) -> String {
 }
 
 /// The toy task's held-out split: `n_questions` eval questions, graded by [`crate::task::verify`].
-pub fn eval_toy<T: Float>(engine: &Engine, model: &Model<T>, tok: &Tokenizer, task: &TaskConfig, n_questions: usize, opts: &EvalOptions) -> Result<EvalReport> {
+pub fn eval_toy(policy: &dyn Generator, tok: &Tokenizer, task: &TaskConfig, n_questions: usize, opts: &EvalOptions) -> Result<EvalReport> {
     let env = crate::rl::env::ToyEnv::new(generate_split(task, Split::Eval, n_questions)?, tok)?;
-    Ok(eval_env(engine, model, &env, tok, opts, &mut |_, _, _| Ok(()))?.0)
+    Ok(eval_env(policy, &env, tok, opts, &mut |_, _, _| Ok(()))?.0)
 }

@@ -2,12 +2,9 @@
 //! together, then each step feeds one new token per unfinished sequence. A sequence stops at one of
 //! the eos ids (which is kept as its last token, as SPEC §1 counts it) or after `max_new_tokens`.
 
-use crate::cpu::Float;
 use crate::error::{Error, Result};
-use crate::model::{KvCache, Model};
-use crate::rng::uniform;
-use crate::sampling::{sample, SamplingParams};
-use rayon::prelude::*;
+use crate::policy::{Chunks, Draw, Policy};
+use crate::sampling::SamplingParams;
 
 #[derive(Clone, Debug)]
 pub struct GenerateOptions {
@@ -27,7 +24,7 @@ pub struct Generation {
 }
 
 /// Checks the options and that every prompt is non-empty and leaves room for `max_new_tokens`
-/// within `max_pos` positions (shared by the CPU and GPU generators).
+/// within `max_pos` positions.
 pub fn check_request(prompts: &[Vec<u32>], opts: &GenerateOptions, max_pos: usize) -> Result<()> {
     opts.sampling.validate()?;
     for (i, p) in prompts.iter().enumerate() {
@@ -46,66 +43,44 @@ pub fn check_request(prompts: &[Vec<u32>], opts: &GenerateOptions, max_pos: usiz
     Ok(())
 }
 
-/// Generates a continuation of every prompt.
-pub fn generate<T: Float>(model: &Model<T>, prompts: &[Vec<u32>], opts: &GenerateOptions) -> Result<Vec<Generation>> {
-    check_request(prompts, opts, model.cfg.max_position_embeddings)?;
+/// Generates a continuation of every prompt: the one decoding loop of every device. Prompts are
+/// prefilled together (slot i = prompt i); each step draws one token per unfinished sequence on the
+/// device ([`Policy::sample`]) and feeds it back as a one-token chunk.
+pub fn generate<P: Policy + ?Sized>(policy: &P, prompts: &[Vec<u32>], opts: &GenerateOptions) -> Result<Vec<Generation>> {
+    let cfg = policy.config();
+    check_request(prompts, opts, cfg.max_position_embeddings)?;
     let b = prompts.len();
-    let v = model.cfg.vocab_size;
     // room for the longest sequence, allocated once (what the memory estimate counts; no doubling)
     let max_len = prompts.iter().map(Vec::len).max().unwrap_or(0) + opts.max_new_tokens; // ≤ max_pos: checked
-    let mut cache = KvCache::with_capacity(&model.cfg, b, max_len);
+    let mut cache = policy.new_cache(b, max_len)?;
+    let prefill = Chunks::new(cfg, policy.cache_lens(&cache), policy.cache_cap(&cache), prompts.iter().map(Vec::as_slice).enumerate().collect())?;
     let mut out: Vec<Generation> = vec![Generation { tokens: Vec::new(), stopped_on_eos: false }; b];
-    let mut active: Vec<bool> = vec![opts.max_new_tokens > 0; b];
-    let chunks: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
-    let logits = model.forward_last(&mut cache, &chunks)?;
-    check_logits(&logits, v, 0)?;
-    let mut last_rows: Vec<Vec<T>> = logits.chunks_exact(v).map(<[T]>::to_vec).collect();
+    if b == 0 || opts.max_new_tokens == 0 {
+        return Ok(out);
+    }
+    let mut logits = policy.forward_last(&mut cache, &prefill)?;
+    // the sequences whose next token is drawn now, in slot order (row r of `logits` is active[r])
+    let mut active: Vec<usize> = (0..b).collect();
     for step in 0..opts.max_new_tokens {
-        // draw in parallel: sequence i's uniform depends on (seed, stream, step) only, so the tokens
-        // do not depend on the thread count
-        let drawn: Vec<Option<u32>> = (0..b)
-            .into_par_iter()
-            .map(|i| active[i].then(|| sample(&last_rows[i], &opts.sampling, uniform(opts.seed, opts.stream_offset + i as u64, step as u64))))
-            .collect();
-        let mut next: Vec<Vec<u32>> = vec![Vec::new(); b];
-        for (i, tok) in drawn.into_iter().enumerate() {
-            let Some(tok) = tok else { continue };
+        let streams: Vec<u64> = active.iter().map(|&i| opts.stream_offset + i as u64).collect();
+        let draw = Draw { params: &opts.sampling, seed: opts.seed, streams: &streams, step: step as u64 };
+        let drawn = policy.sample(&mut cache, &logits, &draw)?;
+        let mut next: Vec<(usize, [u32; 1])> = Vec::with_capacity(active.len());
+        for (&i, &tok) in active.iter().zip(&drawn) {
             out[i].tokens.push(tok);
             if opts.eos_ids.contains(&tok) {
                 out[i].stopped_on_eos = true;
-                active[i] = false;
-            } else if out[i].tokens.len() == opts.max_new_tokens {
-                active[i] = false;
-            } else {
-                next[i].push(tok);
+            } else if out[i].tokens.len() < opts.max_new_tokens {
+                next.push((i, [tok]));
             }
         }
-        if !active.iter().any(|&a| a) {
+        if next.is_empty() {
             break;
         }
-        let chunks: Vec<&[u32]> = next.iter().map(Vec::as_slice).collect();
-        let logits = model.forward_last(&mut cache, &chunks)?;
-        check_logits(&logits, v, step + 1)?;
-        let mut row = 0;
-        for i in 0..b {
-            if !next[i].is_empty() {
-                last_rows[i].copy_from_slice(&logits[row * v..(row + 1) * v]);
-                row += 1;
-            }
-        }
+        let pairs = next.iter().map(|(i, t)| (*i, &t[..])).collect();
+        let chunks = Chunks::new(cfg, policy.cache_lens(&cache), policy.cache_cap(&cache), pairs)?;
+        logits = policy.forward_last(&mut cache, &chunks)?;
+        active = next.iter().map(|&(i, _)| i).collect();
     }
     Ok(out)
-}
-
-/// A sampler fed NaN or ±inf logits still returns an id (the first of a NaN row): refuse instead, so
-/// generation never emits tokens of a model whose numbers overflowed. `step`: the token being drawn.
-fn check_logits<T: Float>(logits: &[T], v: usize, step: usize) -> Result<()> {
-    match logits.iter().position(|x| !x.to_f64().is_finite()) {
-        None => Ok(()),
-        Some(k) => Err(Error::NonFinite {
-            what: format!("generation: the model's logits before new token {step} (the weights or the activations overflow)"),
-            at: format!("batch row {}, id {}", k / v, k % v),
-            value: logits[k].to_f64(),
-        }),
-    }
 }

@@ -22,6 +22,7 @@
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::model::Model;
+use crate::policy::{Policy, ScoreBatch};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::path::Path;
@@ -86,15 +87,19 @@ impl GradcheckLoss {
         self.seqs.iter().map(Vec::as_slice).collect()
     }
 
-    pub fn value(&self, model: &Model<f64>) -> Result<f64> {
-        let scored = model.score(&self.refs(), self.temp, false)?;
+    fn batch(&self, cfg: &ModelConfig) -> Result<ScoreBatch> {
+        ScoreBatch::sequences(cfg, &self.refs(), self.temp)
+    }
+
+    pub fn value<P: Policy>(&self, policy: &P) -> Result<f64> {
+        let scored = policy.score_responses(&self.batch(policy.config())?, false)?;
         Ok(scored.logp.iter().zip(&self.weights).flat_map(|(lp, w)| lp.iter().zip(w).map(|(l, w)| l * w)).sum())
     }
 
-    /// dL/dθ by the model's backward pass, flat in layout order.
-    pub fn gradient(&self, model: &Model<f64>) -> Result<Vec<f64>> {
-        let scored = model.score(&self.refs(), self.temp, true)?;
-        Ok(model.score_backward(&scored, &self.weights))
+    /// dL/dθ by the policy's backward pass, flat in layout order.
+    pub fn gradient<P: Policy>(&self, policy: &P) -> Result<Vec<P::Grad>> {
+        let scored = policy.score_responses(&self.batch(policy.config())?, true)?;
+        policy.backward_responses(&scored, &self.weights)
     }
 }
 

@@ -125,9 +125,14 @@ enum Cmd {
         /// model folder written (locked while SFT runs)
         #[arg(long)]
         out: PathBuf,
-        /// optimizer steps (0: write the initial model only)
+        /// optimizer steps on the mixture of trace shapes (phase 2; 0 with --full-only-steps 0: write
+        /// the initial model only)
         #[arg(long)]
         steps: Option<usize>,
+        /// at most this many steps on full-granularity traces first (phase 1, ended once greedy
+        /// decoding solves 90% of a probe; 0: no phase 1)
+        #[arg(long)]
+        full_only_steps: Option<usize>,
         #[arg(long)]
         seed: Option<u64>,
         /// JSON file with any SftConfig fields
@@ -136,14 +141,18 @@ enum Cmd {
     },
     /// RL training (DRPO and the baselines) on the toy task or a math problem set.
     Train(Box<TrainArgs>),
-    /// The toy DRPO study end to end: SFT base, RL with DRPO / DisCO / GRPO-LP, evaluation, report.
+    /// The toy DRPO study end to end: SFT base, its length-accuracy trade-off, Pareto sweeps of DRPO
+    /// and the length-penalty baselines, evaluation, report with the answer.
     Demo {
-        /// output folder [default: runs/demo, or runs/demo-quick with --quick]
+        /// output folder [default: runs/demo (also --full), or runs/demo-quick with --quick]
         #[arg(long)]
         out: Option<PathBuf>,
-        /// a ≈ 3-minute version (one seed, fewer steps, easier task)
-        #[arg(long)]
+        /// a ≈ 2-minute smoke test (one seed, fewer steps, easier task)
+        #[arg(long, conflicts_with = "full")]
         quick: bool,
+        /// the complete sweep of every method over its knob (see NOTES.md for its time)
+        #[arg(long)]
+        full: bool,
         #[arg(long, value_enum, default_value = "auto")]
         device: Device,
     },
@@ -358,11 +367,18 @@ fn run(cmd: Cmd) -> Result<()> {
             drpo::rl::grader::grade_cases_file(&input, &out, &drpo::rl::grader::GraderConfig { require_think_close: !no_think })
         }
         Cmd::Kernels { arch } => kernels(&arch),
-        Cmd::Sft { out, steps, seed, config } => sft(&out, steps, seed, config.as_deref()),
+        Cmd::Sft { out, steps, full_only_steps, seed, config } => sft(&out, steps, full_only_steps, seed, config.as_deref()),
         Cmd::Train(a) => train(*a),
-        Cmd::Demo { out, quick, device } => {
-            let out = out.unwrap_or_else(|| PathBuf::from(if quick { "runs/demo-quick" } else { "runs/demo" }));
-            let study = drpo::study::StudyConfig::new(quick);
+        Cmd::Demo { out, quick, full, device } => {
+            use drpo::study::Preset;
+            let (preset, folder) = match (quick, full) {
+                (true, _) => (Preset::Quick, "runs/demo-quick"),
+                // the full sweep contains the default one: sharing the folder reuses its runs
+                (_, true) => (Preset::Full, "runs/demo"),
+                _ => (Preset::Default, "runs/demo"),
+            };
+            let out = out.unwrap_or_else(|| PathBuf::from(folder));
+            let study = drpo::study::StudyConfig::preset(preset);
             drpo::study::run_study(&study, &out, device, &mut |line| eprintln!("{line}"))?;
             say!("report: {}", out.join("report.md").display());
             Ok(())
@@ -508,7 +524,8 @@ fn logprobs<T: drpo::cpu::Float>(dir: &Path, input: &Path, out: &Path, device: D
     let model = Model::<T>::load(dir)?;
     let refs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
     let engine = Engine::new(device, &model, &mut |n| eprintln!("{n}"))?;
-    let logprobs = engine.score(&model, &refs, 1.0)?;
+    let batch = drpo::policy::ScoreBatch::sequences(&model.cfg, &refs, 1.0)?;
+    let logprobs = engine.generator(&model).score(&batch)?;
     drpo::output::write_json(out, &LogprobsOut { logprobs }, false)
 }
 
@@ -586,7 +603,7 @@ fn generate_cmd(
     eos.sort_unstable();
     eos.dedup();
     let opts = drpo::generate::GenerateOptions { max_new_tokens, sampling, seed, eos_ids: eos, stream_offset: 0 };
-    let out = engine.generate(&model, std::slice::from_ref(&ids), &opts)?;
+    let out = engine.generator(&model).generate(std::slice::from_ref(&ids), &opts)?;
     let generated = &out[0].tokens;
     let text = match &tokenizer {
         Some(tok) => {
@@ -673,15 +690,19 @@ fn json_overrides<T: serde::Serialize + serde::de::DeserializeOwned>(base: T, fi
     }
 }
 
-fn sft(out: &Path, steps: Option<usize>, seed: Option<u64>, config: Option<&Path>) -> Result<()> {
+fn sft(out: &Path, steps: Option<usize>, full_only_steps: Option<usize>, seed: Option<u64>, config: Option<&Path>) -> Result<()> {
     let (mut cfg, _) = json_overrides(drpo::sft::SftConfig::default(), config)?;
     if let Some(s) = steps {
         cfg.steps = s;
     }
+    if let Some(s) = full_only_steps {
+        cfg.full_only_steps = s;
+    }
     if let Some(s) = seed {
         cfg.seed = s;
     }
-    let bar = progress(cfg.steps as u64, "sft");
+    // at most: the full-only phase usually ends early
+    let bar = progress(cfg.full_only_steps.saturating_add(cfg.steps) as u64, "sft");
     let on_step = &mut |s: &drpo::sft::SftStep| {
         bar.set_position(s.step as u64 + 1);
         bar.set_message(format!("loss {:.4}", s.loss));
@@ -879,7 +900,7 @@ fn eval(a: EvalArgs) -> Result<()> {
         Some(out) => Some(drpo::error::AtomicWriter::create(&out.join("responses.jsonl"))?),
         None => None,
     };
-    let (report, _) = drpo::eval::eval_env(&engine, &model, env.as_ref(), &tok, &opts, &mut |records, done, _| {
+    let (report, _) = drpo::eval::eval_env(engine.generator(&model), env.as_ref(), &tok, &opts, &mut |records, done, _| {
         if let Some(lines) = lines.as_mut() {
             for r in records {
                 let line = drpo::output::json_text("responses.jsonl", r, false)?;

@@ -1,4 +1,4 @@
-//! Minimal SVG charts for reports (line charts and labelled scatter plots), hand-written so the
+//! Minimal SVG charts for reports (line charts, scatter plots, curves with error bars), hand-written so the
 //! report needs no plotting or font dependency: any browser or Markdown viewer shows them.
 
 const W: f64 = 640.0;
@@ -100,22 +100,31 @@ fn to_px(b: Bounds, x: f64, y: f64) -> (f64, f64) {
 }
 
 fn legend(s: &mut String, i: usize, name: &str) {
-    let y = T + 14.0 + 18.0 * i as f64;
+    // 16 px per entry: 21 entries fit beside the plot
+    let y = T + 14.0 + 16.0 * i as f64;
+    let (color, dash) = stroke(i);
     *s += &format!(
-        "<rect x=\"{}\" y=\"{}\" width=\"12\" height=\"12\" fill=\"{}\"/><text x=\"{}\" y=\"{}\">{}</text>\n",
-        W - R + 10.0,
-        y - 10.0,
-        COLORS[i % COLORS.len()],
-        W - R + 28.0,
+        "<line x1=\"{}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"{color}\"{dash} stroke-width=\"4\"/><text x=\"{}\" y=\"{}\" font-size=\"11\">{}</text>\n",
+        W - R + 8.0,
+        y - 4.0,
+        W - R + 26.0,
+        y - 4.0,
+        W - R + 30.0,
         y,
         esc(name)
     );
 }
 
-/// Lines through each series' points, in x order.
+/// Colour and dash pattern of series i: ten colours, then the same ten dashed.
+fn stroke(i: usize) -> (&'static str, &'static str) {
+    (COLORS[i % COLORS.len()], if (i / COLORS.len()) % 2 == 1 { " stroke-dasharray=\"6 3\"" } else { "" })
+}
+
+/// Lines through each series' points, in the order given.
 pub fn line_chart(title: &str, xlabel: &str, ylabel: &str, series: &[Series]) -> String {
     let (mut s, b) = frame(title, xlabel, ylabel, series);
     for (i, se) in series.iter().enumerate() {
+        let (color, dash) = stroke(i);
         let pts: Vec<String> = se
             .points
             .iter()
@@ -125,7 +134,7 @@ pub fn line_chart(title: &str, xlabel: &str, ylabel: &str, series: &[Series]) ->
                 format!("{px:.1},{py:.1}")
             })
             .collect();
-        s += &format!("<polyline fill=\"none\" stroke=\"{}\" stroke-width=\"1.6\" points=\"{}\"/>\n", COLORS[i % COLORS.len()], pts.join(" "));
+        s += &format!("<polyline fill=\"none\" stroke=\"{color}\"{dash} stroke-width=\"1.6\" points=\"{}\"/>\n", pts.join(" "));
         legend(&mut s, i, &se.name);
     }
     s + "</svg>\n"
@@ -140,6 +149,65 @@ pub fn scatter(title: &str, xlabel: &str, ylabel: &str, series: &[Series]) -> St
             s += &format!("<circle cx=\"{px:.1}\" cy=\"{py:.1}\" r=\"5\" fill=\"{}\" fill-opacity=\"0.8\"/>\n", COLORS[i % COLORS.len()]);
         }
         legend(&mut s, i, &se.name);
+    }
+    s + "</svg>\n"
+}
+
+/// A point with error bars (± x_err, ± y_err; 0 draws none) and a short label written beside it.
+pub struct ErrorPoint {
+    pub x: f64,
+    pub y: f64,
+    pub x_err: f64,
+    pub y_err: f64,
+    pub label: String,
+}
+
+/// One curve of labelled points with error bars.
+pub struct Curve {
+    pub name: String,
+    pub points: Vec<ErrorPoint>,
+}
+
+/// Curves through points with error bars (a Pareto plot: one curve per method through its
+/// settings, in the order given), plus named reference marks drawn as black diamonds (e.g. the
+/// base model). The axes cover the error bars.
+pub fn error_bar_chart(title: &str, xlabel: &str, ylabel: &str, curves: &[Curve], marks: &[(String, f64, f64)]) -> String {
+    // the frame's bounds: every end of every error bar, and the marks
+    let extent: Vec<Series> = curves
+        .iter()
+        .map(|c| Series {
+            name: String::new(),
+            points: c.points.iter().flat_map(|p| [(p.x - p.x_err, p.y - p.y_err), (p.x + p.x_err, p.y + p.y_err)]).collect(),
+        })
+        .chain(std::iter::once(Series { name: String::new(), points: marks.iter().map(|m| (m.1, m.2)).collect() }))
+        .collect();
+    let (mut s, b) = frame(title, xlabel, ylabel, &extent);
+    for (i, c) in curves.iter().enumerate() {
+        let (color, dash) = stroke(i);
+        let pts: Vec<&ErrorPoint> = c.points.iter().filter(|p| p.x.is_finite() && p.y.is_finite()).collect();
+        let line: Vec<String> = pts.iter().map(|p| to_px(b, p.x, p.y)).map(|(x, y)| format!("{x:.1},{y:.1}")).collect();
+        s += &format!("<polyline fill=\"none\" stroke=\"{color}\"{dash} stroke-width=\"1.6\" points=\"{}\"/>\n", line.join(" "));
+        for p in pts {
+            let (px, py) = to_px(b, p.x, p.y);
+            for ((x1, y1), (x2, y2)) in [((p.x - p.x_err, p.y), (p.x + p.x_err, p.y)), ((p.x, p.y - p.y_err), (p.x, p.y + p.y_err))] {
+                if (x1, y1) != (x2, y2) && [x1, y1, x2, y2].iter().all(|v| v.is_finite()) {
+                    let ((ax, ay), (bx, by)) = (to_px(b, x1, y1), to_px(b, x2, y2));
+                    s += &format!("<line x1=\"{ax:.1}\" y1=\"{ay:.1}\" x2=\"{bx:.1}\" y2=\"{by:.1}\" stroke=\"{color}\" stroke-width=\"1\"/>\n");
+                }
+            }
+            s += &format!("<circle cx=\"{px:.1}\" cy=\"{py:.1}\" r=\"4\" fill=\"{color}\"/>\n");
+            if !p.label.is_empty() {
+                s += &format!("<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"9\" fill=\"{color}\">{}</text>\n", px + 5.0, py - 5.0, esc(&p.label));
+            }
+        }
+        legend(&mut s, i, &c.name);
+    }
+    for (name, x, y) in marks {
+        if x.is_finite() && y.is_finite() {
+            let (px, py) = to_px(b, *x, *y);
+            s += &format!("<path d=\"M {px:.1} {:.1} L {:.1} {py:.1} L {px:.1} {:.1} L {:.1} {py:.1} Z\" fill=\"black\"/>\n", py - 7.0, px + 7.0, py + 7.0, px - 7.0);
+            s += &format!("<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"10\">{}</text>\n", px + 9.0, py + 4.0, esc(name));
+        }
     }
     s + "</svg>\n"
 }

@@ -1,60 +1,291 @@
-//! The policy view of the model: log-probabilities of response tokens given their prompts, and the
-//! parameter gradient of a loss given d loss / d (response-token log-prob). Prompt tokens never carry
-//! gradient (SPEC §4.5: only response tokens enter the objectives).
+//! The policy seam: one contract for the CPU model ([`crate::model::Model`]) and the GPU model
+//! ([`crate::model::gpu::GpuModel`], on a CUDA GPU or the simulated device). Generation
+//! ([`crate::generate::generate`], the one decoding loop), the trainer, eval, the study and gradcheck
+//! are written against [`Policy`] only.
+//!
+//! ```text
+//! forward_last(cache, chunks)   run (slot, tokens) chunks after each slot's cached prefix: a prefill
+//!                               (whole prompts) and a decoding step (one token per slot) are one call;
+//!                               gives the logits of the last new row of each chunk, where the device keeps them
+//! sample(cache, logits, ..)     one token per row from uniform(seed, stream, step), on the device
+//! score_responses(batch)        log π(response token | prompt, earlier tokens) at the batch's temperature
+//! backward_responses(.., dlogp) parameter gradient from d loss / d logp of the response tokens
+//! apply_update(opt, grads, ..)  one AdamW step on the parameters the policy samples and scores with
+//! ```
+//!
+//! Input is checked once, where a batch is built: [`Chunks`] (slot in range and increasing, token
+//! ids < vocab_size, positions ≤ max_position_embeddings and the cache's capacity) and
+//! [`ScoreBatch`] (the same for fresh sequences, a prompt token before every response, a positive
+//! finite temperature). The devices trust a built batch. Prompt tokens never carry gradient
+//! (SPEC §4.5: only response tokens enter the objectives).
+//!
+//! The GPU model answers `backward_responses` and `apply_update` with an error until the device
+//! training step lands (NOTES.md, "One policy seam").
 
+use crate::config::ModelConfig;
 use crate::cpu::Float;
-use crate::error::Result;
-use crate::model::{Model, Scored};
+use crate::error::{check_len, Error, Result};
+use crate::generate::{GenerateOptions, Generation};
+use crate::optim::{AdamWConfig, AdamWState};
+use crate::sampling::SamplingParams;
+use std::ops::Range;
 
-/// A scored batch of (prompt, response) pairs.
-pub struct ScoredResponses<T> {
-    pub scored: Scored<T>,
-    pub prompt_lens: Vec<usize>,
+/// What a policy does, whatever the device.
+pub trait Policy {
+    /// The host float type of gradients and of the optimizer state ([`Policy::apply_update`]).
+    type Grad: Float;
+    /// Keys and values of every layer for a number of sequences (slots), and their lengths.
+    type Cache;
+    /// The logits of the last new row of each chunk of a [`Policy::forward_last`], [rows, vocab].
+    type Logits;
+    /// What [`Policy::backward_responses`] needs from a forward scored with `record`.
+    type Record;
+
+    fn config(&self) -> &ModelConfig;
+    /// "cpu", "gpu" or "sim": for run records and messages.
+    fn device(&self) -> &'static str;
+    /// Number of parameters (the length of a gradient).
+    fn n_params(&self) -> usize;
+
+    /// An empty cache of `slots` sequences with room for `cap` tokens each.
+    fn new_cache(&self, slots: usize, cap: usize) -> Result<Self::Cache>;
+    /// Tokens cached in each slot.
+    fn cache_lens<'c>(&self, cache: &'c Self::Cache) -> &'c [usize];
+    /// The capacity given to [`Policy::new_cache`].
+    fn cache_cap(&self, cache: &Self::Cache) -> usize;
+    /// Runs each chunk after its slot's cached prefix, appends the chunks' keys and values, and gives
+    /// the logits of the last new row of each non-empty chunk, in chunk order. `chunks` was built
+    /// against this cache's lengths.
+    fn forward_last(&self, cache: &mut Self::Cache, chunks: &Chunks) -> Result<Self::Logits>;
+    /// The logits on the host, as f64 (for checks; generation samples where they are).
+    fn logits_to_host(&self, logits: &Self::Logits) -> Result<Vec<f64>>;
+    /// Row r of `logits` draws its token with `uniform(seed, streams[r], step)`
+    /// ([`crate::sampling::sample`]'s contract). Non-finite logits are an error, not a token.
+    fn sample(&self, cache: &mut Self::Cache, logits: &Self::Logits, draw: &Draw) -> Result<Vec<u32>>;
+
+    /// Log-probabilities of every response token, in f64. With `record`, keeps what
+    /// [`Policy::backward_responses`] needs.
+    fn score_responses(&self, batch: &ScoreBatch, record: bool) -> Result<ScoredResponses<Self::Record>>;
+    /// Parameter gradient (flat, layout order) given dlogp[i][t] = d loss / d logp[i][t] of the
+    /// response tokens of a batch scored with `record`.
+    fn backward_responses(&self, scored: &ScoredResponses<Self::Record>, dlogp: &[Vec<f64>]) -> Result<Vec<Self::Grad>>;
+    /// One AdamW step at learning rate `lr` on the policy's parameters.
+    fn apply_update(&mut self, opt: &mut AdamWState<Self::Grad>, grads: &[Self::Grad], cfg: &AdamWConfig, lr: f64) -> Result<()>;
+}
+
+/// The uniforms of one sampling step: row r of the logits uses stream `streams[r]`.
+#[derive(Clone, Copy, Debug)]
+pub struct Draw<'a> {
+    pub params: &'a SamplingParams,
+    pub seed: u64,
+    pub streams: &'a [u64],
+    /// the index of the new token within its sequence (the Philox counter)
+    pub step: u64,
+}
+
+/// A validated batch of token chunks for a cache: chunk i continues slot `slot` from position
+/// `start` (the slot's cached length when the batch was built). Slots are increasing, so the rows
+/// of a forward come in chunk order on every device.
+#[derive(Clone, Debug)]
+pub struct Chunks<'a> {
+    pairs: Vec<(usize, &'a [u32])>,
+    starts: Vec<usize>,
+}
+
+impl<'a> Chunks<'a> {
+    /// Checks `pairs` against the config and a cache holding `lens[s]` tokens in slot s, with room
+    /// for `cap` tokens per slot (`usize::MAX`: a cache that grows).
+    pub fn new(cfg: &ModelConfig, lens: &[usize], cap: usize, pairs: Vec<(usize, &'a [u32])>) -> Result<Self> {
+        let mut starts = Vec::with_capacity(pairs.len());
+        let mut prev: Option<usize> = None;
+        for &(slot, chunk) in &pairs {
+            if slot >= lens.len() || prev.is_some_and(|p| slot <= p) {
+                return Err(Error::input(format!(
+                    "sequence {slot}: out of range (a cache of {} sequences) or not after the previous chunk's sequence",
+                    lens.len()
+                )));
+            }
+            prev = Some(slot);
+            let start = lens[slot];
+            check_ids(cfg, chunk, |t| format!("sequence {slot}, position {}", start + t))?;
+            let end = start.saturating_add(chunk.len());
+            if end > cfg.max_position_embeddings {
+                return Err(Error::input(format!(
+                    "sequence {slot} would be {end} tokens long, more than max_position_embeddings = {}",
+                    cfg.max_position_embeddings
+                )));
+            }
+            if end > cap {
+                return Err(Error::input(format!("sequence {slot} would be {end} tokens long, more than the cache's capacity of {cap}")));
+            }
+            starts.push(start);
+        }
+        Ok(Chunks { pairs, starts })
+    }
+
+    /// Fresh sequences: chunk i is sequence i from position 0.
+    pub fn fresh(cfg: &ModelConfig, seqs: &[&'a [u32]]) -> Result<Self> {
+        Chunks::new(cfg, &vec![0; seqs.len()], usize::MAX, seqs.iter().copied().enumerate().collect())
+    }
+
+    /// (slot, tokens) of each chunk.
+    pub fn pairs(&self) -> &[(usize, &'a [u32])] {
+        &self.pairs
+    }
+
+    /// The cached length of each chunk's slot when the batch was built.
+    pub fn starts(&self) -> &[usize] {
+        &self.starts
+    }
+
+    /// Every chunk by slot (empty for the slots the batch does not touch): `slots` of them.
+    pub fn by_slot(&self, slots: usize) -> Vec<&'a [u32]> {
+        let mut out: Vec<&[u32]> = vec![&[]; slots];
+        for &(slot, chunk) in &self.pairs {
+            out[slot] = chunk;
+        }
+        out
+    }
+}
+
+/// Token ids must index the vocabulary; `at(t)` names position t of the chunk in the error.
+fn check_ids(cfg: &ModelConfig, ids: &[u32], at: impl Fn(usize) -> String) -> Result<()> {
+    match ids.iter().position(|&id| id as usize >= cfg.vocab_size) {
+        None => Ok(()),
+        Some(t) => Err(Error::input(format!("{}: token id {} is out of range (vocab_size = {})", at(t), ids[t], cfg.vocab_size))),
+    }
+}
+
+/// Scoring divides the logits by the temperature: it must be a positive finite number.
+pub fn check_score_temperature(temp: f64) -> Result<()> {
+    if temp > 0.0 && temp.is_finite() {
+        Ok(())
+    } else {
+        Err(Error::input(format!("temperature must be positive to score log-probs, got {temp}")))
+    }
+}
+
+/// A validated scoring batch: (prompt, response) pairs as whole sequences, at one temperature.
+#[derive(Clone, Debug)]
+pub struct ScoreBatch {
+    /// prompt ++ response of each pair
+    seqs: Vec<Vec<u32>>,
+    prompt_lens: Vec<usize>,
+    temp: f64,
+}
+
+impl ScoreBatch {
+    /// Every prompt needs a token (the first response token is predicted from the last prompt position).
+    pub fn responses(cfg: &ModelConfig, prompts: &[&[u32]], responses: &[&[u32]], temp: f64) -> Result<Self> {
+        check_len("score batch", "responses", responses.len(), prompts.len())?;
+        if let Some(i) = prompts.iter().position(|p| p.is_empty()) {
+            return Err(Error::input(format!("score batch: prompt {i} is empty (a response needs a prompt token to follow)")));
+        }
+        let seqs: Vec<Vec<u32>> = prompts.iter().zip(responses).map(|(p, r)| [*p, *r].concat()).collect();
+        ScoreBatch::checked(cfg, seqs, prompts.iter().map(|p| p.len()).collect(), temp)
+    }
+
+    /// Every next token of each sequence (len − 1 log-probs each): the first token is the prompt.
+    pub fn sequences(cfg: &ModelConfig, seqs: &[&[u32]], temp: f64) -> Result<Self> {
+        if let Some(i) = seqs.iter().position(|s| s.is_empty()) {
+            return Err(Error::input(format!("score batch: sequence {i} is empty")));
+        }
+        ScoreBatch::checked(cfg, seqs.iter().map(|s| s.to_vec()).collect(), vec![1; seqs.len()], temp)
+    }
+
+    fn checked(cfg: &ModelConfig, seqs: Vec<Vec<u32>>, prompt_lens: Vec<usize>, temp: f64) -> Result<Self> {
+        check_score_temperature(temp)?;
+        Chunks::fresh(cfg, &seqs.iter().map(Vec::as_slice).collect::<Vec<_>>())?;
+        Ok(ScoreBatch { seqs, prompt_lens, temp })
+    }
+
+    /// The sequences as fresh chunks (checked when the batch was built).
+    pub fn chunks(&self) -> Chunks<'_> {
+        Chunks { pairs: self.seqs.iter().map(Vec::as_slice).enumerate().collect(), starts: vec![0; self.seqs.len()] }
+    }
+
+    /// The whole sequences (prompt ++ response).
+    pub fn seqs(&self) -> Vec<&[u32]> {
+        self.seqs.iter().map(Vec::as_slice).collect()
+    }
+
+    pub fn prompt_lens(&self) -> &[usize] {
+        &self.prompt_lens
+    }
+
+    pub fn temp(&self) -> f64 {
+        self.temp
+    }
+
+    pub fn len(&self) -> usize {
+        self.seqs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.seqs.is_empty()
+    }
+
+    /// Where the log-probs of response i sit among the len − 1 next-token log-probs of its sequence.
+    pub fn response_range(&self, i: usize) -> Range<usize> {
+        self.prompt_lens[i] - 1..self.seqs[i].len() - 1
+    }
+}
+
+/// Log-probabilities of a [`ScoreBatch`]'s response tokens, and what the backward needs.
+pub struct ScoredResponses<R> {
     /// logp[i][t] = log π(response_i[t] | prompt_i, response_i[<t]) under softmax(logits / temp), in f64
     pub logp: Vec<Vec<f64>>,
+    /// the recorded forward (`None` unless scored with `record`)
+    pub record: Option<R>,
 }
 
-/// Scores every response token. With `record`, keeps what [`backward_responses`] needs.
-pub fn score_responses<T: Float>(
-    model: &Model<T>,
-    prompts: &[&[u32]],
-    responses: &[&[u32]],
-    temp: f64,
-    record: bool,
-) -> Result<ScoredResponses<T>> {
-    assert_eq!(prompts.len(), responses.len(), "score_responses: one response per prompt");
-    // the first response token is predicted by the last prompt position: a prompt needs one
-    if let Some(i) = prompts.iter().position(|p| p.is_empty()) {
-        return Err(crate::Error::input(format!("score_responses: prompt {i} is empty (a response needs a prompt token to follow)")));
+impl<R> ScoredResponses<R> {
+    /// The record, or the error of a backward asked of a batch scored without one.
+    pub fn recorded(&self) -> Result<&R> {
+        self.record.as_ref().ok_or_else(|| Error::input("backward_responses needs a batch scored with record = true"))
     }
-    let seqs: Vec<Vec<u32>> = prompts.iter().zip(responses).map(|(p, r)| [*p, *r].concat()).collect();
-    let refs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
-    let scored = model.score(&refs, temp, record)?;
-    let prompt_lens: Vec<usize> = prompts.iter().map(|p| p.len()).collect();
-    let logp = scored
-        .logp
-        .iter()
-        .zip(prompts.iter().zip(responses))
-        .map(|(lp, (p, r))| lp[p.len() - 1..p.len() - 1 + r.len()].iter().map(|x| x.to_f64()).collect())
-        .collect();
-    Ok(ScoredResponses { scored, prompt_lens, logp })
 }
 
-/// Parameter gradient given dlogp[i][t] = d loss / d logp[i][t] of the response tokens.
-pub fn backward_responses<T: Float>(model: &Model<T>, batch: &ScoredResponses<T>, dlogp: &[Vec<f64>]) -> Vec<T> {
-    assert_eq!(dlogp.len(), batch.logp.len(), "backward_responses: one row per response");
-    let rows: Vec<Vec<T>> = batch
-        .scored
-        .logp
-        .iter()
-        .zip(dlogp.iter().zip(&batch.prompt_lens))
-        .map(|(lp, (d, &p))| {
-            let mut row = vec![T::ZERO; lp.len()];
-            for (t, &g) in d.iter().enumerate() {
-                row[p - 1 + t] = T::from_f64(g);
-            }
-            row
-        })
-        .collect();
-    model.score_backward(&batch.scored, &rows)
+/// The error of an operation the device does not run yet (the GPU training step).
+pub fn not_on_device(op: &str, device: &str) -> Error {
+    Error::input(format!(
+        "{op} is not supported on the {device} device yet (the device training step is not built; train and sft score and update on the CPU)"
+    ))
+}
+
+/// Mean |Δ log-prob| per token between two scorings of the same responses (the sampling policy's
+/// and the scoring policy's); `None` when there is no token.
+pub fn mean_abs_logp_diff(a: &[Vec<f64>], b: &[Vec<f64>]) -> Option<f64> {
+    assert_eq!(a.len(), b.len(), "mean_abs_logp_diff: one row per response");
+    let (mut sum, mut n) = (0.0, 0usize);
+    for (x, y) in a.iter().zip(b) {
+        assert_eq!(x.len(), y.len(), "mean_abs_logp_diff: row lengths");
+        sum += x.iter().zip(y).map(|(p, q)| (p - q).abs()).sum::<f64>();
+        n += x.len();
+    }
+    (n > 0).then(|| sum / n as f64)
+}
+
+/// The object-safe face of a [`Policy`] for the commands that only generate and score (eval, the
+/// study's evaluations, the trainer's rollouts): one `&dyn Generator` whatever the device.
+pub trait Generator {
+    fn device_name(&self) -> &'static str;
+    /// [`crate::generate::generate`] with this policy.
+    fn generate(&self, prompts: &[Vec<u32>], opts: &GenerateOptions) -> Result<Vec<Generation>>;
+    /// The response log-probs of a batch (no record).
+    fn score(&self, batch: &ScoreBatch) -> Result<Vec<Vec<f64>>>;
+}
+
+impl<P: Policy> Generator for P {
+    fn device_name(&self) -> &'static str {
+        self.device()
+    }
+
+    fn generate(&self, prompts: &[Vec<u32>], opts: &GenerateOptions) -> Result<Vec<Generation>> {
+        crate::generate::generate(self, prompts, opts)
+    }
+
+    fn score(&self, batch: &ScoreBatch) -> Result<Vec<Vec<f64>>> {
+        Ok(self.score_responses(batch, false)?.logp)
+    }
 }

@@ -1,6 +1,8 @@
 //! Supervised fine-tuning from scratch (`drpo sft`): a small Qwen2-config model learns the toy task
-//! from a mixture of concise and padded traces, giving a base model that is accurate but verbose —
-//! the situation the paper's RL starts from (DeepSeek-R1-Distill models over-think).
+//! from a mixture of trace shapes ([`crate::task::TraceMix`]: full granularity, shortcut steps,
+//! guesses; most of them padded with checks), giving a base model that is verbose and whose shorter
+//! habits are less reliable — the situation the paper's RL starts from (DeepSeek-R1-Distill models
+//! over-think, and cutting their reasoning can cost accuracy).
 //!
 //! Loss: the token-level mean negative log-likelihood of the response tokens (EOS included) of a
 //! batch; prompt tokens carry no loss. AdamW, linear warmup then cosine decay, global-norm clipping.
@@ -9,8 +11,8 @@ use crate::config::ModelConfig;
 use crate::error::{write_atomic, Error, Result};
 use crate::model::Model;
 use crate::optim::{clip_grad_norm, AdamWConfig, AdamWState, LrDecay, LrSchedule};
-use crate::policy::{backward_responses, score_responses};
-use crate::task::{generate_split, render_trace, Split, TaskConfig};
+use crate::policy::{Policy, ScoreBatch};
+use crate::task::{generate_split, render_shaped, Split, TaskConfig, TraceMix};
 use crate::tokenizer::Tokenizer;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -23,16 +25,27 @@ pub struct SftConfig {
     pub max_level: usize,
     /// distinct training questions
     pub n_train: usize,
+    /// steps on the trace mixture (phase 2; the whole SFT when `full_only_steps` is 0)
     pub steps: usize,
     /// sequences per step
     pub batch_size: usize,
     pub lr: f64,
     pub warmup_steps: usize,
     pub seed: u64,
-    /// share of traces written without any redundant step
+    /// share of the non-guess traces written without any check (padding)
     pub concise_share: f64,
-    /// a padded trace of level k gets 1..=k + extra_checks redundant steps, uniformly
+    /// a padded trace of level k gets 1..=k + extra_checks checks, uniformly
     pub extra_checks: usize,
+    /// share of guesses (the answer alone); absent in configs older than guesses: 0
+    #[serde(default)]
+    pub guess_share: f64,
+    /// share of the other traces (level ≥ 2) with shortcut steps; absent in older configs: 0
+    #[serde(default)]
+    pub shortcut_share: f64,
+    /// phase 1: at most this many steps on full-granularity traces only, ended early once the model
+    /// solves the probe (see [`run_sft`]); 0 = none (configs older than it)
+    #[serde(default)]
+    pub full_only_steps: usize,
     pub hidden_size: usize,
     pub num_layers: usize,
     pub num_heads: usize,
@@ -46,13 +59,16 @@ impl Default for SftConfig {
             min_level: 1,
             max_level: 4,
             n_train: 4000,
-            steps: 1500,
+            steps: 1000,
             batch_size: 32,
             lr: 3e-3,
             warmup_steps: 50,
             seed: 0,
             concise_share: 0.2,
             extra_checks: 2,
+            guess_share: 0.15,
+            shortcut_share: 0.35,
+            full_only_steps: 2500,
             hidden_size: 64,
             num_layers: 2,
             num_heads: 4,
@@ -65,6 +81,16 @@ impl Default for SftConfig {
 impl SftConfig {
     pub fn task(&self) -> TaskConfig {
         TaskConfig { min_level: self.min_level, max_level: self.max_level, seed: self.seed }
+    }
+
+    /// The mixture of trace shapes the base is fine-tuned on.
+    pub fn trace_mix(&self) -> TraceMix {
+        TraceMix {
+            guess_share: self.guess_share,
+            shortcut_share: self.shortcut_share,
+            concise_share: self.concise_share,
+            extra_checks: self.extra_checks,
+        }
     }
 
     /// The Qwen2 config of the toy model for the task tokenizer `tok`.
@@ -123,9 +149,7 @@ impl SftConfig {
         if self.extra_checks > max_extra {
             return bad("extra_checks", format!("{} is above 2·max_level + 8 = {max_extra} (longer traces do not fit the context)", self.extra_checks));
         }
-        if !(0.0..=1.0).contains(&self.concise_share) {
-            return bad("concise_share", format!("{} must be in [0, 1]", self.concise_share));
-        }
+        self.trace_mix().validate(WHO)?;
         if !self.hidden_size.is_multiple_of(self.num_heads) {
             return bad("num_heads", format!("{} does not divide hidden_size = {}", self.num_heads, self.hidden_size));
         }
@@ -147,18 +171,65 @@ impl SftConfig {
 /// steps have a progress bar): far above the toy study's 32.
 pub const MAX_BATCH: usize = 1 << 16;
 
+/// Which traces an SFT step trains on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SftPhase {
+    /// full-granularity traces only, until the model can write the derivation
+    FullOnly,
+    /// the configured mixture of shapes
+    Mixture,
+}
+
 /// One SFT step's numbers, for the progress bar and the log.
 #[derive(Clone, Debug, Serialize)]
 pub struct SftStep {
     pub step: usize,
+    pub phase: SftPhase,
     pub loss: f64,
     pub grad_norm: f64,
     pub lr: f64,
+    /// greedy pass@1 on the probe questions, when probed before this step
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub probe_accuracy: Option<f64>,
+}
+
+/// The full-only phase ends once greedy decoding solves this share of the probe questions.
+pub const PROBE_ACCURACY: f64 = 0.9;
+/// The probe runs every this many full-only steps.
+pub const PROBE_EVERY: usize = 50;
+/// Training questions the probe decodes (the first of the training split: levels dealt evenly).
+pub const PROBE_QUESTIONS: usize = 60;
+
+/// Greedy pass@1 of `model` on `probe` (examples with their prompt ids).
+fn probe_accuracy(model: &Model<f32>, probe: &[(&crate::task::TaskExample, &Vec<u32>)], tok: &Tokenizer, max_new_tokens: usize) -> Result<f64> {
+    let prompts: Vec<Vec<u32>> = probe.iter().map(|(_, p)| (*p).clone()).collect();
+    let opts = crate::generate::GenerateOptions {
+        max_new_tokens,
+        sampling: crate::sampling::SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0 },
+        seed: 0,
+        eos_ids: tok.eos_ids().to_vec(),
+        stream_offset: 0,
+    };
+    let out = crate::generate::generate(model, &prompts, &opts)?;
+    let mut correct = 0;
+    for ((ex, _), g) in probe.iter().zip(&out) {
+        correct += usize::from(crate::task::verify(ex, &tok.decode_lenient(&g.tokens, false)?.0).correct);
+    }
+    Ok(correct as f64 / probe.len().max(1) as f64)
 }
 
 /// Trains the toy base model and writes it to `out` as a Hugging Face checkpoint (config.json,
 /// model.safetensors, tokenizer.json, tokenizer_config.json) plus `sft_log.jsonl` and, last,
 /// `sft_config.json` (deleted at the start: a folder holding it holds the weights of that config).
+///
+/// Two phases. Phase 1 (`full_only_steps` > 0) trains on full-granularity traces only, at the
+/// warmed-up constant rate, until greedy decoding solves [`PROBE_ACCURACY`] of the probe questions
+/// (checked every [`PROBE_EVERY`] steps) or for `full_only_steps` steps at most: a 2-layer model learns
+/// to copy each step's operator from the question suddenly, after 700 to 1300 steps depending on the
+/// seed (measured), and shapes mixed in before that delay it further or prevent it. Phase 2 trains
+/// `steps` steps on the mixture, the rate decaying along a cosine to a tenth. Without phase 1 the
+/// schedule is warmup, then the cosine over `steps` (the SFT of configurations older than phase 1).
 ///
 /// `out` is locked for the run ([`crate::runlock::RunLock`]). A loss or gradient norm that is not
 /// finite stops the run with an error before the update, and no model is saved (the weights are
@@ -189,32 +260,58 @@ pub fn run_sft_with_notices(
     let tok = Tokenizer::from_dir(out)?;
     let examples = generate_split(&cfg.task(), Split::Train, cfg.n_train)?;
     let prompts: Vec<Vec<u32>> = examples.iter().map(|e| tok.encode(&e.prompt())).collect::<Result<_>>()?;
+    let probe: Vec<_> = examples.iter().zip(&prompts).take(PROBE_QUESTIONS).collect();
+    let probe_budget = crate::task::trace_tokens(cfg.max_level, 3 * cfg.max_level + 8);
     let mut model = Model::<f32>::random(cfg.model_config(&tok), cfg.seed, 0.02);
     let mut opt = AdamWState::<f32>::new(model.layout.total);
     let adamw = AdamWConfig { weight_decay: 0.0, ..AdamWConfig::default() };
-    let sched = LrSchedule {
+    let warmup = cfg.warmup_steps as u64;
+    let constant = LrSchedule { lr: cfg.lr, warmup_steps: warmup, decay: LrDecay::Constant };
+    let cosine = |warmup_steps| LrSchedule {
         lr: cfg.lr,
-        warmup_steps: cfg.warmup_steps as u64,
+        warmup_steps,
         decay: LrDecay::Cosine { min_lr: cfg.lr * 0.1, total_steps: cfg.steps as u64 },
     };
     let mut rng = StdRng::seed_from_u64(cfg.seed ^ 0x5f7);
+    let mix = cfg.trace_mix();
+    let full_only = TraceMix { guess_share: 0.0, shortcut_share: 0.0, ..mix.clone() };
     let mut log = String::new();
-    for step in 0..cfg.steps {
+    // the step phase 2 started at (phase 1 absent: 0)
+    let mut mixture_from = (cfg.full_only_steps == 0).then_some(0);
+    for step in 0.. {
+        let mut probed = None;
+        if mixture_from.is_none() {
+            if step == cfg.full_only_steps {
+                mixture_from = Some(step);
+            } else if step > 0 && step % PROBE_EVERY == 0 {
+                let acc = probe_accuracy(&model, &probe, &tok, probe_budget)?;
+                probed = Some(acc);
+                if acc >= PROBE_ACCURACY {
+                    mixture_from = Some(step);
+                }
+            }
+        }
+        let (phase, lr) = match mixture_from {
+            None => (SftPhase::FullOnly, constant.lr_at(step as u64)),
+            Some(from) if step - from == cfg.steps => break,
+            // the cosine starts at the full rate after a phase 1 (its warmup is done)
+            Some(from) => (SftPhase::Mixture, cosine(if from == 0 { warmup } else { 0 }).lr_at((step - from) as u64)),
+        };
         let mut batch_prompts = Vec::with_capacity(cfg.batch_size);
         let mut responses = Vec::with_capacity(cfg.batch_size);
         for _ in 0..cfg.batch_size {
             let i = rng.random_range(0..examples.len());
             let ex = &examples[i];
-            let redundant = if rng.random_bool(cfg.concise_share) { 0 } else { rng.random_range(1..=ex.level + cfg.extra_checks) };
-            responses.push(tok.encode(&render_trace(ex, redundant, &mut rng))?);
+            let shape = if phase == SftPhase::FullOnly { full_only.sample(ex.level, &mut rng) } else { mix.sample(ex.level, &mut rng) };
+            responses.push(tok.encode(&render_shaped(ex, &shape, &mut rng)?)?);
             batch_prompts.push(prompts[i].as_slice());
         }
         let resp: Vec<&[u32]> = responses.iter().map(Vec::as_slice).collect();
-        let scored = score_responses(&model, &batch_prompts, &resp, 1.0, true)?;
+        let scored = model.score_responses(&ScoreBatch::responses(&model.cfg, &batch_prompts, &resp, 1.0)?, true)?;
         let n_tokens: usize = resp.iter().map(|r| r.len()).sum();
         let loss = -scored.logp.iter().flatten().sum::<f64>() / n_tokens as f64;
         let dlogp: Vec<Vec<f64>> = scored.logp.iter().map(|r| vec![-1.0 / n_tokens as f64; r.len()]).collect();
-        let mut grads = backward_responses(&model, &scored, &dlogp);
+        let mut grads = model.backward_responses(&scored, &dlogp)?;
         let grad_norm = clip_grad_norm(&mut grads, 1.0);
         if !(loss.is_finite() && grad_norm.is_finite()) {
             let (at, value) = if loss.is_finite() { ("gradient norm", grad_norm) } else { ("loss", loss) };
@@ -224,9 +321,8 @@ pub fn run_sft_with_notices(
                 value,
             });
         }
-        let lr = sched.lr_at(step as u64);
-        opt.step(&mut model.params, &grads, &adamw, lr);
-        let rec = SftStep { step, loss, grad_norm, lr };
+        model.apply_update(&mut opt, &grads, &adamw, lr)?;
+        let rec = SftStep { step, phase, loss, grad_norm, lr, probe_accuracy: probed };
         log.push_str(&crate::output::json_text("sft_log.jsonl", &rec, false)?);
         log.push('\n');
         on_step(&rec);

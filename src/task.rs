@@ -1,6 +1,7 @@
 //! A synthetic reasoning task for the toy DRPO study: chains of one-digit arithmetic mod 10, solved
-//! step by step, with a verifiable answer. The paper's story in miniature: a tiny model fine-tuned on
-//! padded ("over-thinking") traces, then RL that keeps it correct while making it concise.
+//! in written steps, with a verifiable answer. It is built so that response length can buy accuracy
+//! (writing partial results) and can also be pure padding (restating them): the trade-off the paper's
+//! question is about (does a length penalty cut needed reasoning, or only the padding?).
 //!
 //! # Questions
 //!
@@ -11,21 +12,31 @@
 //! # Responses
 //!
 //! ```text
-//! 3+4=7;7*2=4;check 7;4-5=9;\boxed{9}<|im_end|>
+//! 3+4=7;7*2=4;check 7;4-5=9;\boxed{9}<|im_end|>      full granularity, one check (padding)
+//! 3+4*2=4;4-5=9;\boxed{9}<|im_end|>                  a shortcut step folds two operations
+//! \boxed{9}<|im_end|>                                 a guess: every operation unwritten
 //! ```
 //!
-//! - a **necessary step** `p_{i-1} op_i x_i = p_i;` writes one partial result. A level-k question
-//!   has exactly k of them: every partial depends on the previous one, so a model that cannot do
-//!   several operations "in its head" must write them, and the harder the question, the more it
-//!   must write.
-//! - a **redundant step** `check p_j;` restates a partial result already written (j ≤ the number of
-//!   steps so far). It changes nothing: it is the padding that RL should learn to drop.
+//! - a **chain step** `p_{i-1} op_i x_i … op_j x_j = p_j;` writes the partial result after the
+//!   operations i..=j (j > i: a *shortcut* step, the intermediate partials stay unwritten). The steps
+//!   of a trace cut the k operations into consecutive pieces ([`TraceShape::chunks`]), the last ending
+//!   at `p_k`. Every partial a step writes is one the next steps read instead of recomputing it: for
+//!   a model that cannot do several operations "in its head", folded operations and guesses are
+//!   shorter and less reliable. Whether they are, for the base model the study trains, is measured
+//!   (the study report's base trade-off table), not assumed.
+//! - a **check** `check p_j;` restates the partial just written. It changes nothing: padding.
 //! - the answer `\boxed{p_k}`, then the end-of-turn token `<|im_end|>`.
 //!
 //! Length in tokens of the task tokenizer ([`write_task_tokenizer`]; every digit, operator, `;`,
-//! space, `\boxed{`, `}` and `check` is one token): prompt `2k + 9`
-//! ([`prompt_tokens`]), response `6k + 4 + 4r` with r redundant steps ([`trace_tokens`]). At k = 5:
-//! prompt 19, concise response 34, response with 6 checks 58.
+//! space, `\boxed{`, `}` and `check` is one token): prompt `2k + 9` ([`prompt_tokens`]); a step of m
+//! operations `2m + 4`, a check 4, the answer 4 ([`TraceShape::tokens`]). At k = 5: full granularity
+//! 34, with 6 checks 58 ([`trace_tokens`]), two shortcut steps 26, a guess 4.
+//!
+//! # Slips and fixes
+//!
+//! A step with the right left side but a wrong result is a *slip*; the steps after it usually build on
+//! the wrong value. A later correct step over the same operations is a *fix*. Grading never looks at
+//! the steps: a trace with a slip and a fix is correct iff its last box is (see [`verify`]).
 //!
 //! # Prompt
 //!
@@ -45,8 +56,8 @@
 //!
 //! [`verify`] grades the outcome only, like the real grader (SPEC §8.2): the **last** `\boxed{…}`
 //! (braces balanced) must hold the answer as a plain integer. Steps are counted for diagnostics and
-//! length studies, never rewarded: a response that skips steps and still boxes the right digit is
-//! correct.
+//! length studies (useful, shortcut, useless, wrong), never rewarded: a guess that boxes the right
+//! digit is correct.
 
 mod verify;
 mod vocab;
@@ -108,7 +119,7 @@ pub struct TaskExample {
     pub answer: u8,
     /// k = number of operators.
     pub level: usize,
-    /// Steps a complete solution writes; equals `level` by construction.
+    /// Steps of a full-granularity solution; equals `level` by construction.
     pub necessary_steps: usize,
 }
 
@@ -166,11 +177,24 @@ impl TaskExample {
         p
     }
 
-    /// Text of necessary step i (1 ≤ i ≤ level), without the `;`: `p_{i-1} op_i x_i = p_i`.
+    /// Text of full-granularity step i (1 ≤ i ≤ level), without the `;`: `p_{i-1} op_i x_i = p_i`.
     pub fn step_text(&self, i: usize) -> String {
-        assert!((1..=self.level).contains(&i), "step {i} of a level-{} question", self.level);
+        self.segment_text(i, i)
+    }
+
+    /// Text of the step over operations i..=j (1 ≤ i ≤ j ≤ level), without the `;`:
+    /// `p_{i-1} op_i x_i … op_j x_j = p_j` (a shortcut step when j > i).
+    pub fn segment_text(&self, i: usize, j: usize) -> String {
+        assert!(1 <= i && i <= j && j <= self.level, "steps {i}..={j} of a level-{} question", self.level);
         let p = self.partials();
-        format!("{}{}{}={}", p[i - 1], self.ops[i - 1].symbol(), self.operands[i], p[i])
+        let mut s = p[i - 1].to_string();
+        for op in i..=j {
+            s.push(self.ops[op - 1].symbol());
+            s.push(char::from(b'0' + self.operands[op]));
+        }
+        s.push('=');
+        s.push(char::from(b'0' + p[j]));
+        s
     }
 
     /// The chat: one user turn holding the question.
@@ -189,12 +213,6 @@ impl TaskExample {
 /// `<|im_end|> \n <|im_start|> assistant \n` (5).
 pub fn prompt_tokens(level: usize) -> usize {
     2 * level + 9
-}
-
-/// Tokens of a trace with `redundant` checks: 6 per step (`a op b = r ;`), 4 per check
-/// (`check ␣ d ;`), 4 for `\boxed{ d } <|im_end|>`.
-pub fn trace_tokens(level: usize, redundant: usize) -> usize {
-    6 * level + 4 * redundant + 4
 }
 
 /// Generator settings. Levels are dealt round-robin: example i has level `min_level + i % (max_level
@@ -297,26 +315,148 @@ pub fn generate_split(cfg: &TaskConfig, split: Split, n: usize) -> Result<Vec<Ta
     Ok(out)
 }
 
-/// A correct response with `redundant_steps` checks inserted: each check goes after a uniformly
-/// chosen necessary step i and restates a uniformly chosen partial `p_j`, 1 ≤ j ≤ i. Ends with
-/// `\boxed{answer}<|im_end|>`; [`trace_tokens`] tokens long.
-pub fn render_trace<R: Rng + ?Sized>(example: &TaskExample, redundant_steps: usize, rng: &mut R) -> String {
-    let k = example.level;
-    let p = example.partials();
-    let mut checks_after: Vec<Vec<u8>> = vec![Vec::new(); k + 1];
-    for _ in 0..redundant_steps {
-        let after = rng.random_range(1..=k);
-        let j = rng.random_range(1..=after);
-        checks_after[after].push(p[j]);
+/// How a correct response is written: the operations each chain step folds, in order, and the
+/// number of checks (padding) inserted after the steps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceShape {
+    /// Operations per step, a composition of the level (each ≥ 1, sum = k): all 1 = full
+    /// granularity, an entry ≥ 2 = a shortcut step, empty = a guess (the answer alone).
+    pub chunks: Vec<usize>,
+    /// `check` pieces; a guess has none (nothing is written to restate).
+    pub checks: usize,
+}
+
+impl TraceShape {
+    /// Full granularity (one step per operation) with `checks` checks.
+    pub fn full(level: usize, checks: usize) -> TraceShape {
+        TraceShape { chunks: vec![1; level], checks }
     }
-    let mut out = String::with_capacity(6 * k + 8 * redundant_steps + 24);
-    for (i, checks) in checks_after.iter().enumerate().skip(1) {
-        out.push_str(&example.step_text(i));
-        out.push(';');
-        for v in checks {
-            out.push_str(&format!("check {v};"));
+
+    /// The answer alone.
+    pub fn guess() -> TraceShape {
+        TraceShape { chunks: Vec::new(), checks: 0 }
+    }
+
+    /// Partials p_1..p_{k-1} that no step writes (computed "in the head"): 0 at full
+    /// granularity, k − 1 for a guess.
+    pub fn unwritten_partials(&self, level: usize) -> usize {
+        level.saturating_sub(self.chunks.len().max(1))
+    }
+
+    /// Response tokens: 2m + 4 per step of m operations, 4 per check, 4 for `\boxed{ d } <|im_end|>`.
+    pub fn tokens(&self) -> usize {
+        self.chunks.iter().map(|m| 2 * m + 4).sum::<usize>() + 4 * self.checks + 4
+    }
+
+    /// A shape is valid for a level-k question when its chunks are ≥ 1 and sum to k (or it is a
+    /// guess without checks).
+    pub fn validate(&self, level: usize) -> Result<()> {
+        let ok = if self.chunks.is_empty() {
+            self.checks == 0
+        } else {
+            self.chunks.iter().all(|&m| m >= 1) && self.chunks.iter().sum::<usize>() == level
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(Error::input(format!("trace shape {self:?} does not fit a level-{level} question")))
         }
     }
+}
+
+/// Tokens of a full-granularity trace with `redundant` checks: 6 per step (`a op b = r ;`), 4 per
+/// check (`check ␣ d ;`), 4 for `\boxed{ d } <|im_end|>`. The longest trace the SFT mixture writes
+/// has k + [`TraceMix::extra_checks`] checks; the study's budget leaves room above that.
+pub fn trace_tokens(level: usize, redundant: usize) -> usize {
+    TraceShape::full(level, redundant).tokens()
+}
+
+/// The mixture of trace shapes a base model is fine-tuned on (all traces are correct).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TraceMix {
+    /// share of guesses (the answer alone)
+    pub guess_share: f64,
+    /// share of the other traces (level ≥ 2) with shortcut steps: walking the operations in order,
+    /// the next two are folded into one step with probability 1/2 (else one step of one operation),
+    /// redrawn until at least one step folds two
+    pub shortcut_share: f64,
+    /// share of the non-guess traces written without any check
+    pub concise_share: f64,
+    /// a padded trace of level k gets 1..=k + extra_checks checks, uniformly
+    pub extra_checks: usize,
+}
+
+impl TraceMix {
+    /// Every share in [0, 1]; the error names `who` (the settings it comes from) and the field.
+    pub fn validate(&self, who: &str) -> Result<()> {
+        for (name, v) in [("guess_share", self.guess_share), ("shortcut_share", self.shortcut_share), ("concise_share", self.concise_share)] {
+            if !(0.0..=1.0).contains(&v) {
+                return Err(Error::input(format!("{who}: {name}: {v} must be in [0, 1]")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Draws the shape of one trace for a level-k question.
+    pub fn sample<R: Rng + ?Sized>(&self, level: usize, rng: &mut R) -> TraceShape {
+        // a share of 0 draws nothing: a mixture without guesses and shortcuts (the task before they
+        // existed) reproduces its old traces
+        if self.guess_share > 0.0 && rng.random_bool(self.guess_share) {
+            return TraceShape::guess();
+        }
+        let mut chunks = vec![1; level];
+        if level >= 2 && self.shortcut_share > 0.0 && rng.random_bool(self.shortcut_share) {
+            chunks = loop {
+                let mut c = Vec::with_capacity(level);
+                let mut op = 0;
+                while op < level {
+                    let m = if op + 1 < level && rng.random_bool(0.5) { 2 } else { 1 };
+                    c.push(m);
+                    op += m;
+                }
+                if c.contains(&2) {
+                    break c;
+                }
+            };
+        }
+        let checks = if rng.random_bool(self.concise_share) { 0 } else { rng.random_range(1..=level + self.extra_checks) };
+        TraceShape { chunks, checks }
+    }
+}
+
+/// A correct response of the given shape: its chain steps, each check after a uniformly chosen step
+/// restating the partial that step wrote, then `\boxed{answer}<|im_end|>`; [`TraceShape::tokens`]
+/// tokens long. A check restates the current partial (never an older one), so it cannot be mistaken
+/// for the value the next step starts from: padding that neither helps nor misleads.
+pub fn render_shaped<R: Rng + ?Sized>(example: &TaskExample, shape: &TraceShape, rng: &mut R) -> Result<String> {
+    shape.validate(example.level)?;
+    let p = example.partials();
+    let steps = shape.chunks.len();
+    // the partial each step ends at
+    let ends: Vec<usize> = shape.chunks.iter().scan(0, |at, m| {
+        *at += m;
+        Some(*at)
+    }).collect();
+    let mut checks_after = vec![0usize; steps];
+    for _ in 0..shape.checks {
+        checks_after[rng.random_range(0..steps)] += 1;
+    }
+    let mut out = String::with_capacity(shape.tokens() * 2 + 16);
+    let mut start = 0;
+    for (s, &end) in ends.iter().enumerate() {
+        out.push_str(&example.segment_text(start + 1, end));
+        out.push(';');
+        for _ in 0..checks_after[s] {
+            out.push_str(&format!("check {};", p[end]));
+        }
+        start = end;
+    }
     out.push_str(&format!("\\boxed{{{}}}<|im_end|>", example.answer));
-    out
+    Ok(out)
+}
+
+/// A correct full-granularity response with `redundant_steps` checks inserted (see [`render_shaped`]).
+/// Ends with `\boxed{answer}<|im_end|>`; [`trace_tokens`] tokens long.
+pub fn render_trace<R: Rng + ?Sized>(example: &TaskExample, redundant_steps: usize, rng: &mut R) -> String {
+    render_shaped(example, &TraceShape::full(example.level, redundant_steps), rng).expect("a full shape fits its own level")
 }

@@ -266,7 +266,7 @@ fn eval_batches_respect_the_batch_size() {
         let mut steps = Vec::new();
         let mut last = 0;
         let mut rows = Vec::new();
-        let (report, graded) = drpo::eval::eval_env(&drpo::engine::Engine::Cpu, &model, &env, &tok, &opts, &mut |records, done, total| {
+        let (report, graded) = drpo::eval::eval_env(&model, &env, &tok, &opts, &mut |records, done, total| {
             assert_eq!(total, 25);
             assert_eq!(records.len(), done - last, "one record per response of the batch");
             steps.push(done - last);

@@ -240,7 +240,7 @@ fn max_new_tokens_overflow_is_refused_up_front() {
 #[test]
 fn scoring_a_response_after_an_empty_prompt_is_an_error() {
     let model = Model::<f32>::load(&fixture("qwen2-tiny")).unwrap();
-    let err = drpo::policy::score_responses(&model, &[&[], &[1, 2]], &[&[3, 4], &[5]], 1.0, false).err().expect("an error");
+    let err = drpo::policy::ScoreBatch::responses(&model.cfg, &[&[], &[1, 2]], &[&[3, 4], &[5]], 1.0).expect_err("an error");
     assert!(err.to_string().contains("prompt 0 is empty"), "{err}");
 }
 

@@ -85,7 +85,7 @@ fn greedy_generation_on_f32_is_token_identical_to_the_cpu() -> drpo::Result<()> 
             let m32 = GpuModel::<f32>::from_cpu(gpu.clone(), &cpu)?;
             let (prompt, oracle) = greedy_prompt(name);
             let opts = GenerateOptions { max_new_tokens: oracle.len(), sampling: SamplingParams::greedy(), seed: 0, eos_ids: vec![], stream_offset: 0 };
-            let got = m32.generate(std::slice::from_ref(&prompt), &opts)?;
+            let got = generate(&m32, std::slice::from_ref(&prompt), &opts)?;
             assert_eq!(got[0].tokens, oracle, "{name}: GPU greedy vs the HF oracle");
             // a batch of prompts of different lengths, each stopping at its own eos: the eos is the
             // first greedy token of the shortest prompt, so that one stops at once and the others run on
@@ -93,7 +93,7 @@ fn greedy_generation_on_f32_is_token_identical_to_the_cpu() -> drpo::Result<()> 
             let first = generate(&cpu, &prompts[2..3], &GenerateOptions { max_new_tokens: 1, ..opts.clone() })?;
             let opts = GenerateOptions { max_new_tokens: 20, eos_ids: vec![first[0].tokens[0]], ..opts };
             let want = generate(&cpu, &prompts, &opts)?;
-            let got = m32.generate(&prompts, &opts)?;
+            let got = generate(&m32, &prompts, &opts)?;
             for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                 println!("{name} prompt {i}: {} tokens, eos {}", w.tokens.len(), w.stopped_on_eos);
                 assert_eq!(g, w, "{name}: prompt {i} of the batch");
@@ -118,7 +118,7 @@ fn sampled_tokens_follow_the_cpu_distribution() -> drpo::Result<()> {
             let draws = if full_size(&gpu) { 4000 } else { 200 };
             let prompts = vec![prompt.clone(); draws];
             let opts = GenerateOptions { max_new_tokens: 1, sampling, seed: 12345, eos_ids: vec![], stream_offset: 0 };
-            let got = m32.generate(&prompts, &opts)?;
+            let got = generate(&m32, &prompts, &opts)?;
             let logits = cpu.logits(&[prompt.as_slice()])?;
             let v = cpu.cfg.vocab_size;
             let probs = sampling_probs(&logits[(prompt.len() - 1) * v..], &sampling);
@@ -154,7 +154,7 @@ fn sampled_tokens_follow_the_cpu_distribution() -> drpo::Result<()> {
             let opts = GenerateOptions { max_new_tokens: 12, sampling, seed: 777, eos_ids: vec![], stream_offset: 100 };
             let prompts = vec![prompt.clone(), prompt[..30].to_vec(), prompt[..55].to_vec()];
             let want = generate(&cpu, &prompts, &opts)?;
-            let got = m32.generate(&prompts, &opts)?;
+            let got = generate(&m32, &prompts, &opts)?;
             let mut equal = 0;
             for (g, w) in got.iter().zip(&want) {
                 equal += (g.tokens == w.tokens) as usize;
@@ -204,7 +204,7 @@ fn bf16_decoding_matches_the_full_forward_and_the_cpu() -> drpo::Result<()> {
             let prompts: Vec<Vec<u32>> = vec![prompt.clone(), prompt[..40].to_vec(), prompt[..9].to_vec(), prompt[..61].to_vec()];
             let n_new = 24;
             let opts = GenerateOptions { max_new_tokens: n_new, sampling: SamplingParams::greedy(), seed: 0, eos_ids: vec![], stream_offset: 0 };
-            let got = m16.generate(&prompts, &opts)?;
+            let got = generate(&m16, &prompts, &opts)?;
             let (mut decisive, mut close) = (0, 0);
             for (i, (p, g)) in prompts.iter().zip(&got).enumerate() {
                 assert_eq!(g.tokens.len(), n_new, "{name} prompt {i}: no eos, so every step runs");
@@ -260,13 +260,13 @@ fn engine_generates_from_its_own_synced_weights() -> drpo::Result<()> {
         let device = if gpu.is_simulated() { Device::Sim } else { Device::Gpu };
         let mut engine = Engine::new(device, &base, &mut |_| {})?;
         assert_eq!(engine.name(), if gpu.is_simulated() { "sim" } else { "gpu" });
-        let from_base = engine.generate(&base, &prompts, &opts)?;
-        let fresh = Engine::new(device, &trained, &mut |_| {})?.generate(&trained, &prompts, &opts)?;
+        let from_base = engine.generator(&base).generate(&prompts, &opts)?;
+        let fresh = Engine::new(device, &trained, &mut |_| {})?.generator(&trained).generate(&prompts, &opts)?;
         assert_ne!(from_base, fresh, "the two models must generate differently for this test to mean anything");
         // the model argument is ignored by a GPU engine: the unsynced one still generates the base's tokens
-        assert_eq!(engine.generate(&trained, &prompts, &opts)?, from_base);
+        assert_eq!(engine.generator(&trained).generate(&prompts, &opts)?, from_base);
         engine.sync(&trained)?;
-        assert_eq!(engine.generate(&trained, &prompts, &opts)?, fresh);
+        assert_eq!(engine.generator(&trained).generate(&prompts, &opts)?, fresh);
     }
     Ok(())
 }

@@ -8,12 +8,28 @@ use drpo::gpu::{compile_all, nvrtc_available, CHECK_ARCHS};
 /// Every entry point a launcher in src/gpu/ names, by family (kept by hand: a renamed kernel must
 /// fail here, on a machine without a GPU, not at the first launch on one).
 const ENTRY_POINTS: &[(&str, &[&str])] = &[
-    ("embedding", &["embedding_fwd_f32", "embedding_fwd_bf16"]),
-    ("rmsnorm", &["rmsnorm_fwd_f32", "rmsnorm_fwd_bf16"]),
-    ("rope", &["rope_fwd_f32", "rope_fwd_bf16"]),
+    ("embedding", &["embedding_fwd_f32", "embedding_fwd_bf16", "embedding_bwd_f32", "embedding_bwd_bf16"]),
+    ("rmsnorm", &["rmsnorm_fwd_f32", "rmsnorm_fwd_bf16", "rmsnorm_bwd_f32", "rmsnorm_bwd_bf16", "rmsnorm_bwd_dw"]),
+    ("rope", &["rope_fwd_f32", "rope_fwd_bf16", "rope_bwd_f32", "rope_bwd_bf16"]),
     (
         "matmul",
-        &["matmul_fwd_f32", "matmul_fwd_bf16_large", "matmul_fwd_bf16_small", "matmul_fwd_bf16f32_large", "matmul_fwd_bf16f32_small"],
+        &[
+            "matmul_fwd_f32",
+            "matmul_fwd_bf16_large",
+            "matmul_fwd_bf16_small",
+            "matmul_fwd_bf16f32_large",
+            "matmul_fwd_bf16f32_small",
+            "matmul_bwd_dx_f32",
+            "matmul_bwd_dx_bf16_large",
+            "matmul_bwd_dx_bf16_small",
+            "matmul_bwd_dx_bf16f32_large",
+            "matmul_bwd_dx_bf16f32_small",
+            "matmul_bwd_dw_f32",
+            "matmul_bwd_dw_bf16_large",
+            "matmul_bwd_dw_bf16_small",
+            "matmul_bwd_db_f32",
+            "matmul_bwd_db_bf16",
+        ],
     ),
     (
         "attention",
@@ -32,9 +48,9 @@ const ENTRY_POINTS: &[(&str, &[&str])] = &[
             "attention_bwd_dkdv_bf16",
         ],
     ),
-    ("swiglu", &["swiglu_fwd_f32", "swiglu_fwd_bf16"]),
+    ("swiglu", &["swiglu_fwd_f32", "swiglu_fwd_bf16", "swiglu_bwd_f32", "swiglu_bwd_bf16"]),
     ("residual", &["residual_add_f32", "residual_add_bf16"]),
-    ("logprob", &["head_partial_f32", "head_partial_bf16", "head_finish"]),
+    ("logprob", &["head_partial_f32", "head_partial_bf16", "head_finish", "head_dlogits_f32", "head_dlogits_bf16", "head_dh_flush_bf16"]),
     ("sampling", &["sampling_fwd_f32", "philox_uniform_f64"]),
     (
         "objective",

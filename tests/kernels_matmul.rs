@@ -103,3 +103,89 @@ fn matmul_refuses_a_grid_over_the_cuda_limit() -> drpo::Result<()> {
     }
     Ok(())
 }
+
+/// (n, d_in, d_out) of the backward: degenerate, odd (no size a multiple of a tile or of 8), every
+/// contiguous size % 8 == 0 (16-byte loads), more than one tile and k-tile in every dimension; then
+/// the Qwen2-0.5B widths (on the simulator under DRPO_SIM_FULL=1 only).
+const BWD_SIZES: [(usize, usize, usize); 7] = [(1, 1, 1), (3, 33, 17), (130, 72, 200), (5, 300, 7), (67, 136, 96), (64, 896, 1000), (200, 896, 4864)];
+
+/// dx, dw, db of the GPU linear backward against cpu::matmul::matmul_bwd in f64 on the stored values;
+/// every output prefilled with random values (the kernels accumulate).
+fn check_bwd<T: GpuFloat>(gpu: &Gpu, rng: &mut rand::rngs::StdRng, tiles: (MatmulTile, MatmulTile)) -> drpo::Result<()> {
+    let sizes = if full_size(gpu) { &BWD_SIZES[..] } else { &BWD_SIZES[..5] };
+    for (i, &(n, d_in, d_out)) in sizes.iter().enumerate() {
+        let with_bias = i % 2 == 0;
+        // one spare element in front: views at offset 1 are only 2-byte aligned -> scalar loads
+        let misalign = i % 3 == 1;
+        let off = misalign as usize;
+        let x = uniform::<T>(rng, n * d_in + off, 1.0);
+        let w = uniform::<T>(rng, d_out * d_in + off, 0.1);
+        let dout = uniform::<T>(rng, n * d_out + off, 1.0);
+        let (dx0, dw0, db0) = (uniform::<T>(rng, n * d_in, 1.0), uniform::<f32>(rng, d_out * d_in, 1.0), uniform::<f32>(rng, d_out, 1.0));
+        let (mut want_dx, mut want_dw, mut want_db) = (widen(&dx0), widen(&dw0), widen(&db0));
+        let db_want = with_bias.then_some(&mut want_db[..]);
+        drpo::cpu::matmul::matmul_bwd(&mut want_dx, &mut want_dw, db_want, &widen(&dout[off..]), &widen(&x[off..]), &widen(&w[off..]), n, d_in, d_out);
+        let (xd, wd, dd) = (gpu.htod(&x)?, gpu.htod(&w)?, gpu.htod(&dout)?);
+        let (mut dx, mut dw, mut db) = (gpu.htod(&dx0)?, gpu.htod(&dw0)?, gpu.htod(&db0)?);
+        let mut dbv = db.as_view_mut();
+        gpu::matmul::matmul_bwd_with(
+            gpu,
+            tiles,
+            &mut dx.as_view_mut(),
+            &mut dw.as_view_mut(),
+            with_bias.then_some(&mut dbv),
+            &dd.slice(off..),
+            &xd.slice(off..),
+            &wd.slice(off..),
+            n,
+            d_in,
+            d_out,
+        )?;
+        let what = format!("matmul_bwd {} {tiles:?} n={n} d_in={d_in} d_out={d_out} bias={with_bias} misaligned={misalign}", T::NAME);
+        // Bounds of the forward (the same main loops, sums of k ≤ 4864 terms): f32 chains with
+        // cancellation, floor rms(want), the 1e-5 and 5σ of it; bf16 dx rounded once to bf16
+        // (which dominates); dw is f32 whatever the operands (mma accumulation only: the f32-out bound).
+        let dx_bound = if T::NAME == "f32" { chain(1e-5) } else { BF16_CHAIN };
+        assert_close(&format!("{what} dx"), &widen(&gpu.dtoh(&dx)?), &want_dx, dx_bound);
+        assert_close(&format!("{what} dw"), &widen(&gpu.dtoh(&dw)?), &want_dw, chain(1e-5));
+        // db: 8 strided f32 sums of ≤ n/8 terms, then their sum, plus the prefill: f32 with cancellation
+        let got_db = widen(&gpu.dtoh(&db)?);
+        if with_bias {
+            assert_close(&format!("{what} db"), &got_db, &want_db, F32.floor(Floor::Rms));
+        } else {
+            assert_eq!(got_db, widen(&db0), "{what}: db written without a bias");
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn matmul_bwd_gpu_matches_cpu() -> drpo::Result<()> {
+    let mut rng = rng("matmul_bwd");
+    for gpu in devices("matmul_bwd") {
+        check_bwd::<f32>(&gpu, &mut rng, (MatmulTile::Large, MatmulTile::Large))?;
+        check_bwd::<bf16>(&gpu, &mut rng, (MatmulTile::Large, MatmulTile::Large))?;
+        check_bwd::<bf16>(&gpu, &mut rng, (MatmulTile::Small, MatmulTile::Small))?;
+    }
+    Ok(())
+}
+
+#[test]
+fn matmul_bwd_is_deterministic() -> drpo::Result<()> {
+    // the launcher's own tile choice, three runs from the same prefill: the same bits
+    let mut rng = rng("matmul_bwd_deterministic");
+    for gpu in devices("matmul_bwd_deterministic") {
+        let (n, d_in, d_out) = (150, 136, 260);
+        let (x, w, dout) = (uniform::<bf16>(&mut rng, n * d_in, 1.0), uniform::<bf16>(&mut rng, d_out * d_in, 0.1), uniform::<bf16>(&mut rng, n * d_out, 1.0));
+        let (xd, wd, dd) = (gpu.htod(&x)?, gpu.htod(&w)?, gpu.htod(&dout)?);
+        let mut runs = Vec::new();
+        for _ in 0..3 {
+            let (mut dx, mut dw, mut db) = (gpu.alloc_zeros::<bf16>(n * d_in)?, gpu.alloc_zeros::<f32>(d_out * d_in)?, gpu.alloc_zeros::<f32>(d_out)?);
+            gpu::matmul::matmul_bwd(&gpu, &mut dx.as_view_mut(), &mut dw.as_view_mut(), Some(&mut db.as_view_mut()), &dd.as_view(), &xd.as_view(), &wd.as_view(), n, d_in, d_out)?;
+            let bits: Vec<u32> = gpu.dtoh(&dx)?.iter().map(|v| v.to_bits() as u32).chain(gpu.dtoh(&dw)?.iter().chain(&gpu.dtoh(&db)?).map(|v| v.to_bits())).collect();
+            runs.push(bits);
+        }
+        assert!(runs.windows(2).all(|r| r[0] == r[1]), "matmul_bwd results differ between runs");
+    }
+    Ok(())
+}

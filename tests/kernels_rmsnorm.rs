@@ -31,3 +31,42 @@ fn rmsnorm_fwd_gpu_matches_cpu() -> drpo::Result<()> {
     }
     Ok(())
 }
+
+/// dx, dw of a GPU RMSNorm backward against cpu::rmsnorm::rmsnorm_bwd in f64 on the stored values,
+/// both outputs prefilled with random values (the kernels accumulate, `+=`).
+fn check_bwd<T: GpuFloat>(gpu: &Gpu, rng: &mut rand::rngs::StdRng) -> drpo::Result<()> {
+    // odd sizes; 17 and 40 rows span several 16-row dw partials; the Qwen2-0.5B widths; |x| ~ 1e4
+    for (n, c, scale) in [(1, 1, 4.0), (3, 33, 4.0), (17, 300, 4.0), (40, 896, 4.0), (5, 4864, 4.0), (9, 896, 1e4)] {
+        let (x, w, dout) = (uniform::<T>(rng, n * c, scale), uniform::<T>(rng, c, 1.0), uniform::<T>(rng, n * c, 1.0));
+        let (dx0, dw0) = (uniform::<T>(rng, n * c, 1.0), uniform::<f32>(rng, c, 1.0));
+        // rstd as the forward stores it: f32 (the reference reads the same rounded values)
+        let (mut y, mut rstd64) = (vec![0.0; n * c], vec![0.0; n]);
+        drpo::cpu::rmsnorm::rmsnorm_fwd(&mut y, &mut rstd64, &widen(&x), &widen(&w), c, 1e-6);
+        let rstd: Vec<f32> = rstd64.iter().map(|&s| s as f32).collect();
+        let (mut want_dx, mut want_dw) = (widen(&dx0), widen(&dw0));
+        drpo::cpu::rmsnorm::rmsnorm_bwd(&mut want_dx, &mut want_dw, &widen(&dout), &widen(&x), &widen(&w), &widen(&rstd), c);
+        let (mut dx, mut dw) = (gpu.htod(&dx0)?, gpu.htod(&dw0)?);
+        let mut part = gpu.htod(&vec![f32::NAN; gpu::rmsnorm::bwd_scratch_len(n, c)])?;
+        let (dd, xd, wd, rd) = (gpu.htod(&dout)?, gpu.htod(&x)?, gpu.htod(&w)?, gpu.htod(&rstd)?);
+        gpu::rmsnorm::rmsnorm_bwd(gpu, &mut dx.as_view_mut(), &mut dw.as_view_mut(), &mut part.as_view_mut(), &dd.as_view(), &xd.as_view(), &wd.as_view(), &rd.as_view(), n, c)?;
+        let what = format!("rmsnorm_bwd {} n={n} c={c} |x|≤{scale}", T::NAME);
+        // dx = dx0 + rstd·g − k·x: f32 products, a tree sum for g·x, then one rounding to T. The
+        // subtraction cancels, so the f32 error scales with the terms, not the element: floor rms(want).
+        // bf16: the one rounding to bf16 dominates (relative to the element), so the single-rounding preset.
+        let dx_bound = if T::NAME == "f32" { F32.floor(Floor::Rms) } else { BF16_ONCE };
+        assert_close(&format!("{what} dx"), &widen(&gpu.dtoh(&dx)?), &want_dx, dx_bound);
+        // dw = dw0 + Σ_r of n ≤ 40 f32 products (16-row partials, then their sum): f32 with cancellation
+        assert_close(&format!("{what} dw"), &widen(&gpu.dtoh(&dw)?), &want_dw, F32.floor(Floor::Rms));
+    }
+    Ok(())
+}
+
+#[test]
+fn rmsnorm_bwd_gpu_matches_cpu() -> drpo::Result<()> {
+    let mut rng = rng("rmsnorm_bwd");
+    for gpu in devices("rmsnorm_bwd") {
+        check_bwd::<f32>(&gpu, &mut rng)?;
+        check_bwd::<bf16>(&gpu, &mut rng)?;
+    }
+    Ok(())
+}

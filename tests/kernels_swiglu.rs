@@ -44,3 +44,37 @@ fn swiglu_and_residual_gpu_match_cpu() -> drpo::Result<()> {
     }
     Ok(())
 }
+
+/// dgu of the GPU SwiGLU backward against cpu::swiglu::swiglu_bwd in f64 on the stored values; dgu is
+/// prefilled with random values (the kernel accumulates).
+fn check_bwd<T: GpuFloat>(gpu: &Gpu, rng: &mut rand::rngs::StdRng) -> drpo::Result<()> {
+    for (n, ff) in [(1, 1), (3, 37), (64, 4864), (2, 176)] {
+        let (gu, dout, dgu0) = (uniform::<T>(rng, n * 2 * ff, 6.0), uniform::<T>(rng, n * ff, 2.0), uniform::<T>(rng, n * 2 * ff, 1.0));
+        // the reference's separate gate / up (and dgate / dup) are the two halves of each fused row
+        let halves = |v: &[f64]| -> (Vec<f64>, Vec<f64>) {
+            let rows = v.chunks_exact(2 * ff);
+            (rows.clone().flat_map(|r| r[..ff].to_vec()).collect(), rows.flat_map(|r| r[ff..].to_vec()).collect())
+        };
+        let ((gate, up), (mut dgate, mut dup)) = (halves(&widen(&gu)), halves(&widen(&dgu0)));
+        drpo::cpu::swiglu::swiglu_bwd(&mut dgate, &mut dup, &widen(&dout), &gate, &up);
+        let want: Vec<f64> = dgate.chunks_exact(ff).zip(dup.chunks_exact(ff)).flat_map(|(g, u)| g.iter().chain(u).copied()).collect();
+        let mut dgu = gpu.htod(&dgu0)?;
+        let (dd, gud) = (gpu.htod(&dout)?, gpu.htod(&gu)?);
+        gpu::swiglu::swiglu_bwd(gpu, &mut dgu.as_view_mut(), &dd.as_view(), &gud.as_view(), n, ff)?;
+        // f32 products and expf (≤ 2 ulp), the sum with the prefill rounded once to T. f32: the prefill
+        // and σ'(g)'s zero near g = −1.28 cancel, so the error scales with the terms: floor rms(want).
+        let bound = if T::NAME == "f32" { F32.floor(Floor::Rms) } else { BF16_ONCE };
+        assert_close(&format!("swiglu_bwd {} n={n} ff={ff}", T::NAME), &widen(&gpu.dtoh(&dgu)?), &want, bound);
+    }
+    Ok(())
+}
+
+#[test]
+fn swiglu_bwd_gpu_matches_cpu() -> drpo::Result<()> {
+    let mut rng = rng("swiglu_bwd");
+    for gpu in devices("swiglu_bwd") {
+        check_bwd::<f32>(&gpu, &mut rng)?;
+        check_bwd::<bf16>(&gpu, &mut rng)?;
+    }
+    Ok(())
+}

@@ -58,10 +58,10 @@ fn sequences_file(dir: &Path, text: &str) -> PathBuf {
     p
 }
 
-/// A toy base model made by `drpo sft --steps 0` (the task tokenizer, an untrained model).
+/// A toy base model made by `drpo sft --full-only-steps 0 --steps 0` (the task tokenizer, an untrained model).
 fn toy_base(test: &str) -> PathBuf {
     let dir = scratch_dir(test);
-    let (code, _, stderr) = drpo_exit(&["sft", "--out", s(&dir), "--steps", "0"]);
+    let (code, _, stderr) = drpo_exit(&["sft", "--out", s(&dir), "--full-only-steps", "0", "--steps", "0"]);
     assert_eq!(code, 0, "{stderr}");
     dir
 }

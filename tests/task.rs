@@ -5,8 +5,8 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 
 use drpo::task::{
-    generate_split, prompt_tokens, render_trace, split_of, trace_tokens, verify, write_task_tokenizer, Split,
-    TaskConfig, TaskExample, Verdict,
+    generate_split, prompt_tokens, render_shaped, render_trace, split_of, trace_tokens, verify, write_task_tokenizer,
+    Split, TaskConfig, TaskExample, TraceMix, TraceShape, Verdict,
 };
 use drpo::tokenizer::{ChatFamily, Tokenizer};
 use drpo::Error;
@@ -161,13 +161,13 @@ fn rendered_traces_verify_with_right_counts() {
                 let q = &ex.question;
                 assert_eq!(piece, &format!("{}{}={}", p[s], &q[2 * s + 1..2 * s + 3], p[s + 1]), "{trace}");
             }
-            // every check restates a partial result already written before it
-            let mut written = Vec::new();
+            // every check restates the partial written just before it
+            let mut last = None;
             for piece in trace.split(';') {
                 if let Some(v) = piece.strip_prefix("check ") {
-                    assert!(written.contains(&v.parse::<u8>().unwrap()), "{trace}");
+                    assert_eq!(Some(v.parse::<u8>().unwrap()), last, "{trace}");
                 } else if let Some((_, r)) = piece.split_once('=') {
-                    written.push(r.parse::<u8>().unwrap());
+                    last = Some(r.parse::<u8>().unwrap());
                 }
             }
             assert_eq!(checks.len(), r);
@@ -175,9 +175,15 @@ fn rendered_traces_verify_with_right_counts() {
             let want = Verdict {
                 correct: true,
                 answer: Some(u64::from(eval_question(&ex.question))),
-                necessary_steps: k,
-                redundant_steps: r,
+                useful_steps: k,
+                shortcut_steps: 0,
+                ops_written: k,
+                useless_steps: r,
+                wrong_steps: 0,
                 unrecognised_steps: 0,
+                chain_steps: k,
+                folded_steps: 0,
+                checks: r,
                 malformed: false,
             };
             assert_eq!(v, want, "{trace}");
@@ -204,7 +210,7 @@ fn corrupted_answers_and_partials_are_caught() {
             let t = trace.replace(&format!("\\boxed{{{ans}}}"), &format!("\\boxed{{{wrong}}}"));
             let v = verify(&ex, &t);
             assert!(!v.correct && v.answer == Some(u64::from(wrong)) && v.reward() == 0.0, "{t}");
-            assert_eq!((v.necessary_steps, v.redundant_steps), (clean.necessary_steps, clean.redundant_steps));
+            assert_eq!((v.useful_steps, v.useless_steps), (clean.useful_steps, clean.useless_steps));
         }
 
         let s = rng.random_range(1..=k);
@@ -220,8 +226,8 @@ fn corrupted_answers_and_partials_are_caught() {
         let t = format!("{}\\boxed{{{ans}}}<|im_end|>", pieces.concat());
         let v = verify(&ex, &t);
         assert!(v.correct, "{t}");
-        assert_eq!(v.necessary_steps, k - 1, "{t}");
-        assert_eq!(v.necessary_steps + v.redundant_steps + v.unrecognised_steps, k, "{t}");
+        assert_eq!((v.useful_steps, v.wrong_steps, v.chain_steps), (k - 1, 1, k), "{t}");
+        assert_eq!(v.ops_written, k - 1, "{t}");
 
         // the wrong partial carried forward, as a model would: the answer changes unless a later
         // operation erases the difference (e.g. *0)
@@ -236,7 +242,9 @@ fn corrupted_answers_and_partials_are_caught() {
         let v = verify(&ex, &t);
         assert_eq!(v.correct, cur[k] == ans, "{t}");
         assert_eq!(v.answer, Some(u64::from(cur[k])));
-        assert!(v.necessary_steps < k, "{t}");
+        // a step built on the wrong value can coincide with a correct piece written before (0*5=0
+        // twice): then it is a repeat, not wrong
+        assert!(v.useful_steps < k && v.useful_steps + v.useless_steps + v.wrong_steps == k && v.chain_steps == k, "{t}");
         cases += 1;
         became_wrong += usize::from(!v.correct);
     }
@@ -279,10 +287,11 @@ fn malformed_responses_get_zero_and_never_panic() {
     }
     // without steps the answer alone is still correct (outcome grading)
     let v = verify(&ex, "\\boxed{9}<|im_end|>");
-    assert!(v.correct && v.necessary_steps == 0 && v.redundant_steps == 0);
-    // steps with spaces and newlines, checks of unwritten values, prose
+    assert!(v.correct && v.is_guess() && v.useful_steps == 0 && v.useless_steps == 0 && v.chain_steps == 0);
+    // steps with spaces and newlines, checks of unwritten values, prose, a repeat, a slip
     let v = verify(&ex, "3 + 4 = 7;\ncheck 7; check 4; 7*2=4; hmm; 3+4=7; 7*2=5;\\boxed{9}");
-    assert_eq!((v.necessary_steps, v.redundant_steps, v.unrecognised_steps), (2, 2, 3));
+    assert_eq!((v.useful_steps, v.useless_steps, v.wrong_steps, v.unrecognised_steps), (2, 2, 1, 2));
+    assert_eq!((v.chain_steps, v.checks, v.ops_written), (4, 2, 2));
 
     // random bytes and random mixes of task pieces
     let mut rng = rng("malformed_responses_get_zero_and_never_panic");
@@ -297,7 +306,7 @@ fn malformed_responses_get_zero_and_never_panic() {
         let v = verify(&ex, &text);
         assert_eq!(v.malformed, v.answer.is_none(), "{text:?}");
         assert_eq!(v.correct, v.answer == Some(9), "{text:?}");
-        assert!(v.necessary_steps <= 3);
+        assert!(v.useful_steps <= 3 && v.ops_written <= 3);
     }
 }
 
@@ -364,6 +373,13 @@ fn task_tokenizer_vocab_and_roundtrip() {
             both.extend(&ids);
             assert_eq!(tok.encode(&format!("{prompt}{trace}")).unwrap(), both);
         }
+        // shortcut steps and guesses: 2m + 4 tokens per step of m operations, 4 for a guess
+        for shape in [TraceShape { chunks: random_chunks(k, &mut rng), checks: rng.random_range(0..3) }, TraceShape::guess()] {
+            let trace = render_shaped(&ex, &shape, &mut rng).unwrap();
+            let ids = tok.encode(&trace).unwrap();
+            assert_eq!(ids.len(), shape.tokens(), "{trace}");
+            assert_eq!(tok.decode(&ids, false).unwrap(), trace);
+        }
     }
     // hardest default level: prompt 19, concise 34 tokens
     assert_eq!((prompt_tokens(5), trace_tokens(5, 0), trace_tokens(5, 6)), (19, 34, 58));
@@ -377,4 +393,140 @@ fn task_tokenizer_vocab_and_roundtrip() {
         assert_eq!(v.malformed, v.answer.is_none());
     }
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A random composition of k into parts of 1 and 2 (the shapes the SFT mixture writes), drawn by the test.
+fn random_chunks(k: usize, rng: &mut StdRng) -> Vec<usize> {
+    let mut c = Vec::new();
+    let mut left = k;
+    while left > 0 {
+        let m = if left >= 2 && rng.random_bool(0.5) { 2 } else { 1 };
+        c.push(m);
+        left -= m;
+    }
+    c
+}
+
+#[test]
+fn shaped_traces_verify_with_right_counts() {
+    let mut rng = rng("shaped_traces_verify_with_right_counts");
+    for ex in sample_examples(13, 200) {
+        let k = ex.level;
+        let p = partials_of(&ex.question);
+        let chunks = random_chunks(k, &mut rng);
+        let checks = rng.random_range(0..=k + 2);
+        let shape = TraceShape { chunks: chunks.clone(), checks };
+        let trace = render_shaped(&ex, &shape, &mut rng).unwrap();
+        // the steps, as the test reads them: each from the partial the previous one ended at
+        let (steps, check_values, boxed) = parse_trace(&trace);
+        assert_eq!(boxed, eval_question(&ex.question), "{trace}");
+        assert_eq!(steps.len(), chunks.len(), "{trace}");
+        let mut at = 0;
+        for (piece, &m) in steps.iter().zip(&chunks) {
+            let q = &ex.question;
+            assert_eq!(piece, &format!("{}{}={}", p[at], &q[2 * at + 1..2 * (at + m) + 1], p[at + m]), "{trace}");
+            at += m;
+        }
+        assert_eq!(check_values.len(), checks);
+        // 2m + 4 tokens per step of m operations, 4 per check, 4 for the answer and EOS
+        let want_tokens = chunks.iter().map(|m| 2 * m + 4).sum::<usize>() + 4 * checks + 4;
+        assert_eq!(shape.tokens(), want_tokens);
+        assert_eq!(shape.unwritten_partials(k), k - chunks.len());
+        let folded = chunks.iter().filter(|&&m| m == 2).count();
+        let v = verify(&ex, &trace);
+        let want = Verdict {
+            correct: true,
+            answer: Some(u64::from(eval_question(&ex.question))),
+            useful_steps: chunks.len(),
+            shortcut_steps: folded,
+            ops_written: k,
+            useless_steps: checks,
+            wrong_steps: 0,
+            unrecognised_steps: 0,
+            chain_steps: chunks.len(),
+            folded_steps: folded,
+            checks,
+            malformed: false,
+        };
+        assert_eq!(v, want, "{trace}");
+    }
+    // a guess: the answer alone, 4 tokens, k − 1 partials unwritten; shapes that do not fit are refused
+    let ex = TaskExample::parse("3+4*2-5").unwrap();
+    let guess = render_shaped(&ex, &TraceShape::guess(), &mut rng).unwrap();
+    assert_eq!(guess, "\\boxed{9}<|im_end|>");
+    assert_eq!((TraceShape::guess().tokens(), TraceShape::guess().unwritten_partials(3)), (4, 2));
+    let v = verify(&ex, &guess);
+    assert!(v.correct && v.is_guess() && v.ops_written == 0);
+    for bad in [TraceShape { chunks: vec![2], checks: 0 }, TraceShape { chunks: vec![2, 2], checks: 0 }, TraceShape { chunks: vec![], checks: 1 }, TraceShape { chunks: vec![0, 3], checks: 0 }] {
+        assert!(render_shaped(&ex, &bad, &mut rng).is_err(), "{bad:?}");
+    }
+    // the old full-granularity renderer is the all-ones shape
+    assert_eq!(render_trace(&ex, 0, &mut rng), "3+4=7;7*2=4;4-5=9;\\boxed{9}<|im_end|>");
+    assert_eq!(render_shaped(&ex, &TraceShape { chunks: vec![2, 1], checks: 0 }, &mut rng).unwrap(), "3+4*2=4;4-5=9;\\boxed{9}<|im_end|>");
+}
+
+#[test]
+fn trace_mix_draws_the_configured_shares() {
+    let mut rng = rng("trace_mix_draws_the_configured_shares");
+    let mix = TraceMix { guess_share: 0.15, shortcut_share: 0.4, concise_share: 0.25, extra_checks: 2 };
+    let n = 40_000;
+    let (mut guesses, mut shortcuts, mut others, mut concise) = (0, 0, 0, 0);
+    for i in 0..n {
+        let k = 2 + i % 5;
+        let shape = mix.sample(k, &mut rng);
+        if shape.chunks.is_empty() {
+            assert_eq!(shape.checks, 0);
+            guesses += 1;
+            continue;
+        }
+        assert_eq!(shape.chunks.iter().sum::<usize>(), k, "{shape:?}");
+        assert!(shape.chunks.iter().all(|&m| m == 1 || m == 2), "{shape:?}");
+        if shape.chunks.contains(&2) {
+            shortcuts += 1;
+        } else {
+            assert_eq!(shape.chunks.len(), k);
+        }
+        others += 1;
+        assert!(shape.checks <= k + 2);
+        concise += usize::from(shape.checks == 0);
+    }
+    // binomial sd ≤ 0.0025 at these counts: 4 sd
+    let share = |a: usize, b: usize| a as f64 / b as f64;
+    assert!((share(guesses, n) - 0.15).abs() < 0.01, "guesses {}", share(guesses, n));
+    assert!((share(shortcuts, others) - 0.4).abs() < 0.012, "shortcuts {}", share(shortcuts, others));
+    assert!((share(concise, others) - 0.25).abs() < 0.012, "concise {}", share(concise, others));
+    // level 1 has no shortcut; shares of 0 draw the full-granularity traces only
+    assert!((0..200).all(|_| !mix.sample(1, &mut rng).chunks.contains(&2)));
+    let plain = TraceMix { guess_share: 0.0, shortcut_share: 0.0, ..mix.clone() };
+    assert!((0..200).all(|_| plain.sample(4, &mut rng).chunks == vec![1; 4]));
+    assert!(TraceMix { guess_share: 1.5, ..mix.clone() }.validate("trace mix").is_err());
+    assert!(TraceMix { shortcut_share: -0.1, ..mix }.validate("trace mix").is_err());
+}
+
+/// Correction mechanics: a slip, the steps built on it, a fix; the verdict is the final box's.
+#[test]
+fn slips_and_fixes_are_graded_on_the_final_box() {
+    let ex = TaskExample::parse("3+4*2-5").unwrap(); // 3+4=7; 7*2=4; 4-5=9
+    // (text, correct, (useful, useless, wrong, ops written))
+    type Case<'a> = (&'a str, bool, (usize, usize, usize, usize));
+    let cases: &[Case] = &[
+        ("3+4=8;3+4=7;7*2=4;4-5=9;\\boxed{9}", true, (3, 0, 1, 3)),          // slip, then fixed at once
+        ("3+4=8;8*2=6;6-5=1;\\boxed{1}", false, (0, 0, 3, 0)),                // slip carried to the end
+        ("3+4=8;8*2=6;6-5=1;\\boxed{1};3+4=7;7*2=4;4-5=9;\\boxed{9}", true, (3, 0, 3, 3)), // redone after a first answer
+        ("3+4=7;7*2=4;4-5=9;\\boxed{9};\\boxed{1}", false, (3, 0, 0, 3)),     // right steps, wrong last box
+        ("3+4*2=4;4-5=9;\\boxed{9}", true, (2, 0, 0, 3)),                     // a shortcut step
+        ("3+4*2=5;5-5=0;\\boxed{0}", false, (0, 0, 2, 0)),                    // a shortcut slip
+        ("3+4*2=5;3+4=7;7*2=4;4-5=9;\\boxed{9}", true, (3, 0, 1, 3)),         // a shortcut slip, fixed step by step
+        ("3+4=7;3+4*2=4;3+4*2=4;4-5=9;check 9;\\boxed{9}", true, (3, 2, 0, 3)), // overlap covers a new op; a repeat
+        ("3+4=7;7*2-5=9;\\boxed{9}", true, (2, 0, 0, 3)),
+        ("\\boxed{9}", true, (0, 0, 0, 0)),                                    // a guess
+    ];
+    for &(text, correct, (useful, useless, wrong, ops)) in cases {
+        let v = verify(&ex, text);
+        assert_eq!(v.correct, correct, "{text}");
+        assert_eq!((v.useful_steps, v.useless_steps, v.wrong_steps, v.ops_written), (useful, useless, wrong, ops), "{text}");
+    }
+    // shortcut steps are counted as such
+    let v = verify(&ex, "3+4*2=4;4-5=9;\\boxed{9}");
+    assert_eq!((v.shortcut_steps, v.folded_steps, v.chain_steps), (1, 1, 2));
 }

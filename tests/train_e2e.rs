@@ -7,7 +7,7 @@ use common::*;
 use drpo::engine::Engine;
 use drpo::model::Model;
 use drpo::optim::{clip_grad_norm, AdamWConfig, AdamWState};
-use drpo::policy::{backward_responses, score_responses};
+use drpo::policy::{Policy, ScoreBatch};
 use drpo::rl::env::{Environment, ToyEnv, Verdict};
 use drpo::rl::objectives::{self, Baseline, Batch, HapoHistory, Hyper, Outcomes};
 use drpo::rl::trainer::{questions_of_step, read_metrics, ObjectiveKind, StepMetrics, TrainConfig, Trainer};
@@ -100,7 +100,8 @@ fn fixed_batch_losses(which: Fixed, lr: f64) -> Vec<f64> {
     let mut old: Option<Vec<f64>> = None;
     let mut losses = Vec::with_capacity(STEPS);
     for step in 0..STEPS {
-        let scored = score_responses(&model, &p_refs, &r_refs, TEMPERATURE, true).unwrap();
+        let batch = ScoreBatch::responses(&model.cfg, &p_refs, &r_refs, TEMPERATURE).unwrap();
+        let scored = model.score_responses(&batch, true).unwrap();
         let logp: Vec<f64> = scored.logp.concat();
         let old = old.get_or_insert_with(|| logp.clone());
         let (loss, dlogp) = objective_step(which, &b, &logp, old, &hyper, &adv);
@@ -113,7 +114,7 @@ fn fixed_batch_losses(which: Fixed, lr: f64) -> Vec<f64> {
             rows.push(dlogp[at..at + l].to_vec());
             at += l;
         }
-        let mut grads = backward_responses(&model, &scored, &rows);
+        let mut grads = model.backward_responses(&scored, &rows).unwrap();
         let norm = clip_grad_norm(&mut grads, 1.0);
         assert!(norm.is_finite() && norm > 0.0, "{which:?} step {step}: grad norm {norm}");
         opt.step(&mut model.params, &grads, &adamw, lr);
@@ -753,7 +754,7 @@ fn undecodable_sampled_ids_are_skipped_and_counted() {
         seed: 3,
         batch_size: 16,
     };
-    let (report, graded) = drpo::eval::eval_env(&Engine::Cpu, &model, &env, &tok, &opts, &mut |_, _, _| Ok(())).unwrap();
+    let (report, graded) = drpo::eval::eval_env(&model, &env, &tok, &opts, &mut |_, _, _| Ok(())).unwrap();
     assert!(report.overall.undecodable_responses > 0);
     assert_eq!(report.overall.undecodable_responses, graded.iter().filter(|g| g.undecodable).count());
     assert!(drpo::eval::markdown_table(&report).contains("cannot decode"));

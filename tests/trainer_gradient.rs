@@ -126,6 +126,7 @@ fn drpo_minibatch_gradient_matches_spec_5_1() {
         let hyper = Hyper { lambda, tau, beta: 50.0, delta, ..Hyper::default() };
         let mut coef: Vec<Vec<f64>> = Vec::new();
         let mut losses = Vec::new();
+        let mut pushes = Vec::new();
         for chunk in 0..Q_MB / CHUNK_Q {
             let rows: Vec<usize> = (chunk * CHUNK_Q * G..(chunk + 1) * CHUNK_Q * G).collect();
             let t_b: usize = rows.iter().map(|&i| c.rollouts[i].tokens.len()).sum();
@@ -155,6 +156,8 @@ fn drpo_minibatch_gradient_matches_spec_5_1() {
                     j_sum -= tau * (sz / neg.len() as f64).ln();
                 }
                 for (k, &i) in members.iter().enumerate() {
+                    // the objective's push: (1/Q_B) ∂J_g/∂s_i, the KL hinge left out
+                    pushes.push(g[k] / CHUNK_Q as f64);
                     let l = c.rollouts[i].tokens.len() as f64;
                     let per_token = -g[k] / (Q_MB as f64 * l) - beta_term(hyper.beta, hinge, t_b) / n_chunks;
                     coef.push(vec![per_token; c.rollouts[i].tokens.len()]);
@@ -173,6 +176,18 @@ fn drpo_minibatch_gradient_matches_spec_5_1() {
         // chunk 0 has one valid group (question 1 is all-correct), chunk 1 two
         assert_eq!(got.chunks[0].positive_weights.len(), 1);
         assert_eq!(got.chunks[1].positive_weights.len(), 2);
+        // the push on each response: the written-out coefficient; a correct response is never
+        // pushed down (> 0 in a mixed group, exactly 0 in the all-correct one), a wrong one is
+        let got_push: Vec<f64> = got.chunks.iter().flat_map(|r| r.push.iter().copied()).collect();
+        compare("DRPO push", &got_push, &pushes);
+        for (i, (&p, r)) in got_push.iter().zip(&c.rollouts).enumerate() {
+            let mixed = CORRECT[i / G].contains(&true) && CORRECT[i / G].contains(&false);
+            match (r.correct, mixed) {
+                (true, true) => assert!(p > 0.0, "rollout {i}: {p}"),
+                (false, true) => assert!(p < 0.0, "rollout {i}: {p}"),
+                (_, false) => assert_eq!(p, 0.0, "rollout {i}"),
+            }
+        }
     }
 }
 
@@ -198,4 +213,11 @@ fn grpo_minibatch_gradient_matches_the_surrogate() {
     let hyper = Hyper { clip_eps: None, ..Hyper::default() };
     let got = minibatch_gradient(&model, &config(hyper, ObjectiveKind::Grpo), &prompts, &c.rollouts, Some(&adv)).unwrap();
     compare("GRPO surrogate", &got.grads, &want);
+    // the push on a response is −Σ_t ∂loss/∂ℓ (before the 1/chunks scale): the sign of its advantage
+    let got_push: Vec<f64> = got.chunks.iter().flat_map(|r| r.push.iter().copied()).collect();
+    let want_push: Vec<f64> = coef.iter().map(|k| -k.iter().sum::<f64>() * n_chunks).collect();
+    compare("GRPO push", &got_push, &want_push);
+    for (p, a) in got_push.iter().zip(&adv) {
+        assert_eq!(p.partial_cmp(&0.0), a.partial_cmp(&0.0), "push {p} for advantage {a}");
+    }
 }

@@ -25,22 +25,52 @@ pub fn rope_fwd<T: GpuFloat>(
     heads: usize,
     hd: usize,
 ) -> Result<()> {
-    const OP: &str = "rope_fwd";
-    assert!(hd.is_multiple_of(2), "rope_fwd: odd head dim {hd}");
-    check_len(OP, "x", x.len(), n * heads * hd)?;
-    check_len(OP, "pos", pos.len(), n)?;
-    check_len(OP, "sin", sin.len(), cos.len())?;
+    rotate("rope_fwd", T::pick("rope_fwd_f32", "rope_fwd_bf16"), gpu, x, pos, cos, sin, n, heads, hd)
+}
+
+/// Same contract as `cpu::rope::rope_bwd` (the rotation by −angle, in place on the gradient), with
+/// the positions and tables of [`rope_fwd`].  dx: [n, heads, hd]   pos: [n]   cos, sin: [max_pos, hd/2]
+#[allow(clippy::too_many_arguments)]
+pub fn rope_bwd<T: GpuFloat>(
+    gpu: &Gpu,
+    dx: &mut DViewMut<T>,
+    pos: &DView<i32>,
+    cos: &DView<f32>,
+    sin: &DView<f32>,
+    n: usize,
+    heads: usize,
+    hd: usize,
+) -> Result<()> {
+    rotate("rope_bwd", T::pick("rope_bwd_f32", "rope_bwd_bf16"), gpu, dx, pos, cos, sin, n, heads, hd)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn rotate<T: GpuFloat>(
+    op: &'static str,
+    kernel: &'static str,
+    gpu: &Gpu,
+    x: &mut DViewMut<T>,
+    pos: &DView<i32>,
+    cos: &DView<f32>,
+    sin: &DView<f32>,
+    n: usize,
+    heads: usize,
+    hd: usize,
+) -> Result<()> {
+    assert!(hd.is_multiple_of(2), "{op}: odd head dim {hd}");
+    check_len(op, "x", x.len(), n * heads * hd)?;
+    check_len(op, "pos", pos.len(), n)?;
+    check_len(op, "sin", sin.len(), cos.len())?;
     if n == 0 || hd == 0 {
         return Ok(());
     }
-    check_len(OP, "cos", cos.len(), cos.len() / (hd / 2) * (hd / 2))?;
-    let max_pos = as_i32(OP, "max_pos", cos.len() / (hd / 2))?;
-    let name = T::pick("rope_fwd_f32", "rope_fwd_bf16");
-    let (h32, hd32) = (as_i32(OP, "heads", heads)?, as_i32(OP, "hd", hd)?);
-    let grid = grid_dims(OP, [(n, "rows"), (1, ""), (1, "")])?;
-    let mut l = gpu.launch(&ROPE, name, LaunchCfg::new(grid, 128));
+    check_len(op, "cos", cos.len(), cos.len() / (hd / 2) * (hd / 2))?;
+    let max_pos = as_i32(op, "max_pos", cos.len() / (hd / 2))?;
+    let (h32, hd32) = (as_i32(op, "heads", heads)?, as_i32(op, "hd", hd)?);
+    let grid = grid_dims(op, [(n, "rows"), (1, ""), (1, "")])?;
+    let mut l = gpu.launch(&ROPE, kernel, LaunchCfg::new(grid, 128));
     l.arg_mut(x).arg(pos).arg(cos).arg(sin).i32(h32).i32(hd32).i32(max_pos);
-    // SAFETY: order and types match rope_fwd_<T> in cuda/rope.cu; lengths checked above; the kernel
-    // reads the tables only at positions in [0, max_pos) (others give NaN rows).
+    // SAFETY: order and types match rope_{fwd,bwd}_<T> in cuda/rope.cu; lengths checked above; the
+    // kernel reads the tables only at positions in [0, max_pos) (others give NaN rows).
     unsafe { l.run() }
 }

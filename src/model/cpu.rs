@@ -22,8 +22,12 @@ use crate::cpu::rmsnorm::{rmsnorm_bwd, rmsnorm_fwd};
 use crate::cpu::rope::{rope_bwd, rope_fwd, rope_tables};
 use crate::cpu::swiglu::{swiglu_bwd, swiglu_fwd};
 use crate::cpu::{math, Float};
-use crate::error::{Error, Result};
+use crate::error::{check_len, Error, Result};
 use crate::layout::ParamLayout;
+use crate::optim::{AdamWConfig, AdamWState};
+use crate::policy::{check_score_temperature, Chunks, Draw, Policy, ScoreBatch, ScoredResponses};
+use crate::rng::uniform;
+use crate::sampling::sample;
 use rayon::prelude::*;
 use std::ops::Range;
 use std::path::Path;
@@ -124,34 +128,20 @@ impl<T: Float> Model<T> {
         &self.params[r.clone()]
     }
 
-    /// Checks token ids and positions of a batch of chunks against the config.
-    fn validate(&self, lens: &[usize], chunks: &[&[u32]]) -> Result<()> {
+    /// Checks a batch of chunks by position (chunk s continues sequence s of a cache holding lens[s]
+    /// tokens) against the config: [`Chunks`], the one check of every device.
+    fn check_chunks(&self, lens: &[usize], chunks: &[&[u32]]) -> Result<()> {
         if chunks.len() != lens.len() {
             return Err(Error::input(format!("{} token chunks for a cache of {} sequences", chunks.len(), lens.len())));
         }
-        for (s, chunk) in chunks.iter().enumerate() {
-            if let Some((t, &id)) = chunk.iter().enumerate().find(|(_, &id)| id as usize >= self.cfg.vocab_size) {
-                return Err(Error::input(format!(
-                    "sequence {s}, position {}: token id {id} is out of range (vocab_size = {})",
-                    lens[s] + t,
-                    self.cfg.vocab_size
-                )));
-            }
-            let end = lens[s] + chunk.len();
-            if end > self.cfg.max_position_embeddings {
-                return Err(Error::input(format!(
-                    "sequence {s} would be {end} tokens long, more than max_position_embeddings = {}",
-                    self.cfg.max_position_embeddings
-                )));
-            }
-        }
-        Ok(())
+        Chunks::new(&self.cfg, lens, usize::MAX, chunks.iter().copied().enumerate().collect()).map(|_| ())
     }
 
     /// Runs `chunks[s]` through the model after the cached prefix of sequence s, appends their keys and
     /// values to the cache, and returns the logits of every new row: [Σ_s len(chunks[s]), vocab].
     /// With `acts`, also records what [`Model::backward`] needs (only valid for an empty cache).
     pub fn forward(&self, cache: &mut KvCache<T>, chunks: &[&[u32]], acts: Option<&mut Activations<T>>) -> Result<Vec<T>> {
+        self.check_chunks(&cache.lens, chunks)?;
         let (x, ids, seqs, cos, sin, layer_acts) = self.decoder(Some(cache), chunks, acts.is_some())?;
         let (hf, rstd_f) = self.final_norm(&x);
         let logits = self.lm_head(&hf);
@@ -164,6 +154,12 @@ impl<T: Float> Model<T> {
     /// Like [`Model::forward`], but returns only the logits of the last new row of each sequence with a
     /// non-empty chunk ([that many, vocab]): what decoding needs, without [prompt rows × vocab] logits.
     pub fn forward_last(&self, cache: &mut KvCache<T>, chunks: &[&[u32]]) -> Result<Vec<T>> {
+        self.check_chunks(&cache.lens, chunks)?;
+        self.forward_last_checked(cache, chunks)
+    }
+
+    /// [`Model::forward_last`] of chunks already checked against the cache.
+    fn forward_last_checked(&self, cache: &mut KvCache<T>, chunks: &[&[u32]]) -> Result<Vec<T>> {
         let (x, _, seqs, _, _, _) = self.decoder(Some(cache), chunks, false)?;
         let c = self.cfg.hidden_size;
         let last: Vec<T> = seqs.iter().filter(|r| !r.is_empty()).flat_map(|r| x[(r.end - 1) * c..r.end * c].iter().copied()).collect();
@@ -189,7 +185,8 @@ impl<T: Float> Model<T> {
     }
 
     /// Embedding and decoder layers: the residual stream after the last layer, [n, c], plus the packed
-    /// ids, row ranges, rope tables and (with `record`) the per-layer activations.
+    /// ids, row ranges, rope tables and (with `record`) the per-layer activations. The chunks were
+    /// checked by the caller ([`Model::check_chunks`]).
     /// `cache`: `None` for fresh sequences whose keys and values are not kept (scoring): attention then
     /// reads this chunk's own keys and values, and no cache is built.
     #[allow(clippy::type_complexity)]
@@ -201,7 +198,6 @@ impl<T: Float> Model<T> {
     ) -> Result<(Vec<T>, Vec<u32>, Vec<Range<usize>>, Vec<T>, Vec<T>, Vec<LayerActs<T>>)> {
         let fresh = vec![0; chunks.len()];
         let lens: Vec<usize> = cache.as_ref().map_or(fresh, |c| c.lens.clone());
-        self.validate(&lens, chunks)?;
         let cfg = &self.cfg;
         let (c, ff, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
         let (nh, nkv, qd, kvd) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.q_dim(), cfg.kv_dim());
@@ -311,6 +307,7 @@ impl<T: Float> Model<T> {
     /// Logits of fresh sequences (no cache kept): [Σ len, vocab]. This is [tokens × vocab] numbers;
     /// for log-probs of long sequences use [`Model::score`], which never holds them all.
     pub fn logits(&self, seqs: &[&[u32]]) -> Result<Vec<T>> {
+        self.check_chunks(&vec![0; seqs.len()], seqs)?;
         let (x, _, _, _, _, _) = self.decoder(None, seqs, false)?;
         Ok(self.lm_head(&self.final_norm(&x).0))
     }
@@ -417,9 +414,13 @@ impl<T: Float> Model<T> {
     /// With `record`, keeps the activations for [`Model::score_backward`]. The lm head runs
     /// [`HEAD_ROWS`] rows at a time: [HEAD_ROWS, vocab] logits at most, whatever the batch.
     pub fn score(&self, seqs: &[&[u32]], temp: f64, record: bool) -> Result<Scored<T>> {
-        if !(temp > 0.0 && temp.is_finite()) {
-            return Err(Error::input(format!("temperature must be positive to score log-probs, got {temp}")));
-        }
+        check_score_temperature(temp)?;
+        self.check_chunks(&vec![0; seqs.len()], seqs)?;
+        self.score_checked(seqs, temp, record)
+    }
+
+    /// [`Model::score`] of sequences and a temperature already checked.
+    fn score_checked(&self, seqs: &[&[u32]], temp: f64, record: bool) -> Result<Scored<T>> {
         let (x, ids, seq_rows, cos, sin, layers) = self.decoder(None, seqs, record)?;
         let n = ids.len();
         let (hf, rstd_f) = self.final_norm(&x);
@@ -520,5 +521,107 @@ impl<T: Float> Model<T> {
             }
         }
         Model { cfg, layout, params }
+    }
+}
+
+/// What [`Policy::backward_responses`] needs from the CPU model: the recorded scoring of whole
+/// sequences and where each response starts.
+pub struct Recorded<T> {
+    pub scored: Scored<T>,
+    pub prompt_lens: Vec<usize>,
+}
+
+impl<T: Float> Policy for Model<T> {
+    type Grad = T;
+    type Cache = KvCache<T>;
+    type Logits = Vec<T>;
+    type Record = Recorded<T>;
+
+    fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    fn device(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn n_params(&self) -> usize {
+        self.layout.total
+    }
+
+    fn new_cache(&self, slots: usize, cap: usize) -> Result<KvCache<T>> {
+        Ok(KvCache::with_capacity(&self.cfg, slots, cap))
+    }
+
+    fn cache_lens<'c>(&self, cache: &'c KvCache<T>) -> &'c [usize] {
+        &cache.lens
+    }
+
+    /// The CPU cache grows past the capacity it was made with.
+    fn cache_cap(&self, _: &KvCache<T>) -> usize {
+        usize::MAX
+    }
+
+    fn forward_last(&self, cache: &mut KvCache<T>, chunks: &Chunks) -> Result<Vec<T>> {
+        self.forward_last_checked(cache, &chunks.by_slot(cache.lens.len()))
+    }
+
+    fn logits_to_host(&self, logits: &Vec<T>) -> Result<Vec<f64>> {
+        Ok(logits.iter().map(|x| x.to_f64()).collect())
+    }
+
+    fn sample(&self, _: &mut KvCache<T>, logits: &Vec<T>, draw: &Draw) -> Result<Vec<u32>> {
+        let v = self.cfg.vocab_size;
+        check_len("sample", "logits", logits.len(), draw.streams.len() * v)?;
+        check_logits(logits, v, draw.step)?;
+        // in parallel: row r's uniform depends on (seed, stream, step) only, so the tokens do not
+        // depend on the thread count
+        Ok(logits
+            .par_chunks(v.max(1))
+            .zip(draw.streams)
+            .map(|(row, &stream)| sample(row, draw.params, uniform(draw.seed, stream, draw.step)))
+            .collect())
+    }
+
+    fn score_responses(&self, batch: &ScoreBatch, record: bool) -> Result<ScoredResponses<Recorded<T>>> {
+        let scored = self.score_checked(&batch.seqs(), batch.temp(), record)?;
+        let logp = (0..batch.len()).map(|i| scored.logp[i][batch.response_range(i)].iter().map(|x| x.to_f64()).collect()).collect();
+        let record = record.then(|| Recorded { scored, prompt_lens: batch.prompt_lens().to_vec() });
+        Ok(ScoredResponses { logp, record })
+    }
+
+    fn backward_responses(&self, scored: &ScoredResponses<Recorded<T>>, dlogp: &[Vec<f64>]) -> Result<Vec<T>> {
+        let rec = scored.recorded()?;
+        check_len("backward_responses", "dlogp", dlogp.len(), scored.logp.len())?;
+        let mut rows = Vec::with_capacity(dlogp.len());
+        for ((lp, d), (seq_lp, &p)) in scored.logp.iter().zip(dlogp).zip(rec.scored.logp.iter().zip(&rec.prompt_lens)) {
+            check_len("backward_responses", "dlogp row", d.len(), lp.len())?;
+            // prompt positions carry no gradient
+            let mut row = vec![T::ZERO; seq_lp.len()];
+            for (t, &g) in d.iter().enumerate() {
+                row[p - 1 + t] = T::from_f64(g);
+            }
+            rows.push(row);
+        }
+        Ok(self.score_backward(&rec.scored, &rows))
+    }
+
+    fn apply_update(&mut self, opt: &mut AdamWState<T>, grads: &[T], cfg: &AdamWConfig, lr: f64) -> Result<()> {
+        check_len("apply_update", "grads", grads.len(), self.params.len())?;
+        opt.step(&mut self.params, grads, cfg, lr);
+        Ok(())
+    }
+}
+
+/// A sampler fed NaN or ±inf logits still returns an id (the first of a NaN row): refuse instead, so
+/// generation never emits tokens of a model whose numbers overflowed. `step`: the token being drawn.
+fn check_logits<T: Float>(logits: &[T], v: usize, step: u64) -> Result<()> {
+    match logits.iter().position(|x| !x.to_f64().is_finite()) {
+        None => Ok(()),
+        Some(k) => Err(Error::NonFinite {
+            what: format!("generation: the model's logits before new token {step} (the weights or the activations overflow)"),
+            at: format!("batch row {}, id {}", k / v, k % v),
+            value: logits[k].to_f64(),
+        }),
     }
 }

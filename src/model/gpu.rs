@@ -20,11 +20,12 @@
 use crate::config::ModelConfig;
 use crate::cpu::Float;
 use crate::error::{Error, Result};
-use crate::generate::{GenerateOptions, Generation};
 use crate::gpu::attention::{attention_decode, attention_prefill, kv_append, Heads, SeqTable};
 use crate::gpu::{self, Gpu, GpuFloat};
 use crate::layout::ParamLayout;
 use crate::model::Model;
+use crate::optim::{AdamWConfig, AdamWState};
+use crate::policy::{check_score_temperature, not_on_device, Chunks, Draw, Policy, ScoreBatch, ScoredResponses};
 use crate::gpu::DeviceBuffer;
 use std::sync::Arc;
 
@@ -114,36 +115,29 @@ impl<T: GpuFloat> GpuModel<T> {
         Heads { nh: self.cfg.num_attention_heads, nkv: self.cfg.num_key_value_heads, hd: self.cfg.head_dim }
     }
 
-    /// Runs `chunks[i] = (slot, tokens)` after the cached prefix of each slot, appends their keys and
-    /// values to the cache, and returns the final-norm rows (the lm head's input). Chunks may be empty.
+    /// Runs `chunks[i] = (slot, tokens)` after the cached prefix of each slot (slots increasing),
+    /// appends their keys and values to the cache, and returns the final-norm rows (the lm head's
+    /// input). Chunks may be empty.
     pub fn forward_hidden(&self, cache: &mut GpuKvCache<T>, chunks: &[(usize, &[u32])]) -> Result<Hidden<T>> {
+        let chunks = Chunks::new(&self.cfg, &cache.lens, cache.cap, chunks.to_vec())?;
+        self.forward_chunks(cache, &chunks)
+    }
+
+    /// [`GpuModel::forward_hidden`] of a checked batch.
+    fn forward_chunks(&self, cache: &mut GpuKvCache<T>, chunks: &Chunks) -> Result<Hidden<T>> {
         let cfg = &self.cfg;
         let gpu = &*self.gpu;
         let (c, v, ff, hd) = (cfg.hidden_size, cfg.vocab_size, cfg.intermediate_size, cfg.head_dim);
         let (nh, nkv, qd, kvd) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.q_dim(), cfg.kv_dim());
         let eps = cfg.rms_norm_eps as f32;
+        if chunks.pairs().iter().zip(chunks.starts()).any(|(&(slot, _), &start)| cache.lens.get(slot) != Some(&start)) {
+            return Err(Error::input("forward: the chunks were checked against another cache"));
+        }
 
         let mut ids = Vec::new();
-        let mut rows = Vec::with_capacity(chunks.len());
+        let mut rows = Vec::with_capacity(chunks.pairs().len());
         let mut entries = Vec::new();
-        let mut seen = vec![false; cache.slots];
-        for &(slot, chunk) in chunks {
-            if slot >= cache.slots || std::mem::replace(&mut seen[slot], true) {
-                return Err(Error::input(format!("cache slot {slot} is out of range or used twice in one batch")));
-            }
-            if let Some((t, &id)) = chunk.iter().enumerate().find(|(_, &id)| id as usize >= v) {
-                return Err(Error::input(format!(
-                    "slot {slot}, position {}: token id {id} is out of range (vocab_size = {v})",
-                    cache.lens[slot] + t
-                )));
-            }
-            let end = cache.lens[slot] + chunk.len();
-            if end > cfg.max_position_embeddings || end > cache.cap {
-                return Err(Error::input(format!(
-                    "slot {slot} would be {end} tokens long (max_position_embeddings = {}, cache capacity = {})",
-                    cfg.max_position_embeddings, cache.cap
-                )));
-            }
+        for &(slot, chunk) in chunks.pairs() {
             rows.push(ids.len()..ids.len() + chunk.len());
             ids.extend_from_slice(chunk);
             if !chunk.is_empty() {
@@ -202,7 +196,7 @@ impl<T: GpuFloat> GpuModel<T> {
             gpu::matmul::matmul_fwd(gpu, &mut proj.as_view_mut(), &act.as_view(), &w(&lr.down_w), None, n, ff, c)?;
             gpu::residual::residual_add(gpu, &mut x.as_view_mut(), &proj.as_view())?;
         }
-        for &(slot, chunk) in chunks {
+        for &(slot, chunk) in chunks.pairs() {
             cache.lens[slot] += chunk.len();
         }
         gpu::rmsnorm::rmsnorm_fwd(gpu, &mut h.as_view_mut(), &mut rstd.as_view_mut(), &x.as_view(), &w(&self.layout.final_norm), n, c, eps)?;
@@ -244,13 +238,16 @@ impl<T: GpuFloat> GpuModel<T> {
     /// logp[s][t] = log softmax(logits(x_≤t) / temp)[x_{t+1}] for every sequence (len − 1 values
     /// each), as `Model::score(..).logp`, through the fused head (the [n, vocab] logits never exist).
     pub fn score(&self, seqs: &[&[u32]], temp: f64) -> Result<Vec<Vec<f32>>> {
-        if !(temp > 0.0 && temp.is_finite()) {
-            return Err(Error::input(format!("temperature must be positive to score log-probs, got {temp}")));
-        }
+        check_score_temperature(temp)?;
+        self.score_checked(&Chunks::fresh(&self.cfg, seqs)?, temp)
+    }
+
+    /// [`GpuModel::score`] of fresh sequences and a temperature already checked.
+    fn score_checked(&self, chunks: &Chunks, temp: f64) -> Result<Vec<Vec<f32>>> {
+        let seqs: Vec<&[u32]> = chunks.pairs().iter().map(|&(_, s)| s).collect();
         let cap = seqs.iter().map(|s| s.len()).max().unwrap_or(0).max(1);
         let mut cache = GpuKvCache::new(&self.gpu, &self.cfg, seqs.len(), cap)?;
-        let chunks: Vec<(usize, &[u32])> = seqs.iter().enumerate().map(|(i, s)| (i, *s)).collect();
-        let hidden = self.forward_hidden(&mut cache, &chunks)?;
+        let hidden = self.forward_chunks(&mut cache, chunks)?;
         // next token of every row; the last row of a sequence predicts nothing (target 0, dropped)
         let targets: Vec<u32> = seqs.iter().flat_map(|s| s.iter().skip(1).copied().chain(s.first().map(|_| 0))).collect();
         let n = targets.len();
@@ -266,55 +263,104 @@ impl<T: GpuFloat> GpuModel<T> {
         let rows = gpu.dtoh(&logp)?;
         Ok(hidden.rows.iter().map(|r| rows[r.start..r.end.saturating_sub(1).max(r.start)].to_vec()).collect())
     }
+}
 
-    /// Batched generation with the KV cache, the same contract as `generate::generate` (prompts
-    /// prefilled together; each sequence stops at its own eos, kept as its last token, or after
-    /// max_new_tokens; sequence i draws uniform(seed, stream_offset + i, step)).
-    pub fn generate(&self, prompts: &[Vec<u32>], opts: &GenerateOptions) -> Result<Vec<Generation>> {
-        crate::generate::check_request(prompts, opts, self.cfg.max_position_embeddings)?;
+/// The decoding state of the GPU model: the KV cache and the sampler's buffers ([rows] tokens,
+/// [rows, vocab] fixed-point masses), allocated once per generation.
+pub struct GpuDecode<T: GpuFloat> {
+    pub kv: GpuKvCache<T>,
+    tokens: DeviceBuffer<u32>,
+    scratch: DeviceBuffer<u64>,
+}
+
+/// The logits of the last rows of a forward, on the device: [rows, vocab] f32.
+pub struct GpuLogits {
+    pub values: DeviceBuffer<f32>,
+    pub rows: usize,
+}
+
+impl<T: GpuFloat> Policy for GpuModel<T> {
+    /// the f32 master weights and moments of the device training step (not built yet)
+    type Grad = f32;
+    type Cache = GpuDecode<T>;
+    type Logits = GpuLogits;
+    type Record = ();
+
+    fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    fn device(&self) -> &'static str {
+        if self.gpu.is_simulated() {
+            "sim"
+        } else {
+            "gpu"
+        }
+    }
+
+    fn n_params(&self) -> usize {
+        self.layout.total
+    }
+
+    fn new_cache(&self, slots: usize, cap: usize) -> Result<GpuDecode<T>> {
         let gpu = &*self.gpu;
-        let (b, v) = (prompts.len(), self.cfg.vocab_size);
-        let mut out: Vec<Generation> = vec![Generation { tokens: Vec::new(), stopped_on_eos: false }; b];
-        if b == 0 || opts.max_new_tokens == 0 {
-            return Ok(out);
-        }
-        let cap = prompts.iter().map(Vec::len).max().unwrap_or(0) + opts.max_new_tokens;
-        let mut cache = GpuKvCache::new(gpu, &self.cfg, b, cap)?;
-        let mut scratch = gpu.alloc_zeros::<u64>(b * v)?;
-        let mut tokens_d = gpu.alloc_zeros::<u32>(b)?;
+        let kv = GpuKvCache::new(gpu, &self.cfg, slots, cap)?;
+        let tokens = gpu.alloc_zeros::<u32>(slots.max(1))?;
+        let scratch = gpu.alloc_zeros::<u64>((slots * self.cfg.vocab_size).max(1))?;
+        Ok(GpuDecode { kv, tokens, scratch })
+    }
 
-        let chunks: Vec<(usize, &[u32])> = prompts.iter().enumerate().map(|(i, p)| (i, p.as_slice())).collect();
-        let mut hidden = self.forward_hidden(&mut cache, &chunks)?;
-        // the sequences whose next token is drawn now, and the hidden row that predicts it
-        let mut active: Vec<usize> = (0..b).collect();
-        let mut last_rows: Vec<u32> = hidden.rows.iter().map(|r| (r.end - 1) as u32).collect();
-        for step in 0..opts.max_new_tokens {
-            let rows = active.len();
-            let logits = self.logits_of_rows(&hidden, &last_rows)?;
-            let streams: Vec<u64> = active.iter().map(|&i| opts.stream_offset + i as u64).collect();
-            let streams_d = gpu.htod(&streams)?;
-            let mut tok_view = tokens_d.slice_mut(0..rows);
-            let mut scr_view = scratch.slice_mut(0..rows * v);
-            gpu::sampling::sample(gpu, &mut tok_view, &mut scr_view, &logits.as_view(), &streams_d.as_view(), rows, v, &opts.sampling, opts.seed, step as u64)?;
-            let drawn = gpu.dtoh(&tokens_d.slice(0..rows))?;
-            let mut next: Vec<(usize, u32)> = Vec::with_capacity(rows);
-            for (&i, &tok) in active.iter().zip(&drawn) {
-                out[i].tokens.push(tok);
-                if opts.eos_ids.contains(&tok) {
-                    out[i].stopped_on_eos = true;
-                } else if out[i].tokens.len() < opts.max_new_tokens {
-                    next.push((i, tok));
-                }
-            }
-            if next.is_empty() {
-                break;
-            }
-            let feed: Vec<[u32; 1]> = next.iter().map(|&(_, t)| [t]).collect();
-            let chunks: Vec<(usize, &[u32])> = next.iter().zip(&feed).map(|(&(i, _), t)| (i, &t[..])).collect();
-            hidden = self.forward_hidden(&mut cache, &chunks)?;
-            active = next.iter().map(|&(i, _)| i).collect();
-            last_rows = (0..active.len() as u32).collect();
+    fn cache_lens<'c>(&self, cache: &'c GpuDecode<T>) -> &'c [usize] {
+        &cache.kv.lens
+    }
+
+    fn cache_cap(&self, cache: &GpuDecode<T>) -> usize {
+        cache.kv.cap
+    }
+
+    fn forward_last(&self, cache: &mut GpuDecode<T>, chunks: &Chunks) -> Result<GpuLogits> {
+        let hidden = self.forward_chunks(&mut cache.kv, chunks)?;
+        let last: Vec<u32> = hidden.rows.iter().filter(|r| !r.is_empty()).map(|r| (r.end - 1) as u32).collect();
+        if last.is_empty() {
+            return Ok(GpuLogits { values: self.gpu.alloc_zeros::<f32>(1)?, rows: 0 });
         }
-        Ok(out)
+        Ok(GpuLogits { values: self.logits_of_rows(&hidden, &last)?, rows: last.len() })
+    }
+
+    fn logits_to_host(&self, logits: &GpuLogits) -> Result<Vec<f64>> {
+        let n = logits.rows * self.cfg.vocab_size;
+        Ok(self.gpu.dtoh(&logits.values.slice(0..n))?.iter().map(|&x| x as f64).collect())
+    }
+
+    fn sample(&self, cache: &mut GpuDecode<T>, logits: &GpuLogits, draw: &Draw) -> Result<Vec<u32>> {
+        let (rows, v) = (logits.rows, self.cfg.vocab_size);
+        crate::error::check_len("sample", "streams", draw.streams.len(), rows)?;
+        if rows == 0 {
+            return Ok(Vec::new());
+        }
+        let gpu = &*self.gpu;
+        let streams = gpu.htod(draw.streams)?;
+        let mut tokens = cache.tokens.slice_mut(0..rows);
+        let mut scratch = cache.scratch.slice_mut(0..rows * v);
+        let lv = logits.values.slice(0..rows * v);
+        gpu::sampling::sample(gpu, &mut tokens, &mut scratch, &lv, &streams.as_view(), rows, v, draw.params, draw.seed, draw.step)?;
+        gpu.dtoh(&cache.tokens.slice(0..rows))
+    }
+
+    fn score_responses(&self, batch: &ScoreBatch, record: bool) -> Result<ScoredResponses<()>> {
+        if record {
+            return Err(not_on_device("scoring for a backward pass", self.device()));
+        }
+        let logp = self.score_checked(&batch.chunks(), batch.temp())?;
+        let logp = logp.iter().enumerate().map(|(i, lp)| lp[batch.response_range(i)].iter().map(|&x| x as f64).collect()).collect();
+        Ok(ScoredResponses { logp, record: None })
+    }
+
+    fn backward_responses(&self, _: &ScoredResponses<()>, _: &[Vec<f64>]) -> Result<Vec<f32>> {
+        Err(not_on_device("backward_responses", self.device()))
+    }
+
+    fn apply_update(&mut self, _: &mut AdamWState<f32>, _: &[f32], _: &AdamWConfig, _: f64) -> Result<()> {
+        Err(not_on_device("apply_update", self.device()))
     }
 }

@@ -12,7 +12,7 @@ use crate::tokenizer::{Message, Tokenizer};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Verdict {
     pub correct: bool,
-    /// (necessary, redundant) reasoning steps (toy task only)
+    /// (useful, useless) reasoning steps (toy task only; see [`crate::task::Verdict`])
     pub steps: Option<(usize, usize)>,
 }
 
@@ -59,7 +59,7 @@ impl Environment for ToyEnv {
     }
     fn grade(&self, i: usize, response: &str) -> Verdict {
         let v = verify(&self.examples[i], response);
-        Verdict { correct: v.correct, steps: Some((v.necessary_steps, v.redundant_steps)) }
+        Verdict { correct: v.correct, steps: Some((v.useful_steps, v.useless_steps)) }
     }
 }
 

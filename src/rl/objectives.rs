@@ -390,7 +390,7 @@ impl Hyper {
 
 /// λ in JSON: a finite number as a number, ±∞ as `"inf"` / `"-inf"` (NaN as `"nan"`, which
 /// validation rejects); read back from a number or one of those strings (`"infinity"`, `"+inf"` too).
-mod lambda_json {
+pub(crate) mod lambda_json {
     use serde::{de::Error as _, Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(x: &f64, s: S) -> Result<S::Ok, S::Error> {

@@ -37,7 +37,7 @@ use crate::eval::mean;
 use crate::generate::GenerateOptions;
 use crate::model::Model;
 use crate::optim::{clip_grad_norm, AdamWConfig, AdamWState, LrDecay, LrSchedule};
-use crate::policy::{backward_responses, score_responses};
+use crate::policy::{mean_abs_logp_diff, Generator, Policy, ScoreBatch};
 use crate::rl::env::Environment;
 use crate::rl::objectives::{self, Baseline, Batch, HapoHistory, Hyper, Outcomes};
 use crate::rl::run_folder::{self, RunStart};
@@ -291,6 +291,7 @@ pub struct StepMetrics {
     pub accuracy: f64,
     pub mean_length: f64,
     pub mean_length_correct: Option<f64>,
+    /// toy task: mean useless (padding) and useful steps per rollout (see task::Verdict)
     pub mean_redundant_steps: Option<f64>,
     pub mean_necessary_steps: Option<f64>,
     pub truncation_rate: f64,
@@ -315,6 +316,13 @@ pub struct StepMetrics {
     pub adv_mean_correct: Option<f64>,
     pub adv_min_correct: Option<f64>,
     pub negative_advantage_share_correct: Option<f64>,
+    /// every objective: share of the correct rollouts the objective pushes down (push < 0, see
+    /// [`ChunkResult::push`]; the mechanism of SPEC §6.3) and share it leaves alone (push = 0, e.g.
+    /// all-correct groups under DRPO); first inner epoch. Absent in metrics written before them.
+    #[serde(default)]
+    pub correct_pushed_down_share: Option<f64>,
+    #[serde(default)]
+    pub correct_unpushed_share: Option<f64>,
     pub loss: Option<f64>,
     pub objective: Option<f64>,
     /// mean and max over the step's optimizer steps of the gradient norm before clipping
@@ -326,6 +334,11 @@ pub struct StepMetrics {
     pub lr_mean: f64,
     pub lr_max: f64,
     pub step_seconds: f64,
+    /// mean |Δ log-prob| per response token between the policy that sampled the rollouts (the
+    /// device's bf16 copy) and the one that scores and trains (the host f32 model): the
+    /// train/inference mismatch of `--device gpu|sim`. None on the CPU, where they are one policy.
+    #[serde(default)]
+    pub sampler_logp_mismatch: Option<f64>,
 }
 
 /// `Some(x)` for a finite x.
@@ -405,6 +418,11 @@ pub struct ChunkResult {
     pub penalty: f64,
     /// DRPO/DisCO: ŵ of the positives of each valid group (each list sums to 1); empty for baselines
     pub positive_weights: Vec<Vec<f64>>,
+    /// `[rows]` the objective's push on each response, the sign of its gradient step on the
+    /// response's log-likelihood: > 0 up, < 0 down, 0 none. DRPO/DisCO: −∂loss/∂s_i of the
+    /// discriminative part (the KL penalty's uniform pull towards π_old left out); baselines (no KL
+    /// term): −Σ_t ∂loss/∂ℓ_{i,t} = (1/n) A_i · mean over unclipped tokens of ρ.
+    pub push: Vec<f64>,
 }
 
 /// The gradient of one mini-batch and its chunks' numbers.
@@ -423,13 +441,13 @@ pub struct MiniBatchGradient<T> {
 ///
 /// prompts: `[rows]` the prompt of each rollout.  advantages: `[rows]` the baselines' advantages
 /// (None: DRPO / DisCO from `cfg`).
-pub fn minibatch_gradient<T: Float>(
-    model: &Model<T>,
+pub fn minibatch_gradient<P: Policy>(
+    policy: &P,
     cfg: &TrainConfig,
     prompts: &[&[u32]],
     rollouts: &[Rollout],
     advantages: Option<&[f64]>,
-) -> Result<MiniBatchGradient<T>> {
+) -> Result<MiniBatchGradient<P::Grad>> {
     crate::error::check_len("minibatch_gradient", "prompts", prompts.len(), rollouts.len())?;
     if let Some(a) = advantages {
         crate::error::check_len("minibatch_gradient", "advantages", a.len(), rollouts.len())?;
@@ -438,12 +456,13 @@ pub fn minibatch_gradient<T: Float>(
     let rows_per_chunk = cfg.chunk_questions * cfg.group_size;
     let n_chunks = rollouts.len().div_ceil(rows_per_chunk).max(1);
     let scale = 1.0 / n_chunks as f64;
-    let mut grads = vec![T::ZERO; model.layout.total];
+    let mut grads = vec![<P::Grad as Float>::from_f64(0.0); policy.n_params()];
     let mut chunks = Vec::with_capacity(n_chunks);
     for (ci, chunk) in rollouts.chunks(rows_per_chunk).enumerate() {
         let first = ci * rows_per_chunk;
         let resps: Vec<&[u32]> = chunk.iter().map(|r| r.tokens.as_slice()).collect();
-        let scored = score_responses(model, &prompts[first..first + chunk.len()], &resps, cfg.temperature, true)?;
+        let batch = ScoreBatch::responses(policy.config(), &prompts[first..first + chunk.len()], &resps, cfg.temperature)?;
+        let scored = policy.score_responses(&batch, true)?;
         let logp: Vec<f64> = scored.logp.concat();
         let old: Vec<f64> = chunk.iter().flat_map(|r| r.old_logp.iter().copied()).collect();
         let cols = Columns::of(chunk);
@@ -458,12 +477,21 @@ pub fn minibatch_gradient<T: Float>(
                     .filter(|gs| gs.valid)
                     .map(|gs| gs.members.iter().filter(|&&i| correct[i]).map(|&i| out.weights[i]).collect())
                     .collect();
-                let r = ChunkResult { loss: out.loss, objective: out.j, kl: out.kl, penalty: out.penalty, positive_weights };
+                let push = out.dloss_ds.iter().map(|d| -d).collect();
+                let r = ChunkResult { loss: out.loss, objective: out.j, kl: out.kl, penalty: out.penalty, positive_weights, push };
                 (out.dlogp, r)
             }
             Some(adv) => {
                 let out = objectives::clipped_surrogate(&batch, &adv[first..first + chunk.len()], hyper.clip_eps)?;
-                let r = ChunkResult { loss: out.loss, objective: out.j, kl: out.kl, penalty: out.penalty, positive_weights: Vec::new() };
+                let mut at = 0;
+                let push = len
+                    .iter()
+                    .map(|&l| {
+                        at += l;
+                        -out.dlogp[at - l..at].iter().sum::<f64>()
+                    })
+                    .collect();
+                let r = ChunkResult { loss: out.loss, objective: out.j, kl: out.kl, penalty: out.penalty, positive_weights: Vec::new(), push };
                 (out.dlogp, r)
             }
         };
@@ -474,7 +502,7 @@ pub fn minibatch_gradient<T: Float>(
             rows.push(dlogp[at..at + l].iter().map(|d| d * scale).collect::<Vec<f64>>());
             at += l;
         }
-        let g = backward_responses(model, &scored, &rows);
+        let g = policy.backward_responses(&scored, &rows)?;
         for (a, b) in grads.iter_mut().zip(&g) {
             *a += *b;
         }
@@ -630,7 +658,9 @@ impl<'a> Trainer<'a> {
         }
     }
 
-    fn rollouts(&self, questions: &[usize]) -> Result<Vec<Rollout>> {
+    /// The step's rollouts, and the sampling policy's log-prob mismatch where it is not the
+    /// scoring policy ([`StepMetrics::sampler_logp_mismatch`]).
+    fn rollouts(&self, questions: &[usize]) -> Result<(Vec<Rollout>, Option<f64>)> {
         let cfg = &self.cfg;
         let g = cfg.group_size;
         let prompts: Vec<Vec<u32>> = questions.iter().flat_map(|&q| std::iter::repeat_n(self.env.prompt(q).to_vec(), g)).collect();
@@ -643,13 +673,20 @@ impl<'a> Trainer<'a> {
             eos_ids: self.tok.eos_ids().to_vec(),
             stream_offset,
         };
-        let gens = self.engine.generate(&self.model, &prompts, &opts)?;
-        // old log-probs: the current weights, temperature T, recomputed (SPEC §5.1)
+        let gens = self.engine.generator(&self.model).generate(&prompts, &opts)?;
+        // old log-probs: the current weights, temperature T, recomputed (SPEC §5.1) by the policy
+        // that trains
         let p_refs: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
         let r_refs: Vec<&[u32]> = gens.iter().map(|g| g.tokens.as_slice()).collect();
-        let old = score_responses(&self.model, &p_refs, &r_refs, cfg.temperature, false)?;
+        let batch = ScoreBatch::responses(&self.model.cfg, &p_refs, &r_refs, cfg.temperature)?;
+        let old = self.model.score_responses(&batch, false)?.logp;
+        // until the device scores and trains, a device samples with its own (bf16) copy: measured
+        let mismatch = match &self.engine {
+            Engine::Cpu => None,
+            Engine::Gpu(g) => mean_abs_logp_diff(&Generator::score(g, &batch)?, &old),
+        };
         let mut out = Vec::with_capacity(gens.len());
-        for (k, (gen, old_logp)) in gens.into_iter().zip(old.logp).enumerate() {
+        for (k, (gen, old_logp)) in gens.into_iter().zip(old).enumerate() {
             let problem = questions[k / g];
             let (text, undecodable) = self.graded_text(problem, &gen.tokens)?;
             let v = self.env.grade(problem, &text);
@@ -664,7 +701,7 @@ impl<'a> Trainer<'a> {
                 old_logp,
             });
         }
-        Ok(out)
+        Ok((out, mismatch))
     }
 
     /// One training step (rollouts, then the optimizer steps of its mini-batches).
@@ -674,7 +711,7 @@ impl<'a> Trainer<'a> {
         let hyper = cfg.effective_hyper();
         let g = cfg.group_size;
         let questions = questions_of_step(self.env.len(), cfg.questions_per_step, cfg.seed, self.state.step)?;
-        let rollouts = self.rollouts(&questions)?;
+        let (rollouts, sampler_logp_mismatch) = self.rollouts(&questions)?;
 
         // baselines: rewards and advantages once per step, on all rollouts
         let advantages = match cfg.objective.baseline() {
@@ -692,6 +729,7 @@ impl<'a> Trainer<'a> {
         let (mut kl_last, mut penalties, mut losses, mut objs) = (f64::NAN, Vec::new(), Vec::new(), Vec::new());
         let (mut grad_norms, mut lrs, mut skipped) = (Vec::new(), Vec::new(), 0usize);
         let mut positive_weights: Vec<Vec<f64>> = Vec::new();
+        let mut push: Vec<f64> = Vec::with_capacity(rollouts.len());
         let mb_rows = cfg.mini_batch_questions * g;
         for epoch in 0..cfg.inner_epochs {
             for (mi, mb) in rollouts.chunks(mb_rows).enumerate() {
@@ -705,6 +743,7 @@ impl<'a> Trainer<'a> {
                     objs.push(c.objective);
                     if epoch == 0 {
                         positive_weights.extend(c.positive_weights);
+                        push.extend(c.push);
                     }
                 }
                 let norm = clip_grad_norm(&mut grads, cfg.grad_clip);
@@ -712,7 +751,7 @@ impl<'a> Trainer<'a> {
                 grad_norms.push(norm);
                 lrs.push(lr);
                 if norm.is_finite() {
-                    self.opt.step(&mut self.model.params, &grads, &adamw, lr);
+                    self.model.apply_update(&mut self.opt, &grads, &adamw, lr)?;
                     self.state.optimizer_steps += 1;
                 } else {
                     skipped += 1;
@@ -738,6 +777,8 @@ impl<'a> Trainer<'a> {
             Some(a) => a.iter().zip(&rollouts).filter(|(_, r)| r.correct).map(|(&x, _)| x).collect(),
             None => Vec::new(),
         };
+        // epoch 0 visits every rollout once, in order
+        let correct_push: Vec<f64> = push.iter().zip(&rollouts).filter(|(_, r)| r.correct).map(|(&p, _)| p).collect();
         let grad_norm_mean = mean(grad_norms.iter().copied()).and_then(finite);
         let grad_norm_max = if grad_norms.iter().all(|x| x.is_finite()) { grad_norms.iter().copied().reduce(f64::max) } else { None };
         Ok(StepMetrics {
@@ -759,6 +800,8 @@ impl<'a> Trainer<'a> {
             adv_mean_correct: mean(adv_correct.iter().copied()),
             adv_min_correct: adv_correct.iter().copied().reduce(f64::min),
             negative_advantage_share_correct: advantages.as_ref().and(mean(adv_correct.iter().map(|&a| (a < 0.0) as u8 as f64))),
+            correct_pushed_down_share: mean(correct_push.iter().map(|&p| (p < 0.0) as u8 as f64)),
+            correct_unpushed_share: mean(correct_push.iter().map(|&p| (p == 0.0) as u8 as f64)),
             loss: mean(losses.iter().copied()).and_then(finite),
             objective: mean(objs.iter().copied()).and_then(finite),
             grad_norm_mean,
@@ -767,6 +810,7 @@ impl<'a> Trainer<'a> {
             lr_mean: mean(lrs.iter().copied()).unwrap_or(0.0),
             lr_max: lrs.iter().copied().reduce(f64::max).unwrap_or(0.0),
             step_seconds: t0.elapsed().as_secs_f64(),
+            sampler_logp_mismatch: sampler_logp_mismatch.and_then(finite),
         })
     }
 }

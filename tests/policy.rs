@@ -1,0 +1,206 @@
+//! The policy contract (`drpo::policy::Policy`), one test body per property, run on every device:
+//! the CPU model (f32), the GPU model on the simulated device (f32 and bf16 storage), and the same on
+//! a GPU when one is present. Then `drpo train --device sim` end to end, reporting the sampling
+//! policy's log-prob mismatch.
+
+mod gpu_common;
+use drpo::cpu::Float;
+use drpo::generate::{generate, GenerateOptions};
+use drpo::gpu::bf16;
+use drpo::model::gpu::GpuModel;
+use drpo::model::Model;
+use drpo::policy::{Chunks, Policy, ScoreBatch};
+use drpo::sampling::SamplingParams;
+use gpu_common::*;
+use std::sync::Arc;
+
+/// log softmax(row / temp)[target] in f64.
+fn log_softmax_at(row: &[f64], target: u32, temp: f64) -> f64 {
+    let max = row.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x / temp));
+    let lse = max + row.iter().map(|&x| (x / temp - max).exp()).sum::<f64>().ln();
+    row[target as usize] / temp - lse
+}
+
+const PROMPTS: [&[u32]; 3] = [&[1, 2, 3, 4, 5], &[6, 7], &[8, 9, 10]];
+const RESPONSES: [&[u32]; 3] = [&[11, 12, 13, 14], &[15, 16, 17, 18, 19, 20], &[21]];
+const TEMP: f64 = 0.7;
+
+/// Prefill of the prompts, then the responses one token per step through the cache (a sequence
+/// whose response is used up leaves the batch): the log-probs of the response tokens from those
+/// logits equal `score_responses`'s, which runs the whole sequences at once without a cache.
+fn prefill_decode_equals_score<P: Policy>(what: &str, p: &P, bound: Bound) -> drpo::Result<()> {
+    let cfg = p.config().clone();
+    let v = cfg.vocab_size;
+    let cap = PROMPTS.iter().zip(RESPONSES).map(|(a, b)| a.len() + b.len()).max().unwrap();
+    let mut cache = p.new_cache(PROMPTS.len(), cap)?;
+    let chunks = Chunks::new(&cfg, p.cache_lens(&cache), p.cache_cap(&cache), PROMPTS.iter().copied().enumerate().collect())?;
+    let mut logits = p.logits_to_host(&p.forward_last(&mut cache, &chunks)?)?;
+    let mut active: Vec<usize> = (0..PROMPTS.len()).collect();
+    let mut got: Vec<Vec<f64>> = vec![Vec::new(); PROMPTS.len()];
+    for t in 0.. {
+        assert_eq!(logits.len(), active.len() * v, "{what}: one row of logits per active sequence");
+        for (row, &s) in active.iter().enumerate() {
+            got[s].push(log_softmax_at(&logits[row * v..(row + 1) * v], RESPONSES[s][t], TEMP));
+        }
+        active.retain(|&s| t + 1 < RESPONSES[s].len());
+        if active.is_empty() {
+            break;
+        }
+        let pairs = active.iter().map(|&s| (s, &RESPONSES[s][t..t + 1])).collect();
+        let chunks = Chunks::new(&cfg, p.cache_lens(&cache), p.cache_cap(&cache), pairs)?;
+        logits = p.logits_to_host(&p.forward_last(&mut cache, &chunks)?)?;
+    }
+    let batch = ScoreBatch::responses(&cfg, &PROMPTS, &RESPONSES, TEMP)?;
+    let want = p.score_responses(&batch, false)?.logp;
+    for (s, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert_eq!(g.len(), RESPONSES[s].len(), "{what}: sequence {s}");
+        assert_eq!(w.len(), RESPONSES[s].len(), "{what}: sequence {s}");
+    }
+    assert_close(&format!("{what}: prefill+decode vs score"), &got.concat(), &want.concat(), bound);
+    Ok(())
+}
+
+/// The one generation loop: greedy tokens equal the tokens the policy's own prefill/decode logits
+/// put first (`reference`: the same tokens, for the f32 paths the CPU's), an eos is kept as the
+/// last token and stops only its sequence, and max_new_tokens bounds the others.
+fn generation_through_the_loop<P: Policy>(what: &str, p: &P, reference: Option<&[Vec<u32>]>) -> drpo::Result<Vec<Vec<u32>>> {
+    let prompts: Vec<Vec<u32>> = PROMPTS.iter().map(|x| x.to_vec()).collect();
+    let greedy = SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0 };
+    let opts = GenerateOptions { max_new_tokens: 6, sampling: greedy, seed: 0, eos_ids: vec![], stream_offset: 0 };
+    let free: Vec<Vec<u32>> = generate(p, &prompts, &opts)?.into_iter().map(|g| g.tokens).collect();
+    assert!(free.iter().all(|t| t.len() == 6), "{what}: no eos: every sequence runs to max_new_tokens, {free:?}");
+    if let Some(want) = reference {
+        assert_eq!(free, want, "{what}: greedy tokens");
+    }
+    // the third token of sequence 0 as the eos: sequence 0 stops on it (kept), unless it came earlier
+    let eos = free[0][2];
+    let stopped = generate(p, &prompts, &GenerateOptions { eos_ids: vec![eos], ..opts.clone() })?;
+    for (s, (g, f)) in stopped.iter().zip(&free).enumerate() {
+        let until = f.iter().position(|&t| t == eos).map_or(f.len(), |i| i + 1);
+        assert_eq!(g.tokens, f[..until], "{what}: sequence {s} with eos {eos}");
+        assert_eq!(g.stopped_on_eos, until < f.len() || f.last() == Some(&eos), "{what}: sequence {s} stopped_on_eos");
+    }
+    assert!(stopped[0].stopped_on_eos && stopped[0].tokens.len() <= 3, "{what}: sequence 0 must stop at its eos");
+    Ok(free)
+}
+
+/// The batch types refuse bad input with an error naming the field, whatever the device; the
+/// device entry points (generate, score) go through them.
+fn packed_batch_validation<P: Policy>(what: &str, p: &P) {
+    let cfg = p.config().clone();
+    let v = cfg.vocab_size as u32;
+    let greedy = GenerateOptions { max_new_tokens: 2, sampling: SamplingParams::default(), seed: 0, eos_ids: vec![], stream_offset: 0 };
+    let expect = |r: drpo::Result<()>, needle: &str| {
+        let e = r.expect_err(needle).to_string();
+        assert!(e.contains(needle), "{what}: `{e}` should name `{needle}`");
+    };
+    expect(generate(p, &[vec![1, v, 2]], &greedy).map(|_| ()), "token id");
+    expect(generate(p, &[vec![1, v, 2]], &greedy).map(|_| ()), "position 1");
+    expect(generate(p, &[vec![]], &greedy).map(|_| ()), "prompt 0 is empty");
+    let long = vec![1u32; cfg.max_position_embeddings];
+    expect(generate(p, std::slice::from_ref(&long), &greedy).map(|_| ()), "max_position_embeddings");
+    expect(ScoreBatch::responses(&cfg, &[&[1], &[2]], &[&[3], &[v]], 1.0).map(|_| ()), "token id");
+    expect(ScoreBatch::responses(&cfg, &[&[1], &[]], &[&[3], &[4]], 1.0).map(|_| ()), "prompt 1 is empty");
+    expect(ScoreBatch::responses(&cfg, &[&[1]], &[&[3], &[4]], 1.0).map(|_| ()), "responses");
+    expect(ScoreBatch::responses(&cfg, &[&long], &[&[3]], 1.0).map(|_| ()), "max_position_embeddings");
+    for t in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+        expect(ScoreBatch::responses(&cfg, &[&[1]], &[&[3]], t).map(|_| ()), "temperature");
+    }
+    let cache = p.new_cache(2, 4).unwrap();
+    let (lens, cap) = (p.cache_lens(&cache), p.cache_cap(&cache));
+    expect(Chunks::new(&cfg, lens, cap, vec![(1, &[1][..]), (0, &[2][..])]).map(|_| ()), "sequence 0");
+    expect(Chunks::new(&cfg, lens, cap, vec![(2, &[1][..])]).map(|_| ()), "sequence 2: out of range");
+    if cap < cfg.max_position_embeddings {
+        expect(Chunks::new(&cfg, lens, cap, vec![(0, &[1, 2, 3, 4, 5][..])]).map(|_| ()), "capacity");
+    }
+}
+
+/// Score-backward and the update: the CPU computes them; the GPU model refuses with an error
+/// naming the device until the device training step exists.
+fn backward_and_update<P: Policy>(what: &str, p: &mut P) -> drpo::Result<()> {
+    let batch = ScoreBatch::responses(p.config(), &PROMPTS, &RESPONSES, TEMP)?;
+    if p.device() == "cpu" {
+        let scored = p.score_responses(&batch, true)?;
+        let dlogp: Vec<Vec<f64>> = scored.logp.iter().map(|r| vec![1.0; r.len()]).collect();
+        let grads = p.backward_responses(&scored, &dlogp)?;
+        assert_eq!(grads.len(), p.n_params());
+        assert!(grads.iter().any(|g| g.to_f64() != 0.0), "{what}: a zero gradient");
+        let short = p.backward_responses(&scored, &dlogp[..1]).expect_err("one dlogp row per response");
+        assert!(short.to_string().contains("dlogp"), "{short}");
+        let unrecorded = p.score_responses(&batch, false)?;
+        assert!(p.backward_responses(&unrecorded, &dlogp).is_err(), "{what}: a backward needs a recorded score");
+        let mut opt = drpo::optim::AdamWState::new(p.n_params());
+        p.apply_update(&mut opt, &grads, &drpo::optim::AdamWConfig::default(), 1e-3)?;
+        assert_eq!(opt.step, 1);
+    } else {
+        let e = p.score_responses(&batch, true).err().expect("no device backward yet").to_string();
+        assert!(e.contains("not supported on the") && e.contains(p.device()), "{what}: {e}");
+        let mut opt = drpo::optim::AdamWState::new(p.n_params());
+        let grads = vec![<P::Grad as Float>::from_f64(0.0); p.n_params()];
+        let e = p.apply_update(&mut opt, &grads, &drpo::optim::AdamWConfig::default(), 1e-3).expect_err("no device update yet").to_string();
+        assert!(e.contains("apply_update") && e.contains(p.device()), "{what}: {e}");
+    }
+    Ok(())
+}
+
+/// Every property on one policy.
+fn contract<P: Policy>(what: &str, p: &mut P, bound: Bound, reference: Option<&[Vec<u32>]>) -> drpo::Result<Vec<Vec<u32>>> {
+    prefill_decode_equals_score(what, p, bound)?;
+    let tokens = generation_through_the_loop(what, p, reference)?;
+    packed_batch_validation(what, p);
+    backward_and_update(what, p)?;
+    Ok(tokens)
+}
+
+#[test]
+fn every_device_keeps_the_policy_contract() -> drpo::Result<()> {
+    for name in FIXTURES {
+        let cpu = Model::<f32>::load(&fixture(name))?;
+        // the CPU's cached decode and its scoring run the same f32 ops on the same rows; the host
+        // log-softmax (f64) of the f32 logits differs from the f32 one by rounding
+        let want = contract(&format!("{name} cpu"), &mut cpu.clone(), chain(1e-5), None)?;
+        for gpu in devices("policy_contract") {
+            let gpu = Arc::new(gpu);
+            let dev = if gpu.is_simulated() { "sim" } else { "gpu" };
+            // f32 storage: decode and prefill kernels, the f32-out head vs the fused head
+            let mut m32 = GpuModel::<f32>::from_cpu(gpu.clone(), &cpu)?;
+            contract(&format!("{name} {dev} f32"), &mut m32, chain(1e-4), Some(&want))?;
+            // bf16 storage (what --device gpu|sim runs): the decode-step and score paths round differently
+            let mut m16 = GpuModel::<bf16>::from_cpu(gpu.clone(), &cpu)?;
+            contract(&format!("{name} {dev} bf16"), &mut m16, chain(BF16_MODEL), None)?;
+        }
+    }
+    Ok(())
+}
+
+/// `drpo train --device sim` runs end to end on the toy task: the simulated device samples the
+/// rollouts with its bf16 copy, the host f32 model scores and trains, and metrics.jsonl reports the
+/// mean |Δ log-prob| per token between the two (finite, small, not zero: bf16 is not f32). On the
+/// CPU the sampler is the scoring policy: no mismatch is reported.
+#[test]
+fn train_on_the_simulated_device_reports_the_sampler_mismatch() {
+    if devices("train_sim").iter().all(|g| !g.is_simulated()) {
+        return;
+    }
+    let model = toy_model_dir("policy-train-sim-model", 11);
+    let mismatch = |device: &str| -> Vec<Option<f64>> {
+        let out = scratch_dir(&format!("policy-train-{device}"));
+        let (ok, _, err) = run_drpo(&[
+            "train", "--model", model.to_str().unwrap(), "--out", out.to_str().unwrap(), "--device", device, "--steps", "2",
+            "--questions-per-step", "2", "--group-size", "4", "--mini-batch-questions", "2", "--chunk-questions", "2",
+            "--max-new-tokens", "12",
+        ]);
+        assert!(ok, "train --device {device}: {err}");
+        let metrics = drpo::rl::trainer::read_metrics(&out.join("metrics.jsonl")).unwrap();
+        assert_eq!(metrics.len(), 2, "{device}: one metrics line per step");
+        metrics.iter().map(|m| m.sampler_logp_mismatch).collect()
+    };
+    let sim = mismatch("sim");
+    println!("sampler_logp_mismatch on sim: {sim:?}");
+    for m in &sim {
+        let m = m.expect("the simulated device reports the mismatch");
+        // a random init (std 0.02) gives near-uniform log-probs ≈ −ln(vocab): bf16 rounding moves them little
+        assert!(m.is_finite() && m > 0.0 && m < 0.05, "mean |Δ log-prob| per token = {m}");
+    }
+    assert_eq!(mismatch("cpu"), vec![None, None], "the CPU samples with the scoring policy");
+}
