@@ -11,11 +11,12 @@ use drpo::gpu::{bf16, Gpu, GpuFloat};
 use gpu_common::*;
 
 /// bf16 attention on the tensor cores (prefill, training forward, backward): P (and dS) enter their
-/// second product rounded to bf16, then the result is rounded once — about three roundings of ≤ 2^-9
-/// each, the first summed over many keys, so the error is noise-like with an unbounded tail rather
-/// than one bounded rounding: σ ≈ √3 · 2^-9/√3 ≈ 2e-3 of rms(want), measured ≤ 2.3e-3 on the
-/// simulator (NOTES.md numerics log). A bf16 chain bound (STYLE §5): rel_l2 6e-3 (≈ 2.6× measured;
-/// a GPU adds mma truncation and expf ulps, each far below 2^-9), every element within 5× of it.
+/// second product rounded to bf16, then the result is rounded once — three roundings of ≤ 2^-8
+/// relative each (bf16 keeps 8 significant bits), the first averaged over many keys, so the error is
+/// noise-like with an unbounded tail rather than one bounded rounding: the final rounding alone gives
+/// σ ≈ 2^-8/√3 ≈ 2.3e-3 of rms(want), measured ≤ 2.3e-3 on the simulator (NOTES.md numerics log).
+/// A bf16 chain bound (STYLE §5): rel_l2 6e-3 (≈ 2.6× measured; a GPU adds mma truncation and expf
+/// ulps, each far below 2^-8), every element within 5× of it.
 const BF16_TC: Bound = chain(6e-3);
 
 /// One batch: `(past, tq)` per sequence; slot s = entry s reversed, so slots ≠ entry order.
