@@ -18,7 +18,7 @@
 mod gpu_common;
 use drpo::gpu::objective::{self as dev, DeviceGroups, LogProbFloat, ObjectiveWork, TokenLogProbs};
 use drpo::gpu::Gpu;
-use drpo::rl::objectives::{self, Baseline, Batch, Estimator, HapoHistory, Hyper, Outcomes};
+use drpo::rl::objectives::{self, Baseline, Case, Estimator, HapoHistory, Hyper, Outcomes};
 use gpu_common::*;
 use rand::{rngs::StdRng, seq::SliceRandom, Rng};
 use serde_json::Value;
@@ -26,35 +26,23 @@ use serde_json::Value;
 const TOL: f64 = 1e-11;
 const F32_ROUNDING: f64 = 5.960464477539063e-8; // 2^-24
 
-/// One batch, owned, in the flat layout of `rl::objectives::Batch`.
-struct Case {
-    name: String,
-    hyper: Hyper,
-    group: Vec<usize>,
-    correct: Vec<bool>,
-    finished: Vec<bool>,
-    len: Vec<usize>,
-    max_len: usize,
-    logp: Vec<f64>,
-    old_logp: Vec<f64>,
+/// What the bounds are scaled by, per case (the case type is the library's, `rl::objectives::Case`).
+trait Floors {
+    fn tokens(&self) -> usize;
+    /// mean |ℓ| of each response: the magnitude its score is summed from
+    fn score_floors(&self) -> Vec<f64>;
+    /// mean |ℓ^old − ℓ|: the magnitude K is summed from
+    fn kl_floor(&self) -> f64;
 }
 
-impl Case {
-    fn outcomes(&self) -> Outcomes<'_> {
-        Outcomes { group: &self.group, correct: &self.correct, finished: &self.finished, len: &self.len, max_len: self.max_len }
-    }
-    fn batch(&self) -> Batch<'_> {
-        Batch { outcomes: self.outcomes(), logp: &self.logp, old_logp: &self.old_logp }
-    }
+impl Floors for Case {
     fn tokens(&self) -> usize {
         self.logp.len()
     }
-    /// mean |ℓ| of each response: the magnitude its score is summed from
     fn score_floors(&self) -> Vec<f64> {
         let off = self.batch().offsets();
         (0..self.len.len()).map(|i| self.logp[off[i]..off[i + 1]].iter().map(|x| x.abs()).sum::<f64>() / self.len[i] as f64).collect()
     }
-    /// mean |ℓ^old − ℓ|: the magnitude K is summed from
     fn kl_floor(&self) -> f64 {
         self.old_logp.iter().zip(&self.logp).map(|(o, l)| (o - l).abs()).sum::<f64>() / self.tokens() as f64
     }
@@ -66,38 +54,9 @@ fn fixture_cases() -> Vec<Case> {
         let path = fixture(model).join("objectives.json");
         let json: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         for c in json["cases"].as_array().unwrap() {
-            let h = &c["hyper"];
-            let num = |k: &str| h[k].as_f64().unwrap();
-            let hyper = Hyper {
-                tau: num("tau"),
-                lambda: num("lambda"),
-                beta: num("beta"),
-                delta: num("delta"),
-                grpo_alpha: num("grpo_alpha"),
-                grpo_eps: num("grpo_eps"),
-                clip_eps: None, // the fixture's grpo: the plain ratio surrogate
-                ..Hyper::default()
-            };
-            let mut case = Case {
-                name: format!("{model}/{}", c["name"].as_str().unwrap()),
-                hyper,
-                group: vec![],
-                correct: vec![],
-                finished: vec![],
-                len: vec![],
-                max_len: 0,
-                logp: vec![],
-                old_logp: vec![],
-            };
-            for r in c["responses"].as_array().unwrap() {
-                case.group.push(r["group"].as_u64().unwrap() as usize);
-                case.correct.push(r["reward"].as_f64().unwrap() == 1.0);
-                case.finished.push(true);
-                case.len.push(r["length"].as_u64().unwrap() as usize);
-                case.max_len = r["max_len"].as_u64().unwrap() as usize;
-                case.logp.extend(r["logp"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()));
-                case.old_logp.extend(r["old_logp"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()));
-            }
+            // the library's reader: a fixture without clip_eps is the plain ratio surrogate
+            let mut case = objectives::parse_case(c).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            case.name = format!("{model}/{}", case.name);
             out.push(case);
         }
     }

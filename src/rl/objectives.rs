@@ -104,7 +104,7 @@ mod discriminative;
 mod policy_gradient;
 mod rewards;
 
-pub use cases::{evaluate_cases, run_objective_file};
+pub use cases::{evaluate_cases, parse_case, run_objective_file, Case};
 pub use discriminative::{disco, drpo, length_weights, log_mean_exp, DiscoOutput, GroupStats};
 pub use policy_gradient::{
     baseline_advantages, baseline_advantages_keyed, clipped_surrogate, grpo, grpo_advantages, policy_gradient,

@@ -49,20 +49,32 @@ fn evaluate(input: &Value, path: &Path) -> Result<Value> {
     Ok(json!({ "cases": out }))
 }
 
-/// One case, owned, in the flat layout of [`Batch`].
-struct Case {
-    name: String,
-    hyper: Hyper,
-    group: Vec<usize>,
-    correct: Vec<bool>,
-    finished: Vec<bool>,
-    len: Vec<usize>,
-    max_len: usize,
-    logp: Vec<f64>,
-    old_logp: Vec<f64>,
+/// One case, owned, in the flat layout of [`Batch`] (what `objectives.json` holds per case; the
+/// device objective's tests read the fixtures through it too).
+#[derive(Clone, Debug)]
+pub struct Case {
+    pub name: String,
+    pub hyper: Hyper,
+    pub group: Vec<usize>,
+    pub correct: Vec<bool>,
+    pub finished: Vec<bool>,
+    pub len: Vec<usize>,
+    pub max_len: usize,
+    pub logp: Vec<f64>,
+    pub old_logp: Vec<f64>,
 }
 
-fn parse_case(case: &Value) -> std::result::Result<Case, String> {
+impl Case {
+    pub fn outcomes(&self) -> Outcomes<'_> {
+        Outcomes { group: &self.group, correct: &self.correct, finished: &self.finished, len: &self.len, max_len: self.max_len }
+    }
+    pub fn batch(&self) -> Batch<'_> {
+        Batch { outcomes: self.outcomes(), logp: &self.logp, old_logp: &self.old_logp }
+    }
+}
+
+/// One case of an `objectives.json` file, validated; the error names the field (and the response).
+pub fn parse_case(case: &Value) -> std::result::Result<Case, String> {
     let obj = case.as_object().ok_or("a case must be a JSON object")?;
     let name = obj.get("name").and_then(Value::as_str).ok_or("field `name`: missing or not a string")?.to_string();
     let ctx = |what: String| format!("case `{name}`: {what}");
@@ -161,17 +173,7 @@ fn parse_hyper(h: &Value) -> std::result::Result<Hyper, String> {
 }
 
 fn evaluate_case(c: &Case) -> Result<Value> {
-    let batch = Batch {
-        outcomes: Outcomes {
-            group: &c.group,
-            correct: &c.correct,
-            finished: &c.finished,
-            len: &c.len,
-            max_len: c.max_len,
-        },
-        logp: &c.logp,
-        old_logp: &c.old_logp,
-    };
+    let batch = c.batch();
     let off = batch.offsets();
     let nest = |flat: &[f64]| -> Vec<Vec<f64>> { off.windows(2).map(|w| flat[w[0]..w[1]].to_vec()).collect() };
     let d = drpo(&batch, &c.hyper)?;
