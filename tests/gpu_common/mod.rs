@@ -136,6 +136,38 @@ pub fn assert_close(what: &str, got: &[f64], want: &[f64], bound: Bound) {
     assert!(we <= bound.worst, "{what}: worst element #{i} got {g:.9e} want {w:.9e}: {we:.2e} > {:.0e} (floor {floor:.1e})", bound.worst);
 }
 
+/// Like [`assert_close`] for sums with cancellation, measured against the magnitude of the terms:
+/// `terms[i]` is Σ|term| of element i (the textbook summation bound: a floating-point sum's error is
+/// ≤ γ·Σ|terms|, however small the sum itself comes out). Asserts every value is finite,
+/// ‖got − want‖ ≤ bound.rel_l2 · ‖terms‖, and for every element |got − want| / (terms[i] + floor) ≤
+/// bound.worst (floor: the bound's absolute floor; `Floor::Rms` takes rms(terms)).
+pub fn assert_close_terms(what: &str, got: &[f64], want: &[f64], terms: &[f64], bound: Bound) {
+    assert!(got.len() == want.len() && want.len() == terms.len(), "{what}: lengths differ");
+    if let Some(i) = got.iter().position(|g| !g.is_finite()) {
+        panic!("{what}: non-finite value {} at #{i} (want {})", got[i], want[i]);
+    }
+    let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
+    let floor = match bound.floor {
+        Floor::Abs(f) => f,
+        Floor::Rms => (norm(terms) / (terms.len().max(1) as f64).sqrt()).max(f64::MIN_POSITIVE),
+    };
+    let diff: Vec<f64> = got.iter().zip(want).map(|(g, w)| g - w).collect();
+    let e = norm(&diff) / norm(terms).max(f64::MIN_POSITIVE);
+    let (mut i, mut we) = (0, 0.0);
+    for (k, (d, t)) in diff.iter().zip(terms).enumerate() {
+        let r = d.abs() / (t + floor);
+        if r > we {
+            (i, we) = (k, r);
+        }
+    }
+    println!(
+        "{what}: ‖Δ‖/‖terms‖ = {e:.3e} (bound {:.0e}); worst #{i}: got {:.9e} want {:.9e} terms {:.3e} ({we:.2e}, bound {:.0e}, floor {floor:.1e})",
+        bound.rel_l2, got[i], want[i], terms[i], bound.worst
+    );
+    assert!(e <= bound.rel_l2, "{what}: ‖Δ‖/‖terms‖ {e:.3e} > {:.0e}", bound.rel_l2);
+    assert!(we <= bound.worst, "{what}: worst element #{i} got {:.9e} want {:.9e} (terms {:.3e}): {we:.2e} > {:.0e}", got[i], want[i], terms[i], bound.worst);
+}
+
 /// The bound of the bf16 GPU model (every activation stored in bf16): log-probs and logits against
 /// the CPU f64 model on the same bf16-rounded weights, rel_l2 3e-2 and every element within 5σ of it
 /// (floor rms(want)). Set a priori: ~14 roundings of ≤ 2^-8 per layer, ~10× the expected few 1e-3.
