@@ -8,7 +8,8 @@
 //   acc: [m, n] f32
 // Sizes need not be multiples of any tile: out-of-range rows / columns / k are loaded as zeros and
 // out-of-range outputs are not written. Each output is summed over k in one fixed order by one thread
-// (no split-k, no atomics): bit-identical from run to run.
+// (no atomics): bit-identical from run to run. `mainloop_range` walks one k range of a split-k GEMM
+// (matmul.cu: each range's sum is a partial, the partials are added in range order by a second pass).
 
 // ---------------------------------------------------------------------------------------------
 // bf16 on tensor cores: mma.sync.m16n8k16 (sm_80+), bf16 operands, f32 accumulators.
@@ -79,7 +80,14 @@ struct TcGemm {
     static __device__ __forceinline__ int chunk_col(bool kmajor, int e, int mn) { return kmajor ? (e % (mn / 8)) * 8 : (e % 4) * 8; }
 
     // x: A (as stored, see A_KM), w: B (see B_KN); m, n, k: the product's sizes.
-    static __device__ void mainloop(float (&acc)[TM][TN][4], bool vec, const bf16* x, const bf16* w, int m, int n, int k, int m0, int n0) {
+    static __device__ __forceinline__ void mainloop(float (&acc)[TM][TN][4], bool vec, const bf16* x, const bf16* w, int m, int n, int k, int m0, int n0) {
+        mainloop_range(acc, vec, x, w, m, n, k, m0, n0, 0, k);
+    }
+
+    // The same over k_lo ≤ k < k_hi only (a split-k block's range): k_lo a multiple of BK, k_hi a
+    // multiple of BK or k, so a k-tile never straddles the range's end (only the matrix's, as before).
+    static __device__ void mainloop_range(float (&acc)[TM][TN][4], bool vec, const bf16* x, const bf16* w, int m, int n, int k, int m0, int n0,
+                                          int k_lo, int k_hi) {
         __shared__ __align__(16) bf16 As[2][A_ELEMS];
         __shared__ __align__(16) bf16 Bs[2][B_ELEMS];
         const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, wm = warp / WN, wn = warp % WN;
@@ -116,12 +124,12 @@ struct TcGemm {
             }
         };
 
-        const int ktiles = ceil_div(k, BK);
-        fetch(0);
+        const int kt0 = k_lo / BK, ktiles = ceil_div(k_hi, BK);
+        fetch(kt0 * BK);
         stash(0);
         __syncthreads();
-        for (int kt = 0; kt < ktiles; kt++) {
-            const int cur = kt & 1;
+        for (int kt = kt0; kt < ktiles; kt++) {
+            const int cur = (kt - kt0) & 1;
             if (kt + 1 < ktiles) fetch((kt + 1) * BK);           // in flight during the mma below
 #pragma unroll
             for (int kk = 0; kk < BK; kk += 16) {
@@ -189,7 +197,12 @@ struct SimtGemmT {
     static __device__ __forceinline__ int row_of(int i) { return threadIdx.x / 16 + 16 * i; }
     static __device__ __forceinline__ int col_of(int j) { return threadIdx.x % 16 + 16 * j; }
 
-    static __device__ void mainloop(float (&acc)[4][4], const float* x, const float* w, int m, int n, int k, int m0, int n0) {
+    static __device__ __forceinline__ void mainloop(float (&acc)[4][4], const float* x, const float* w, int m, int n, int k, int m0, int n0) {
+        mainloop_range(acc, x, w, m, n, k, m0, n0, 0, k);
+    }
+
+    // over k_lo ≤ k < k_hi only, with TcGemm::mainloop_range's conditions on the range
+    static __device__ void mainloop_range(float (&acc)[4][4], const float* x, const float* w, int m, int n, int k, int m0, int n0, int k_lo, int k_hi) {
         __shared__ float As[BK][BM + 4];
         __shared__ float Bs[BK][BN + 4];
         const int tid = threadIdx.x;
@@ -197,7 +210,7 @@ struct SimtGemmT {
         for (int i = 0; i < 4; i++)
 #pragma unroll
             for (int j = 0; j < 4; j++) acc[i][j] = 0.0f;
-        for (int k0 = 0; k0 < k; k0 += BK) {
+        for (int k0 = k_lo; k0 < k_hi; k0 += BK) {
 #pragma unroll
             for (int l = 0; l < 4; l++) {
                 // k-contiguous: 16 consecutive k of a row per half-warp; else 64 consecutive m (n) of a k row

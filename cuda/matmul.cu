@@ -7,16 +7,28 @@
 //   matmul_fwd_bf16f32_{large,small}   same with f32 out (the lm-head logits for sampling)
 //     large: 128×128 tiles, block 256;  small: 64×64 tiles, block 128;  grid (ceil(n/BN), ceil(m/BM))
 //     vec = 1 when k % 8 == 0 and x, w are 16-byte aligned (the launcher checks): 16-byte loads
+//   matmul_part_{bf16_small,f32}   split-k (below): f32 partial sums of one k range each
 // Precision: f32 accumulation in a fixed k order; bias added in f32; output rounded once to its type.
-// Determinism: no split-k, no atomics: bit-identical from run to run.
+// Determinism: no atomics; every sum in an order fixed by the shape alone: bit-identical from run to
+// run and from device to device (the tile choice, which depends on the SM count, does not change a
+// bit: both tiles add the same mma k-steps of 16 in the same order).
 // v1 (this): register-staged double buffer, no cp.async / ldmatrix, one output element per store.
+// v2 (issue 12): split-k for the decode GEMMs (rows ≤ 64), below.
 
 // ACCUMULATE (the backward products): out += acc, rounded once to Out; else out = acc + b.
-template <typename Tile, typename Out, bool ACCUMULATE = false>
-__device__ void matmul_tc(Out* out, const bf16* x, const bf16* w, const bf16* b, int m, int k, int n, int vec) {
+// SPLIT (split-k partials): block z sums k in [z·k_chunk, min(k, (z + 1)·k_chunk)) and writes plain sums
+// to out + z·m·n (Out = float, b = null); otherwise k_chunk is unused and the block walks all of k.
+template <typename Tile, typename Out, bool ACCUMULATE = false, bool SPLIT = false>
+__device__ void matmul_tc(Out* out, const bf16* x, const bf16* w, const bf16* b, int m, int k, int n, int vec, int k_chunk = 0) {
     float acc[Tile::TM][Tile::TN][4];
     const int m0 = blockIdx.y * Tile::BM, n0 = blockIdx.x * Tile::BN;
-    Tile::mainloop(acc, vec != 0, x, w, m, n, k, m0, n0);
+    if (SPLIT) {
+        const int k_lo = blockIdx.z * k_chunk;
+        Tile::mainloop_range(acc, vec != 0, x, w, m, n, k, m0, n0, k_lo, min(k, k_lo + k_chunk));
+        out += (size_t)blockIdx.z * m * n;
+    } else {
+        Tile::mainloop(acc, vec != 0, x, w, m, n, k, m0, n0);
+    }
 #pragma unroll
     for (int a = 0; a < Tile::TM; a++)
 #pragma unroll
@@ -43,12 +55,18 @@ extern "C" __global__ void __launch_bounds__(128) matmul_fwd_bf16f32_small(float
     matmul_tc<TcSmall>(out, x, w, b, m, k, n, vec);
 }
 
-// The f32 CUDA-core twin of matmul_tc (same epilogues).
-template <typename Simt, bool ACCUMULATE = false>
-__device__ void matmul_simt(float* out, const float* x, const float* w, const float* b, int m, int k, int n) {
+// The f32 CUDA-core twin of matmul_tc (same epilogues, same SPLIT).
+template <typename Simt, bool ACCUMULATE = false, bool SPLIT = false>
+__device__ void matmul_simt(float* out, const float* x, const float* w, const float* b, int m, int k, int n, int k_chunk = 0) {
     float acc[4][4];
     const int m0 = blockIdx.y * Simt::BM, n0 = blockIdx.x * Simt::BN;
-    Simt::mainloop(acc, x, w, m, n, k, m0, n0);
+    if (SPLIT) {
+        const int k_lo = blockIdx.z * k_chunk;
+        Simt::mainloop_range(acc, x, w, m, n, k, m0, n0, k_lo, min(k, k_lo + k_chunk));
+        out += (size_t)blockIdx.z * m * n;
+    } else {
+        Simt::mainloop(acc, x, w, m, n, k, m0, n0);
+    }
 #pragma unroll
     for (int i = 0; i < 4; i++)
 #pragma unroll
@@ -62,6 +80,47 @@ __device__ void matmul_simt(float* out, const float* x, const float* w, const fl
 
 extern "C" __global__ void __launch_bounds__(256) matmul_fwd_f32(float* out, const float* x, const float* w, const float* b, int m, int k, int n) {
     matmul_simt<SimtGemm>(out, x, w, b, m, k, n);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Split-k of the forward: the GEMMs of a decoding step (rows = sequences, 1–64) fit one 64-row tile,
+// so the unsplit kernel has only ceil(n / 64) blocks (2 for Qwen2-0.5B's k and v projections, 14 for
+// q, o and down), each walking all of k with one k-tile in flight. Launcher: gpu::matmul (MatmulPlan).
+//   matmul_part_bf16_small, matmul_part_f32: grid (ceil(n/64), ceil(m/64), splits), the unsplit
+//     kernels' blocks and main loops; block z sums k in [z·k_chunk, min(k, (z + 1)·k_chunk)) and writes
+//     its f32 sums to part[z, row, col] (part: [splits, m, n]); k_chunk is a multiple of 32.
+//   matmul_split_sum_{bf16,bf16f32,f32}: grid (ceil(m·n / 256)), block 256, a thread per output:
+//     s = ((part[0] + part[1]) + …) + part[splits − 1], then out = s + b[col], rounded once to the
+//     output type (matmul_split_acc_f32: out += s, the split dW of the backward).
+// The k ranges come from the shape alone (gpu::matmul::MatmulPlan: never the SM count), so the bits
+// are the same on every device; they differ from the unsplit kernel's (another summation order), so
+// the plan splits every GEMM of ≤ 64 rows by the same rule: a row's bits never depend on how many
+// other rows (≤ 64) share its launch.
+extern "C" __global__ void __launch_bounds__(128) matmul_part_bf16_small(float* part, const bf16* x, const bf16* w, int m, int k, int n, int k_chunk, int vec) {
+    matmul_tc<TcSmall, float, false, true>(part, x, w, nullptr, m, k, n, vec, k_chunk);
+}
+extern "C" __global__ void __launch_bounds__(256) matmul_part_f32(float* part, const float* x, const float* w, int m, int k, int n, int k_chunk) {
+    matmul_simt<SimtGemm, false, true>(part, x, w, nullptr, m, k, n, k_chunk);
+}
+
+// ACCUMULATE: out += s (no bias); else out = s + b[col] (b may be null).
+template <typename Out, typename B, bool ACCUMULATE>
+__device__ void matmul_split_sum(Out* out, const float* part, const B* b, int m, int n, int splits) {
+    const size_t mn = (size_t)m * n, i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= mn) return;
+    float s = part[i];
+    for (int z = 1; z < splits; z++) s += part[z * mn + i];
+    if (ACCUMULATE) store(out + i, load(out + i) + s);
+    else store(out + i, s + (b ? load(b + i % n) : 0.0f));
+}
+extern "C" __global__ void __launch_bounds__(256) matmul_split_sum_bf16(bf16* out, const float* part, const bf16* b, int m, int n, int splits) {
+    matmul_split_sum<bf16, bf16, false>(out, part, b, m, n, splits);
+}
+extern "C" __global__ void __launch_bounds__(256) matmul_split_sum_bf16f32(float* out, const float* part, const bf16* b, int m, int n, int splits) {
+    matmul_split_sum<float, bf16, false>(out, part, b, m, n, splits);
+}
+extern "C" __global__ void __launch_bounds__(256) matmul_split_sum_f32(float* out, const float* part, const float* b, int m, int n, int splits) {
+    matmul_split_sum<float, float, false>(out, part, b, m, n, splits);
 }
 
 // ---------------------------------------------------------------------------------------------

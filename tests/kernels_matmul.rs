@@ -1,8 +1,11 @@
-//! GPU linear layer (f32 CUDA cores; bf16 tensor cores, both tiles, 16-byte and scalar loads) against
-//! cpu::matmul::matmul_fwd in f64 on the exact stored values.
+//! GPU linear layer (f32 CUDA cores; bf16 tensor cores, both tiles, 16-byte and scalar loads; whole-k
+//! and split-k) against cpu::matmul::matmul_fwd in f64 on the exact stored values; the decoding
+//! step's GEMMs at the Qwen2 shapes through the launcher's own plan; bits independent of the device
+//! and of the other rows of a launch.
 
 mod gpu_common;
-use drpo::gpu::{self, bf16, matmul::MatmulTile, Gpu, GpuFloat};
+use drpo::gpu::matmul::{MatmulPlan, MatmulTile};
+use drpo::gpu::{self, bf16, Gpu, GpuFloat};
 use gpu_common::*;
 
 /// (n, d_in, d_out): degenerate, odd (no size a multiple of a tile), k % 8 == 0, the Qwen2-0.5B widths
@@ -15,7 +18,7 @@ fn reference(x: &[f64], w: &[f64], b: Option<&[f64]>, n: usize, d_in: usize, d_o
     want
 }
 
-fn check<T: GpuFloat>(gpu: &Gpu, rng: &mut rand::rngs::StdRng, tile: MatmulTile) -> drpo::Result<()> {
+fn check<T: GpuFloat>(gpu: &Gpu, rng: &mut rand::rngs::StdRng, plan: MatmulPlan) -> drpo::Result<()> {
     let sizes = if full_size(gpu) { &SIZES[..] } else { &SIZES[..5] };
     for (i, &(n, d_in, d_out)) in sizes.iter().enumerate() {
         let with_bias = i % 2 == 0;
@@ -29,21 +32,22 @@ fn check<T: GpuFloat>(gpu: &Gpu, rng: &mut rand::rngs::StdRng, tile: MatmulTile)
         let (xd, wd, bd) = (gpu.htod(&x)?, gpu.htod(&w)?, gpu.htod(&b)?);
         let mut out = gpu.htod(&nan::<T>(n * d_out))?;
         let bv = bd.as_view();
-        gpu::matmul::matmul_fwd_with(gpu, tile, &mut out.as_view_mut(), &xd.slice(off..), &wd.slice(off..), with_bias.then_some(&bv), n, d_in, d_out)?;
+        gpu::matmul::matmul_fwd_with(gpu, plan, &mut out.as_view_mut(), &xd.slice(off..), &wd.slice(off..), with_bias.then_some(&bv), n, d_in, d_out)?;
         let got = widen(&gpu.dtoh(&out)?);
-        let what = format!("matmul {} {tile:?} n={n} d_in={d_in} d_out={d_out} bias={with_bias} misaligned={misalign}", T::NAME);
+        let what = format!("matmul {} {plan:?} ({} k ranges) n={n} d_in={d_in} d_out={d_out} bias={with_bias} misaligned={misalign}", T::NAME, plan.splits(d_in));
         // Bound derived, not yet measured on a GPU. f32 (CUDA cores): one thread sums k ≤ 4864 FMAs in
         // order, a relative error ~u·sqrt(k/6) ≈ 1.7e-6 of the output scale (an f32 emulation on these
         // inputs: rel_l2 1.3e-6, worst 4.5e-6 at floor rms(want)); the terms' signs cancel, so the
         // floor is rms(want): the 1e-5 and 5σ of it. bf16: the mma accumulation (RZ alignment,
         // tc_sim-style model: ≤ 9e-7) then one rounding to bf16, which dominates (emulated 2.1e-3, 2.8e-3).
+        // Split-k adds the same products in ranges, then the ranges' sums: no more roundings than that.
         let bound = if T::NAME == "f32" { chain(1e-5) } else { BF16_CHAIN };
         assert_close(&what, &got, &want, bound);
         if T::NAME == "bf16" {
-            // f32 output of the same product (the logits path) with the same tile (matmul_fwd_f32out's
-            // own choice is Small at every size here): only f32 rounding, so the f32 bound
+            // f32 output of the same product (the logits path) with the same plan: only f32
+            // rounding, so the f32 bound
             let mut out32 = gpu.htod(&vec![f32::NAN; n * d_out])?;
-            gpu::matmul::matmul_fwd_f32out_with(gpu, tile, &mut out32.as_view_mut(), &xd.slice(off..), &wd.slice(off..), with_bias.then_some(&bv), n, d_in, d_out)?;
+            gpu::matmul::matmul_fwd_f32out_with(gpu, plan, &mut out32.as_view_mut(), &xd.slice(off..), &wd.slice(off..), with_bias.then_some(&bv), n, d_in, d_out)?;
             let got = widen(&gpu.dtoh(&out32)?);
             // no output rounding: the mma accumulation alone (emulated 8.6e-7, worst 2.1e-6 at floor rms)
             assert_close(&format!("{what} f32-out"), &got, &want, chain(1e-5));
@@ -56,9 +60,97 @@ fn check<T: GpuFloat>(gpu: &Gpu, rng: &mut rand::rngs::StdRng, tile: MatmulTile)
 fn matmul_fwd_gpu_matches_cpu() -> drpo::Result<()> {
     let mut rng = rng("matmul_fwd");
     for gpu in devices("matmul_fwd") {
-        check::<f32>(&gpu, &mut rng, MatmulTile::Large)?;
-        check::<bf16>(&gpu, &mut rng, MatmulTile::Large)?;
-        check::<bf16>(&gpu, &mut rng, MatmulTile::Small)?;
+        check::<f32>(&gpu, &mut rng, MatmulTile::Large.into())?;
+        check::<bf16>(&gpu, &mut rng, MatmulTile::Large.into())?;
+        check::<bf16>(&gpu, &mut rng, MatmulTile::Small.into())?;
+        // split-k forced onto every size: one k-tile per range (the most ranges), and ranges of three
+        // k-tiles (300 = 3 · 96 + 12: a short last range, k not a multiple of 8)
+        for k_chunk in [32, 96] {
+            check::<f32>(&gpu, &mut rng, MatmulPlan::SplitK { k_chunk })?;
+            check::<bf16>(&gpu, &mut rng, MatmulPlan::SplitK { k_chunk })?;
+        }
+    }
+    Ok(())
+}
+
+/// (d_in, d_out) of the GEMMs of one decoding step: q (= o), k (= v), gate|up, down of Qwen2-0.5B and,
+/// on the simulator under DRPO_SIM_FULL=1 only, of Qwen2-1.5B.
+const DECODE_SHAPES: [(usize, usize); 8] = [(896, 896), (896, 128), (896, 9728), (4864, 896), (1536, 1536), (1536, 256), (1536, 17920), (8960, 1536)];
+
+#[test]
+fn matmul_decode_step_shapes_match_cpu() -> drpo::Result<()> {
+    // the launcher's own plan at decode sizes (rows = sequences): split-k where the shape asks for it
+    let mut rng = rng("matmul_decode");
+    for gpu in devices("matmul_decode") {
+        let (shapes, rows) = if full_size(&gpu) { (&DECODE_SHAPES[..], &[1, 7, 64][..]) } else { (&DECODE_SHAPES[..4], &[1, 64][..]) };
+        for &(d_in, d_out) in shapes {
+            for &n in rows {
+                let plan = MatmulPlan::forward(&gpu, n, d_in, d_out);
+                let (x, w, b) = (uniform::<bf16>(&mut rng, n * d_in, 1.0), uniform::<bf16>(&mut rng, d_out * d_in, 0.05), uniform::<bf16>(&mut rng, d_out, 0.5));
+                let want = reference(&widen(&x), &widen(&w), Some(&widen(&b)), n, d_in, d_out);
+                let (xd, wd, bd) = (gpu.htod(&x)?, gpu.htod(&w)?, gpu.htod(&b)?);
+                let mut out = gpu.htod(&nan::<bf16>(n * d_out))?;
+                gpu::matmul::matmul_fwd(&gpu, &mut out.as_view_mut(), &xd.as_view(), &wd.as_view(), Some(&bd.as_view()), n, d_in, d_out)?;
+                let what = format!("decode matmul bf16 {plan:?} ({} k ranges) n={n} d_in={d_in} d_out={d_out}", plan.splits(d_in));
+                assert_close(&what, &widen(&gpu.dtoh(&out)?), &want, BF16_CHAIN);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// out = x·Wᵀ (+ b) through the launcher's plan, as bits: (T out, f32 out) for bf16, T out for f32.
+fn forward_bits<T: GpuFloat>(gpu: &Gpu, x: &[T], w: &[T], b: &[T], n: usize, d_in: usize, d_out: usize) -> drpo::Result<Vec<u32>> {
+    let (xd, wd, bd) = (gpu.htod(x)?, gpu.htod(w)?, gpu.htod(b)?);
+    let mut out = gpu.htod(&nan::<T>(n * d_out))?;
+    gpu::matmul::matmul_fwd(gpu, &mut out.as_view_mut(), &xd.as_view(), &wd.as_view(), Some(&bd.as_view()), n, d_in, d_out)?;
+    let mut bits: Vec<u32> = gpu.dtoh(&out)?.iter().map(|v| v.to_f32().to_bits()).collect();
+    if T::NAME == "bf16" {
+        let mut out32 = gpu.htod(&vec![f32::NAN; n * d_out])?;
+        gpu::matmul::matmul_fwd_f32out(gpu, &mut out32.as_view_mut(), &xd.as_view(), &wd.as_view(), Some(&bd.as_view()), n, d_in, d_out)?;
+        bits.extend(gpu.dtoh(&out32)?.iter().map(|v| v.to_bits()));
+    }
+    Ok(bits)
+}
+
+fn same_bits_on_any_device<T: GpuFloat>(gpu: &mut Gpu, rng: &mut rand::rngs::StdRng) -> drpo::Result<()> {
+    let real_sm_count = gpu.sm_count;
+    // (d_in, d_out): split-k at ≤ 64 rows, and a tile choice that flips with the SM count above
+    for (d_in, d_out) in [(300, 200), (896, 136)] {
+        let rows = 200;
+        let (x, w, b) = (uniform::<T>(rng, rows * d_in, 1.0), uniform::<T>(rng, d_out * d_in, 0.1), uniform::<T>(rng, d_out, 0.5));
+        for n in [1, 5, 64, 65, rows] {
+            // the plan (and for bf16 the tile) as an A100 (108 SMs), an H100 (132) and two extremes choose it
+            let mut runs = Vec::new();
+            for sm_count in [108, 132, 1, 1 << 20] {
+                gpu.sm_count = sm_count;
+                runs.push(forward_bits(gpu, &x[..n * d_in], &w, &b, n, d_in, d_out)?);
+            }
+            gpu.sm_count = real_sm_count;
+            let plan = MatmulPlan::forward(gpu, n, d_in, d_out);
+            println!("{} n={n} d_in={d_in} d_out={d_out}: {plan:?}, identical for 4 SM counts", T::NAME);
+            assert!(runs.windows(2).all(|r| r[0] == r[1]), "{} n={n} d_in={d_in} d_out={d_out}: bits depend on the SM count", T::NAME);
+            // a row's bits do not depend on the other rows of its launch while the plan stays the same:
+            // the first rows of n against those rows alone (n ≤ 64: split-k both; above: whole k both)
+            let alone = if n <= 64 { 1 } else { 65 };
+            let first = forward_bits(gpu, &x[..alone * d_in], &w, &b, alone, d_in, d_out)?;
+            let (per_row, got) = (alone * d_out, &runs[0]);
+            assert_eq!(&got[..per_row], &first[..per_row], "{} n={n}: the first {alone} rows differ from a launch of their own", T::NAME);
+            if T::NAME == "bf16" {
+                let (f, g) = (n * d_out, alone * d_out);
+                assert_eq!(&got[f..f + per_row], &first[g..g + per_row], "{} n={n}: f32-out rows differ from a launch of their own", T::NAME);
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn matmul_bits_do_not_depend_on_the_device_or_the_batch() -> drpo::Result<()> {
+    let mut rng = rng("matmul_same_bits");
+    for mut gpu in devices("matmul_same_bits") {
+        same_bits_on_any_device::<bf16>(&mut gpu, &mut rng)?;
+        same_bits_on_any_device::<f32>(&mut gpu, &mut rng)?;
     }
     Ok(())
 }
@@ -67,16 +159,19 @@ fn matmul_fwd_gpu_matches_cpu() -> drpo::Result<()> {
 fn matmul_is_deterministic() -> drpo::Result<()> {
     let mut rng = rng("matmul_deterministic");
     for gpu in devices("matmul_deterministic") {
-        let (n, d_in, d_out) = (300, 896, 1000);
-        let (x, w) = (uniform::<bf16>(&mut rng, n * d_in, 1.0), uniform::<bf16>(&mut rng, d_out * d_in, 0.1));
-        let (xd, wd) = (gpu.htod(&x)?, gpu.htod(&w)?);
-        let mut runs = Vec::new();
-        for _ in 0..3 {
-            let mut out = gpu.htod(&nan::<bf16>(n * d_out))?;
-            gpu::matmul::matmul_fwd(&gpu, &mut out.as_view_mut(), &xd.as_view(), &wd.as_view(), None, n, d_in, d_out)?;
-            runs.push(gpu.dtoh(&out)?.iter().map(|v| v.to_bits()).collect::<Vec<u16>>());
+        // whole k (300 rows) and split k (37 rows: 7 ranges of 128)
+        for n in [300, 37] {
+            let (d_in, d_out) = (896, 1000);
+            let (x, w) = (uniform::<bf16>(&mut rng, n * d_in, 1.0), uniform::<bf16>(&mut rng, d_out * d_in, 0.1));
+            let (xd, wd) = (gpu.htod(&x)?, gpu.htod(&w)?);
+            let mut runs = Vec::new();
+            for _ in 0..3 {
+                let mut out = gpu.htod(&nan::<bf16>(n * d_out))?;
+                gpu::matmul::matmul_fwd(&gpu, &mut out.as_view_mut(), &xd.as_view(), &wd.as_view(), None, n, d_in, d_out)?;
+                runs.push(gpu.dtoh(&out)?.iter().map(|v| v.to_bits()).collect::<Vec<u16>>());
+            }
+            assert!(runs.windows(2).all(|r| r[0] == r[1]), "matmul results differ between runs (n = {n})");
         }
-        assert!(runs.windows(2).all(|r| r[0] == r[1]), "matmul results differ between runs");
     }
     Ok(())
 }

@@ -3,7 +3,8 @@
 use super::{as_i32, blocks, grid_dims, DView, DViewMut, Gpu, GpuFloat, LaunchCfg, MATMUL};
 use crate::error::{check_len, Result};
 
-/// Block tile of the bf16 tensor-core kernels.
+/// Block tile of the bf16 tensor-core kernels. Both tiles add the same mma k-steps in the same order,
+/// so the choice never changes a bit (tests/kernels_matmul.rs checks it): it may follow the device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MatmulTile {
     /// 128×128, 256 threads: enough blocks only when m·n is large (prefill, scoring)
@@ -35,6 +36,66 @@ impl MatmulTile {
     }
 }
 
+/// Rows at or below which the forward splits k: one 64-row tile, the GEMMs of a decoding step.
+pub const SPLIT_ROWS: usize = 64;
+/// Blocks a split GEMM aims for: about 4 per SM of a 132-SM H100, each with one k-tile of the weight
+/// in flight (the performance log's arithmetic). A constant, never the device's SM count: the k
+/// ranges, and so the bits, are the same on every device.
+pub const SPLIT_BLOCKS: usize = 512;
+/// Fewest k-tiles (of 32) per split: each block streams ≥ 16 KB of a 64-column weight tile, and the
+/// f32 partials it writes (≤ 64 rows × 64 columns) stay at most the size of what it read.
+pub const SPLIT_MIN_KTILES: usize = 4;
+
+/// How a GEMM's work is cut into blocks (the launchers' plan; tests and benches force one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MatmulPlan {
+    /// one block per output tile walks all of k (bf16: this tile; f32 always runs 64×64)
+    Whole(MatmulTile),
+    /// 64×64 output tiles (bf16 small / f32), k cut into ranges of `k_chunk` (a multiple of 32), one
+    /// block per (tile, range) writing f32 partial sums to the device's workspace, then a second
+    /// kernel adding them in range order (+ bias), rounded once. One range is exactly `Whole`'s bits.
+    SplitK { k_chunk: usize },
+}
+
+impl From<MatmulTile> for MatmulPlan {
+    fn from(tile: MatmulTile) -> Self {
+        MatmulPlan::Whole(tile)
+    }
+}
+
+impl MatmulPlan {
+    /// The forward's plan for `n` rows: at most [`SPLIT_ROWS`], k split by [`MatmulPlan::split_k`] from
+    /// the weight's shape alone, so a row's bits depend neither on the device nor on how many other
+    /// rows (≤ 64) share the launch; above, the whole-k kernel with [`MatmulTile::choose`]'s tile.
+    pub fn forward(gpu: &Gpu, n: usize, d_in: usize, d_out: usize) -> Self {
+        if n <= SPLIT_ROWS {
+            MatmulPlan::split_k(d_out.div_ceil(64), d_in)
+        } else {
+            MatmulTile::choose(gpu, n, d_out).into()
+        }
+    }
+
+    /// Split k of a GEMM with `tiles` 64×64 output tiles: enough ranges for [`SPLIT_BLOCKS`] blocks,
+    /// none shorter than [`SPLIT_MIN_KTILES`] k-tiles, equal lengths but the last; `Whole(Small)`
+    /// when that leaves one range (the same bits).
+    pub fn split_k(tiles: usize, k: usize) -> Self {
+        let k_tiles = k.div_ceil(32);
+        let splits = SPLIT_BLOCKS.div_ceil(tiles.max(1)).min(k_tiles / SPLIT_MIN_KTILES);
+        if splits < 2 {
+            return MatmulPlan::Whole(MatmulTile::Small);
+        }
+        MatmulPlan::SplitK { k_chunk: k_tiles.div_ceil(splits) * 32 }
+    }
+
+    /// The k ranges this plan cuts an inner size `k` into (1 for `Whole`).
+    pub fn splits(self, k: usize) -> usize {
+        match self {
+            MatmulPlan::Whole(_) => 1,
+            MatmulPlan::SplitK { k_chunk } => k.div_ceil(k_chunk).max(1),
+        }
+    }
+}
+
 /// 16-byte loads need k % 8 == 0 and 16-byte aligned operands (views into the flat parameter
 /// buffer start at any element).
 fn vec_ok<T: GpuFloat>(d_in: usize, x: &DView<T>, w: &DView<T>) -> i32 {
@@ -54,7 +115,7 @@ fn check(op: &'static str, out: usize, x: usize, w: usize, b: Option<usize>, n: 
 
 /// Same contract as `cpu::matmul::matmul_fwd`:  out[r, o] = Σ_i x[r, i]·w[o, i] + b[o]
 /// out: [n, d_out]   x: [n, d_in]   w: [d_out, d_in]   b: [d_out]
-/// f32 runs on the CUDA cores; bf16 on the tensor cores with the tile of [`MatmulTile::choose`].
+/// f32 runs on the CUDA cores; bf16 on the tensor cores; cut as [`MatmulPlan::forward`] says.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_fwd<T: GpuFloat>(
     gpu: &Gpu,
@@ -66,15 +127,14 @@ pub fn matmul_fwd<T: GpuFloat>(
     d_in: usize,
     d_out: usize,
 ) -> Result<()> {
-    let tile = MatmulTile::choose(gpu, n, d_out);
-    launch::<T, T>(gpu, tile, out, x, w, b, n, d_in, d_out)
+    launch::<T, T>(gpu, MatmulPlan::forward(gpu, n, d_in, d_out), out, x, w, b, n, d_in, d_out)
 }
 
-/// [`matmul_fwd`] with the bf16 tile chosen by the caller (tests and benches cover both).
+/// [`matmul_fwd`] with the plan (or just the bf16 tile) chosen by the caller (tests and benches cover each).
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_fwd_with<T: GpuFloat>(
     gpu: &Gpu,
-    tile: MatmulTile,
+    plan: impl Into<MatmulPlan>,
     out: &mut DViewMut<T>,
     x: &DView<T>,
     w: &DView<T>,
@@ -83,7 +143,7 @@ pub fn matmul_fwd_with<T: GpuFloat>(
     d_in: usize,
     d_out: usize,
 ) -> Result<()> {
-    launch::<T, T>(gpu, tile, out, x, w, b, n, d_in, d_out)
+    launch::<T, T>(gpu, plan.into(), out, x, w, b, n, d_in, d_out)
 }
 
 /// [`matmul_fwd`] with an f32 output whatever T is (the lm-head logits that feed the sampler).
@@ -98,15 +158,14 @@ pub fn matmul_fwd_f32out<T: GpuFloat>(
     d_in: usize,
     d_out: usize,
 ) -> Result<()> {
-    let tile = MatmulTile::choose(gpu, n, d_out);
-    launch::<T, f32>(gpu, tile, out, x, w, b, n, d_in, d_out)
+    launch::<T, f32>(gpu, MatmulPlan::forward(gpu, n, d_in, d_out), out, x, w, b, n, d_in, d_out)
 }
 
-/// [`matmul_fwd_f32out`] with the bf16 tile chosen by the caller (tests and benches cover both).
+/// [`matmul_fwd_f32out`] with the plan (or just the bf16 tile) chosen by the caller (tests and benches cover each).
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_fwd_f32out_with<T: GpuFloat>(
     gpu: &Gpu,
-    tile: MatmulTile,
+    plan: impl Into<MatmulPlan>,
     out: &mut DViewMut<f32>,
     x: &DView<T>,
     w: &DView<T>,
@@ -115,13 +174,13 @@ pub fn matmul_fwd_f32out_with<T: GpuFloat>(
     d_in: usize,
     d_out: usize,
 ) -> Result<()> {
-    launch::<T, f32>(gpu, tile, out, x, w, b, n, d_in, d_out)
+    launch::<T, f32>(gpu, plan.into(), out, x, w, b, n, d_in, d_out)
 }
 
 #[allow(clippy::too_many_arguments)]
 fn launch<T: GpuFloat, O: GpuFloat>(
     gpu: &Gpu,
-    tile: MatmulTile,
+    plan: MatmulPlan,
     out: &mut DViewMut<O>,
     x: &DView<T>,
     w: &DView<T>,
@@ -138,24 +197,56 @@ fn launch<T: GpuFloat, O: GpuFloat>(
     let (m32, k32, n32) = (as_i32(OP, "n", n)?, as_i32(OP, "d_in", d_in)?, as_i32(OP, "d_out", d_out)?);
     let f32_in = T::NAME == "f32";
     assert!(!f32_in || O::NAME == "f32", "matmul: an f32 input has an f32 output");
-    let name = match (f32_in, O::NAME == "f32", tile) {
-        (true, _, _) => "matmul_fwd_f32",
-        (false, false, MatmulTile::Large) => "matmul_fwd_bf16_large",
-        (false, false, MatmulTile::Small) => "matmul_fwd_bf16_small",
-        (false, true, MatmulTile::Large) => "matmul_fwd_bf16f32_large",
-        (false, true, MatmulTile::Small) => "matmul_fwd_bf16f32_small",
+    let vec = (!f32_in).then(|| vec_ok(d_in, x, w));
+    let splits = plan.splits(d_in);
+    let tile = match plan {
+        MatmulPlan::Whole(tile) => tile,
+        MatmulPlan::SplitK { .. } => MatmulTile::Small,
     };
     let (bm, threads) = if f32_in { (64, 256) } else { (tile.size(), tile.threads()) };
-    // rows on grid.y (≤ 65,535 tiles: n ≤ 4.19M rows with 64-row tiles), columns on x
-    let grid = grid_dims(OP, [(blocks(d_out, bm), "d_out / tile"), (blocks(n, bm), "rows / tile"), (1, "")])?;
-    let mut l = gpu.launch(&MATMUL, name, LaunchCfg::new(grid, threads));
-    l.arg_mut(out).arg(x).arg(w).arg_opt(b).i32(m32).i32(k32).i32(n32);
-    if !f32_in {
-        l.i32(vec_ok(d_in, x, w));
+    // rows on grid.y (≤ 65,535 tiles: n ≤ 4.19M rows with 64-row tiles), columns on x, k ranges on z
+    let grid = grid_dims(OP, [(blocks(d_out, bm), "d_out / tile"), (blocks(n, bm), "rows / tile"), (splits, "k ranges")])?;
+    if splits == 1 {
+        let name = match (f32_in, O::NAME == "f32", tile) {
+            (true, _, _) => "matmul_fwd_f32",
+            (false, false, MatmulTile::Large) => "matmul_fwd_bf16_large",
+            (false, false, MatmulTile::Small) => "matmul_fwd_bf16_small",
+            (false, true, MatmulTile::Large) => "matmul_fwd_bf16f32_large",
+            (false, true, MatmulTile::Small) => "matmul_fwd_bf16f32_small",
+        };
+        let mut l = gpu.launch(&MATMUL, name, LaunchCfg::new(grid, threads));
+        l.arg_mut(out).arg(x).arg(w).arg_opt(b).i32(m32).i32(k32).i32(n32);
+        if let Some(vec) = vec {
+            l.i32(vec);
+        }
+        // SAFETY: order and types match the chosen kernel in cuda/matmul.cu (the f32 kernel has no `vec`);
+        // lengths checked above; `vec` is set only when every 16-byte load is in bounds and aligned.
+        return unsafe { l.run() };
     }
-    // SAFETY: order and types match the chosen kernel in cuda/matmul.cu (the f32 kernel has no `vec`);
-    // lengths checked above; `vec` is set only when every 16-byte load is in bounds and aligned.
-    unsafe { l.run() }
+    let MatmulPlan::SplitK { k_chunk } = plan else { unreachable!("a whole-k plan has one range") };
+    let chunk32 = as_i32(OP, "k_chunk", k_chunk)?;
+    assert!(k_chunk.is_multiple_of(32), "matmul: split-k ranges are whole k-tiles of 32");
+    let sum_grid = grid_dims(OP, [(blocks(n * d_out, 256), "outputs / 256"), (1, ""), (1, "")])?;
+    gpu.with_workspace(splits * n * d_out, |part| {
+        let mut l = gpu.launch(&MATMUL, T::pick("matmul_part_f32", "matmul_part_bf16_small"), LaunchCfg::new(grid, threads));
+        l.arg_mut(part).arg(x).arg(w).i32(m32).i32(k32).i32(n32).i32(chunk32);
+        if let Some(vec) = vec {
+            l.i32(vec);
+        }
+        // SAFETY: order and types match matmul_part_<T> (the f32 kernel has no `vec`); x, w checked above,
+        // part holds [splits, n, d_out] f32 and grid.z = splits = ceil(d_in / k_chunk).
+        unsafe { l.run() }?;
+        let name = match (f32_in, O::NAME == "f32") {
+            (true, _) => "matmul_split_sum_f32",
+            (false, false) => "matmul_split_sum_bf16",
+            (false, true) => "matmul_split_sum_bf16f32",
+        };
+        let mut l = gpu.launch(&MATMUL, name, LaunchCfg::new(sum_grid, 256));
+        l.arg_mut(out).arg(&part.as_view()).arg_opt(b).i32(m32).i32(n32).i32(splits as i32);
+        // SAFETY: order and types match matmul_split_sum_*; out: [n, d_out], part: [splits, n, d_out]
+        // (written by the launch before, same stream), b: [d_out] when present; checked above.
+        unsafe { l.run() }
+    })
 }
 
 /// Same contract as `cpu::matmul::matmul_bwd`, every output accumulating (`+=`), dw and db in f32:

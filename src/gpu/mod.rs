@@ -329,6 +329,9 @@ impl<T> AsDView<T> for DViewMut<'_, T> {
 
 /// An open device: the CUDA GPU `ordinal` ([`Gpu::new`]) or the simulated device ([`Gpu::sim`]).
 pub struct Gpu {
+    /// f32 scratch that a launcher's kernels pass from one launch to the next ([`Gpu::with_workspace`]);
+    /// declared first, so it is freed before the backend it was allocated on
+    workspace: std::sync::Mutex<Option<DeviceBuffer<f32>>>,
     backend: Backend,
     /// "sm_90" for an H100; the architecture whose limits the simulator checks
     pub arch: String,
@@ -386,7 +389,29 @@ impl Gpu {
 
     fn with(backend: Backend, p: DeviceProps) -> Gpu {
         let sync_each_launch = std::env::var("DRPO_SYNC").is_ok_and(|v| v == "1");
-        Gpu { backend, arch: p.arch, device_name: p.name, sm_count: p.sm_count, sync_each_launch }
+        Gpu { workspace: Default::default(), backend, arch: p.arch, device_name: p.name, sm_count: p.sm_count, sync_each_launch }
+    }
+
+    /// Runs `f` with an exclusive view of `len` f32 of the device's workspace: the scratch a launcher
+    /// hands from one of its kernels to the next (split-k partial sums, decode attention's per-split
+    /// softmax states). One buffer per device, grown to the largest request and kept, so a decoding
+    /// step allocates nothing; reusing it is safe because launches run in stream order (one stream:
+    /// the next user's kernels start after these have finished) and the lock is held while `f`
+    /// queues them. Contents are unspecified on entry. Launchers only: `f` must not call it again.
+    pub(crate) fn with_workspace<R>(&self, len: usize, f: impl FnOnce(&mut DViewMut<'_, f32>) -> Result<R>) -> Result<R> {
+        // a panic inside `f` cannot leave the buffer half-made: take it back from a poisoned lock
+        let mut guard = self.workspace.lock().unwrap_or_else(|e| e.into_inner());
+        if guard.as_ref().is_none_or(|b| b.len() < len) {
+            *guard = None; // freed (in stream order) before the larger one is allocated
+            *guard = Some(self.alloc_zeros::<f32>(len)?);
+        }
+        let buffer = guard.as_mut().expect("allocated above");
+        f(&mut buffer.slice_mut(0..len))
+    }
+
+    /// Bytes the workspace of [`Gpu::with_workspace`] holds now (its high-water mark).
+    pub fn workspace_bytes(&self) -> usize {
+        self.workspace.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map_or(0, |b| b.len() * size_of::<f32>())
     }
 
     /// True on the simulated device (for reports and names only: launchers never ask).
