@@ -23,18 +23,21 @@
 //   (sequence s = rows seq_start[s] ..; no past), same grid and block; also writes lse [n, nh] f32 =
 //   m + log l of the online softmax, in the scaled-score domain.
 // attention_bwd_dq_T, attention_bwd_dkdv_T: the training backward, below (FlashAttention-2's scheme).
-// attention_decode_T:   grid (nh, n_seqs), block 256 (ATT_DECODE_WARPS = 8 warps, compile-time like the
-//   prefill's), exactly one new row per sequence (tq = 1, row seq_start[s] = s): warps split the keys
-//   32 at a time, each with its own online softmax, then merge (m, l, acc) in shared memory in warp
-//   order. Each warp stages its 32 keys' K in shared memory 32 dims at a time with coalesced loads.
+// attention_decode_T (+ attention_decode_combine_T): exactly one new row per sequence (tq = 1, row
+//   seq_start[s] = s); block 256 (ATT_DECODE_WARPS = 8 warps, compile-time like the prefill's). Since v3
+//   flash-decoding: a block per (256-key split, kv head, sequence) serves every query head of the kv
+//   head's group, and a second kernel merges the splits in order (the section above the training backward).
 // Precision: scores, softmax and accumulation in f32 (expf), output rounded once to T.
 // Determinism: fixed orders everywhere (shuffle trees, warp-order merge): bit-identical run to run.
-// v1: CUDA cores only; a tensor-core prefill (mma for QKᵀ and PV) and split-k decode are the next steps.
+// v1: CUDA cores only; a tensor-core prefill (mma for QKᵀ and PV) and split-k decode were the next steps.
 // v3 (prefill, training forward; issue 12): bf16 on tensor cores (attention_rows_tc, 64 rows per block),
 //   f32 stays on CUDA cores (attention_rows): bf16 results differ from v2 by P's rounding to bf16.
 // Training backward v1: CUDA cores for both types; v2: bf16 on tensor cores (attention_bwd_*_tc).
 // v2 (decode): K staged per warp with coalesced loads (v1: each lane read its own key row, 32 sectors
 //   per load instruction); the FMA order is v1's, so the results are bit-identical to v1.
+// v3 (decode; issue 12): a block per (key split, kv head) for the whole GQA group (v2: a block per query
+//   head over all keys, re-reading each K/V row once per head of the group, and one block per (head,
+//   sequence) however long the sequence); the scores keep v2's FMA order, the softmax merges differ.
 
 #define ATT_BQ 16        // query rows per prefill block (gpu::attention::PREFILL_ROWS)
 #define ATT_BK 32        // keys per tile (one per lane)
@@ -306,80 +309,146 @@ __device__ void attention_fwd(T* out, float* lse, const T* q, const T* k, const 
     attention_rows_any(out, lse, q, k + base, v + base, row0, t, 0, h, nh, kvd, hd, scale);
 }
 
+// ---- decode v3 (issue 12): flash-decoding, the GQA group sharing each K/V read ----
+// attention_decode_T: grid (ceil(max keys / ATT_SPLIT_KEYS), nkv · ceil(g / ATT_GROUP_MAX), n_seqs), block
+//   ATT_DECODE_WARPS · 32 (g = nh / nkv). A block owns one split of ATT_SPLIT_KEYS consecutive keys (one
+//   32-key tile per warp) of one kv head of one sequence, and the query heads of that head's group (up to
+//   ATT_GROUP_MAX of them: a larger group is cut into head chunks on grid.y), so each key and value is read
+//   from memory once per group instead of once per query head. Per warp: K staged 32 keys × 32 dims at a
+//   time with coalesced loads, lane j scores key j for every head (each an FMA chain in d order, as v1/v2),
+//   per head the tile's max, exp and sum by shuffles, then o_h = Σ_j p_hj v_j in key order, each V row read
+//   once and used by every head. The block merges its warps per head in warp order:
+//   m = max_w m_w, l = Σ_w l_w e^(m_w − m), o = Σ_w o_w e^(m_w − m). A sequence with one split writes
+//   out = o / l; otherwise the split's (m, l, o[hd]) go to part [n_seqs, nh, max_splits, hd + 2] f32 and
+// attention_decode_combine_T: grid (nh, n_seqs), block ATT_HD_MAX (a thread per dim) merges the splits of
+//   each (sequence, head) in split order by the same formula and writes out = o / l.
+// The split length is a constant: a sequence's bits depend on its own length only (never on the device,
+// nor on the other sequences of the batch). One split computes exactly what the combine would (e^0 = 1).
+#define ATT_SPLIT_KEYS 256          // keys per decode split (gpu::attention::DECODE_SPLIT_KEYS)
+#define ATT_GROUP_MAX 8             // query heads per decode block (gpu::attention::DECODE_GROUP_MAX)
+static_assert(ATT_SPLIT_KEYS == ATT_DECODE_WARPS * 32, "a decode split is one 32-key tile per warp");
+
 template <typename T>
-__device__ void attention_decode(T* out, const T* q, const T* k_cache, const T* v_cache, const int* slot, const int* past,
-                                 int nh, int nkv, int hd, int cap, float scale) {
-    constexpr int NWARPS = ATT_DECODE_WARPS, NT = NWARPS * 32;    // the launch is NT threads
-    __shared__ float Qs[ATT_HD_MAX];
-    __shared__ float Ms[NWARPS], Ls[NWARPS];
+__device__ void attention_decode(T* out, float* part, const T* q, const T* k_cache, const T* v_cache, const int* slot, const int* past,
+                                 int nh, int nkv, int hd, int cap, int max_splits, float scale) {
+    constexpr int NWARPS = ATT_DECODE_WARPS, NT = NWARPS * 32, G = ATT_GROUP_MAX;    // the launch is NT threads
+    __shared__ float Qs[G][ATT_HD_MAX];
+    __shared__ float Ms[NWARPS][G], Ls[NWARPS][G];
     __shared__ float Acc[NWARPS][ATT_HD_MAX];
     __shared__ T Kt[NWARPS][32][33];                       // per warp: 32 keys × 32 dims of K, as stored
-    const int h = blockIdx.x, s = blockIdx.y, nk = past[s] + 1;
-    const int kvh = h / (nh / nkv), kvd = nkv * hd;
-    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const int s = blockIdx.z, sp = blockIdx.x, nk = past[s] + 1, splits = ceil_div(nk, ATT_SPLIT_KEYS);
+    if (sp >= splits) return;                              // whole block: no barrier is skipped by some threads only
+    const int g = nh / nkv, chunks = ceil_div(g, G), kvh = blockIdx.y / chunks;
+    const int h0 = kvh * g + (blockIdx.y % chunks) * G, gh = min(G, (kvh + 1) * g - h0);   // heads h0 .. h0 + gh − 1
+    const int kvd = nkv * hd, lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     const T* kc = k_cache + (size_t)slot[s] * cap * kvd + kvh * hd;
     const T* vc = v_cache + (size_t)slot[s] * cap * kvd + kvh * hd;
-    T (*ks)[33] = Kt[warp];
-    for (int d = threadIdx.x; d < hd; d += NT) Qs[d] = load(q + ((size_t)s * nh + h) * hd + d) * scale;
+    for (int e = threadIdx.x; e < gh * hd; e += NT) Qs[e / hd][e % hd] = load(q + ((size_t)s * nh + h0) * hd + e) * scale;
     __syncthreads();
 
-    float m = -F32_INF, l = 0.0f, acc[ATT_DPL];
+    const int k0 = sp * ATT_SPLIT_KEYS + warp * 32, jn = max(0, min(32, nk - k0));   // this warp's keys
+    float acc[G][ATT_DPL];
 #pragma unroll
-    for (int i = 0; i < ATT_DPL; i++) acc[i] = 0.0f;
-    for (int k0 = warp * 32; k0 < nk; k0 += NT) {         // warp-uniform
-        // lane j scores key k0 + j: sc = Σ_d Qs[d]·K[k0 + j][d] as FMAs in d order (v1's order, so the
-        // same bits), reading K from a tile of 32 keys × 32 dims staged per warp: row r of the tile
-        // is one coalesced read (32 consecutive dims of key k0 + r), where v1 had each lane walk its
-        // own key row (32 rows, 32 sectors per load instruction). Keys past nk are staged as zeros.
-        // Row stride 33: lane j reading column dd hits bank (33j + dd) mod 32 (f32) or, for 2-byte
-        // bf16, banks 0..15 for even j and 16..31 for odd j: no conflicts either way.
-        float sc = 0.0f;
+    for (int h = 0; h < G; h++)
+#pragma unroll
+        for (int i = 0; i < ATT_DPL; i++) acc[h][i] = 0.0f;
+    if (jn == 0 && lane == 0) {
+        for (int h = 0; h < gh; h++) { Ms[warp][h] = -F32_INF; Ls[warp][h] = 0.0f; }   // weight 0 in the merge
+    }
+    if (jn > 0) {                                          // warp-uniform
+        // Row stride 33: lane j reading column dd hits bank (33j + dd) mod 32 (f32) or, for 2-byte bf16,
+        // banks 0..15 for even j and 16..31 for odd j: no conflicts either way.
+        T (*ks)[33] = Kt[warp];
+        float sc[G];
+#pragma unroll
+        for (int h = 0; h < G; h++) sc[h] = 0.0f;
         for (int d0 = 0; d0 < hd; d0 += 32) {
             const int d = d0 + lane;
-            for (int r = 0; r < 32; r++)
-                ks[r][lane] = k0 + r < nk && d < hd ? kc[(size_t)(k0 + r) * kvd + d] : T(0);
+            for (int r = 0; r < 32; r++) ks[r][lane] = r < jn && d < hd ? kc[(size_t)(k0 + r) * kvd + d] : T(0);
             __syncwarp();
             const int dn = min(32, hd - d0);
-            for (int dd = 0; dd < dn; dd++) sc = fmaf(Qs[d0 + dd], load(&ks[lane][dd]), sc);
+            for (int dd = 0; dd < dn; dd++) {
+                const float kv = load(&ks[lane][dd]);          // one shared read, every head's FMA
+#pragma unroll
+                for (int h = 0; h < G; h++)
+                    if (h < gh) sc[h] = fmaf(Qs[h][d0 + dd], kv, sc[h]);
+            }
             __syncwarp();                                  // read before the next chunk overwrites it
         }
-        if (k0 + lane >= nk) sc = -F32_INF;
-        const float m_new = fmaxf(m, warp_max(sc));        // finite: key k0 < nk exists
-        const float corr = expf(m - m_new);
-        const float pj = expf(sc - m_new);
-        l = l * corr + warp_sum(pj);
-        m = m_new;
+        // per head: the tile's max and sum go straight to shared memory (fewer live registers below)
+        float p[G];
 #pragma unroll
-        for (int i = 0; i < ATT_DPL; i++) acc[i] *= corr;
-        // V rows: lane reads dims lane, lane + 32, …: already one coalesced read per key, no staging
-        const int jn = min(32, nk - k0);
+        for (int h = 0; h < G; h++) {
+            if (h >= gh) continue;                         // uniform
+            const float sh = lane < jn ? sc[h] : -F32_INF;
+            const float mh = warp_max(sh);                 // finite: key k0 exists
+            p[h] = expf(sh - mh);                          // 0 for the lanes without a key
+            const float lh = warp_sum(p[h]);
+            if (lane == 0) { Ms[warp][h] = mh; Ls[warp][h] = lh; }
+        }
         for (int jj = 0; jj < jn; jj++) {
-            const float pjj = __shfl_sync(0xffffffffu, pj, jj);
+            // V rows: lane reads dims lane, lane + 32, …: one coalesced read per key, used by every head
             const T* vr = vc + (size_t)(k0 + jj) * kvd;
+            float v[ATT_DPL];
 #pragma unroll
-            for (int i = 0; i < ATT_DPL; i++) {
-                const int d = lane + 32 * i;
-                if (d < hd) acc[i] = fmaf(pjj, load(vr + d), acc[i]);
+            for (int i = 0; i < ATT_DPL; i++) v[i] = lane + 32 * i < hd ? load(vr + lane + 32 * i) : 0.0f;
+#pragma unroll
+            for (int h = 0; h < G; h++) {
+                if (h >= gh) continue;
+                const float pj = __shfl_sync(0xffffffffu, p[h], jj);
+#pragma unroll
+                for (int i = 0; i < ATT_DPL; i++) acc[h][i] = fmaf(pj, v[i], acc[h][i]);
             }
         }
     }
-    if (lane == 0) { Ms[warp] = m; Ls[warp] = l; }
+    // merge the warps per head, in warp order; one head at a time through Acc (gh is uniform)
 #pragma unroll
-    for (int i = 0; i < ATT_DPL; i++) {
-        const int d = lane + 32 * i;
-        if (d < hd) Acc[warp][d] = acc[i];
+    for (int h = 0; h < G; h++) {
+        if (h >= gh) continue;
+#pragma unroll
+        for (int i = 0; i < ATT_DPL; i++)
+            if (lane + 32 * i < hd) Acc[warp][lane + 32 * i] = acc[h][i];
+        __syncthreads();
+        if (threadIdx.x < hd) {
+            const int d = threadIdx.x;
+            float mt = -F32_INF;
+            for (int w = 0; w < NWARPS; w++) mt = fmaxf(mt, Ms[w][h]);
+            float lt = 0.0f, o = 0.0f;
+            for (int w = 0; w < NWARPS; w++) {
+                if (Ms[w][h] == -F32_INF) continue;
+                const float c = expf(Ms[w][h] - mt);
+                lt += Ls[w][h] * c;
+                o += Acc[w][d] * c;
+            }
+            const size_t sh = (size_t)s * nh + h0 + h;
+            if (splits == 1) {
+                store(out + sh * hd + d, o / lt);
+            } else {
+                float* e = part + (sh * max_splits + sp) * (hd + 2);
+                if (d == 0) { e[0] = mt; e[1] = lt; }
+                e[2 + d] = o;
+            }
+        }
+        __syncthreads();                                   // Acc read before the next head overwrites it
     }
-    __syncthreads();
-    // merge the warps' partial softmaxes in warp order; a warp that saw no key has m = −inf, weight 0
+}
+
+template <typename T>
+__device__ void attention_decode_combine(T* out, const float* part, const int* past, int nh, int hd, int max_splits) {
+    const int h = blockIdx.x, s = blockIdx.y, d = threadIdx.x;
+    const int splits = ceil_div(past[s] + 1, ATT_SPLIT_KEYS);
+    if (splits == 1 || d >= hd) return;                    // one split: attention_decode wrote out itself
+    const size_t sh = (size_t)s * nh + h;
+    const float* e = part + sh * max_splits * (hd + 2);
     float mt = -F32_INF;
-    for (int w = 0; w < NWARPS; w++) mt = fmaxf(mt, Ms[w]);
-    float lt = 0.0f;
-    for (int w = 0; w < NWARPS; w++) lt += Ms[w] == -F32_INF ? 0.0f : Ls[w] * expf(Ms[w] - mt);
-    for (int d = threadIdx.x; d < hd; d += NT) {
-        float o = 0.0f;
-        for (int w = 0; w < NWARPS; w++) o += Ms[w] == -F32_INF ? 0.0f : Acc[w][d] * expf(Ms[w] - mt);
-        store(out + ((size_t)s * nh + h) * hd + d, o / lt);
+    for (int sp = 0; sp < splits; sp++) mt = fmaxf(mt, e[sp * (hd + 2)]);
+    float lt = 0.0f, o = 0.0f;
+    for (int sp = 0; sp < splits; sp++) {                  // every split holds ≥ 1 key: its m is finite
+        const float c = expf(e[sp * (hd + 2)] - mt);
+        lt += e[sp * (hd + 2) + 1] * c;
+        o += e[sp * (hd + 2) + 2 + d] * c;
     }
+    store(out + sh * hd + d, o / lt);
 }
 
 // ---- training backward (FlashAttention-2's split: D, then dQ by query tiles, dK dV by key tiles) ----
@@ -832,9 +901,13 @@ __device__ __forceinline__ void attention_bwd_dkdv_any(bf16* dk, bf16* dv, const
         attention_prefill(out, q, k_cache, v_cache, slot, seq_start, past, nh, nkv, hd, cap, scale);              \
     }                                                                                                             \
     extern "C" __global__ void __launch_bounds__(ATT_DECODE_WARPS * 32) attention_decode_##SUF(                                     \
-        T* out, const T* q, const T* k_cache, const T* v_cache, const int* slot, const int* past, int nh, int nkv, \
-        int hd, int cap, float scale) {                                                                           \
-        attention_decode(out, q, k_cache, v_cache, slot, past, nh, nkv, hd, cap, scale);                          \
+        T* out, float* part, const T* q, const T* k_cache, const T* v_cache, const int* slot, const int* past, int nh, \
+        int nkv, int hd, int cap, int max_splits, float scale) {                                                  \
+        attention_decode(out, part, q, k_cache, v_cache, slot, past, nh, nkv, hd, cap, max_splits, scale);        \
+    }                                                                                                             \
+    extern "C" __global__ void __launch_bounds__(ATT_HD_MAX) attention_decode_combine_##SUF(                      \
+        T* out, const float* part, const int* past, int nh, int hd, int max_splits) {                              \
+        attention_decode_combine(out, part, past, nh, hd, max_splits);                                            \
     }                                                                                                             \
     extern "C" __global__ void __launch_bounds__(ATT_PREFILL_WARPS * 32) attention_fwd_##SUF(                     \
         T* out, float* lse, const T* q, const T* k, const T* v, const int* seq_start, int nh, int nkv, int hd,    \

@@ -70,7 +70,8 @@ fn run<T: GpuFloat>(gpu: &Gpu, rng: &mut rand::rngs::StdRng, seqs: &[(usize, usi
     // on these inputs: rel_l2 ≤ 6.9e-7, worst 2.3e-6 at floor rms(want)), and v's signs cancel, so the
     // floor is rms(want). f32: the 1e-5 and 5σ of it.
     // bf16 prefill: tensor cores, BF16_TC; bf16 decode (CUDA cores) rounds once at the end (emulated
-    // 1.7e-3, 2.7e-3): BF16_CHAIN.
+    // 1.7e-3, 2.7e-3): BF16_CHAIN. The decode's split merge (flash-decoding) adds per split one exp and
+    // two f32 multiply-adds of the split's sums, f32 chains far below the final rounding.
     let bound = match (T::NAME, decode) {
         ("f32", _) => chain(1e-5),
         (_, false) => BF16_TC,
@@ -96,17 +97,65 @@ fn check<T: GpuFloat>(gpu: &Gpu, rng: &mut rand::rngs::StdRng) -> drpo::Result<(
     let qwen05 = Heads { nh: 14, nkv: 2, hd: 64 };
     let wide = Heads { nh: 4, nkv: 4, hd: 128 };
     let mqa = Heads { nh: 6, nkv: 1, hd: 34 };
+    // a group larger than a decode block's 8 heads (chunks of 8, 8, 2), and one of exactly 8
+    let big_group = Heads { nh: 18, nkv: 1, hd: 32 };
+    let group8 = Heads { nh: 16, nkv: 2, hd: 64 };
+    let qwen15 = Heads { nh: 12, nkv: 2, hd: 128 };
     // prefill: fresh, odd lengths across tile edges (16 rows, 32 keys), continuations of a cache
     run::<T>(gpu, rng, &[(0, 1)], tiny, false)?;
     run::<T>(gpu, rng, &[(0, 17), (0, 1), (5, 33), (40, 3), (0, 64)], tiny, false)?;
     run::<T>(gpu, rng, &[(0, 100), (31, 2)], qwen05, false)?;
     run::<T>(gpu, rng, &[(0, 45), (7, 16)], wide, false)?;
     run::<T>(gpu, rng, &[(0, 19), (3, 5)], mqa, false)?;
-    // decode: one row each, caches of 0, 31, 32, 33 and a few hundred keys (8 warps × 32 keys)
+    // decode: one row each, caches of 0, 31, 32, 33 keys (a warp's tile), across the 256-key splits
+    // (255, 256, 257 keys and several splits) in one batch with short ones
     run::<T>(gpu, rng, &[(0, 1), (31, 1), (32, 1), (33, 1), (300, 1)], tiny, true)?;
-    run::<T>(gpu, rng, &[(257, 1), (1, 1)], qwen05, true)?;
+    run::<T>(gpu, rng, &[(257, 1), (1, 1), (254, 1), (255, 1)], qwen05, true)?;
     run::<T>(gpu, rng, &[(600, 1)], wide, true)?;
     run::<T>(gpu, rng, &[(70, 1), (0, 1)], mqa, true)?;
+    run::<T>(gpu, rng, &[(530, 1), (5, 1)], big_group, true)?;
+    run::<T>(gpu, rng, &[(40, 1), (1000, 1)], group8, true)?;
+    if full_size(gpu) {
+        // Qwen2-1.5B's heads over a long cache (9 splits)
+        run::<T>(gpu, rng, &[(2200, 1), (17, 1)], qwen15, true)?;
+    }
+    Ok(())
+}
+
+/// A sequence's decode output depends on its own length only: the same bits alone as in a batch whose
+/// other sequences need more splits (the grid and the workspace's layout change, its arithmetic must not).
+fn decode_alone_equals_batched<T: GpuFloat>(gpu: &Gpu, rng: &mut rand::rngs::StdRng) -> drpo::Result<()> {
+    let heads = Heads { nh: 14, nkv: 2, hd: 64 };
+    let (qd, kvd) = (heads.nh * heads.hd, heads.nkv * heads.hd);
+    let past = [300usize, 3, 1100, 255];
+    let cap = 1101 + 2;
+    let kc = gpu.htod(&uniform::<T>(rng, past.len() * cap * kvd, 2.0))?;
+    let vc = gpu.htod(&uniform::<T>(rng, past.len() * cap * kvd, 2.0))?;
+    let q = uniform::<T>(rng, past.len() * qd, 2.0);
+    let decode = |entries: &[(usize, usize, usize)], q: &[T]| -> drpo::Result<Vec<u32>> {
+        let table = SeqTable::new(gpu, entries, past.len(), cap)?;
+        let qd_ = gpu.htod(q)?;
+        let mut out = gpu.htod(&nan::<T>(entries.len() * qd))?;
+        attention_decode(gpu, &mut out.as_view_mut(), &qd_.as_view(), &kc.as_view(), &vc.as_view(), &table, heads)?;
+        Ok(gpu.dtoh(&out)?.iter().map(|v| v.to_f32().to_bits()).collect())
+    };
+    // the keys are already in the cache: sequence s in slot s holds past[s] + 1 keys
+    let entries: Vec<(usize, usize, usize)> = past.iter().enumerate().map(|(s, &p)| (s, p, 1)).collect();
+    let batched = decode(&entries, &q)?;
+    for (s, &e) in entries.iter().enumerate() {
+        let alone = decode(&[e], &q[s * qd..(s + 1) * qd])?;
+        assert_eq!(alone, batched[s * qd..(s + 1) * qd], "{}: sequence {s} ({} keys) alone vs in the batch", T::NAME, past[s] + 1);
+    }
+    Ok(())
+}
+
+#[test]
+fn decode_bits_do_not_depend_on_the_batch() -> drpo::Result<()> {
+    let mut rng = rng("attention_decode_batch");
+    for gpu in devices("attention_decode_batch") {
+        decode_alone_equals_batched::<f32>(&gpu, &mut rng)?;
+        decode_alone_equals_batched::<bf16>(&gpu, &mut rng)?;
+    }
     Ok(())
 }
 
@@ -132,7 +181,7 @@ fn seq_table_rejects_out_of_bounds_batches() {
 
 #[test]
 fn attention_refuses_more_sequences_than_a_grid_holds() -> drpo::Result<()> {
-    // sequences go on grid.z (prefill) / grid.y (decode), ≤ 65,535: an input error naming the op
+    // sequences go on grid.z (prefill and decode), ≤ 65,535: an input error naming the op
     for gpu in devices("attention_grid_limit") {
         let heads = Heads { nh: 4, nkv: 2, hd: 16 };
         let n_seqs = 65_536;

@@ -45,6 +45,8 @@ const ENTRY_POINTS: &[(&str, &[&str])] = &[
             "attention_prefill_bf16",
             "attention_decode_f32",
             "attention_decode_bf16",
+            "attention_decode_combine_f32",
+            "attention_decode_combine_bf16",
             "attention_fwd_f32",
             "attention_fwd_bf16",
             "attention_bwd_dq_f32",
@@ -130,6 +132,8 @@ fn launchers_use_the_kernels_compile_time_block_shapes() {
     assert_eq!(define("ATT_PREFILL_WARPS"), drpo::gpu::attention::PREFILL_WARPS, "prefill warps per block");
     assert_eq!(define("ATT_BQ"), drpo::gpu::attention::PREFILL_ROWS, "prefill query rows per block");
     assert_eq!(define("ATT_DECODE_WARPS"), drpo::gpu::attention::DECODE_WARPS, "decode warps per block");
+    assert_eq!(define("ATT_SPLIT_KEYS"), drpo::gpu::attention::DECODE_SPLIT_KEYS, "decode keys per split");
+    assert_eq!(define("ATT_GROUP_MAX"), drpo::gpu::attention::DECODE_GROUP_MAX, "decode query heads per block");
     assert_eq!(define("ATC_BQ"), drpo::gpu::attention::TC_ROWS, "tensor-core forward query rows per block");
     assert_eq!(define("ATB_TC"), drpo::gpu::attention::TC_ROWS, "tensor-core backward rows / keys per block");
     assert_eq!(define("ATB_BQ"), drpo::gpu::attention::BWD_ROWS, "backward query rows per tile");

@@ -33,6 +33,12 @@ pub const BWD_KEYS: usize = 16;
 pub const BWD_WARPS: usize = 4;
 /// Warps per decode block: `ATT_DECODE_WARPS` in cuda/attention.cu (its shared tiles are sized by it).
 pub const DECODE_WARPS: usize = 8;
+/// Keys per decode split (one 32-key tile per warp): `ATT_SPLIT_KEYS`. A constant, so a sequence's
+/// decode bits depend on its own length only.
+pub const DECODE_SPLIT_KEYS: usize = 256;
+/// Query heads of one GQA group a decode block serves (larger groups are cut into chunks of this many):
+/// `ATT_GROUP_MAX`.
+pub const DECODE_GROUP_MAX: usize = 8;
 
 /// Where the packed rows of a batch come from, validated on the host and uploaded once per forward.
 /// Entry s: `tq[s]` new rows (rows `seq_start[s] ..`), appended after `past[s]` cached positions of
@@ -42,6 +48,8 @@ pub struct SeqTable {
     pub n_seqs: usize,
     pub n_rows: usize,
     pub max_tq: usize,
+    /// most keys a sequence holds after the append: max past + tq
+    pub max_keys: usize,
     /// cache capacity (positions per slot) the table was checked against
     pub cap: usize,
     pub slots: usize,
@@ -60,7 +68,7 @@ impl SeqTable {
         let mut seq_start = vec![0i32];
         let mut past = Vec::with_capacity(entries.len());
         let (mut row_slot, mut row_pos) = (Vec::new(), Vec::new());
-        let mut max_tq = 0;
+        let (mut max_tq, mut max_keys) = (0, 0);
         for (s, &(sl, p, tq)) in entries.iter().enumerate() {
             if sl >= slots || p + tq > cap || p + tq == 0 {
                 return Err(Error::input(format!(
@@ -75,12 +83,14 @@ impl SeqTable {
             }
             seq_start.push(as_i32("SeqTable", "rows", row_slot.len())?);
             max_tq = max_tq.max(tq);
+            max_keys = max_keys.max(p + tq);
         }
         let up = |v: &[i32]| -> Result<DeviceBuffer<i32>> { gpu.htod(v) };
         Ok(SeqTable {
             n_seqs: entries.len(),
             n_rows: row_slot.len(),
             max_tq,
+            max_keys,
             cap,
             slots,
             slot: up(&slot)?,
@@ -171,8 +181,11 @@ pub fn attention_prefill<T: GpuFloat>(
     unsafe { l.run() }
 }
 
-/// [`attention_prefill`] for a decoding step: exactly one new row per sequence (row s of q and out),
-/// keys split across [`DECODE_WARPS`] warps per (head, sequence).
+/// [`attention_prefill`] for a decoding step: exactly one new row per sequence (row s of q and out).
+/// Flash-decoding: a block per ([`DECODE_SPLIT_KEYS`]-key split, kv head, sequence) serves every query
+/// head of the kv head's group (K and V read once per group), its warps 32 keys each; sequences
+/// longer than one split leave per-split softmax states in the device's workspace
+/// (n_seqs · nh · splits · (hd + 2) f32) and a second kernel merges them in split order.
 pub fn attention_decode<T: GpuFloat>(
     gpu: &Gpu,
     out: &mut DViewMut<T>,
@@ -195,16 +208,33 @@ pub fn attention_decode<T: GpuFloat>(
     if seqs.n_rows == 0 {
         return Ok(());
     }
-    let name = T::pick("attention_decode_f32", "attention_decode_bf16");
     let (nh32, nkv32, hd32, cap32) = (as_i32(OP, "nh", nh)?, as_i32(OP, "nkv", nkv)?, as_i32(OP, "hd", hd)?, as_i32(OP, "cap", seqs.cap)?);
     let scale = (1.0 / (hd as f64).sqrt()) as f32;
-    let grid = grid_dims(OP, [(nh, "heads"), (seqs.n_seqs, "sequences"), (1, "")])?;
-    let mut l = gpu.launch(&ATTENTION, name, LaunchCfg::new(grid, DECODE_WARPS as u32 * 32));
-    l.arg_mut(out).arg(q).arg(k_cache).arg(v_cache).arg(&seqs.slot.as_view()).arg(&seqs.past.as_view());
-    l.i32(nh32).i32(nkv32).i32(hd32).i32(cap32).f32(scale);
-    // SAFETY: order and types match attention_decode_<T>; one row per sequence checked above; keys
-    // 0..=past[s] < cap by the SeqTable.
-    unsafe { l.run() }
+    let splits = blocks(seqs.max_keys, DECODE_SPLIT_KEYS);
+    let head_blocks = nkv * blocks(nh / nkv, DECODE_GROUP_MAX);
+    let grid = grid_dims(OP, [(splits, "key splits"), (head_blocks, "kv heads × head chunks"), (seqs.n_seqs, "sequences")])?;
+    let combine_grid = grid_dims(OP, [(nh, "heads"), (seqs.n_seqs, "sequences"), (1, "")])?;
+    let splits32 = as_i32(OP, "splits", splits)?;
+    // one split needs no workspace (the kernel writes out itself); an element keeps the view non-empty
+    let part_len = if splits > 1 { seqs.n_seqs * nh * splits * (hd + 2) } else { 1 };
+    gpu.with_workspace(part_len, |part| {
+        let mut l = gpu.launch(&ATTENTION, T::pick("attention_decode_f32", "attention_decode_bf16"), LaunchCfg::new(grid, DECODE_WARPS as u32 * 32));
+        l.arg_mut(out).arg_mut(part).arg(q).arg(k_cache).arg(v_cache).arg(&seqs.slot.as_view()).arg(&seqs.past.as_view());
+        l.i32(nh32).i32(nkv32).i32(hd32).i32(cap32).i32(splits32).f32(scale);
+        // SAFETY: order and types match attention_decode_<T>; the block is ATT_DECODE_WARPS·32 threads;
+        // one row per sequence checked above; keys 0..=past[s] < cap by the SeqTable; part holds
+        // [n_seqs, nh, splits, hd + 2] whenever a sequence has more than one split (past + 1 ≤ max_keys).
+        unsafe { l.run() }?;
+        if splits > 1 {
+            let name = T::pick("attention_decode_combine_f32", "attention_decode_combine_bf16");
+            let mut l = gpu.launch(&ATTENTION, name, LaunchCfg::new(combine_grid, MAX_HEAD_DIM as u32));
+            l.arg_mut(out).arg(&part.as_view()).arg(&seqs.past.as_view()).i32(nh32).i32(hd32).i32(splits32);
+            // SAFETY: order and types match attention_decode_combine_<T>; a thread per dim (hd ≤ 128);
+            // part written by the launch before (same stream), sized as above.
+            unsafe { l.run() }?;
+        }
+        Ok(())
+    })
 }
 
 /// The sequences of a packed training batch (no KV cache): sequence s owns rows
