@@ -136,12 +136,15 @@ extern "C" __global__ void __launch_bounds__(256) matmul_split_sum_f32(float* ou
 //   matmul_bwd_dw_bf16_{large,small}   f32 dW from bf16 operands, tensor cores;  matmul_bwd_dw_f32
 //   matmul_bwd_db_{f32,bf16}   grid (ceil(d_out / 32)), block 256: 8 row phases × 32 columns, then a
 //     fixed-order sum of the 8 phase sums (coalesced rows, no atomics)
+//   matmul_bwd_dw_part_{bf16_small,f32} + matmul_split_acc_f32   split-k dW (below)
 // Every output accumulates (+=, the CPU's contract: a gradient summed over uses, the residual stream):
 // the f32 accumulator of the whole k range is added to the stored value, rounded once to the output type.
 // Precision: f32 accumulation in a fixed k order (mma for bf16); dW and db are f32 whatever the operands.
-// Determinism: no split-k, no atomics: bit-identical from run to run.
-// v1 (this): the forward's register-staged double buffer; K = tokens of dW is walked by one block per
-//   output tile (no split-k: at d_out = d_in = 896 that is 49 blocks of 128×128 on a 132-SM chip).
+// Determinism: no atomics, every order fixed by the shape: bit-identical from run to run.
+// v1: the forward's register-staged double buffer; K = tokens of dW is walked by one block per output
+//   tile (the launcher's small tile gives 28 blocks for Qwen2-0.5B's k and v projections, 196 for q and o).
+// v2 (issue 12): dW splits k (tokens) where the weight has fewer than 512 output tiles of 64×64
+//   (gpu::matmul::MatmulPlan::dw): the forward's split-k kernels with dW's operand layouts.
 
 // dX = dY·W: m = tokens, k = d_out, n = d_in
 extern "C" __global__ void __launch_bounds__(256) matmul_bwd_dx_bf16_large(bf16* dx, const bf16* dy, const bf16* w, int m, int k, int n, int vec) {
@@ -170,6 +173,16 @@ extern "C" __global__ void __launch_bounds__(128) matmul_bwd_dw_bf16_small(float
 }
 extern "C" __global__ void __launch_bounds__(256) matmul_bwd_dw_f32(float* dw, const float* dy, const float* x, int m, int k, int n) {
     matmul_simt<SimtGemmDw, true>(dw, dy, x, nullptr, m, k, n);
+}
+// split-k dW: the partials of one token range each ([splits, d_out, d_in] f32), then dW += their sum in range order
+extern "C" __global__ void __launch_bounds__(128) matmul_bwd_dw_part_bf16_small(float* part, const bf16* dy, const bf16* x, int m, int k, int n, int k_chunk, int vec) {
+    matmul_tc<TcSmallDw, float, false, true>(part, dy, x, nullptr, m, k, n, vec, k_chunk);
+}
+extern "C" __global__ void __launch_bounds__(256) matmul_bwd_dw_part_f32(float* part, const float* dy, const float* x, int m, int k, int n, int k_chunk) {
+    matmul_simt<SimtGemmDw, false, true>(part, dy, x, nullptr, m, k, n, k_chunk);
+}
+extern "C" __global__ void __launch_bounds__(256) matmul_split_acc_f32(float* out, const float* part, int m, int n, int splits) {
+    matmul_split_sum<float, float, true>(out, part, (const float*)nullptr, m, n, splits);
 }
 
 template <typename T>

@@ -206,7 +206,7 @@ const BWD_SIZES: [(usize, usize, usize); 7] = [(1, 1, 1), (3, 33, 17), (130, 72,
 
 /// dx, dw, db of the GPU linear backward against cpu::matmul::matmul_bwd in f64 on the stored values;
 /// every output prefilled with random values (the kernels accumulate).
-fn check_bwd<T: GpuFloat>(gpu: &Gpu, rng: &mut rand::rngs::StdRng, tiles: (MatmulTile, MatmulTile)) -> drpo::Result<()> {
+fn check_bwd<T: GpuFloat>(gpu: &Gpu, rng: &mut rand::rngs::StdRng, tiles: (MatmulTile, MatmulPlan)) -> drpo::Result<()> {
     let sizes = if full_size(gpu) { &BWD_SIZES[..] } else { &BWD_SIZES[..5] };
     for (i, &(n, d_in, d_out)) in sizes.iter().enumerate() {
         let with_bias = i % 2 == 0;
@@ -236,7 +236,7 @@ fn check_bwd<T: GpuFloat>(gpu: &Gpu, rng: &mut rand::rngs::StdRng, tiles: (Matmu
             d_in,
             d_out,
         )?;
-        let what = format!("matmul_bwd {} {tiles:?} n={n} d_in={d_in} d_out={d_out} bias={with_bias} misaligned={misalign}", T::NAME);
+        let what = format!("matmul_bwd {} {tiles:?} ({} dW ranges) n={n} d_in={d_in} d_out={d_out} bias={with_bias} misaligned={misalign}", T::NAME, tiles.1.splits(n));
         // Bounds of the forward (the same main loops, sums of k ≤ 4864 terms): f32 chains with
         // cancellation, floor rms(want), the 1e-5 and 5σ of it; bf16 dx rounded once to bf16
         // (which dominates); dw is f32 whatever the operands (mma accumulation only: the f32-out bound).
@@ -258,9 +258,37 @@ fn check_bwd<T: GpuFloat>(gpu: &Gpu, rng: &mut rand::rngs::StdRng, tiles: (Matmu
 fn matmul_bwd_gpu_matches_cpu() -> drpo::Result<()> {
     let mut rng = rng("matmul_bwd");
     for gpu in devices("matmul_bwd") {
-        check_bwd::<f32>(&gpu, &mut rng, (MatmulTile::Large, MatmulTile::Large))?;
-        check_bwd::<bf16>(&gpu, &mut rng, (MatmulTile::Large, MatmulTile::Large))?;
-        check_bwd::<bf16>(&gpu, &mut rng, (MatmulTile::Small, MatmulTile::Small))?;
+        check_bwd::<f32>(&gpu, &mut rng, (MatmulTile::Large, MatmulTile::Large.into()))?;
+        check_bwd::<bf16>(&gpu, &mut rng, (MatmulTile::Large, MatmulTile::Large.into()))?;
+        check_bwd::<bf16>(&gpu, &mut rng, (MatmulTile::Small, MatmulTile::Small.into()))?;
+        // dW with its k (the tokens) split: one k-tile per range, and ranges of two (67 = 64 + 3 tokens)
+        for k_chunk in [32, 64] {
+            check_bwd::<f32>(&gpu, &mut rng, (MatmulTile::Small, MatmulPlan::SplitK { k_chunk }))?;
+            check_bwd::<bf16>(&gpu, &mut rng, (MatmulTile::Small, MatmulPlan::SplitK { k_chunk }))?;
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn matmul_bwd_dw_plan_matches_cpu() -> drpo::Result<()> {
+    // the launcher's dW plan at Qwen2-0.5B's attention weights (k, v: 128 × 896; q, o: 896 × 896), 520
+    // tokens: split k (the tokens) from the shape; on the simulator under DRPO_SIM_FULL=1 also 4096 tokens
+    let mut rng = rng("matmul_bwd_dw_plan");
+    for gpu in devices("matmul_bwd_dw_plan") {
+        let tokens = if full_size(&gpu) { &[520, 4096][..] } else { &[520][..] };
+        for &n in tokens {
+            for (d_in, d_out) in [(896, 128), (896, 896)] {
+                let plan = MatmulPlan::dw(&gpu, n, d_in, d_out);
+                let (x, dout, dw0) = (uniform::<bf16>(&mut rng, n * d_in, 1.0), uniform::<bf16>(&mut rng, n * d_out, 1.0), uniform::<f32>(&mut rng, d_out * d_in, 1.0));
+                let (mut want_dx, mut want_dw) = (vec![0.0; n * d_in], widen(&dw0));
+                drpo::cpu::matmul::matmul_bwd(&mut want_dx, &mut want_dw, None, &widen(&dout), &widen(&x), &vec![0.0; d_out * d_in], n, d_in, d_out);
+                let (xd, dd, mut dw) = (gpu.htod(&x)?, gpu.htod(&dout)?, gpu.htod(&dw0)?);
+                gpu::matmul::matmul_bwd_dw(&gpu, plan, &mut dw.as_view_mut(), &dd.as_view(), &xd.as_view(), n, d_in, d_out)?;
+                let what = format!("matmul_bwd_dw bf16 {plan:?} ({} ranges) tokens={n} d_in={d_in} d_out={d_out}", plan.splits(n));
+                assert_close(&what, &widen(&gpu.dtoh(&dw)?), &want_dw, chain(1e-5));
+            }
+        }
     }
     Ok(())
 }
@@ -270,7 +298,9 @@ fn matmul_bwd_is_deterministic() -> drpo::Result<()> {
     // the launcher's own tile choice, three runs from the same prefill: the same bits
     let mut rng = rng("matmul_bwd_deterministic");
     for gpu in devices("matmul_bwd_deterministic") {
-        let (n, d_in, d_out) = (150, 136, 260);
+        // 300 tokens: the launcher's dW plan splits them (2 ranges of 160)
+        let (n, d_in, d_out) = (300, 136, 260);
+        assert_eq!(MatmulPlan::dw(&gpu, n, d_in, d_out), MatmulPlan::SplitK { k_chunk: 160 });
         let (x, w, dout) = (uniform::<bf16>(&mut rng, n * d_in, 1.0), uniform::<bf16>(&mut rng, d_out * d_in, 0.1), uniform::<bf16>(&mut rng, n * d_out, 1.0));
         let (xd, wd, dd) = (gpu.htod(&x)?, gpu.htod(&w)?, gpu.htod(&dout)?);
         let mut runs = Vec::new();

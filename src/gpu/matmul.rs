@@ -75,6 +75,17 @@ impl MatmulPlan {
         }
     }
 
+    /// The weight gradient's plan, dW [d_out, d_in] += dYᵀ·X over `n` tokens: split k (the tokens)
+    /// by [`MatmulPlan::split_k`] from the shape alone when the weight has fewer than
+    /// [`SPLIT_BLOCKS`] 64×64 tiles (Qwen2-0.5B's q, k, v, o), else the whole-k kernel with
+    /// [`MatmulTile::choose`]'s tile (either tile: the same bits).
+    pub fn dw(gpu: &Gpu, n: usize, d_in: usize, d_out: usize) -> Self {
+        match MatmulPlan::split_k(d_out.div_ceil(64) * d_in.div_ceil(64), n) {
+            MatmulPlan::Whole(_) => MatmulTile::choose(gpu, d_out, d_in).into(),
+            split => split,
+        }
+    }
+
     /// Split k of a GEMM with `tiles` 64×64 output tiles: enough ranges for [`SPLIT_BLOCKS`] blocks,
     /// none shorter than [`SPLIT_MIN_KTILES`] k-tiles, equal lengths but the last; `Whole(Small)`
     /// when that leaves one range (the same bits).
@@ -224,27 +235,57 @@ fn launch<T: GpuFloat, O: GpuFloat>(
         return unsafe { l.run() };
     }
     let MatmulPlan::SplitK { k_chunk } = plan else { unreachable!("a whole-k plan has one range") };
-    let chunk32 = as_i32(OP, "k_chunk", k_chunk)?;
+    let sum = match (f32_in, O::NAME == "f32") {
+        (true, _) => "matmul_split_sum_f32",
+        (false, false) => "matmul_split_sum_bf16",
+        (false, true) => "matmul_split_sum_bf16f32",
+    };
+    let names = [T::pick("matmul_part_f32", "matmul_part_bf16_small"), sum];
+    split_k_product(gpu, OP, names, k_chunk, out, x, w, Some(b), [n, d_in, d_out], (grid, threads), vec)
+}
+
+/// The two launches of a split-k product out (+)= A·B ([m, n]; k cut into `k_chunk` ranges, grid.z
+/// of `launch` = the ranges): `part` writes each range's f32 sums to the device's workspace
+/// ([ranges, m, n]), `sum` adds them in range order into out, with the bias (`bias = Some(b)`, the
+/// forward's sum kernels) or onto out's old value (`None`, matmul_split_acc_f32). The operand
+/// layouts are the part kernel's; `vec` as for the whole-k kernel (None for f32).
+#[allow(clippy::too_many_arguments)]
+fn split_k_product<T: GpuFloat, O: GpuFloat>(
+    gpu: &Gpu,
+    op: &'static str,
+    [part, sum]: [&'static str; 2],
+    k_chunk: usize,
+    out: &mut DViewMut<O>,
+    a: &DView<T>,
+    b: &DView<T>,
+    bias: Option<Option<&DView<T>>>,
+    [m, k, n]: [usize; 3],
+    (grid, threads): ((u32, u32, u32), u32),
+    vec: Option<i32>,
+) -> Result<()> {
     assert!(k_chunk.is_multiple_of(32), "matmul: split-k ranges are whole k-tiles of 32");
-    let sum_grid = grid_dims(OP, [(blocks(n * d_out, 256), "outputs / 256"), (1, ""), (1, "")])?;
-    gpu.with_workspace(splits * n * d_out, |part| {
-        let mut l = gpu.launch(&MATMUL, T::pick("matmul_part_f32", "matmul_part_bf16_small"), LaunchCfg::new(grid, threads));
-        l.arg_mut(part).arg(x).arg(w).i32(m32).i32(k32).i32(n32).i32(chunk32);
+    let splits = k.div_ceil(k_chunk);
+    let (m32, k32, n32, chunk32, splits32) = (as_i32(op, "m", m)?, as_i32(op, "k", k)?, as_i32(op, "n", n)?, as_i32(op, "k_chunk", k_chunk)?, as_i32(op, "splits", splits)?);
+    let sum_grid = grid_dims(op, [(blocks(m * n, 256), "outputs / 256"), (1, ""), (1, "")])?;
+    gpu.with_workspace(splits * m * n, |ws| {
+        let mut l = gpu.launch(&MATMUL, part, LaunchCfg::new(grid, threads));
+        l.arg_mut(ws).arg(a).arg(b).i32(m32).i32(k32).i32(n32).i32(chunk32);
         if let Some(vec) = vec {
             l.i32(vec);
         }
-        // SAFETY: order and types match matmul_part_<T> (the f32 kernel has no `vec`); x, w checked above,
-        // part holds [splits, n, d_out] f32 and grid.z = splits = ceil(d_in / k_chunk).
+        // SAFETY: order and types match the matmul_*part* kernel named (the f32 ones have no `vec`); the
+        // caller checked a and b for this product's layouts, and `vec` as for its whole-k kernel; ws
+        // holds [splits, m, n] f32 and grid.z = splits = ceil(k / k_chunk).
         unsafe { l.run() }?;
-        let name = match (f32_in, O::NAME == "f32") {
-            (true, _) => "matmul_split_sum_f32",
-            (false, false) => "matmul_split_sum_bf16",
-            (false, true) => "matmul_split_sum_bf16f32",
-        };
-        let mut l = gpu.launch(&MATMUL, name, LaunchCfg::new(sum_grid, 256));
-        l.arg_mut(out).arg(&part.as_view()).arg_opt(b).i32(m32).i32(n32).i32(splits as i32);
-        // SAFETY: order and types match matmul_split_sum_*; out: [n, d_out], part: [splits, n, d_out]
-        // (written by the launch before, same stream), b: [d_out] when present; checked above.
+        let mut l = gpu.launch(&MATMUL, sum, LaunchCfg::new(sum_grid, 256));
+        l.arg_mut(out).arg(&ws.as_view());
+        if let Some(bias) = bias {
+            l.arg_opt(bias);
+        }
+        l.i32(m32).i32(n32).i32(splits32);
+        // SAFETY: order and types match the matmul_split_* kernel named (the sums take the bias, the
+        // accumulation does not); out: [m, n] and the bias [n] checked by the caller; ws written by the
+        // launch before (same stream).
         unsafe { l.run() }
     })
 }
@@ -252,8 +293,8 @@ fn launch<T: GpuFloat, O: GpuFloat>(
 /// Same contract as `cpu::matmul::matmul_bwd`, every output accumulating (`+=`), dw and db in f32:
 ///   dx[r, i] += Σ_o dout[r, o]·w[o, i]    dw[o, i] += Σ_r dout[r, o]·x[r, i]    db[o] += Σ_r dout[r, o]
 /// dx, x: [n, d_in]   dout: [n, d_out]   w: [d_out, d_in]   dw: [d_out, d_in] (f32)   db: [d_out] (f32)
-/// f32 runs on the CUDA cores; bf16 on the tensor cores, each product with the tile
-/// [`MatmulTile::choose`] picks for its own output shape (dx: n × d_in, dw: d_out × d_in).
+/// f32 runs on the CUDA cores; bf16 on the tensor cores, dx with the tile [`MatmulTile::choose`]
+/// picks for its output shape (n × d_in), dw cut as [`MatmulPlan::dw`] says.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_bwd<T: GpuFloat>(
     gpu: &Gpu,
@@ -267,15 +308,16 @@ pub fn matmul_bwd<T: GpuFloat>(
     d_in: usize,
     d_out: usize,
 ) -> Result<()> {
-    let tiles = (MatmulTile::choose(gpu, n, d_in), MatmulTile::choose(gpu, d_out, d_in));
-    matmul_bwd_with(gpu, tiles, dx, dw, db, dout, x, w, n, d_in, d_out)
+    let plans = (MatmulTile::choose(gpu, n, d_in), MatmulPlan::dw(gpu, n, d_in, d_out));
+    matmul_bwd_with(gpu, plans, dx, dw, db, dout, x, w, n, d_in, d_out)
 }
 
-/// [`matmul_bwd`] with the bf16 tiles (dx, dw) chosen by the caller (tests and benches cover all).
+/// [`matmul_bwd`] with the bf16 dx tile and the dw plan (or tile) chosen by the caller (tests and
+/// benches cover all).
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_bwd_with<T: GpuFloat>(
     gpu: &Gpu,
-    (dx_tile, dw_tile): (MatmulTile, MatmulTile),
+    (dx_tile, dw_tile): (MatmulTile, impl Into<MatmulPlan>),
     dx: &mut DViewMut<T>,
     dw: &mut DViewMut<f32>,
     db: Option<&mut DViewMut<f32>>,
@@ -344,11 +386,13 @@ pub fn matmul_bwd_dx<T: GpuFloat, O: GpuFloat>(
 }
 
 /// The dW product of [`matmul_bwd`] alone: dw[o, i] += Σ_r dout[r, o]·x[r, i] (m = d_out, k = n rows,
-/// n = d_in).   dw: [d_out, d_in] (f32)   dout: [n, d_out]   x: [n, d_in]
+/// n = d_in), cut as `plan` says ([`MatmulPlan::dw`] is the launcher's own choice; a bare
+/// [`MatmulTile`] walks all tokens in one block per tile).
+/// dw: [d_out, d_in] (f32)   dout: [n, d_out]   x: [n, d_in]
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_bwd_dw<T: GpuFloat>(
     gpu: &Gpu,
-    tile: MatmulTile,
+    plan: impl Into<MatmulPlan>,
     dw: &mut DViewMut<f32>,
     dout: &DView<T>,
     x: &DView<T>,
@@ -356,11 +400,29 @@ pub fn matmul_bwd_dw<T: GpuFloat>(
     d_in: usize,
     d_out: usize,
 ) -> Result<()> {
-    check_len("matmul_bwd", "dw", dw.len(), d_out * d_in)?;
-    check_len("matmul_bwd", "x", x.len(), n * d_in)?;
-    let names = ["matmul_bwd_dw_f32", "matmul_bwd_dw_bf16_large", "matmul_bwd_dw_bf16_small"];
+    const OP: &str = "matmul_bwd";
+    check_len(OP, "dw", dw.len(), d_out * d_in)?;
+    check_len(OP, "x", x.len(), n * d_in)?;
     let vec = bwd_vec(d_in, d_out, &[dout.addr(), x.addr()]);
-    bwd_product(gpu, tile, names, dw, dout, x, [d_out, n, d_in], "d_out / tile", vec)
+    let plan = plan.into();
+    if plan.splits(n) == 1 {
+        let tile = match plan {
+            MatmulPlan::Whole(tile) => tile,
+            MatmulPlan::SplitK { .. } => MatmulTile::Small,
+        };
+        let names = ["matmul_bwd_dw_f32", "matmul_bwd_dw_bf16_large", "matmul_bwd_dw_bf16_small"];
+        return bwd_product(gpu, tile, names, dw, dout, x, [d_out, n, d_in], "d_out / tile", vec);
+    }
+    let MatmulPlan::SplitK { k_chunk } = plan else { unreachable!("a whole-k plan has one range") };
+    check_len(OP, "dout", dout.len(), n * d_out)?;
+    if d_out == 0 || d_in == 0 {
+        return Ok(());
+    }
+    let f32_in = T::NAME == "f32";
+    let (edge, threads) = if f32_in { (64, 256) } else { (64, MatmulTile::Small.threads()) };
+    let grid = grid_dims(OP, [(blocks(d_in, edge), "d_in / tile"), (blocks(d_out, edge), "d_out / tile"), (plan.splits(n), "k ranges")])?;
+    let names = [T::pick("matmul_bwd_dw_part_f32", "matmul_bwd_dw_part_bf16_small"), "matmul_split_acc_f32"];
+    split_k_product(gpu, OP, names, k_chunk, dw, dout, x, None, [d_out, n, d_in], (grid, threads), (!f32_in).then_some(vec))
 }
 
 /// One backward product out[m, n] += A·B with A = dout (read as stored, [n rows, d_out]) and B the
