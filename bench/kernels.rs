@@ -5,7 +5,7 @@
 //! random (never zeros); L2-resident when the working set fits in 50 MB (said per line).
 
 use drpo::gpu::attention::{Heads, SeqTable};
-use drpo::gpu::matmul::MatmulTile;
+use drpo::gpu::matmul::{MatmulPlan, MatmulTile};
 use drpo::gpu::{self, bf16, Gpu, GpuFloat};
 use drpo::sampling::SamplingParams;
 use rand::{rngs::StdRng, Rng, SeedableRng};
@@ -214,7 +214,67 @@ fn run(gpu: &Gpu) -> drpo::Result<()> {
         gpu::optim::adamw_step(gpu, bufs, &g.as_view(), Some((&norm.as_view(), 1.0)), &k)
     })?;
     println!("adamw_step f32      n={params}        {}  (fused clip, bf16 copy)", gbs((30 * params) as f64, us));
+    decode(gpu, &mut rng)?;
     backward(gpu, &mut rng)
+}
+
+/// The decoding step's kernels (issue 12): its GEMMs at the Qwen2-0.5B and 1.5B widths for 1, 16 and 64
+/// sequences, whole-k (one block per 64-column tile walks all of k: before split-k) against the plan;
+/// the attention projections' weight gradient over 4096 tokens, whole vs the plan; decode attention v2
+/// (a block per query head over all keys) against v3 (flash-decoding, a block per key split serving
+/// the whole GQA group). All memory-bound: read each line against ~3.0 TB/s of HBM, except where the
+/// working set fits the 50 MB L2 and repeated launches find it there (said per line).
+fn decode(gpu: &Gpu, rng: &mut StdRng) -> drpo::Result<()> {
+    let l2 = |bytes: usize| if bytes < 50_000_000 { "  (L2-resident)" } else { "" };
+    // (d_in, d_out) per decoding step: q (= o), k (= v), gate|up, down
+    let shapes = [("0.5B q/o", 896, 896), ("0.5B k/v", 896, 128), ("0.5B gate|up", 896, 9728), ("0.5B down", 4864, 896)]
+        .into_iter()
+        .chain([("1.5B q/o", 1536, 1536), ("1.5B k/v", 1536, 256), ("1.5B gate|up", 1536, 17920), ("1.5B down", 8960, 1536)]);
+    for (name, d_in, d_out) in shapes {
+        let w = gpu.htod(&random::<bf16>(rng, d_out * d_in, 0.05))?;
+        let x = gpu.htod(&random::<bf16>(rng, 64 * d_in, 1.0))?;
+        let mut y = gpu.alloc_zeros::<bf16>(64 * d_out)?;
+        for rows in [1, 16, 64] {
+            // the weight once, x in, y out
+            let bytes = (d_out * d_in + rows * d_in + rows * d_out) * 2;
+            for plan in [MatmulPlan::Whole(MatmulTile::Small), MatmulPlan::forward(gpu, rows, d_in, d_out)] {
+                let us = time_us(gpu, 50, || {
+                    gpu::matmul::matmul_fwd_with(gpu, plan, &mut y.slice_mut(0..rows * d_out), &x.slice(0..rows * d_in), &w.as_view(), None, rows, d_in, d_out)
+                })?;
+                let blocks = d_out.div_ceil(64) * plan.splits(d_in);
+                println!("matmul decode bf16 {name:<12} m={rows:<2} k={d_in} n={d_out} {blocks:>4} blocks {plan:?}  {}{}", gbs(bytes as f64, us), l2(bytes));
+            }
+        }
+    }
+    // weight gradients of the attention projections over 4096 tokens: dY, X in; dW (f32) read and written
+    let n = 4096;
+    for (name, d_in, d_out) in [("0.5B k/v", 896, 128), ("0.5B q/o", 896, 896), ("1.5B k/v", 1536, 256), ("1.5B q/o", 1536, 1536)] {
+        let (x, dy) = (gpu.htod(&random::<bf16>(rng, n * d_in, 1.0))?, gpu.htod(&random::<bf16>(rng, n * d_out, 1.0))?);
+        let mut dw = gpu.alloc_zeros::<f32>(d_out * d_in)?;
+        for plan in [MatmulTile::choose(gpu, d_out, d_in).into(), MatmulPlan::dw(gpu, n, d_in, d_out)] {
+            let us = time_us(gpu, 20, || gpu::matmul::matmul_bwd_dw(gpu, plan, &mut dw.as_view_mut(), &dy.as_view(), &x.as_view(), n, d_in, d_out))?;
+            println!("matmul_bwd_dw bf16 {name:<8} tokens={n} d_in={d_in} d_out={d_out} {plan:?}  {}", tflops(2.0 * (n * d_in * d_out) as f64, us));
+        }
+    }
+    // decode attention: K and V of every cached key once (v3; v2 reads them once per query head of the
+    // group, from L2 when it can), q in, out
+    let (h05, h15) = (Heads { nh: 14, nkv: 2, hd: 64 }, Heads { nh: 12, nkv: 2, hd: 128 });
+    for (seqs, keys, heads) in [(64usize, 1024usize, h05), (1, 8192, h05), (16, 4096, h15), (1, 8192, h15)] {
+        let (qd, kvd) = (heads.nh * heads.hd, heads.nkv * heads.hd);
+        let entries: Vec<_> = (0..seqs).map(|i| (i, keys - 1, 1)).collect();
+        let table = SeqTable::new(gpu, &entries, seqs, keys)?;
+        let kc = gpu.htod(&random::<bf16>(rng, seqs * keys * kvd, 1.0))?;
+        let vc = gpu.htod(&random::<bf16>(rng, seqs * keys * kvd, 1.0))?;
+        let q = gpu.htod(&random::<bf16>(rng, seqs * qd, 1.0))?;
+        let mut att = gpu.alloc_zeros::<bf16>(seqs * qd)?;
+        let bytes = seqs * keys * kvd * 2 * 2 + 2 * seqs * qd * 2;
+        let label = format!("seqs={seqs} keys={keys} nh={} nkv={} hd={}", heads.nh, heads.nkv, heads.hd);
+        let us = time_us(gpu, 20, || gpu::attention::attention_decode_v2(gpu, &mut att.as_view_mut(), &q.as_view(), &kc.as_view(), &vc.as_view(), &table, heads))?;
+        println!("attention_decode v2 bf16 {label}  {}{}", gbs(bytes as f64, us), l2(bytes));
+        let us = time_us(gpu, 20, || gpu::attention::attention_decode(gpu, &mut att.as_view_mut(), &q.as_view(), &kc.as_view(), &vc.as_view(), &table, heads))?;
+        println!("attention_decode v3 bf16 {label}  {}{}", gbs(bytes as f64, us), l2(bytes));
+    }
+    Ok(())
 }
 
 /// The backward kernels at the same sizes; every output accumulates, so its bytes count twice.

@@ -451,6 +451,86 @@ __device__ void attention_decode_combine(T* out, const float* part, const int* p
     store(out + sh * hd + d, o / lt);
 }
 
+// ---- decode v2: the bench baseline of v3 (kept until a GPU has measured both; then it goes) ----
+// attention_decode_v2_T: grid (nh, n_seqs), block ATT_DECODE_WARPS · 32: a block per (query head, sequence)
+//   walks all of the sequence's keys, its warps 32 keys at a time with their own online softmax, merged in
+//   warp order; each K/V row is read once per query head of its group.
+template <typename T>
+__device__ void attention_decode_v2(T* out, const T* q, const T* k_cache, const T* v_cache, const int* slot, const int* past,
+                                 int nh, int nkv, int hd, int cap, float scale) {
+    constexpr int NWARPS = ATT_DECODE_WARPS, NT = NWARPS * 32;    // the launch is NT threads
+    __shared__ float Qs[ATT_HD_MAX];
+    __shared__ float Ms[NWARPS], Ls[NWARPS];
+    __shared__ float Acc[NWARPS][ATT_HD_MAX];
+    __shared__ T Kt[NWARPS][32][33];                       // per warp: 32 keys × 32 dims of K, as stored
+    const int h = blockIdx.x, s = blockIdx.y, nk = past[s] + 1;
+    const int kvh = h / (nh / nkv), kvd = nkv * hd;
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const T* kc = k_cache + (size_t)slot[s] * cap * kvd + kvh * hd;
+    const T* vc = v_cache + (size_t)slot[s] * cap * kvd + kvh * hd;
+    T (*ks)[33] = Kt[warp];
+    for (int d = threadIdx.x; d < hd; d += NT) Qs[d] = load(q + ((size_t)s * nh + h) * hd + d) * scale;
+    __syncthreads();
+
+    float m = -F32_INF, l = 0.0f, acc[ATT_DPL];
+#pragma unroll
+    for (int i = 0; i < ATT_DPL; i++) acc[i] = 0.0f;
+    for (int k0 = warp * 32; k0 < nk; k0 += NT) {         // warp-uniform
+        // lane j scores key k0 + j: sc = Σ_d Qs[d]·K[k0 + j][d] as FMAs in d order (v1's order, so the
+        // same bits), reading K from a tile of 32 keys × 32 dims staged per warp: row r of the tile
+        // is one coalesced read (32 consecutive dims of key k0 + r), where v1 had each lane walk its
+        // own key row (32 rows, 32 sectors per load instruction). Keys past nk are staged as zeros.
+        // Row stride 33: lane j reading column dd hits bank (33j + dd) mod 32 (f32) or, for 2-byte
+        // bf16, banks 0..15 for even j and 16..31 for odd j: no conflicts either way.
+        float sc = 0.0f;
+        for (int d0 = 0; d0 < hd; d0 += 32) {
+            const int d = d0 + lane;
+            for (int r = 0; r < 32; r++)
+                ks[r][lane] = k0 + r < nk && d < hd ? kc[(size_t)(k0 + r) * kvd + d] : T(0);
+            __syncwarp();
+            const int dn = min(32, hd - d0);
+            for (int dd = 0; dd < dn; dd++) sc = fmaf(Qs[d0 + dd], load(&ks[lane][dd]), sc);
+            __syncwarp();                                  // read before the next chunk overwrites it
+        }
+        if (k0 + lane >= nk) sc = -F32_INF;
+        const float m_new = fmaxf(m, warp_max(sc));        // finite: key k0 < nk exists
+        const float corr = expf(m - m_new);
+        const float pj = expf(sc - m_new);
+        l = l * corr + warp_sum(pj);
+        m = m_new;
+#pragma unroll
+        for (int i = 0; i < ATT_DPL; i++) acc[i] *= corr;
+        // V rows: lane reads dims lane, lane + 32, …: already one coalesced read per key, no staging
+        const int jn = min(32, nk - k0);
+        for (int jj = 0; jj < jn; jj++) {
+            const float pjj = __shfl_sync(0xffffffffu, pj, jj);
+            const T* vr = vc + (size_t)(k0 + jj) * kvd;
+#pragma unroll
+            for (int i = 0; i < ATT_DPL; i++) {
+                const int d = lane + 32 * i;
+                if (d < hd) acc[i] = fmaf(pjj, load(vr + d), acc[i]);
+            }
+        }
+    }
+    if (lane == 0) { Ms[warp] = m; Ls[warp] = l; }
+#pragma unroll
+    for (int i = 0; i < ATT_DPL; i++) {
+        const int d = lane + 32 * i;
+        if (d < hd) Acc[warp][d] = acc[i];
+    }
+    __syncthreads();
+    // merge the warps' partial softmaxes in warp order; a warp that saw no key has m = −inf, weight 0
+    float mt = -F32_INF;
+    for (int w = 0; w < NWARPS; w++) mt = fmaxf(mt, Ms[w]);
+    float lt = 0.0f;
+    for (int w = 0; w < NWARPS; w++) lt += Ms[w] == -F32_INF ? 0.0f : Ls[w] * expf(Ms[w] - mt);
+    for (int d = threadIdx.x; d < hd; d += NT) {
+        float o = 0.0f;
+        for (int w = 0; w < NWARPS; w++) o += Ms[w] == -F32_INF ? 0.0f : Acc[w][d] * expf(Ms[w] - mt);
+        store(out + ((size_t)s * nh + h) * hd + d, o / lt);
+    }
+}
+
 // ---- training backward (FlashAttention-2's split: D, then dQ by query tiles, dK dV by key tiles) ----
 // Per head, with s_ij = q_i·k_j·scale (j ≤ i), P recomputed from the forward's lse:
 //   p_ij = exp(s_ij − lse_i),  dp_ij = dO_i·v_j,  D_i = dO_i·O_i (= Σ_j p_ij dp_ij),  ds_ij = p_ij (dp_ij − D_i)
@@ -908,6 +988,11 @@ __device__ __forceinline__ void attention_bwd_dkdv_any(bf16* dk, bf16* dv, const
     extern "C" __global__ void __launch_bounds__(ATT_HD_MAX) attention_decode_combine_##SUF(                      \
         T* out, const float* part, const int* past, int nh, int hd, int max_splits) {                              \
         attention_decode_combine(out, part, past, nh, hd, max_splits);                                            \
+    }                                                                                                             \
+    extern "C" __global__ void __launch_bounds__(ATT_DECODE_WARPS * 32) attention_decode_v2_##SUF(                \
+        T* out, const T* q, const T* k_cache, const T* v_cache, const int* slot, const int* past, int nh, int nkv, \
+        int hd, int cap, float scale) {                                                                           \
+        attention_decode_v2(out, q, k_cache, v_cache, slot, past, nh, nkv, hd, cap, scale);                       \
     }                                                                                                             \
     extern "C" __global__ void __launch_bounds__(ATT_PREFILL_WARPS * 32) attention_fwd_##SUF(                     \
         T* out, float* lse, const T* q, const T* k, const T* v, const int* seq_start, int nh, int nkv, int hd,    \

@@ -6,7 +6,7 @@
 
 mod gpu_common;
 use drpo::cpu::attention::{attention_bwd, attention_fwd, attention_lse, AttnShape};
-use drpo::gpu::attention::{attention_decode, attention_prefill, kv_append, Heads, PackedSeqs, SeqTable};
+use drpo::gpu::attention::{attention_decode, attention_decode_v2, attention_prefill, kv_append, Heads, PackedSeqs, SeqTable};
 use drpo::gpu::{bf16, Gpu, GpuFloat};
 use gpu_common::*;
 
@@ -59,6 +59,11 @@ fn run<T: GpuFloat>(gpu: &Gpu, rng: &mut rand::rngs::StdRng, seqs: &[(usize, usi
     kv_append(gpu, &mut kc.as_view_mut(), &mut vc.as_view_mut(), &kn.as_view(), &vn.as_view(), &table, kvd)?;
     let mut out = gpu.htod(&nan::<T>(n_rows * qd))?;
     if decode {
+        // v2, kept as the bench baseline, held to the same reference and bound as v3 (below)
+        let mut out_v2 = gpu.htod(&nan::<T>(n_rows * qd))?;
+        attention_decode_v2(gpu, &mut out_v2.as_view_mut(), &qd_.as_view(), &kc.as_view(), &vc.as_view(), &table, heads)?;
+        let what = format!("attention decode v2 {} seqs={seqs:?} {heads:?}", T::NAME);
+        assert_close(&what, &widen(&gpu.dtoh(&out_v2)?), &want, if T::NAME == "f32" { chain(1e-5) } else { BF16_CHAIN });
         attention_decode(gpu, &mut out.as_view_mut(), &qd_.as_view(), &kc.as_view(), &vc.as_view(), &table, heads)?;
     } else {
         attention_prefill(gpu, &mut out.as_view_mut(), &qd_.as_view(), &kc.as_view(), &vc.as_view(), &table, heads)?;

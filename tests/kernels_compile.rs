@@ -50,6 +50,8 @@ const ENTRY_POINTS: &[(&str, &[&str])] = &[
             "attention_decode_bf16",
             "attention_decode_combine_f32",
             "attention_decode_combine_bf16",
+            "attention_decode_v2_f32",
+            "attention_decode_v2_bf16",
             "attention_fwd_f32",
             "attention_fwd_bf16",
             "attention_bwd_dq_f32",

@@ -196,19 +196,10 @@ pub fn attention_decode<T: GpuFloat>(
     heads: Heads,
 ) -> Result<()> {
     const OP: &str = "attention_decode";
-    check_heads(OP, heads)?;
-    if seqs.n_rows != seqs.n_seqs || seqs.max_tq > 1 {
-        return Err(Error::input(format!("{OP}: {} rows for {} sequences; decoding takes one row each", seqs.n_rows, seqs.n_seqs)));
-    }
-    let Heads { nh, nkv, hd } = heads;
-    check_len(OP, "out", out.len(), seqs.n_rows * nh * hd)?;
-    check_len(OP, "q", q.len(), seqs.n_rows * nh * hd)?;
-    check_len(OP, "k_cache", k_cache.len(), seqs.slots * seqs.cap * nkv * hd)?;
-    check_len(OP, "v_cache", v_cache.len(), seqs.slots * seqs.cap * nkv * hd)?;
-    if seqs.n_rows == 0 {
+    let Some([nh32, nkv32, hd32, cap32]) = decode_sizes(OP, out.len(), q.len(), k_cache.len(), v_cache.len(), seqs, heads)? else {
         return Ok(());
-    }
-    let (nh32, nkv32, hd32, cap32) = (as_i32(OP, "nh", nh)?, as_i32(OP, "nkv", nkv)?, as_i32(OP, "hd", hd)?, as_i32(OP, "cap", seqs.cap)?);
+    };
+    let Heads { nh, nkv, hd } = heads;
     let scale = (1.0 / (hd as f64).sqrt()) as f32;
     let splits = blocks(seqs.max_keys, DECODE_SPLIT_KEYS);
     let head_blocks = nkv * blocks(nh / nkv, DECODE_GROUP_MAX);
@@ -235,6 +226,50 @@ pub fn attention_decode<T: GpuFloat>(
         }
         Ok(())
     })
+}
+
+/// The checks of a decoding step (one row per sequence; lengths of out, q [n_seqs, nh, hd] and the
+/// caches); its sizes as kernel arguments (nh, nkv, hd, cap), or None when there are no rows.
+fn decode_sizes(op: &'static str, out: usize, q: usize, k_cache: usize, v_cache: usize, seqs: &SeqTable, heads: Heads) -> Result<Option<[i32; 4]>> {
+    check_heads(op, heads)?;
+    if seqs.n_rows != seqs.n_seqs || seqs.max_tq > 1 {
+        return Err(Error::input(format!("{op}: {} rows for {} sequences; decoding takes one row each", seqs.n_rows, seqs.n_seqs)));
+    }
+    let Heads { nh, nkv, hd } = heads;
+    check_len(op, "out", out, seqs.n_rows * nh * hd)?;
+    check_len(op, "q", q, seqs.n_rows * nh * hd)?;
+    check_len(op, "k_cache", k_cache, seqs.slots * seqs.cap * nkv * hd)?;
+    check_len(op, "v_cache", v_cache, seqs.slots * seqs.cap * nkv * hd)?;
+    if seqs.n_rows == 0 {
+        return Ok(None);
+    }
+    Ok(Some([as_i32(op, "nh", nh)?, as_i32(op, "nkv", nkv)?, as_i32(op, "hd", hd)?, as_i32(op, "cap", seqs.cap)?]))
+}
+
+/// The previous decode kernel, v2 (a block per query head and sequence over all of its keys, so each
+/// K/V row is read once per query head of its group and a long sequence is one block per head), kept as
+/// [`attention_decode`]'s bench baseline until a GPU has measured both. The same contract.
+pub fn attention_decode_v2<T: GpuFloat>(
+    gpu: &Gpu,
+    out: &mut DViewMut<T>,
+    q: &DView<T>,
+    k_cache: &DView<T>,
+    v_cache: &DView<T>,
+    seqs: &SeqTable,
+    heads: Heads,
+) -> Result<()> {
+    const OP: &str = "attention_decode_v2";
+    let Some([nh32, nkv32, hd32, cap32]) = decode_sizes(OP, out.len(), q.len(), k_cache.len(), v_cache.len(), seqs, heads)? else {
+        return Ok(());
+    };
+    let scale = (1.0 / (heads.hd as f64).sqrt()) as f32;
+    let grid = grid_dims(OP, [(heads.nh, "heads"), (seqs.n_seqs, "sequences"), (1, "")])?;
+    let mut l = gpu.launch(&ATTENTION, T::pick("attention_decode_v2_f32", "attention_decode_v2_bf16"), LaunchCfg::new(grid, DECODE_WARPS as u32 * 32));
+    l.arg_mut(out).arg(q).arg(k_cache).arg(v_cache).arg(&seqs.slot.as_view()).arg(&seqs.past.as_view());
+    l.i32(nh32).i32(nkv32).i32(hd32).i32(cap32).f32(scale);
+    // SAFETY: order and types match attention_decode_v2_<T>; one row per sequence checked above; keys
+    // 0..=past[s] < cap by the SeqTable.
+    unsafe { l.run() }
 }
 
 /// The sequences of a packed training batch (no KV cache): sequence s owns rows
