@@ -159,19 +159,12 @@ pub fn attention_prefill<T: GpuFloat>(
     heads: Heads,
 ) -> Result<()> {
     const OP: &str = "attention_prefill";
-    check_heads(OP, heads)?;
-    let Heads { nh, nkv, hd } = heads;
-    check_len(OP, "out", out.len(), seqs.n_rows * nh * hd)?;
-    check_len(OP, "q", q.len(), seqs.n_rows * nh * hd)?;
-    check_len(OP, "k_cache", k_cache.len(), seqs.slots * seqs.cap * nkv * hd)?;
-    check_len(OP, "v_cache", v_cache.len(), seqs.slots * seqs.cap * nkv * hd)?;
-    if seqs.n_rows == 0 {
+    let Some([nh32, nkv32, hd32, cap32]) = cache_sizes(OP, out.len(), q.len(), k_cache.len(), v_cache.len(), seqs, heads)? else {
         return Ok(());
-    }
+    };
     let name = T::pick("attention_prefill_f32", "attention_prefill_bf16");
-    let (nh32, nkv32, hd32, cap32) = (as_i32(OP, "nh", nh)?, as_i32(OP, "nkv", nkv)?, as_i32(OP, "hd", hd)?, as_i32(OP, "cap", seqs.cap)?);
-    let scale = (1.0 / (hd as f64).sqrt()) as f32;
-    let grid = grid_dims(OP, [(blocks(seqs.max_tq, fwd_rows::<T>()), "query tiles"), (nh, "heads"), (seqs.n_seqs, "sequences")])?;
+    let scale = (1.0 / (heads.hd as f64).sqrt()) as f32;
+    let grid = grid_dims(OP, [(blocks(seqs.max_tq, fwd_rows::<T>()), "query tiles"), (heads.nh, "heads"), (seqs.n_seqs, "sequences")])?;
     let mut l = gpu.launch(&ATTENTION, name, LaunchCfg::new(grid, PREFILL_WARPS as u32 * 32));
     l.arg_mut(out).arg(q).arg(k_cache).arg(v_cache).arg(&seqs.slot.as_view()).arg(&seqs.seq_start.as_view()).arg(&seqs.past.as_view());
     l.i32(nh32).i32(nkv32).i32(hd32).i32(cap32).f32(scale);
@@ -228,13 +221,18 @@ pub fn attention_decode<T: GpuFloat>(
     })
 }
 
-/// The checks of a decoding step (one row per sequence; lengths of out, q [n_seqs, nh, hd] and the
-/// caches); its sizes as kernel arguments (nh, nkv, hd, cap), or None when there are no rows.
+/// [`cache_sizes`] of a decoding step, which takes exactly one row per sequence.
 fn decode_sizes(op: &'static str, out: usize, q: usize, k_cache: usize, v_cache: usize, seqs: &SeqTable, heads: Heads) -> Result<Option<[i32; 4]>> {
-    check_heads(op, heads)?;
     if seqs.n_rows != seqs.n_seqs || seqs.max_tq > 1 {
         return Err(Error::input(format!("{op}: {} rows for {} sequences; decoding takes one row each", seqs.n_rows, seqs.n_seqs)));
     }
+    cache_sizes(op, out, q, k_cache, v_cache, seqs, heads)
+}
+
+/// The checks of attention over a KV cache (heads; lengths of out, q [n_rows, nh, hd] and the caches
+/// [slots, cap, nkv, hd]); its sizes as kernel arguments (nh, nkv, hd, cap), or None when there are no rows.
+fn cache_sizes(op: &'static str, out: usize, q: usize, k_cache: usize, v_cache: usize, seqs: &SeqTable, heads: Heads) -> Result<Option<[i32; 4]>> {
+    check_heads(op, heads)?;
     let Heads { nh, nkv, hd } = heads;
     check_len(op, "out", out, seqs.n_rows * nh * hd)?;
     check_len(op, "q", q, seqs.n_rows * nh * hd)?;
