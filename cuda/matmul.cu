@@ -12,7 +12,7 @@
 // Determinism: no atomics; every sum in an order fixed by the shape alone: bit-identical from run to
 // run and from device to device (the tile choice, which depends on the SM count, does not change a
 // bit: both tiles add the same mma k-steps of 16 in the same order).
-// v1 (this): register-staged double buffer, no cp.async / ldmatrix, one output element per store.
+// v1: register-staged double buffer, no cp.async / ldmatrix, one output element per store.
 // v2 (issue 12): split-k for the decode GEMMs (rows ≤ 64), below.
 
 // ACCUMULATE (the backward products): out += acc, rounded once to Out; else out = acc + b.

@@ -98,6 +98,14 @@ impl MatmulPlan {
         MatmulPlan::SplitK { k_chunk: k_tiles.div_ceil(splits) * 32 }
     }
 
+    /// The bf16 block tile the plan runs (split-k runs the small one).
+    fn tile(self) -> MatmulTile {
+        match self {
+            MatmulPlan::Whole(tile) => tile,
+            MatmulPlan::SplitK { .. } => MatmulTile::Small,
+        }
+    }
+
     /// The k ranges this plan cuts an inner size `k` into (1 for `Whole`).
     pub fn splits(self, k: usize) -> usize {
         match self {
@@ -209,11 +217,7 @@ fn launch<T: GpuFloat, O: GpuFloat>(
     let f32_in = T::NAME == "f32";
     assert!(!f32_in || O::NAME == "f32", "matmul: an f32 input has an f32 output");
     let vec = (!f32_in).then(|| vec_ok(d_in, x, w));
-    let splits = plan.splits(d_in);
-    let tile = match plan {
-        MatmulPlan::Whole(tile) => tile,
-        MatmulPlan::SplitK { .. } => MatmulTile::Small,
-    };
+    let (splits, tile) = (plan.splits(d_in), plan.tile());
     let (bm, threads) = if f32_in { (64, 256) } else { (tile.size(), tile.threads()) };
     // rows on grid.y (≤ 65,535 tiles: n ≤ 4.19M rows with 64-row tiles), columns on x, k ranges on z
     let grid = grid_dims(OP, [(blocks(d_out, bm), "d_out / tile"), (blocks(n, bm), "rows / tile"), (splits, "k ranges")])?;
@@ -406,21 +410,18 @@ pub fn matmul_bwd_dw<T: GpuFloat>(
     let vec = bwd_vec(d_in, d_out, &[dout.addr(), x.addr()]);
     let plan = plan.into();
     if plan.splits(n) == 1 {
-        let tile = match plan {
-            MatmulPlan::Whole(tile) => tile,
-            MatmulPlan::SplitK { .. } => MatmulTile::Small,
-        };
         let names = ["matmul_bwd_dw_f32", "matmul_bwd_dw_bf16_large", "matmul_bwd_dw_bf16_small"];
-        return bwd_product(gpu, tile, names, dw, dout, x, [d_out, n, d_in], "d_out / tile", vec);
+        return bwd_product(gpu, plan.tile(), names, dw, dout, x, [d_out, n, d_in], "d_out / tile", vec);
     }
     let MatmulPlan::SplitK { k_chunk } = plan else { unreachable!("a whole-k plan has one range") };
     check_len(OP, "dout", dout.len(), n * d_out)?;
     if d_out == 0 || d_in == 0 {
         return Ok(());
     }
+    // 64×64 output tiles either way: the f32 kernel's 256 threads, the small bf16 tile's 128
     let f32_in = T::NAME == "f32";
-    let (edge, threads) = if f32_in { (64, 256) } else { (64, MatmulTile::Small.threads()) };
-    let grid = grid_dims(OP, [(blocks(d_in, edge), "d_in / tile"), (blocks(d_out, edge), "d_out / tile"), (plan.splits(n), "k ranges")])?;
+    let threads = if f32_in { 256 } else { MatmulTile::Small.threads() };
+    let grid = grid_dims(OP, [(blocks(d_in, 64), "d_in / tile"), (blocks(d_out, 64), "d_out / tile"), (plan.splits(n), "k ranges")])?;
     let names = [T::pick("matmul_bwd_dw_part_f32", "matmul_bwd_dw_part_bf16_small"), "matmul_split_acc_f32"];
     split_k_product(gpu, OP, names, k_chunk, dw, dout, x, None, [d_out, n, d_in], (grid, threads), (!f32_in).then_some(vec))
 }
