@@ -136,6 +136,12 @@ pub fn assert_close(what: &str, got: &[f64], want: &[f64], bound: Bound) {
     assert!(we <= bound.worst, "{what}: worst element #{i} got {g:.9e} want {w:.9e}: {we:.2e} > {:.0e} (floor {floor:.1e})", bound.worst);
 }
 
+/// |v| elementwise: a linear reference run on the absolute values of its inputs gives Σ|terms| of
+/// each output, the scale of [`assert_close_terms`].
+pub fn abs(v: &[f64]) -> Vec<f64> {
+    v.iter().map(|x| x.abs()).collect()
+}
+
 /// Like [`assert_close`] for sums with cancellation, measured against the magnitude of the terms:
 /// `terms[i]` is Σ|term| of element i (the textbook summation bound: a floating-point sum's error is
 /// ≤ γ·Σ|terms|, however small the sum itself comes out). Asserts every value is finite,
