@@ -33,7 +33,8 @@ def cell(ms, flops, dry):
         return None
     t = f"{ms * 1e3:.1f} us" if ms < 1 else f"{ms:.3f} ms" if ms < 100 else f"{ms / 1e3:.2f} s" if ms >= 1e4 else f"{ms:.1f} ms"
     if flops and not dry:
-        t += f" ({flops / ms / 1e9:.0f} TFLOP/s)"
+        tflops = flops / ms / 1e9
+        t += f" ({tflops:.0f} TFLOP/s)" if tflops >= 10 else f" ({tflops:.2g} TFLOP/s)"
     return t
 
 
@@ -64,9 +65,12 @@ def main():
     torch_desc = ", ".join(f"{k} {tmeta[k]}" for k in ("torch", "cuda", "cudnn", "transformers") if tmeta.get(k))
     print(f"Device: {device}; {torch_desc or 'torch: did not run'}; date {datetime.date.today()}, commit {a.commit or '?'}.")
     if a.ceilings:
-        c = json.loads(a.ceilings)
-        print(f"Ceilings measured in this run: device copy {c['hbm_gbs'] / 1e3:.2f} TB/s (read + write), "
-              f"bf16 GEMM 8192³ {c['bf16_tflops']:.0f} TFLOP/s.")
+        try:
+            c = json.loads(a.ceilings)
+            print(f"Ceilings measured in this run: device copy {c['hbm_gbs'] / 1e3:.2f} TB/s (read + write), "
+                  f"bf16 GEMM 8192³ {c['bf16_tflops']:.0f} TFLOP/s.")
+        except (ValueError, KeyError, TypeError):
+            print(f"Ceilings: not measured (the phase wrote {a.ceilings!r}).")
     print("Kernel-level rows (matmul, attention): median of 5 batches of launches between CUDA events; "
           "model-level rows: median of 3 synchronised calls after a warm-up. TFLOP/s are nominal flops "
           "over time. drpo's dX accumulates into bf16 and its dW into f32 (`+=`); torch's products "
