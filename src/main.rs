@@ -3,7 +3,7 @@
 use clap::{Parser, Subcommand, ValueEnum};
 use drpo::config::ModelConfig;
 use drpo::error::{read_json, write_atomic, Error, Result};
-use drpo::engine::{Device, Engine};
+use drpo::engine::{Device, Engine, Trainee};
 use drpo::model::Model;
 use drpo::rl::trainer::ObjectiveKind;
 use serde_json::json;
@@ -138,6 +138,9 @@ enum Cmd {
         /// JSON file with any SftConfig fields
         #[arg(long)]
         config: Option<PathBuf>,
+        /// where the model trains (gpu, sim: the training state on the device)
+        #[arg(long, value_enum, default_value = "auto")]
+        device: Device,
     },
     /// RL training (DRPO and the baselines) on the toy task or a math problem set.
     Train(Box<TrainArgs>),
@@ -341,6 +344,7 @@ fn run(cmd: Cmd) -> Result<()> {
         Cmd::Logprobs { device, .. } | Cmd::Generate { device, .. } | Cmd::Demo { device, .. } => Some(*device),
         Cmd::Train(a) => Some(a.device),
         Cmd::Eval(a) => Some(a.device),
+        Cmd::Sft { device, .. } => Some(*device),
         _ => None,
     };
     // options that contradict each other first: they fail the same way on every machine
@@ -367,7 +371,7 @@ fn run(cmd: Cmd) -> Result<()> {
             drpo::rl::grader::grade_cases_file(&input, &out, &drpo::rl::grader::GraderConfig { require_think_close: !no_think })
         }
         Cmd::Kernels { arch } => kernels(&arch),
-        Cmd::Sft { out, steps, full_only_steps, seed, config } => sft(&out, steps, full_only_steps, seed, config.as_deref()),
+        Cmd::Sft { out, steps, full_only_steps, seed, config, device } => sft(&out, steps, full_only_steps, seed, config.as_deref(), device),
         Cmd::Train(a) => train(*a),
         Cmd::Demo { out, quick, full, device } => {
             use drpo::study::Preset;
@@ -690,7 +694,7 @@ fn json_overrides<T: serde::Serialize + serde::de::DeserializeOwned>(base: T, fi
     }
 }
 
-fn sft(out: &Path, steps: Option<usize>, full_only_steps: Option<usize>, seed: Option<u64>, config: Option<&Path>) -> Result<()> {
+fn sft(out: &Path, steps: Option<usize>, full_only_steps: Option<usize>, seed: Option<u64>, config: Option<&Path>, device: Device) -> Result<()> {
     let (mut cfg, _) = json_overrides(drpo::sft::SftConfig::default(), config)?;
     if let Some(s) = steps {
         cfg.steps = s;
@@ -707,7 +711,7 @@ fn sft(out: &Path, steps: Option<usize>, full_only_steps: Option<usize>, seed: O
         bar.set_position(s.step as u64 + 1);
         bar.set_message(format!("loss {:.4}", s.loss));
     };
-    drpo::sft::run_sft_with_notices(&cfg, out, on_step, &mut |line| eprintln!("note: {line}"))?;
+    drpo::sft::run_sft_with_notices(&cfg, out, device, on_step, &mut |line| eprintln!("{line}"))?;
     bar.finish();
     eprintln!("base model written to {}", out.display());
     Ok(())
@@ -846,12 +850,27 @@ fn train(a: TrainArgs) -> Result<()> {
     let max_prompt = max_prompt as u64;
     let seq = max_prompt.saturating_add(cfg.max_new_tokens as u64);
     let rows = ((cfg.chunk_questions * cfg.group_size) as u64).saturating_mul(seq);
-    let mut est = drpo::memory::training(&mcfg, 4, rows, seq);
-    est.kv_cache = drpo::memory::generation(&mcfg, 4, (cfg.questions_per_step * cfg.group_size) as u64, max_prompt, seq).kv_cache;
-    drpo::memory::ensure_fits("training on the CPU (weights, optimizer, one chunk's activations, rollout KV cache)", &est)?;
+    if matches!(a.device, Device::Cpu | Device::Auto) {
+        let mut est = drpo::memory::training(&mcfg, 4, rows, seq);
+        est.kv_cache = drpo::memory::generation(&mcfg, 4, (cfg.questions_per_step * cfg.group_size) as u64, max_prompt, seq).kv_cache;
+        drpo::memory::ensure_fits("training on the CPU (weights, optimizer, one chunk's activations, rollout KV cache)", &est)?;
+    }
     let model = Model::<f32>::load(&a.model)?;
-    let engine = Engine::new(a.device, &model, &mut |n| eprintln!("{n}"))?;
-    let mut trainer = drpo::rl::trainer::Trainer::new(cfg, model, env.as_ref(), &tok, &a.out, &a.model, engine)?;
+    match Trainee::new(a.device, model, &mut |n| eprintln!("{n}"))? {
+        Trainee::Cpu(m) => train_policy(m, cfg, env.as_ref(), &tok, &a),
+        Trainee::Gpu(m) => train_policy(m, cfg, env.as_ref(), &tok, &a),
+    }
+}
+
+/// `drpo train`'s run with the policy `--device` chose.
+fn train_policy<P: drpo::policy::Policy>(
+    model: P,
+    cfg: drpo::rl::trainer::TrainConfig,
+    env: &dyn drpo::rl::env::Environment,
+    tok: &drpo::tokenizer::Tokenizer,
+    a: &TrainArgs,
+) -> Result<()> {
+    let mut trainer = drpo::rl::trainer::Trainer::new(cfg, model, env, tok, &a.out, &a.model)?;
     for line in &trainer.notices {
         eprintln!("note: {line}");
     }
