@@ -38,6 +38,9 @@ enum Cmd {
         /// new tokens per sequence [default: 8192, capped by the context left after the prompt]
         #[arg(long, value_parser = positive::<u64>)]
         new_tokens: Option<u64>,
+        /// device memory the DRPO step is planned for, in GiB (an H100 has 80)
+        #[arg(long, default_value_t = 80, value_parser = positive::<u64>)]
+        device_gib: u64,
     },
     /// Log-probabilities of every next token of token sequences.
     Logprobs {
@@ -355,7 +358,7 @@ fn run(cmd: Cmd) -> Result<()> {
         probe_device(d)?;
     }
     match cmd {
-        Cmd::Inspect { model, batch, prompt_tokens, new_tokens } => inspect(&model, batch, prompt_tokens, new_tokens),
+        Cmd::Inspect { model, batch, prompt_tokens, new_tokens, device_gib } => inspect(&model, batch, prompt_tokens, new_tokens, device_gib),
         Cmd::Logprobs { model, input, out, dtype, device } => match dtype {
             FloatType::F32 => logprobs::<f32>(&model, &input, &out, device),
             // f64 asks for exact numbers: the GPU computes in bf16 (`--device gpu|sim` was refused above)
@@ -395,6 +398,18 @@ fn gib(bytes: f64) -> String {
     format!("{:.3} GiB", bytes / (1u64 << 30) as f64)
 }
 
+/// Bytes in the largest binary unit that keeps the number ≥ 1 (B, KiB, MiB, GiB, TiB).
+fn size(bytes: u64) -> String {
+    let mut x = bytes as f64;
+    for unit in ["B", "KiB", "MiB", "GiB"] {
+        if x < 1024.0 {
+            return if unit == "B" { format!("{bytes} B") } else { format!("{x:.2} {unit}") };
+        }
+        x /= 1024.0;
+    }
+    format!("{x:.2} TiB")
+}
+
 /// eos ids of one JSON source: `field` of `dir/file` (an id, a list of ids, or for tokenizer_config a
 /// token string resolved through the tokenizer). None when the file or the field is absent.
 fn eos_of(dir: &Path, file: &str, tok: Option<&drpo::tokenizer::Tokenizer>) -> Result<Option<Vec<u32>>> {
@@ -417,7 +432,7 @@ fn eos_of(dir: &Path, file: &str, tok: Option<&drpo::tokenizer::Tokenizer>) -> R
     }
 }
 
-fn inspect(dir: &Path, batch: Option<u64>, prompt_tokens: Option<u64>, new_tokens: Option<u64>) -> Result<()> {
+fn inspect(dir: &Path, batch: Option<u64>, prompt_tokens: Option<u64>, new_tokens: Option<u64>, device_gib: u64) -> Result<()> {
     // the loader's own check of the tensor list against the config, from the headers alone
     let cfg = drpo::weights::checked_config(dir)?;
     let layout = drpo::layout::ParamLayout::new(&cfg);
@@ -489,6 +504,57 @@ fn inspect(dir: &Path, batch: Option<u64>, prompt_tokens: Option<u64>, new_token
     say!("             (train also holds the rollout KV cache of questions × G sequences: the generate line with --batch Q·G)");
     if let Some(a) = drpo::memory::available_bytes() {
         say!("             available on this machine: {}", gib(a as f64));
+    }
+    inspect_device(&cfg, b, seq, device_gib)
+}
+
+/// The device memory of a DRPO step (`train --device gpu`: bf16 compute copy, f32 master weights,
+/// moments and gradient on the device), planned for a device of `device_gib` GiB.
+fn inspect_device(cfg: &ModelConfig, batch: u64, seq: u64, device_gib: u64) -> Result<()> {
+    use drpo::gpu::memory::StepPlan;
+    let device_bytes = device_gib.saturating_mul(1 << 30);
+    let plan = StepPlan::new(cfg, 2, seq, device_bytes);
+    let m = &plan.memory;
+    say!("device       a DRPO step on a {device_gib} GiB GPU (--device gpu: bf16 compute copy, f32 master weights; --device-gib):");
+    say!(
+        "             resident {}: weights (bf16) {}, f32 master {}, AdamW m {} and v {}, gradient (f32) {}, tables (rotary, norm scratch) {}",
+        size(m.resident()),
+        size(m.weights),
+        size(m.master),
+        size(m.adam_m),
+        size(m.adam_v),
+        size(m.grads),
+        size(m.tables)
+    );
+    say!(
+        "             training, per token: recorded forward {} (attention log-sum-exp {} of it), backward gradients {}; a sequence of {seq} tokens: {}",
+        size(m.activations_per_token),
+        size(m.lse_per_token),
+        size(m.backward_per_token),
+        size(m.training_per_token().saturating_mul(seq))
+    );
+    say!(
+        "             generation, per sequence of {seq} tokens: KV cache {} + {} (logits, sampler, one decode row); {batch} sequences: {}",
+        size(m.kv_per_token.saturating_mul(seq)),
+        size(m.generation_per_sequence),
+        size(m.generation_sequence(seq).saturating_mul(batch))
+    );
+    match plan.free {
+        None => say!("             does not fit: the resident state alone exceeds {device_gib} GiB"),
+        Some(free) => {
+            say!(
+                "             left {}: a training chunk of {} tokens ({:.2} sequences), {} sequences generating at once",
+                size(free),
+                plan.chunk_tokens,
+                plan.chunk_tokens as f64 / seq.max(1) as f64,
+                plan.generation_sequences
+            );
+            say!(
+                "             {} (a sequence must train in one chunk; the trainer generates all of a step's rollouts at once, so questions × G must be ≤ {})",
+                if plan.fits() { "fits" } else { "does not fit" },
+                plan.generation_sequences
+            );
+        }
     }
     Ok(())
 }

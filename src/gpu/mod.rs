@@ -26,6 +26,7 @@ mod cuda;
 pub mod embedding;
 pub mod logprob;
 pub mod matmul;
+pub mod memory;
 pub mod objective;
 pub mod optim;
 pub mod residual;
