@@ -96,21 +96,6 @@ impl<T: GpuFloat> GpuModel<T> {
         Ok(GpuModel { gpu, cfg, layout: model.layout.clone(), params, master: None, cos, sin })
     }
 
-    /// Copies a CPU model's parameters into the existing device buffer, as T (what training needs after
-    /// each optimizer step): no allocation, and the rotary tables (max_pos × hd/2 cos/sin computed in
-    /// f64) are kept. The model must have this one's config (training changes values, not shapes).
-    pub fn update_params<U: Float>(&mut self, model: &Model<U>) -> Result<()> {
-        if model.cfg != self.cfg || model.params.len() != self.params.len() {
-            return Err(Error::input(format!(
-                "update_params: the CPU model ({} parameters) is not the GPU model's config ({} parameters)",
-                model.params.len(),
-                self.params.len()
-            )));
-        }
-        self.gpu.memcpy_htod(&Self::host_params(model), &mut self.params.as_view_mut())?;
-        Ok(())
-    }
-
     /// The parameters as T (through f32: see NOTES.md on bf16 rounding).
     fn host_params<U: Float>(model: &Model<U>) -> Vec<T> {
         model.params.iter().map(|p| T::from_f32(p.to_f64() as f32)).collect()
