@@ -16,9 +16,10 @@
 //! ```
 //!
 //! Gradients ([`Policy::Grads`]) and the optimizer state ([`Policy::Optimizer`]) live where the model
-//! lives: host vectors on the CPU, device buffers on a GPU (f32 gradients, AdamW moments, and for a
-//! bf16 model its f32 master weights), so a training step moves one number per response token to the
-//! device (d loss / d logp) and one per token back (the log-probs), never a parameter-sized buffer.
+//! lives: host vectors on the CPU, device buffers on a GPU (f32 gradient and AdamW moments; a bf16
+//! model made to train keeps its f32 master weights next to its compute copy), so a training step
+//! moves one number per response token to the device (d loss / d logp) and one per token back (the
+//! log-probs), never a parameter-sized buffer.
 //! The host format ([`HostState`]) is what a checkpoint holds; a run saved from one device resumes on
 //! another.
 //!
@@ -48,8 +49,7 @@ pub trait Policy {
     type Record;
     /// A parameter gradient, flat in [`crate::layout::ParamLayout`] order, where the model lives.
     type Grads;
-    /// What AdamW carries from step to step (moments, step count; the f32 master weights of a model
-    /// whose compute copy is bf16), where the model lives.
+    /// What AdamW carries from step to step (moments, step count), where the model lives.
     type Optimizer;
 
     fn config(&self) -> &ModelConfig;
