@@ -209,3 +209,25 @@ pub fn decisive_greedy_tokens(reference: &drpo::model::Model<f64>, prompt: &[u32
     }
     Ok((decisive, close))
 }
+
+/// Asserts two f32 slices equal bit for bit, naming the first differing element and the count.
+pub fn assert_bits(what: &str, got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths differ");
+    if let Some(i) = (0..got.len()).find(|&i| got[i].to_bits() != want[i].to_bits()) {
+        let differing = (0..got.len()).filter(|&i| got[i].to_bits() != want[i].to_bits()).count();
+        panic!("{what}: {differing} of {} elements differ; first #{i}: got {:e} want {:e}", got.len(), got[i], want[i]);
+    }
+}
+
+/// Gradients of mixed magnitudes: most ~`scale`, some tiny, some exactly zero, a few large (the
+/// optimizer tests' inputs).
+pub fn mixed_gradients(rng: &mut StdRng, n: usize, scale: f32) -> Vec<f32> {
+    (0..n)
+        .map(|_| match rng.random_range(0..100) {
+            0 => 0.0,
+            1 => rng.random_range(-1e-30f32..1e-30),
+            2 => rng.random_range(-100.0f32..100.0) * scale,
+            _ => rng.random_range(-1.0f32..1.0) * scale,
+        })
+        .collect()
+}
