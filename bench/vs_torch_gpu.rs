@@ -31,7 +31,7 @@ use drpo::gpu::matmul::MatmulTile;
 use drpo::gpu::{self, bf16, Gpu};
 use drpo::model::gpu::GpuModel;
 use drpo::model::Model;
-use drpo::optim::{AdamWConfig, AdamWState};
+use drpo::optim::AdamWConfig;
 use drpo::policy::{Policy, ScoreBatch};
 use drpo::sampling::SamplingParams;
 use rand::{rngs::StdRng, SeedableRng};
@@ -187,7 +187,8 @@ impl Runner {
         if self.model.as_ref().is_none_or(|(i, _)| *i != m) {
             self.model = None; // free the previous model's device memory first
             let cpu = Model::<f32>::random(plan.models[m].1.clone(), 1, 0.02);
-            self.model = Some((m, GpuModel::from_cpu(self.gpu.clone(), &cpu)?));
+            // with f32 master weights (the train-step case updates them; the others only read)
+            self.model = Some((m, GpuModel::for_training(self.gpu.clone(), &cpu)?));
         }
         Ok(&mut self.model.as_mut().expect("built above").1)
     }
@@ -226,8 +227,8 @@ impl Runner {
                 let weights: Vec<Vec<f64>> = (0..count).map(|s| (0..len - 1).map(|t| ((s + t) % 7) as f64 / 7.0 - 0.4).collect()).collect();
                 let m = self.model(plan, model)?;
                 let batch = ScoreBatch::sequences(&m.cfg, &refs, 1.0)?;
-                let mut opt = AdamWState::new(m.n_params());
-                wall_ms(dry, 3, || train_step(m, &batch, &weights, &mut opt))
+                let (mut opt, mut grads) = (m.new_optimizer()?, m.new_grads()?);
+                wall_ms(dry, 3, || train_step(m, &batch, &weights, &mut opt, &mut grads))
             }
         }
     }
@@ -281,11 +282,13 @@ impl Runner {
 }
 
 /// One training step through the policy seam, as the trainer takes it: score with the record, the
-/// gradient of Σ w·logp, one AdamW update.
-fn train_step<P: Policy>(policy: &mut P, batch: &ScoreBatch, weights: &[Vec<f64>], opt: &mut AdamWState<P::Grad>) -> drpo::Result<()> {
+/// gradient of Σ w·logp, clipping at norm 1, one AdamW update.
+fn train_step<P: Policy>(policy: &mut P, batch: &ScoreBatch, weights: &[Vec<f64>], opt: &mut P::Optimizer, grads: &mut P::Grads) -> drpo::Result<()> {
     let scored = policy.score_responses(batch, true)?;
-    let grads = policy.backward_responses(&scored, weights)?;
-    policy.apply_update(opt, &grads, &AdamWConfig::default(), 1e-6)
+    policy.zero_grads(grads)?;
+    policy.backward_responses(&scored, weights, grads)?;
+    policy.clip_grad_norm(grads, 1.0)?;
+    policy.apply_update(opt, grads, &AdamWConfig::default(), 1e-6)
 }
 
 /// Runs every case the filter keeps, printing one JSON line each as it ends. A case drpo cannot
