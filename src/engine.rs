@@ -2,7 +2,9 @@
 //! GPU engine holds the same weights in bf16 on a device and runs the hand-written kernels — on a CUDA
 //! GPU, or on the simulated device (`sim`: the same kernels run on the CPU with race and bounds
 //! checks; slow, for checking, not for speed). Both answer one contract, [`crate::policy::Policy`]:
-//! [`Engine::generator`] hands out the policy that generates and scores.
+//! [`Engine::generator`] hands out the policy that generates and scores, [`Trainee`] the one a
+//! training command updates (on a device: the bf16 compute copy with its f32 master weights, AdamW
+//! state and gradients on the device; the host model is not kept).
 
 use crate::cpu::Float;
 use crate::error::{Error, Result};
@@ -29,21 +31,31 @@ pub enum Engine {
     Gpu(GpuModel<half::bf16>),
 }
 
+/// The device `device` names, opened; None for the CPU (asked for, or `auto` without a usable GPU:
+/// `notice` then receives the one line saying why).
+fn open_device(device: Device, notice: &mut dyn FnMut(String)) -> Result<Option<Arc<Gpu>>> {
+    let gpu = match device {
+        Device::Cpu => return Ok(None),
+        Device::Sim => Gpu::sim(),
+        Device::Gpu | Device::Auto => Gpu::new(0),
+    };
+    match gpu {
+        Ok(g) => Ok(Some(Arc::new(g))),
+        Err(e) if device == Device::Auto && matches!(e, Error::NoDevice { .. }) => {
+            let first = e.to_string().lines().next().unwrap_or_default().to_string();
+            notice(format!("note: running on the CPU ({first})"));
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 impl Engine {
     /// Picks the engine for `model`. `notice` receives the one line saying why `auto` fell back.
     pub fn new<T: Float>(device: Device, model: &Model<T>, notice: &mut dyn FnMut(String)) -> Result<Engine> {
-        if device == Device::Cpu {
-            return Ok(Engine::Cpu);
-        }
-        let gpu = if device == Device::Sim { Gpu::sim() } else { Gpu::new(0) };
-        match gpu.and_then(|g| GpuModel::from_cpu(Arc::new(g), model)) {
-            Ok(m) => Ok(Engine::Gpu(m)),
-            Err(e) if device == Device::Auto && matches!(e, Error::NoDevice { .. }) => {
-                let first = e.to_string().lines().next().unwrap_or_default().to_string();
-                notice(format!("note: running on the CPU ({first})"));
-                Ok(Engine::Cpu)
-            }
-            Err(e) => Err(e),
+        match open_device(device, notice)? {
+            None => Ok(Engine::Cpu),
+            Some(gpu) => Ok(Engine::Gpu(GpuModel::from_cpu(gpu, model)?)),
         }
     }
 
@@ -63,13 +75,24 @@ impl Engine {
             Engine::Gpu(g) => g,
         }
     }
+}
 
-    /// Refreshes the device copy after the CPU weights changed (training): the values are converted
-    /// and copied into the existing buffer; the rotary tables stay.
-    pub fn sync<T: Float>(&mut self, model: &Model<T>) -> Result<()> {
-        if let Engine::Gpu(g) = self {
-            g.update_params(model)?;
+/// The model a training command (`train`, `sft`) updates, where `--device` puts it: the host f32
+/// model itself, or the GPU model made to train ([`GpuModel::for_training`]: the bf16 compute copy
+/// and the f32 master weights on the device; the host model is dropped after the upload). Callers
+/// match on it and run one generic function over [`crate::policy::Policy`].
+#[allow(clippy::large_enum_variant)] // one per training run; boxing buys nothing
+pub enum Trainee {
+    Cpu(Model<f32>),
+    Gpu(GpuModel<half::bf16>),
+}
+
+impl Trainee {
+    /// `notice` receives the one line saying why `auto` fell back to the CPU.
+    pub fn new(device: Device, model: Model<f32>, notice: &mut dyn FnMut(String)) -> Result<Trainee> {
+        match open_device(device, notice)? {
+            None => Ok(Trainee::Cpu(model)),
+            Some(gpu) => Ok(Trainee::Gpu(GpuModel::for_training(gpu, &model)?)),
         }
-        Ok(())
     }
 }

@@ -97,9 +97,11 @@ impl GradcheckLoss {
     }
 
     /// dL/dθ by the policy's backward pass, flat in layout order.
-    pub fn gradient<P: Policy>(&self, policy: &P) -> Result<Vec<P::Grad>> {
+    pub fn gradient<P: Policy>(&self, policy: &P) -> Result<Vec<f64>> {
         let scored = policy.score_responses(&self.batch(policy.config())?, true)?;
-        policy.backward_responses(&scored, &self.weights)
+        let mut grads = policy.new_grads()?;
+        policy.backward_responses(&scored, &self.weights, &mut grads)?;
+        policy.grads_to_host(&grads)
     }
 }
 

@@ -3,7 +3,7 @@
 use clap::{Parser, Subcommand, ValueEnum};
 use drpo::config::ModelConfig;
 use drpo::error::{read_json, write_atomic, Error, Result};
-use drpo::engine::{Device, Engine};
+use drpo::engine::{Device, Engine, Trainee};
 use drpo::model::Model;
 use drpo::rl::trainer::ObjectiveKind;
 use serde_json::json;
@@ -38,6 +38,9 @@ enum Cmd {
         /// new tokens per sequence [default: 8192, capped by the context left after the prompt]
         #[arg(long, value_parser = positive::<u64>)]
         new_tokens: Option<u64>,
+        /// device memory the DRPO step is planned for, in GiB (an H100 has 80)
+        #[arg(long, default_value_t = 80, value_parser = positive::<u64>)]
+        device_gib: u64,
     },
     /// Log-probabilities of every next token of token sequences.
     Logprobs {
@@ -138,6 +141,9 @@ enum Cmd {
         /// JSON file with any SftConfig fields
         #[arg(long)]
         config: Option<PathBuf>,
+        /// where the model trains (gpu, sim: the training state on the device)
+        #[arg(long, value_enum, default_value = "auto")]
+        device: Device,
     },
     /// RL training (DRPO and the baselines) on the toy task or a math problem set.
     Train(Box<TrainArgs>),
@@ -341,6 +347,7 @@ fn run(cmd: Cmd) -> Result<()> {
         Cmd::Logprobs { device, .. } | Cmd::Generate { device, .. } | Cmd::Demo { device, .. } => Some(*device),
         Cmd::Train(a) => Some(a.device),
         Cmd::Eval(a) => Some(a.device),
+        Cmd::Sft { device, .. } => Some(*device),
         _ => None,
     };
     // options that contradict each other first: they fail the same way on every machine
@@ -351,7 +358,7 @@ fn run(cmd: Cmd) -> Result<()> {
         probe_device(d)?;
     }
     match cmd {
-        Cmd::Inspect { model, batch, prompt_tokens, new_tokens } => inspect(&model, batch, prompt_tokens, new_tokens),
+        Cmd::Inspect { model, batch, prompt_tokens, new_tokens, device_gib } => inspect(&model, batch, prompt_tokens, new_tokens, device_gib),
         Cmd::Logprobs { model, input, out, dtype, device } => match dtype {
             FloatType::F32 => logprobs::<f32>(&model, &input, &out, device),
             // f64 asks for exact numbers: the GPU computes in bf16 (`--device gpu|sim` was refused above)
@@ -367,7 +374,7 @@ fn run(cmd: Cmd) -> Result<()> {
             drpo::rl::grader::grade_cases_file(&input, &out, &drpo::rl::grader::GraderConfig { require_think_close: !no_think })
         }
         Cmd::Kernels { arch } => kernels(&arch),
-        Cmd::Sft { out, steps, full_only_steps, seed, config } => sft(&out, steps, full_only_steps, seed, config.as_deref()),
+        Cmd::Sft { out, steps, full_only_steps, seed, config, device } => sft(&out, steps, full_only_steps, seed, config.as_deref(), device),
         Cmd::Train(a) => train(*a),
         Cmd::Demo { out, quick, full, device } => {
             use drpo::study::Preset;
@@ -389,6 +396,18 @@ fn run(cmd: Cmd) -> Result<()> {
 
 fn gib(bytes: f64) -> String {
     format!("{:.3} GiB", bytes / (1u64 << 30) as f64)
+}
+
+/// Bytes in the largest binary unit that keeps the number ≥ 1 (B, KiB, MiB, GiB, TiB).
+fn size(bytes: u64) -> String {
+    let mut x = bytes as f64;
+    for unit in ["B", "KiB", "MiB", "GiB"] {
+        if x < 1024.0 {
+            return if unit == "B" { format!("{bytes} B") } else { format!("{x:.2} {unit}") };
+        }
+        x /= 1024.0;
+    }
+    format!("{x:.2} TiB")
 }
 
 /// eos ids of one JSON source: `field` of `dir/file` (an id, a list of ids, or for tokenizer_config a
@@ -413,7 +432,7 @@ fn eos_of(dir: &Path, file: &str, tok: Option<&drpo::tokenizer::Tokenizer>) -> R
     }
 }
 
-fn inspect(dir: &Path, batch: Option<u64>, prompt_tokens: Option<u64>, new_tokens: Option<u64>) -> Result<()> {
+fn inspect(dir: &Path, batch: Option<u64>, prompt_tokens: Option<u64>, new_tokens: Option<u64>, device_gib: u64) -> Result<()> {
     // the loader's own check of the tensor list against the config, from the headers alone
     let cfg = drpo::weights::checked_config(dir)?;
     let layout = drpo::layout::ParamLayout::new(&cfg);
@@ -485,6 +504,57 @@ fn inspect(dir: &Path, batch: Option<u64>, prompt_tokens: Option<u64>, new_token
     say!("             (train also holds the rollout KV cache of questions × G sequences: the generate line with --batch Q·G)");
     if let Some(a) = drpo::memory::available_bytes() {
         say!("             available on this machine: {}", gib(a as f64));
+    }
+    inspect_device(&cfg, b, seq, device_gib)
+}
+
+/// The device memory of a DRPO step (`train --device gpu`: bf16 compute copy, f32 master weights,
+/// moments and gradient on the device), planned for a device of `device_gib` GiB.
+fn inspect_device(cfg: &ModelConfig, batch: u64, seq: u64, device_gib: u64) -> Result<()> {
+    use drpo::gpu::memory::StepPlan;
+    let device_bytes = device_gib.saturating_mul(1 << 30);
+    let plan = StepPlan::new(cfg, 2, seq, device_bytes);
+    let m = &plan.memory;
+    say!("device       a DRPO step on a {device_gib} GiB GPU (--device gpu: bf16 compute copy, f32 master weights; --device-gib):");
+    say!(
+        "             resident {}: weights (bf16) {}, f32 master {}, AdamW m {} and v {}, gradient (f32) {}, tables (rotary, norm scratch) {}",
+        size(m.resident()),
+        size(m.weights),
+        size(m.master),
+        size(m.adam_m),
+        size(m.adam_v),
+        size(m.grads),
+        size(m.tables)
+    );
+    say!(
+        "             training, per token: recorded forward {} (attention log-sum-exp {} of it), backward gradients {}; a sequence of {seq} tokens: {}",
+        size(m.activations_per_token),
+        size(m.lse_per_token),
+        size(m.backward_per_token),
+        size(m.training_per_token().saturating_mul(seq))
+    );
+    say!(
+        "             generation, per sequence of {seq} tokens: KV cache {} + {} (logits, sampler, one decode row); {batch} sequences: {}",
+        size(m.kv_per_token.saturating_mul(seq)),
+        size(m.generation_per_sequence),
+        size(m.generation_sequence(seq).saturating_mul(batch))
+    );
+    match plan.free {
+        None => say!("             does not fit: the resident state alone exceeds {device_gib} GiB"),
+        Some(free) => {
+            say!(
+                "             left {}: a training chunk of {} tokens ({:.2} sequences), {} sequences generating at once",
+                size(free),
+                plan.chunk_tokens,
+                plan.chunk_tokens as f64 / seq.max(1) as f64,
+                plan.generation_sequences
+            );
+            say!(
+                "             {} (a sequence must train in one chunk; the trainer generates all of a step's rollouts at once, so questions × G must be ≤ {})",
+                if plan.fits() { "fits" } else { "does not fit" },
+                plan.generation_sequences
+            );
+        }
     }
     Ok(())
 }
@@ -690,7 +760,7 @@ fn json_overrides<T: serde::Serialize + serde::de::DeserializeOwned>(base: T, fi
     }
 }
 
-fn sft(out: &Path, steps: Option<usize>, full_only_steps: Option<usize>, seed: Option<u64>, config: Option<&Path>) -> Result<()> {
+fn sft(out: &Path, steps: Option<usize>, full_only_steps: Option<usize>, seed: Option<u64>, config: Option<&Path>, device: Device) -> Result<()> {
     let (mut cfg, _) = json_overrides(drpo::sft::SftConfig::default(), config)?;
     if let Some(s) = steps {
         cfg.steps = s;
@@ -707,7 +777,7 @@ fn sft(out: &Path, steps: Option<usize>, full_only_steps: Option<usize>, seed: O
         bar.set_position(s.step as u64 + 1);
         bar.set_message(format!("loss {:.4}", s.loss));
     };
-    drpo::sft::run_sft_with_notices(&cfg, out, on_step, &mut |line| eprintln!("note: {line}"))?;
+    drpo::sft::run_sft_with_notices(&cfg, out, device, on_step, &mut |line| eprintln!("{line}"))?;
     bar.finish();
     eprintln!("base model written to {}", out.display());
     Ok(())
@@ -846,12 +916,27 @@ fn train(a: TrainArgs) -> Result<()> {
     let max_prompt = max_prompt as u64;
     let seq = max_prompt.saturating_add(cfg.max_new_tokens as u64);
     let rows = ((cfg.chunk_questions * cfg.group_size) as u64).saturating_mul(seq);
-    let mut est = drpo::memory::training(&mcfg, 4, rows, seq);
-    est.kv_cache = drpo::memory::generation(&mcfg, 4, (cfg.questions_per_step * cfg.group_size) as u64, max_prompt, seq).kv_cache;
-    drpo::memory::ensure_fits("training on the CPU (weights, optimizer, one chunk's activations, rollout KV cache)", &est)?;
+    if matches!(a.device, Device::Cpu | Device::Auto) {
+        let mut est = drpo::memory::training(&mcfg, 4, rows, seq);
+        est.kv_cache = drpo::memory::generation(&mcfg, 4, (cfg.questions_per_step * cfg.group_size) as u64, max_prompt, seq).kv_cache;
+        drpo::memory::ensure_fits("training on the CPU (weights, optimizer, one chunk's activations, rollout KV cache)", &est)?;
+    }
     let model = Model::<f32>::load(&a.model)?;
-    let engine = Engine::new(a.device, &model, &mut |n| eprintln!("{n}"))?;
-    let mut trainer = drpo::rl::trainer::Trainer::new(cfg, model, env.as_ref(), &tok, &a.out, &a.model, engine)?;
+    match Trainee::new(a.device, model, &mut |n| eprintln!("{n}"))? {
+        Trainee::Cpu(m) => train_policy(m, cfg, env.as_ref(), &tok, &a),
+        Trainee::Gpu(m) => train_policy(m, cfg, env.as_ref(), &tok, &a),
+    }
+}
+
+/// `drpo train`'s run with the policy `--device` chose.
+fn train_policy<P: drpo::policy::Policy>(
+    model: P,
+    cfg: drpo::rl::trainer::TrainConfig,
+    env: &dyn drpo::rl::env::Environment,
+    tok: &drpo::tokenizer::Tokenizer,
+    a: &TrainArgs,
+) -> Result<()> {
+    let mut trainer = drpo::rl::trainer::Trainer::new(cfg, model, env, tok, &a.out, &a.model)?;
     for line in &trainer.notices {
         eprintln!("note: {line}");
     }

@@ -1,7 +1,7 @@
 //! The policy seam: one contract for the CPU model ([`crate::model::Model`]) and the GPU model
 //! ([`crate::model::gpu::GpuModel`], on a CUDA GPU or the simulated device). Generation
-//! ([`crate::generate::generate`], the one decoding loop), the trainer, eval, the study and gradcheck
-//! are written against [`Policy`] only.
+//! ([`crate::generate::generate`], the one decoding loop), the trainer, sft, eval, the study and
+//! gradcheck are written against [`Policy`] only.
 //!
 //! ```text
 //! forward_last(cache, chunks)   run (slot, tokens) chunks after each slot's cached prefix: a prefill
@@ -9,9 +9,19 @@
 //!                               gives the logits of the last new row of each chunk, where the device keeps them
 //! sample(cache, logits, ..)     one token per row from uniform(seed, stream, step), on the device
 //! score_responses(batch)        log π(response token | prompt, earlier tokens) at the batch's temperature
-//! backward_responses(.., dlogp) parameter gradient from d loss / d logp of the response tokens
+//! backward_responses(.., dlogp, grads)   grads += ∂loss/∂θ from d loss / d logp of the response tokens
+//! clip_grad_norm(grads, max)    ‖grads‖₂ in the fixed order of optim::global_grad_norm, torch's clip
 //! apply_update(opt, grads, ..)  one AdamW step on the parameters the policy samples and scores with
+//! export_state / import_state   parameters and AdamW state in the CPU's f32 format (checkpoints)
 //! ```
+//!
+//! Gradients ([`Policy::Grads`]) and the optimizer state ([`Policy::Optimizer`]) live where the model
+//! lives: host vectors on the CPU, device buffers on a GPU (f32 gradient and AdamW moments; a bf16
+//! model made to train keeps its f32 master weights next to its compute copy), so a training step
+//! moves one number per response token to the device (d loss / d logp) and one per token back (the
+//! log-probs), never a parameter-sized buffer.
+//! The host format ([`HostState`]) is what a checkpoint holds; a run saved from one device resumes on
+//! another.
 //!
 //! Input is checked once, where a batch is built: [`Chunks`] (slot in range and increasing, token
 //! ids < vocab_size, positions ≤ max_position_embeddings and the cache's capacity) and
@@ -19,11 +29,10 @@
 //! finite temperature). The devices trust a built batch. Prompt tokens never carry gradient
 //! (SPEC §4.5: only response tokens enter the objectives).
 //!
-//! The GPU model answers `backward_responses` and `apply_update` with an error until the device
-//! training step lands (NOTES.md, "One policy seam").
+//! The GPU model answers a recorded scoring and `backward_responses` with an error until its
+//! training forward and backward land (NOTES.md, "One policy seam", "Device training state").
 
 use crate::config::ModelConfig;
-use crate::cpu::Float;
 use crate::error::{check_len, Error, Result};
 use crate::generate::{GenerateOptions, Generation};
 use crate::optim::{AdamWConfig, AdamWState};
@@ -32,14 +41,16 @@ use std::ops::Range;
 
 /// What a policy does, whatever the device.
 pub trait Policy {
-    /// The host float type of gradients and of the optimizer state ([`Policy::apply_update`]).
-    type Grad: Float;
     /// Keys and values of every layer for a number of sequences (slots), and their lengths.
     type Cache;
     /// The logits of the last new row of each chunk of a [`Policy::forward_last`], [rows, vocab].
     type Logits;
     /// What [`Policy::backward_responses`] needs from a forward scored with `record`.
     type Record;
+    /// A parameter gradient, flat in [`crate::layout::ParamLayout`] order, where the model lives.
+    type Grads;
+    /// What AdamW carries from step to step (moments, step count), where the model lives.
+    type Optimizer;
 
     fn config(&self) -> &ModelConfig;
     /// "cpu", "gpu" or "sim": for run records and messages.
@@ -66,11 +77,50 @@ pub trait Policy {
     /// Log-probabilities of every response token, in f64. With `record`, keeps what
     /// [`Policy::backward_responses`] needs.
     fn score_responses(&self, batch: &ScoreBatch, record: bool) -> Result<ScoredResponses<Self::Record>>;
-    /// Parameter gradient (flat, layout order) given dlogp[i][t] = d loss / d logp[i][t] of the
-    /// response tokens of a batch scored with `record`.
-    fn backward_responses(&self, scored: &ScoredResponses<Self::Record>, dlogp: &[Vec<f64>]) -> Result<Vec<Self::Grad>>;
-    /// One AdamW step at learning rate `lr` on the policy's parameters.
-    fn apply_update(&mut self, opt: &mut AdamWState<Self::Grad>, grads: &[Self::Grad], cfg: &AdamWConfig, lr: f64) -> Result<()>;
+
+    /// A zero gradient.
+    fn new_grads(&self) -> Result<Self::Grads>;
+    /// Sets every element of `grads` to zero (before the first backward of a mini-batch).
+    fn zero_grads(&self, grads: &mut Self::Grads) -> Result<()>;
+    /// Adds to `grads` the parameter gradient given dlogp[i][t] = d loss / d logp[i][t] of the
+    /// response tokens of a batch scored with `record`: a mini-batch is the sum of its chunks'
+    /// backward passes into one buffer.
+    fn backward_responses(&self, scored: &ScoredResponses<Self::Record>, dlogp: &[Vec<f64>], grads: &mut Self::Grads) -> Result<()>;
+    /// [`crate::optim::clip_grad_norm`] on `grads`, in its reduction order (the same norm, bit for
+    /// bit, on every device for the same gradient): returns the norm before clipping; a non-finite
+    /// norm leaves `grads` untouched (the caller skips that step).
+    fn clip_grad_norm(&self, grads: &mut Self::Grads, max_norm: f64) -> Result<f64>;
+    /// The gradient on the host, as f64 (gradcheck, tests).
+    fn grads_to_host(&self, grads: &Self::Grads) -> Result<Vec<f64>>;
+
+    /// Fresh AdamW state for the parameters as they are: zero moments, no step taken.
+    fn new_optimizer(&self) -> Result<Self::Optimizer>;
+    /// One AdamW step at learning rate `lr` on the policy's parameters ([`AdamWState::step`]'s
+    /// arithmetic, bit for bit, on every device).
+    fn apply_update(&mut self, opt: &mut Self::Optimizer, grads: &Self::Grads, cfg: &AdamWConfig, lr: f64) -> Result<()>;
+    /// The parameters (the master weights where the compute copy is bf16) and the AdamW state on
+    /// the host in the CPU's f32 format: what a checkpoint holds.
+    fn export_state(&self, opt: &Self::Optimizer) -> Result<HostState>;
+    /// Sets the parameters and `opt` from a host state of this policy's config (a checkpoint's):
+    /// the master weights take `state.params` exactly, a bf16 compute copy their rounding.
+    fn import_state(&mut self, opt: &mut Self::Optimizer, state: &HostState) -> Result<()>;
+}
+
+/// A policy's training state on the host, in the CPU's f32 format: the parameters flat in
+/// [`crate::layout::ParamLayout`] order and the AdamW moments and step (a checkpoint's content).
+#[derive(Clone, Debug, PartialEq)]
+pub struct HostState {
+    pub params: Vec<f32>,
+    pub optim: AdamWState<f32>,
+}
+
+impl HostState {
+    /// Checks the lengths against a policy of `n` parameters; `op` names the caller in the error.
+    pub fn check(&self, op: &'static str, n: usize) -> Result<()> {
+        check_len(op, "params", self.params.len(), n)?;
+        check_len(op, "optimizer m", self.optim.m.len(), n)?;
+        check_len(op, "optimizer v", self.optim.v.len(), n)
+    }
 }
 
 /// The uniforms of one sampling step: row r of the logits uses stream `streams[r]`.
@@ -246,24 +296,13 @@ impl<R> ScoredResponses<R> {
     }
 }
 
-/// The error of an operation the device does not run yet (the GPU training step).
+/// The error of an operation the device does not run yet (the GPU model's training forward and
+/// backward).
 pub fn not_on_device(op: &str, device: &str) -> Error {
     Error::input(format!(
-        "{op} is not supported on the {device} device yet (the device training step is not built; train and sft score and update on the CPU)"
+        "{op} is not supported on the {device} device yet (the GPU model's training forward and backward are not built; \
+         train and sft run on the CPU with --device cpu)"
     ))
-}
-
-/// Mean |Δ log-prob| per token between two scorings of the same responses (the sampling policy's
-/// and the scoring policy's); `None` when there is no token.
-pub fn mean_abs_logp_diff(a: &[Vec<f64>], b: &[Vec<f64>]) -> Option<f64> {
-    assert_eq!(a.len(), b.len(), "mean_abs_logp_diff: one row per response");
-    let (mut sum, mut n) = (0.0, 0usize);
-    for (x, y) in a.iter().zip(b) {
-        assert_eq!(x.len(), y.len(), "mean_abs_logp_diff: row lengths");
-        sum += x.iter().zip(y).map(|(p, q)| (p - q).abs()).sum::<f64>();
-        n += x.len();
-    }
-    (n > 0).then(|| sum / n as f64)
 }
 
 /// The object-safe face of a [`Policy`] for the commands that only generate and score (eval, the

@@ -8,10 +8,11 @@
 //! batch; prompt tokens carry no loss. AdamW, linear warmup then cosine decay, global-norm clipping.
 
 use crate::config::ModelConfig;
+use crate::engine::{Device, Trainee};
 use crate::error::{write_atomic, Error, Result};
 use crate::model::Model;
-use crate::optim::{clip_grad_norm, AdamWConfig, AdamWState, LrDecay, LrSchedule};
-use crate::policy::{Policy, ScoreBatch};
+use crate::optim::{AdamWConfig, LrDecay, LrSchedule};
+use crate::policy::{Generator, Policy, ScoreBatch};
 use crate::task::{generate_split, render_shaped, Split, TaskConfig, TraceMix};
 use crate::tokenizer::Tokenizer;
 use rand::rngs::StdRng;
@@ -202,7 +203,7 @@ pub const PROBE_EVERY: usize = 50;
 pub const PROBE_QUESTIONS: usize = 60;
 
 /// Greedy pass@1 of `model` on `probe` (examples with their prompt ids).
-fn probe_accuracy(model: &Model<f32>, probe: &[(&crate::task::TaskExample, &Vec<u32>)], tok: &Tokenizer, max_new_tokens: usize) -> Result<f64> {
+fn probe_accuracy(model: &dyn Generator, probe: &[(&crate::task::TaskExample, &Vec<u32>)], tok: &Tokenizer, max_new_tokens: usize) -> Result<f64> {
     let prompts: Vec<Vec<u32>> = probe.iter().map(|(_, p)| (*p).clone()).collect();
     let opts = crate::generate::GenerateOptions {
         max_new_tokens,
@@ -211,7 +212,7 @@ fn probe_accuracy(model: &Model<f32>, probe: &[(&crate::task::TaskExample, &Vec<
         eos_ids: tok.eos_ids().to_vec(),
         stream_offset: 0,
     };
-    let out = crate::generate::generate(model, &prompts, &opts)?;
+    let out = model.generate(&prompts, &opts)?;
     let mut correct = 0;
     for ((ex, _), g) in probe.iter().zip(&out) {
         correct += usize::from(crate::task::verify(ex, &tok.decode_lenient(&g.tokens, false)?.0).correct);
@@ -234,21 +235,29 @@ fn probe_accuracy(model: &Model<f32>, probe: &[(&crate::task::TaskExample, &Vec<
 /// `out` is locked for the run ([`crate::runlock::RunLock`]). A loss or gradient norm that is not
 /// finite stops the run with an error before the update, and no model is saved (the weights are
 /// only saved at the end, after the last good step).
+///
+/// On the CPU; [`run_sft_with_notices`] takes a device.
 pub fn run_sft(cfg: &SftConfig, out: &Path, on_step: &mut dyn FnMut(&SftStep)) -> Result<Model<f32>> {
-    run_sft_with_notices(cfg, out, on_step, &mut |_| {})
+    run_sft_with_notices(cfg, out, Device::Cpu, on_step, &mut |_| {})
 }
 
-/// [`run_sft`], passing lines for the user (a stale lock taken over) to `notice`.
+/// [`run_sft`] on `device` (`drpo sft --device`): the model is made on the host, then trained where
+/// [`Trainee::new`] puts it (the loss, its gradient, the clip and AdamW through the [`Policy`]; the
+/// probe generates with it). Lines for the user, whole (a stale lock taken over, the CPU fallback
+/// of `auto`), go to `notice`. The saved weights are the f32 master weights.
 pub fn run_sft_with_notices(
     cfg: &SftConfig,
     out: &Path,
+    device: Device,
     on_step: &mut dyn FnMut(&SftStep),
     notice: &mut dyn FnMut(String),
 ) -> Result<Model<f32>> {
     cfg.validate()?;
-    crate::memory::ensure_fits("SFT on the CPU (weights, gradients, optimizer, one batch's activations)", &cfg.memory_estimate())?;
+    if matches!(device, Device::Cpu | Device::Auto) {
+        crate::memory::ensure_fits("SFT on the CPU (weights, gradients, optimizer, one batch's activations)", &cfg.memory_estimate())?;
+    }
     let (_lock, note) = crate::runlock::RunLock::acquire(out, "drpo sft")?;
-    note.into_iter().for_each(&mut *notice);
+    note.into_iter().for_each(|line| notice(format!("note: {line}")));
     // sft_config.json marks a finished base (a study reuses a folder holding it): remove a previous
     // one first, so a run stopped before the end never leaves new weights under an old config
     let marker = out.join("sft_config.json");
@@ -260,10 +269,40 @@ pub fn run_sft_with_notices(
     let tok = Tokenizer::from_dir(out)?;
     let examples = generate_split(&cfg.task(), Split::Train, cfg.n_train)?;
     let prompts: Vec<Vec<u32>> = examples.iter().map(|e| tok.encode(&e.prompt())).collect::<Result<_>>()?;
-    let probe: Vec<_> = examples.iter().zip(&prompts).take(PROBE_QUESTIONS).collect();
+    let data = SftData { tok: &tok, examples: &examples, prompts: &prompts };
+    let model = Model::<f32>::random(cfg.model_config(&tok), cfg.seed, 0.02);
+    let (params, log) = match Trainee::new(device, model, notice)? {
+        Trainee::Cpu(mut m) => sft_steps(&mut m, cfg, &data, out, on_step)?,
+        Trainee::Gpu(mut m) => sft_steps(&mut m, cfg, &data, out, on_step)?,
+    };
+    let model = Model::from_params(cfg.model_config(&tok), params);
+    crate::weights::save_params(out, &model.cfg, &model.layout, &model.params, crate::weights::SaveDtype::F32)?;
+    write_atomic(out.join("sft_log.jsonl"), log.as_bytes())?;
+    write_atomic(&marker, serde_json::to_string_pretty(cfg).map_err(|e| Error::json(out, e))?.as_bytes())?;
+    Ok(model)
+}
+
+/// What every SFT step draws from: the tokenizer, the training questions and their prompt ids.
+struct SftData<'a> {
+    tok: &'a Tokenizer,
+    examples: &'a [crate::task::TaskExample],
+    prompts: &'a [Vec<u32>],
+}
+
+/// The steps of [`run_sft_with_notices`] on any policy; gives the trained (master) weights and the
+/// log's lines.
+fn sft_steps<P: Policy>(
+    model: &mut P,
+    cfg: &SftConfig,
+    data: &SftData,
+    out: &Path,
+    on_step: &mut dyn FnMut(&SftStep),
+) -> Result<(Vec<f32>, String)> {
+    let tok = data.tok;
+    let probe: Vec<_> = data.examples.iter().zip(data.prompts).take(PROBE_QUESTIONS).collect();
     let probe_budget = crate::task::trace_tokens(cfg.max_level, 3 * cfg.max_level + 8);
-    let mut model = Model::<f32>::random(cfg.model_config(&tok), cfg.seed, 0.02);
-    let mut opt = AdamWState::<f32>::new(model.layout.total);
+    let mut opt = model.new_optimizer()?;
+    let mut grads = model.new_grads()?;
     let adamw = AdamWConfig { weight_decay: 0.0, ..AdamWConfig::default() };
     let warmup = cfg.warmup_steps as u64;
     let constant = LrSchedule { lr: cfg.lr, warmup_steps: warmup, decay: LrDecay::Constant };
@@ -284,7 +323,7 @@ pub fn run_sft_with_notices(
             if step == cfg.full_only_steps {
                 mixture_from = Some(step);
             } else if step > 0 && step % PROBE_EVERY == 0 {
-                let acc = probe_accuracy(&model, &probe, &tok, probe_budget)?;
+                let acc = probe_accuracy(model, &probe, tok, probe_budget)?;
                 probed = Some(acc);
                 if acc >= PROBE_ACCURACY {
                     mixture_from = Some(step);
@@ -300,19 +339,20 @@ pub fn run_sft_with_notices(
         let mut batch_prompts = Vec::with_capacity(cfg.batch_size);
         let mut responses = Vec::with_capacity(cfg.batch_size);
         for _ in 0..cfg.batch_size {
-            let i = rng.random_range(0..examples.len());
-            let ex = &examples[i];
+            let i = rng.random_range(0..data.examples.len());
+            let ex = &data.examples[i];
             let shape = if phase == SftPhase::FullOnly { full_only.sample(ex.level, &mut rng) } else { mix.sample(ex.level, &mut rng) };
             responses.push(tok.encode(&render_shaped(ex, &shape, &mut rng)?)?);
-            batch_prompts.push(prompts[i].as_slice());
+            batch_prompts.push(data.prompts[i].as_slice());
         }
         let resp: Vec<&[u32]> = responses.iter().map(Vec::as_slice).collect();
-        let scored = model.score_responses(&ScoreBatch::responses(&model.cfg, &batch_prompts, &resp, 1.0)?, true)?;
+        let scored = model.score_responses(&ScoreBatch::responses(model.config(), &batch_prompts, &resp, 1.0)?, true)?;
         let n_tokens: usize = resp.iter().map(|r| r.len()).sum();
         let loss = -scored.logp.iter().flatten().sum::<f64>() / n_tokens as f64;
         let dlogp: Vec<Vec<f64>> = scored.logp.iter().map(|r| vec![-1.0 / n_tokens as f64; r.len()]).collect();
-        let mut grads = model.backward_responses(&scored, &dlogp)?;
-        let grad_norm = clip_grad_norm(&mut grads, 1.0);
+        model.zero_grads(&mut grads)?;
+        model.backward_responses(&scored, &dlogp, &mut grads)?;
+        let grad_norm = model.clip_grad_norm(&mut grads, 1.0)?;
         if !(loss.is_finite() && grad_norm.is_finite()) {
             let (at, value) = if loss.is_finite() { ("gradient norm", grad_norm) } else { ("loss", loss) };
             return Err(Error::NonFinite {
@@ -327,8 +367,5 @@ pub fn run_sft_with_notices(
         log.push('\n');
         on_step(&rec);
     }
-    crate::weights::save_params(out, &model.cfg, &model.layout, &model.params, crate::weights::SaveDtype::F32)?;
-    write_atomic(out.join("sft_log.jsonl"), log.as_bytes())?;
-    write_atomic(&marker, serde_json::to_string_pretty(cfg).map_err(|e| Error::json(out, e))?.as_bytes())?;
-    Ok(model)
+    Ok((model.export_state(&opt)?.params, log))
 }

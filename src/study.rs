@@ -25,11 +25,11 @@ pub mod verdict;
 pub use report::write_report;
 pub use shapes::{Response, ShapeClass, ShapeReport, ShapeStats};
 
-use crate::engine::{Device, Engine};
+use crate::engine::{Device, Engine, Trainee};
 use crate::error::{read_json, Error, Result};
 use crate::eval::{eval_env, EvalOptions, EvalReport};
 use crate::model::Model;
-use crate::policy::Generator;
+use crate::policy::{Generator, Policy};
 use crate::rl::env::ToyEnv;
 use crate::rl::objectives::Hyper;
 use crate::rl::trainer::{read_metrics, ObjectiveKind, StepMetrics, TrainConfig, Trainer};
@@ -416,6 +416,28 @@ pub struct StudyResults {
     pub base_found: bool,
 }
 
+/// Where one RL run of the study trains and is evaluated.
+struct RunIn<'a> {
+    env: &'a ToyEnv,
+    tok: &'a Tokenizer,
+    run_dir: &'a Path,
+    base_dir: &'a Path,
+    study: &'a StudyConfig,
+}
+
+/// Trains (or resumes, or finds finished) one run of the study with `model`, then evaluates the
+/// trained policy itself. Returns the step the run was found at and the evaluation.
+fn train_and_evaluate<P: Policy>(model: P, cfg: TrainConfig, at: &RunIn, log: &mut dyn FnMut(String)) -> Result<(usize, Evaluation)> {
+    let mut trainer = Trainer::new(cfg, model, at.env, at.tok, at.run_dir, at.base_dir)?;
+    for line in &trainer.notices {
+        log(format!("note: {line}"));
+    }
+    let resumed = trainer.step();
+    trainer.run(&mut |_| {})?;
+    let evaluation = evaluate(&trainer.model, at.tok, at.study, at.study.eval_questions, at.study.eval_samples)?;
+    Ok((resumed, evaluation))
+}
+
 fn evaluate(policy: &dyn Generator, tok: &Tokenizer, study: &StudyConfig, questions: usize, samples: usize) -> Result<Evaluation> {
     let env = ToyEnv::new(generate_split(&study.sft.task(), Split::Eval, questions)?, tok)?;
     let opts = EvalOptions {
@@ -489,16 +511,11 @@ pub fn run_study(study: &StudyConfig, out: &Path, device: Device, log: &mut dyn 
             let run = setting.run_name();
             let run_dir = out.join("runs").join(format!("{run}-seed{seed}-{}", config_hash(&cfg)));
             let t = Instant::now();
-            let engine = Engine::new(device, &base, &mut |_| {})?;
-            let mut trainer = Trainer::new(cfg, base.clone(), &train_env, &tok, &run_dir, &base_dir, engine)?;
-            for line in &trainer.notices {
-                log(format!("note: {line}"));
-            }
-            let resumed = trainer.step();
-            trainer.run(&mut |_| {})?;
-            // the trainer's engine holds the trained weights (a GPU engine generates from its own copy,
-            // synced after every step); an engine built from the base would evaluate the base again
-            let evaluation = evaluate(trainer.engine.generator(&trainer.model), &tok, study, study.eval_questions, study.eval_samples)?;
+            let run_in = RunIn { env: &train_env, tok: &tok, run_dir: &run_dir, base_dir: &base_dir, study };
+            let (resumed, evaluation) = match Trainee::new(device, base.clone(), &mut |_| {})? {
+                Trainee::Cpu(m) => train_and_evaluate(m, cfg, &run_in, log)?,
+                Trainee::Gpu(m) => train_and_evaluate(m, cfg, &run_in, log)?,
+            };
             let seconds = t.elapsed().as_secs_f64();
             log(format!(
                 "[{}/{}] {} seed {seed}: pass@1 {:.3}, length {:.1}{} ({seconds:.0} s; {:.1} min so far)",

@@ -330,7 +330,7 @@ fn logprobs_cli_checks() {
 }
 
 /// `drpo inspect` reports the memory of a given batch and lengths, capped by the context by default,
-/// and the eos ids of every source.
+/// the eos ids of every source, and the device memory of a DRPO step.
 #[test]
 fn inspect_reports_a_commands_memory() {
     let model = fixture("qwen2-tiny");
@@ -344,6 +344,12 @@ fn inspect_reports_a_commands_memory() {
     for source in ["generation_config", "tokenizer_config", "config", "→ used"] {
         assert!(stdout.contains(source), "{source}: {stdout}");
     }
+    // the device memory of a DRPO step, planned for --device-gib (tests/memory.rs checks the numbers)
+    for line in ["a DRPO step on a 80 GiB GPU", "resident", "recorded forward", "KV cache", "training chunk of", "fits"] {
+        assert!(stdout.contains(line), "{line}: {stdout}");
+    }
+    let (ok, small, _) = run_drpo(&["inspect", "--model", &s(&model), "--device-gib", "1"]);
+    assert!(ok && small.contains("a DRPO step on a 1 GiB GPU"), "{small}");
     let (ok, stdout, _) = run_drpo(&["inspect", "--model", &s(&model), "--batch", "3", "--prompt-tokens", "100", "--new-tokens", "1000"]);
     assert!(ok);
     assert!(stdout.contains("3 sequences of 100 + 1000 tokens") && stdout.contains("exceed the context"), "{stdout}");

@@ -41,8 +41,11 @@ fn check<T: GpuFloat>(gpu: &Gpu, rng: &mut rand::rngs::StdRng, plan: MatmulPlan)
         // floor is rms(want): the 1e-5 and 5σ of it. bf16: the mma accumulation (RZ alignment,
         // tc_sim-style model: ≤ 9e-7) then one rounding to bf16, which dominates (emulated 2.1e-3, 2.8e-3).
         // Split-k adds the same products in ranges, then the ranges' sums: no more roundings than that.
+        // Held to Σ|terms| (the reference on |x|, |w|, |b|): with few terms ((1, 1, 1): x·w + b) the sum
+        // can cancel far below its terms, and rms(want) is then no scale for the error.
+        let terms = reference(&abs(&widen(&x[off..])), &abs(&widen(&w[off..])), with_bias.then(|| abs(&widen(&b))).as_deref(), n, d_in, d_out);
         let bound = if T::NAME == "f32" { chain(1e-5) } else { BF16_CHAIN };
-        assert_close(&what, &got, &want, bound);
+        assert_close_terms(&what, &got, &want, &terms, bound);
         if T::NAME == "bf16" {
             // f32 output of the same product (the logits path) with the same plan: only f32
             // rounding, so the f32 bound
@@ -50,7 +53,7 @@ fn check<T: GpuFloat>(gpu: &Gpu, rng: &mut rand::rngs::StdRng, plan: MatmulPlan)
             gpu::matmul::matmul_fwd_f32out_with(gpu, plan, &mut out32.as_view_mut(), &xd.slice(off..), &wd.slice(off..), with_bias.then_some(&bv), n, d_in, d_out)?;
             let got = widen(&gpu.dtoh(&out32)?);
             // no output rounding: the mma accumulation alone (emulated 8.6e-7, worst 2.1e-6 at floor rms)
-            assert_close(&format!("{what} f32-out"), &got, &want, chain(1e-5));
+            assert_close_terms(&format!("{what} f32-out"), &got, &want, &terms, chain(1e-5));
         }
     }
     Ok(())
@@ -240,13 +243,18 @@ fn check_bwd<T: GpuFloat>(gpu: &Gpu, rng: &mut rand::rngs::StdRng, tiles: (Matmu
         // Bounds of the forward (the same main loops, sums of k ≤ 4864 terms): f32 chains with
         // cancellation, floor rms(want), the 1e-5 and 5σ of it; bf16 dx rounded once to bf16
         // (which dominates); dw is f32 whatever the operands (mma accumulation only: the f32-out bound).
+        // Every output is held to Σ|terms| (the reference on absolute values, prefills included): with
+        // few terms ((1, 1, 1): dx0 + dout·w) a sum can cancel far below its terms.
+        let (mut dx_terms, mut dw_terms, mut db_terms) = (abs(&widen(&dx0)), abs(&widen(&dw0)), abs(&widen(&db0)));
+        let db_terms_arg = with_bias.then_some(&mut db_terms[..]);
+        drpo::cpu::matmul::matmul_bwd(&mut dx_terms, &mut dw_terms, db_terms_arg, &abs(&widen(&dout[off..])), &abs(&widen(&x[off..])), &abs(&widen(&w[off..])), n, d_in, d_out);
         let dx_bound = if T::NAME == "f32" { chain(1e-5) } else { BF16_CHAIN };
-        assert_close(&format!("{what} dx"), &widen(&gpu.dtoh(&dx)?), &want_dx, dx_bound);
-        assert_close(&format!("{what} dw"), &widen(&gpu.dtoh(&dw)?), &want_dw, chain(1e-5));
+        assert_close_terms(&format!("{what} dx"), &widen(&gpu.dtoh(&dx)?), &want_dx, &dx_terms, dx_bound);
+        assert_close_terms(&format!("{what} dw"), &widen(&gpu.dtoh(&dw)?), &want_dw, &dw_terms, chain(1e-5));
         // db: 8 strided f32 sums of ≤ n/8 terms, then their sum, plus the prefill: f32 with cancellation
         let got_db = widen(&gpu.dtoh(&db)?);
         if with_bias {
-            assert_close(&format!("{what} db"), &got_db, &want_db, F32.floor(Floor::Rms));
+            assert_close_terms(&format!("{what} db"), &got_db, &want_db, &db_terms, F32.floor(Floor::Rms));
         } else {
             assert_eq!(got_db, widen(&db0), "{what}: db written without a bias");
         }

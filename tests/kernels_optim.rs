@@ -12,27 +12,6 @@ fn bits(x: &[f32]) -> Vec<u32> {
     x.iter().map(|v| v.to_bits()).collect()
 }
 
-/// The first differing element of two bit patterns, for the failure message.
-fn assert_bits(what: &str, got: &[f32], want: &[f32]) {
-    assert_eq!(got.len(), want.len(), "{what}: lengths differ");
-    if let Some(i) = (0..got.len()).find(|&i| got[i].to_bits() != want[i].to_bits()) {
-        let differing = (0..got.len()).filter(|&i| got[i].to_bits() != want[i].to_bits()).count();
-        panic!("{what}: {differing} of {} elements differ; first #{i}: got {:e} want {:e}", got.len(), got[i], want[i]);
-    }
-}
-
-/// Gradients of mixed magnitudes: most ~`scale`, some tiny, some exactly zero, a few large.
-fn gradients(rng: &mut StdRng, n: usize, scale: f32) -> Vec<f32> {
-    (0..n)
-        .map(|_| match rng.random_range(0..100) {
-            0 => 0.0,
-            1 => rng.random_range(-1e-30f32..1e-30),
-            2 => rng.random_range(-100.0f32..100.0) * scale,
-            _ => rng.random_range(-1.0f32..1.0) * scale,
-        })
-        .collect()
-}
-
 /// Sizes: one element, odd, one chunk ±1, several chunks with a partial one, more chunks than a warp
 /// owns (32), and more than a block of either kernel handles at once (256; 8.4M elements, ~2 s on the
 /// simulator).
@@ -41,7 +20,7 @@ const SIZES: [usize; 8] = [1, 1000, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK + 17,
 fn check_norm_and_clip(gpu: &Gpu, rng: &mut StdRng) -> drpo::Result<()> {
     for n in SIZES {
         for scale in [1e-3f32, 1.0, 1e4] {
-            let g = gradients(rng, n, scale);
+            let g = mixed_gradients(rng, n, scale);
             let mut want_g = g.clone();
             let want_norm = clip_grad_norm(&mut want_g, 1.0);
             assert_eq!(want_norm.to_bits(), global_grad_norm(&g).to_bits());
@@ -58,7 +37,7 @@ fn check_norm_and_clip(gpu: &Gpu, rng: &mut StdRng) -> drpo::Result<()> {
     }
     // non-finite norms leave the gradient alone, as on the CPU
     for bad in [f32::INFINITY, f32::NAN] {
-        let mut g = gradients(rng, 3 * CHUNK + 1, 1.0);
+        let mut g = mixed_gradients(rng, 3 * CHUNK + 1, 1.0);
         g[2 * CHUNK + 7] = bad;
         let want_norm = global_grad_norm(&g);
         let mut gd = gpu.htod(&g)?;
@@ -89,7 +68,7 @@ fn check_adamw(gpu: &Gpu, rng: &mut StdRng, n: usize, cfg: &AdamWConfig, fused: 
     for step in 0..steps {
         // norms from ~0.03·sqrt(n) to ~30·sqrt(n) around max_norm = 1·sqrt(n)/3
         let scale = [0.03f32, 0.3, 3.0, 30.0][step as usize % 4];
-        let g = gradients(rng, n, scale);
+        let g = mixed_gradients(rng, n, scale);
         let max_norm = (n as f64).sqrt() / 3.0;
         let mut cpu_g = g.clone();
         let cpu_norm = clip_grad_norm(&mut cpu_g, max_norm);
@@ -142,7 +121,7 @@ fn adamw_gpu_matches_cpu_bit_for_bit() -> drpo::Result<()> {
         }
         // without the bf16 copy and without clipping
         let n = 4097;
-        let g: Vec<f32> = gradients(&mut rng, n, 1.0);
+        let g: Vec<f32> = mixed_gradients(&mut rng, n, 1.0);
         let mut params: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
         let mut pd = gpu.htod(&params)?;
         let (mut md, mut vd) = (gpu.alloc_zeros::<f32>(n)?, gpu.alloc_zeros::<f32>(n)?);

@@ -1,9 +1,12 @@
 //! The memory refusal: cgroup limits (v1 and v2, on fake cgroup trees) lower MemAvailable, and the
-//! estimates saturate instead of wrapping on absurd user sizes.
+//! estimates saturate instead of wrapping on absurd user sizes. The device estimate of a DRPO step:
+//! its parameter count against the layout, its token chunk, and Qwen2.5-1.5B with 8k-token
+//! responses on an 80 GB GPU.
 
 mod common;
 use common::*;
 use drpo::config::ModelConfig;
+use drpo::gpu::memory::{param_count, step_memory, tokens_per_chunk, StepPlan};
 use drpo::memory::{cgroup_available, generation, mem_available, training};
 use std::path::Path;
 
@@ -81,4 +84,100 @@ fn estimates_saturate() {
     assert_eq!(e.kv_cache, 3 * 50 * 2 * l * kvd * 4);
     let p = drpo::layout::ParamLayout::new(&cfg).total as u64;
     assert_eq!(e.weights, 4 * p);
+}
+
+/// Qwen2.5-1.5B's config.json (the paper's smaller model), through the loader's checks.
+fn qwen2_5_1_5b() -> ModelConfig {
+    let json = serde_json::json!({
+        "model_type": "qwen2", "hidden_act": "silu", "vocab_size": 151936, "hidden_size": 1536, "intermediate_size": 8960,
+        "num_hidden_layers": 28, "num_attention_heads": 12, "num_key_value_heads": 2, "max_position_embeddings": 131072,
+        "rope_theta": 1000000.0, "rms_norm_eps": 1e-6, "tie_word_embeddings": true, "eos_token_id": 151643,
+    });
+    ModelConfig::from_json(&json, Path::new("Qwen2.5-1.5B/config.json")).unwrap()
+}
+
+/// The device estimate counts parameters from the tensor shapes on its own: the same number as
+/// ParamLayout's exact layout, for the fixtures, random configs (tied and untied, GQA and MQA) and
+/// Qwen2.5-1.5B; every parameter-sized buffer is that count times its element size.
+#[test]
+fn device_estimate_counts_the_layout_parameters() {
+    let mut cfgs: Vec<ModelConfig> = FIXTURES.iter().map(|f| ModelConfig::from_dir(&fixture(f)).unwrap()).collect();
+    cfgs.extend((0..20).map(drpo::gradcheck::random_config));
+    cfgs.push(qwen2_5_1_5b());
+    for cfg in &cfgs {
+        let n = drpo::layout::ParamLayout::new(cfg).total as u64;
+        assert_eq!(param_count(cfg), n, "{cfg:?}");
+        let (b, f) = (step_memory(cfg, 2), step_memory(cfg, 4));
+        assert_eq!((b.params, b.weights, b.master, b.adam_m, b.adam_v, b.grads), (n, 2 * n, 4 * n, 4 * n, 4 * n, 4 * n));
+        // the f32 path updates its weights in place: no master copy
+        assert_eq!((f.weights, f.master), (4 * n, 0));
+    }
+    assert_eq!(param_count(&qwen2_5_1_5b()), 1_543_714_304, "Qwen2.5-1.5B: 1.54 B parameters (embedding tied)");
+}
+
+/// The chunk is the largest number of tokens whose training memory fits the budget.
+#[test]
+fn tokens_per_chunk_fills_the_budget() {
+    let cfg = qwen2_5_1_5b();
+    let per_token = step_memory(&cfg, 2).training_per_token();
+    for budget in [0u64, per_token - 1, per_token, 10 * per_token + 7, 50 << 30] {
+        let t = tokens_per_chunk::<drpo::gpu::bf16>(&cfg, budget) as u64;
+        assert!(t * per_token <= budget && (t + 1) * per_token > budget, "budget {budget}: {t} tokens of {per_token} bytes");
+    }
+    // f32 activations take more room per token than bf16 ones
+    assert!(tokens_per_chunk::<f32>(&cfg, 50 << 30) < tokens_per_chunk::<drpo::gpu::bf16>(&cfg, 50 << 30));
+}
+
+/// Qwen2.5-1.5B trained by DRPO with the paper's lengths (prompts up to 1024 tokens, responses up
+/// to 8192) fits an 80 GB GPU (80·10⁹ bytes, under an H100's 80 GiB): the resident state (bf16
+/// weights, f32 master weights, AdamW moments and gradient) plus either a training chunk holding a
+/// whole 9216-token sequence or a batch of generating sequences. The paper's 128 × 8 rollouts do not
+/// generate at once in what is left: they need rounds (NOTES.md).
+#[test]
+fn qwen2_5_1_5b_with_8k_responses_fits_80_gb() {
+    let cfg = qwen2_5_1_5b();
+    let seq = 1024 + 8192;
+    let plan = StepPlan::new(&cfg, 2, seq, 80_000_000_000);
+    let m = plan.memory;
+    let gb = |b: u64| b as f64 / 1e9;
+    println!(
+        "Qwen2.5-1.5B, bf16 compute copy: resident {:.2} GB (weights {:.2}, master {:.2}, m {:.2}, v {:.2}, gradient {:.2}, tables {:.3})",
+        gb(m.resident()),
+        gb(m.weights),
+        gb(m.master),
+        gb(m.adam_m),
+        gb(m.adam_v),
+        gb(m.grads),
+        gb(m.tables)
+    );
+    println!(
+        "  per token: recorded forward {} B (lse {} B), backward {} B; a {seq}-token sequence trains in {:.2} GB",
+        m.activations_per_token,
+        m.lse_per_token,
+        m.backward_per_token,
+        gb(m.training_per_token() * seq)
+    );
+    println!(
+        "  generation: KV cache {} B per token, {:.3} GB per sequence with its logits and sampler rows",
+        m.kv_per_token,
+        gb(m.generation_sequence(seq))
+    );
+    println!(
+        "  80 GB: {:.2} GB left; a chunk of {} tokens ({:.2} sequences); {} sequences generate at once",
+        gb(plan.free.unwrap()),
+        plan.chunk_tokens,
+        plan.chunk_tokens as f64 / seq as f64,
+        plan.generation_sequences
+    );
+    assert!(plan.fits(), "{plan:?}");
+    // the arithmetic, independently: 18 bytes of state per parameter (bf16 weights 2, f32 master,
+    // m, v and gradient 4 each), the KV cache 2 · 28 layers · 256 kv values · 2 bytes per token
+    assert_eq!(m.resident() - m.tables, 18 * 1_543_714_304);
+    assert_eq!(m.kv_per_token, 2 * 28 * 256 * 2);
+    // per token per layer: (4·1536 + 2·1536 + 2·256 + 3·8960) bf16 values, 2 rstd and 12 lse f32
+    assert_eq!(m.activations_per_token, 28 * ((4 * 1536 + 2 * 1536 + 2 * 256 + 3 * 8960) * 2 + (2 + 12) * 4) + 2 * 1536 * 2 + 5 * 4);
+    assert!(plan.chunk_tokens >= seq && plan.generation_sequences >= 1);
+    assert!(plan.generation_sequences < 128 * 8, "the paper's rollouts of a step fit at once: update NOTES.md");
+    // and the resident state alone does not fit a 16 GB card
+    assert!(!StepPlan::new(&cfg, 2, seq, 16_000_000_000).fits());
 }

@@ -128,8 +128,9 @@ fn overflowing_results_are_never_written() {
 /// and top-p the same way; `generate --chat` with `--prompt-ids` is a conflict, not ignored.
 #[test]
 fn options_have_one_rule_across_commands() {
-    let counts: [(&[&str], &str); 17] = [
+    let counts: [(&[&str], &str); 18] = [
         (&["inspect", "--model", "m"], "--batch"),
+        (&["inspect", "--model", "m"], "--device-gib"),
         (&["inspect", "--model", "m"], "--prompt-tokens"),
         (&["inspect", "--model", "m"], "--new-tokens"),
         (&["generate", "--model", "m", "--prompt-ids", "1"], "--max-new-tokens"),

@@ -4,7 +4,6 @@
 
 mod common;
 use common::*;
-use drpo::engine::Engine;
 use drpo::model::Model;
 use drpo::optim::{clip_grad_norm, AdamWConfig, AdamWState};
 use drpo::policy::{Policy, ScoreBatch};
@@ -114,7 +113,8 @@ fn fixed_batch_losses(which: Fixed, lr: f64) -> Vec<f64> {
             rows.push(dlogp[at..at + l].to_vec());
             at += l;
         }
-        let mut grads = model.backward_responses(&scored, &rows).unwrap();
+        let mut grads = model.new_grads().unwrap();
+        model.backward_responses(&scored, &rows, &mut grads).unwrap();
         let norm = clip_grad_norm(&mut grads, 1.0);
         assert!(norm.is_finite() && norm > 0.0, "{which:?} step {step}: grad norm {norm}");
         opt.step(&mut model.params, &grads, &adamw, lr);
@@ -284,7 +284,7 @@ fn trainer_run_on_toy(objective: ObjectiveKind, name: &str) {
     let env = CoinFlipEnv(toy_env(&tok, 32));
     let cfg = small_config(objective, 4, 0);
     let model = Model::<f32>::load(&model_dir).unwrap();
-    let mut trainer = Trainer::new(cfg.clone(), model, &env, &tok, &run_dir, &model_dir, Engine::Cpu).unwrap();
+    let mut trainer = Trainer::new(cfg.clone(), model, &env, &tok, &run_dir, &model_dir).unwrap();
     let mut seen = Vec::new();
     trainer.run(&mut |m| seen.push(m.clone())).unwrap();
     assert_eq!(trainer.step(), 4);
@@ -338,7 +338,7 @@ fn every_objective_runs_through_the_trainer() {
     for objective in ObjectiveKind::ALL {
         let run_dir = scratch_dir(&format!("every-objective-{objective:?}"));
         let cfg = TrainConfig { max_new_tokens: 24, ..small_config(objective, 2, 0) };
-        let mut trainer = Trainer::new(cfg.clone(), initial.clone(), &env, &tok, &run_dir, &model_dir, Engine::Cpu).unwrap();
+        let mut trainer = Trainer::new(cfg.clone(), initial.clone(), &env, &tok, &run_dir, &model_dir).unwrap();
         trainer.run(&mut |_| {}).unwrap();
         let metrics = read_metrics(&run_dir.join("metrics.jsonl")).unwrap();
         assert_eq!(metrics.len(), 2);
@@ -396,7 +396,7 @@ fn resume_is_bit_identical(objective: ObjectiveKind, name: &str) {
     // A: 4 steps straight. When step 2's metrics arrive, the checkpoint on disk is the one saved after
     // step 1 (save_every 2) and metrics.jsonl already holds step 2's line: copying the folder then
     // is a run interrupted between writing a step's metrics and its next checkpoint.
-    let mut trainer = Trainer::new(cfg.clone(), initial.clone(), &env, &tok, &dir_a, &model_dir, Engine::Cpu).unwrap();
+    let mut trainer = Trainer::new(cfg.clone(), initial.clone(), &env, &tok, &dir_a, &model_dir).unwrap();
     trainer
         .run(&mut |m| {
             if m.step == 2 {
@@ -422,7 +422,7 @@ fn resume_is_bit_identical(objective: ObjectiveKind, name: &str) {
 
     // B: resumes from the copied checkpoint (the model passed in is ignored: a different random one)
     let other = Model::<f32>::random(initial.cfg.clone(), 99, 0.02);
-    let mut resumed = Trainer::new(cfg.clone(), other, &env, &tok, &dir_b, &model_dir, Engine::Cpu).unwrap();
+    let mut resumed = Trainer::new(cfg.clone(), other, &env, &tok, &dir_b, &model_dir).unwrap();
     assert_eq!(resumed.step(), 2);
     assert_eq!(std::fs::read_to_string(dir_b.join("metrics.jsonl")).unwrap().lines().count(), 2, "resume should drop the step-2 line");
     resumed.run(&mut |_| {}).unwrap();
@@ -438,18 +438,18 @@ fn resume_is_bit_identical(objective: ObjectiveKind, name: &str) {
     let from_disk = Model::<f32>::load(&dir_b.join("checkpoint")).unwrap();
     assert!(bits_equal(&from_disk.params, &straight));
     // a second trainer on a folder in use is refused (the run-folder lock), then welcome once it is free
-    let err = Trainer::new(cfg.clone(), initial.clone(), &env, &tok, &dir_b, &model_dir, Engine::Cpu).err().expect("a folder in use must be refused");
+    let err = Trainer::new(cfg.clone(), initial.clone(), &env, &tok, &dir_b, &model_dir).err().expect("a folder in use must be refused");
     assert!(matches!(&err, drpo::Error::RunFolder { .. }) && err.to_string().contains("in use by another process"), "{err}");
     drop((resumed, trainer));
     assert!(!dir_b.join(drpo::runlock::LOCK_FILE).exists(), "the lock file is removed on release");
 
     // a different configuration in the same folder is refused, and so is another problem set
     let other_cfg = TrainConfig { lr: cfg.lr * 2.0, ..cfg.clone() };
-    let err = Trainer::new(other_cfg, initial.clone(), &env, &tok, &dir_b, &model_dir, Engine::Cpu).err().expect("a different config must be refused");
+    let err = Trainer::new(other_cfg, initial.clone(), &env, &tok, &dir_b, &model_dir).err().expect("a different config must be refused");
     assert!(err.to_string().contains("different configuration") && err.to_string().contains("`lr`"), "{err}");
     let mut other_limit = cfg;
     other_limit.source.limit = Some(6);
-    let err = Trainer::new(other_limit, initial, &env, &tok, &dir_b, &model_dir, Engine::Cpu).err().expect("another --limit must be refused");
+    let err = Trainer::new(other_limit, initial, &env, &tok, &dir_b, &model_dir).err().expect("another --limit must be refused");
     assert!(err.to_string().contains("`source`"), "{err}");
     for d in [&dir_a, &dir_b, &model_dir] {
         std::fs::remove_dir_all(d).unwrap();
@@ -486,7 +486,7 @@ fn resume_after_an_interrupted_checkpoint_swap() {
     // case 1: crashed after DIR → DIR.old, before DIR.tmp → DIR: DIR.tmp (step 2) is complete
     // case 2: crashed while writing DIR.tmp (no trainer_state.json yet), after DIR → DIR.old
     let (dir_b, dir_c) = (scratch_dir("swap-b"), scratch_dir("swap-c"));
-    let mut straight = Trainer::new(cfg.clone(), initial.clone(), &env, &tok, &dir_a, &model_dir, Engine::Cpu).unwrap();
+    let mut straight = Trainer::new(cfg.clone(), initial.clone(), &env, &tok, &dir_a, &model_dir).unwrap();
     straight
         .run(&mut |m| {
             // save_every 1: when step k's metrics arrive, the checkpoint on disk holds k steps
@@ -510,7 +510,7 @@ fn resume_after_an_interrupted_checkpoint_swap() {
     let config_text = std::fs::read_to_string(dir_a.join("train_config.json")).unwrap();
     for (dir, restored_step, from) in [(&dir_b, 2, "checkpoint.tmp"), (&dir_c, 1, "checkpoint.old")] {
         assert!(!dir.join("checkpoint").exists());
-        let mut resumed = Trainer::new(cfg.clone(), Model::<f32>::random(initial.cfg.clone(), 7, 0.02), &env, &tok, dir, &model_dir, Engine::Cpu).unwrap();
+        let mut resumed = Trainer::new(cfg.clone(), Model::<f32>::random(initial.cfg.clone(), 7, 0.02), &env, &tok, dir, &model_dir).unwrap();
         println!("{}: {:?}", dir.display(), resumed.notices);
         assert_eq!(resumed.step(), restored_step, "{}", dir.display());
         assert!(resumed.notices.len() == 1 && resumed.notices[0].contains(from), "{:?}", resumed.notices);
@@ -530,7 +530,8 @@ fn resume_after_an_interrupted_checkpoint_swap() {
 }
 
 /// λ = ∞ (DisCO through `drpo`) and a double that serde_json only round-trips with float_roundtrip:
-/// train_config.json must read back equal, or the resume refuses its own folder.
+/// train_config.json must read back equal, or the resume refuses its own folder. The resume takes
+/// the checkpoint's state into a start model of its shape, whatever dtype its config declares.
 #[test]
 fn resume_with_infinite_lambda_and_a_17_digit_rate() {
     let model_dir = toy_model_dir("inf-lambda-model", 6);
@@ -542,12 +543,20 @@ fn resume_with_infinite_lambda_and_a_17_digit_rate() {
     // serde_json's default float parser reads this back as 9.768724196636811e-4
     cfg.lr = 9.768724196636813e-4;
     let initial = Model::<f32>::load(&model_dir).unwrap();
-    let mut t = Trainer::new(cfg.clone(), initial.clone(), &env, &tok, &run_dir, &model_dir, Engine::Cpu).unwrap();
+    let mut t = Trainer::new(cfg.clone(), initial.clone(), &env, &tok, &run_dir, &model_dir).unwrap();
     t.run_until(1, &mut |_| {}).unwrap();
     let saved: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run_dir.join("train_config.json")).unwrap()).unwrap();
     assert_eq!(saved["hyper"]["lambda"], "inf");
     drop(t); // the folder's lock
-    let mut resumed = Trainer::new(cfg, initial, &env, &tok, &run_dir, &model_dir, Engine::Cpu).unwrap();
+    // a start model of another shape cannot take the checkpoint's state
+    let mut other = initial.cfg.clone();
+    other.intermediate_size += 1;
+    let err = Trainer::new(cfg.clone(), Model::<f32>::random(other, 1, 0.02), &env, &tok, &run_dir, &model_dir).err().expect("another shape").to_string();
+    assert!(err.contains("another model config"), "{err}");
+    // the dtype a config declares is not its shape (a checkpoint's says float32, an HF folder's often bfloat16)
+    let mut initial = initial;
+    initial.cfg.torch_dtype = Some("bfloat16".into());
+    let mut resumed = Trainer::new(cfg, initial, &env, &tok, &run_dir, &model_dir).unwrap();
     assert_eq!(resumed.step(), 1);
     resumed.run(&mut |_| {}).unwrap();
     assert_eq!(read_metrics(&run_dir.join("metrics.jsonl")).unwrap().len(), 2);
@@ -574,7 +583,7 @@ fn a_non_finite_gradient_skips_the_step() {
     cfg.hyper.beta = 1e300;
     cfg.hyper.delta = -1.0;
     let initial = Model::<f32>::load(&model_dir).unwrap();
-    let mut t = Trainer::new(cfg.clone(), initial.clone(), &env, &tok, &run_dir, &model_dir, Engine::Cpu).unwrap();
+    let mut t = Trainer::new(cfg.clone(), initial.clone(), &env, &tok, &run_dir, &model_dir).unwrap();
     t.run(&mut |_| {}).unwrap();
     assert!(bits_equal(&t.model.params, &initial.params), "a skipped step changed the weights");
     assert_eq!(t.opt.step, 0);
@@ -708,7 +717,7 @@ fn graded_text_is_prompt_and_response_when_asked() {
     for with_prompt in [false, true] {
         let env = Recording { inner: toy_env(&tok, 8), with_prompt, seen: Mutex::new(Vec::new()) };
         let run_dir = scratch_dir(&format!("graded-text-{with_prompt}"));
-        let mut t = Trainer::new(cfg.clone(), initial.clone(), &env, &tok, &run_dir, &model_dir, Engine::Cpu).unwrap();
+        let mut t = Trainer::new(cfg.clone(), initial.clone(), &env, &tok, &run_dir, &model_dir).unwrap();
         t.run(&mut |_| {}).unwrap();
         texts.push(env.seen.into_inner().unwrap());
         std::fs::remove_dir_all(&run_dir).unwrap();
@@ -741,7 +750,7 @@ fn undecodable_sampled_ids_are_skipped_and_counted() {
 
     let run_dir = scratch_dir("wide-vocab-run");
     let cfg = TrainConfig { max_new_tokens: 12, ..small_config(ObjectiveKind::Drpo, 1, 0) };
-    let mut t = Trainer::new(cfg, model.clone(), &env, &tok, &run_dir, &model_dir, Engine::Cpu).unwrap();
+    let mut t = Trainer::new(cfg, model.clone(), &env, &tok, &run_dir, &model_dir).unwrap();
     t.run(&mut |_| {}).unwrap();
     let m = &read_metrics(&run_dir.join("metrics.jsonl")).unwrap()[0];
     println!("{m:?}");

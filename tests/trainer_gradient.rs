@@ -14,7 +14,7 @@ mod common;
 use common::*;
 use drpo::model::Model;
 use drpo::rl::objectives::Hyper;
-use drpo::rl::trainer::{minibatch_gradient, ObjectiveKind, Rollout, TrainConfig};
+use drpo::rl::trainer::{minibatch_gradient, ChunkResult, ObjectiveKind, Rollout, TrainConfig};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -31,6 +31,19 @@ struct Case {
     rollouts: Vec<Rollout>,
     /// ℓ under the current model, per response
     logp: Vec<Vec<f64>>,
+}
+
+/// What `minibatch_gradient` gives: the gradient it writes and the chunks' numbers.
+struct Got {
+    grads: Vec<f64>,
+    chunks: Vec<ChunkResult>,
+}
+
+/// `minibatch_gradient` into a buffer holding garbage: the mini-batch gradient replaces it.
+fn gradient(model: &Model<f64>, cfg: &TrainConfig, prompts: &[&[u32]], rollouts: &[Rollout], adv: Option<&[f64]>) -> Got {
+    let mut grads = vec![7.0; model.layout.total];
+    let chunks = minibatch_gradient(model, cfg, prompts, rollouts, adv, &mut grads).unwrap();
+    Got { grads, chunks }
 }
 
 /// Token log-probs of the responses at TEMP, straight from Model::score.
@@ -167,7 +180,7 @@ fn drpo_minibatch_gradient_matches_spec_5_1() {
         }
         let want = backprop(&model, &c, &coef);
         let prompts: Vec<&[u32]> = c.prompts.iter().map(Vec::as_slice).collect();
-        let got = minibatch_gradient(&model, &config(hyper, ObjectiveKind::Drpo), &prompts, &c.rollouts, None).unwrap();
+        let got = gradient(&model, &config(hyper, ObjectiveKind::Drpo), &prompts, &c.rollouts, None);
         compare(&format!("DRPO δ = {delta}, λ = {lambda}, τ = {tau}"), &got.grads, &want);
         assert_eq!(got.chunks.len(), 2);
         for (r, l) in got.chunks.iter().zip(&losses) {
@@ -211,7 +224,7 @@ fn grpo_minibatch_gradient_matches_the_surrogate() {
     let want = backprop(&model, &c, &coef);
     let prompts: Vec<&[u32]> = c.prompts.iter().map(Vec::as_slice).collect();
     let hyper = Hyper { clip_eps: None, ..Hyper::default() };
-    let got = minibatch_gradient(&model, &config(hyper, ObjectiveKind::Grpo), &prompts, &c.rollouts, Some(&adv)).unwrap();
+    let got = gradient(&model, &config(hyper, ObjectiveKind::Grpo), &prompts, &c.rollouts, Some(&adv));
     compare("GRPO surrogate", &got.grads, &want);
     // the push on a response is −Σ_t ∂loss/∂ℓ (before the 1/chunks scale): the sign of its advantage
     let got_push: Vec<f64> = got.chunks.iter().flat_map(|r| r.push.iter().copied()).collect();

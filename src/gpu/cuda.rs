@@ -354,6 +354,16 @@ impl CudaDevice {
         Ok(())
     }
 
+    pub fn memset_zero(&self, dst: u64, bytes: usize) -> Result<()> {
+        if bytes == 0 {
+            return Ok(());
+        }
+        // SAFETY: `dst` addresses `bytes` bytes of live memory on this stream (the caller's view);
+        // all-zero bytes are a valid value of every DeviceCopy type.
+        unsafe { result::memset_d8_async(dst, 0, bytes, self.stream.cu_stream()) }?;
+        Ok(())
+    }
+
     pub fn dtoh<T: DeviceCopy>(&self, src: u64, len: usize) -> Result<Vec<T>> {
         let mut out = vec![T::default(); len];
         if len > 0 {

@@ -26,6 +26,7 @@ mod cuda;
 pub mod embedding;
 pub mod logprob;
 pub mod matmul;
+pub mod memory;
 pub mod objective;
 pub mod optim;
 pub mod residual;
@@ -66,6 +67,10 @@ pub trait GpuFloat: DeviceCopy {
     fn to_f32(self) -> f32;
     /// The entry point for this type among an (f32, bf16) pair of names.
     fn pick(f32_name: &'static str, bf16_name: &'static str) -> &'static str;
+    /// The view as f32 values when T is f32 (the optimizer updates f32 weights in place).
+    fn as_f32_mut<'a>(v: DViewMut<'a, Self>) -> Option<DViewMut<'a, f32>>;
+    /// The view as bf16 values when T is bf16 (the optimizer writes the bf16 compute copy).
+    fn as_bf16_mut<'a>(v: DViewMut<'a, Self>) -> Option<DViewMut<'a, bf16>>;
 }
 
 impl GpuFloat for f32 {
@@ -79,6 +84,12 @@ impl GpuFloat for f32 {
     fn pick(f32_name: &'static str, _: &'static str) -> &'static str {
         f32_name
     }
+    fn as_f32_mut<'a>(v: DViewMut<'a, f32>) -> Option<DViewMut<'a, f32>> {
+        Some(v)
+    }
+    fn as_bf16_mut<'a>(_: DViewMut<'a, f32>) -> Option<DViewMut<'a, bf16>> {
+        None
+    }
 }
 
 impl GpuFloat for bf16 {
@@ -91,6 +102,12 @@ impl GpuFloat for bf16 {
     }
     fn pick(_: &'static str, bf16_name: &'static str) -> &'static str {
         bf16_name
+    }
+    fn as_f32_mut<'a>(_: DViewMut<'a, bf16>) -> Option<DViewMut<'a, f32>> {
+        None
+    }
+    fn as_bf16_mut<'a>(v: DViewMut<'a, bf16>) -> Option<DViewMut<'a, bf16>> {
+        Some(v)
     }
 }
 
@@ -443,6 +460,20 @@ impl Gpu {
             Backend::Sim(_) => {
                 // SAFETY: the view is an exclusive borrow of at least src.len() live values.
                 unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst.ptr as *mut T, src.len()) };
+                Ok(())
+            }
+        }
+    }
+
+    /// Sets every value of `dst` to zero (all bits zero: 0.0 for the float types).
+    pub fn memset_zero<T: DeviceCopy>(&self, dst: &mut DViewMut<'_, T>) -> Result<()> {
+        let bytes = dst.len * size_of::<T>();
+        match &self.backend {
+            Backend::Cuda(d) => d.memset_zero(dst.ptr, bytes),
+            Backend::Sim(_) => {
+                // SAFETY: the view is an exclusive borrow of dst.len live values; all-zero bits are a
+                // valid T (DeviceCopy: ValidAsZeroBits).
+                unsafe { std::ptr::write_bytes(dst.ptr as *mut u8, 0, bytes) };
                 Ok(())
             }
         }

@@ -25,7 +25,7 @@ use crate::cpu::{math, Float};
 use crate::error::{check_len, Error, Result};
 use crate::layout::ParamLayout;
 use crate::optim::{AdamWConfig, AdamWState};
-use crate::policy::{check_score_temperature, Chunks, Draw, Policy, ScoreBatch, ScoredResponses};
+use crate::policy::{check_score_temperature, Chunks, Draw, HostState, Policy, ScoreBatch, ScoredResponses};
 use crate::rng::uniform;
 use crate::sampling::sample;
 use rayon::prelude::*;
@@ -531,11 +531,14 @@ pub struct Recorded<T> {
     pub prompt_lens: Vec<usize>,
 }
 
+/// On the CPU the gradient and the optimizer are host vectors in the model's float type, the
+/// parameters are the master weights (no compute copy), and [`crate::optim`] is the arithmetic.
 impl<T: Float> Policy for Model<T> {
-    type Grad = T;
     type Cache = KvCache<T>;
     type Logits = Vec<T>;
     type Record = Recorded<T>;
+    type Grads = Vec<T>;
+    type Optimizer = AdamWState<T>;
 
     fn config(&self) -> &ModelConfig {
         &self.cfg
@@ -590,9 +593,22 @@ impl<T: Float> Policy for Model<T> {
         Ok(ScoredResponses { logp, record })
     }
 
-    fn backward_responses(&self, scored: &ScoredResponses<Recorded<T>>, dlogp: &[Vec<f64>]) -> Result<Vec<T>> {
+    fn new_grads(&self) -> Result<Vec<T>> {
+        Ok(vec![T::ZERO; self.layout.total])
+    }
+
+    fn zero_grads(&self, grads: &mut Vec<T>) -> Result<()> {
+        check_len("zero_grads", "grads", grads.len(), self.layout.total)?;
+        grads.fill(T::ZERO);
+        Ok(())
+    }
+
+    /// The backward runs into a buffer of its own, added to `grads` element by element (one
+    /// rounding per chunk and element, the order the trainer has always summed its chunks in).
+    fn backward_responses(&self, scored: &ScoredResponses<Recorded<T>>, dlogp: &[Vec<f64>], grads: &mut Vec<T>) -> Result<()> {
         let rec = scored.recorded()?;
         check_len("backward_responses", "dlogp", dlogp.len(), scored.logp.len())?;
+        check_len("backward_responses", "grads", grads.len(), self.layout.total)?;
         let mut rows = Vec::with_capacity(dlogp.len());
         for ((lp, d), (seq_lp, &p)) in scored.logp.iter().zip(dlogp).zip(rec.scored.logp.iter().zip(&rec.prompt_lens)) {
             check_len("backward_responses", "dlogp row", d.len(), lp.len())?;
@@ -603,12 +619,47 @@ impl<T: Float> Policy for Model<T> {
             }
             rows.push(row);
         }
-        Ok(self.score_backward(&rec.scored, &rows))
+        let g = self.score_backward(&rec.scored, &rows);
+        grads.par_iter_mut().zip(&g).for_each(|(a, &b)| *a += b);
+        Ok(())
     }
 
-    fn apply_update(&mut self, opt: &mut AdamWState<T>, grads: &[T], cfg: &AdamWConfig, lr: f64) -> Result<()> {
+    fn clip_grad_norm(&self, grads: &mut Vec<T>, max_norm: f64) -> Result<f64> {
+        check_len("clip_grad_norm", "grads", grads.len(), self.layout.total)?;
+        Ok(crate::optim::clip_grad_norm(grads, max_norm))
+    }
+
+    fn grads_to_host(&self, grads: &Vec<T>) -> Result<Vec<f64>> {
+        Ok(grads.iter().map(|g| g.to_f64()).collect())
+    }
+
+    fn new_optimizer(&self) -> Result<AdamWState<T>> {
+        Ok(AdamWState::new(self.layout.total))
+    }
+
+    fn apply_update(&mut self, opt: &mut AdamWState<T>, grads: &Vec<T>, cfg: &AdamWConfig, lr: f64) -> Result<()> {
         check_len("apply_update", "grads", grads.len(), self.params.len())?;
+        check_len("apply_update", "optimizer m", opt.m.len(), self.params.len())?;
+        check_len("apply_update", "optimizer v", opt.v.len(), self.params.len())?;
         opt.step(&mut self.params, grads, cfg, lr);
+        Ok(())
+    }
+
+    /// f32 as it is; an f64 model's state rounded to f32.
+    fn export_state(&self, opt: &AdamWState<T>) -> Result<HostState> {
+        let f32s = |x: &[T]| x.iter().map(|v| v.to_f64() as f32).collect::<Vec<f32>>();
+        Ok(HostState { params: f32s(&self.params), optim: AdamWState { m: f32s(&opt.m), v: f32s(&opt.v), step: opt.step } })
+    }
+
+    fn import_state(&mut self, opt: &mut AdamWState<T>, state: &HostState) -> Result<()> {
+        state.check("import_state", self.layout.total)?;
+        let copy = |dst: &mut [T], src: &[f32]| dst.iter_mut().zip(src).for_each(|(d, &s)| *d = T::from_f32(s));
+        copy(&mut self.params, &state.params);
+        opt.m.resize(self.layout.total, T::ZERO);
+        opt.v.resize(self.layout.total, T::ZERO);
+        copy(&mut opt.m, &state.optim.m);
+        copy(&mut opt.v, &state.optim.v);
+        opt.step = state.optim.step;
         Ok(())
     }
 }

@@ -24,8 +24,9 @@ use crate::gpu::attention::{attention_decode, attention_prefill, kv_append, Head
 use crate::gpu::{self, Gpu, GpuFloat};
 use crate::layout::ParamLayout;
 use crate::model::Model;
-use crate::optim::{AdamWConfig, AdamWState};
-use crate::policy::{check_score_temperature, not_on_device, Chunks, Draw, Policy, ScoreBatch, ScoredResponses};
+use crate::model::gpu_state::{self, GpuAdamW, GpuGrads};
+use crate::optim::AdamWConfig;
+use crate::policy::{check_score_temperature, not_on_device, Chunks, Draw, HostState, Policy, ScoreBatch, ScoredResponses};
 use crate::gpu::DeviceBuffer;
 use std::sync::Arc;
 
@@ -34,7 +35,11 @@ pub struct GpuModel<T: GpuFloat> {
     pub gpu: Arc<Gpu>,
     pub cfg: ModelConfig,
     pub layout: ParamLayout,
+    /// the compute copy: what every kernel reads
     pub params: DeviceBuffer<T>,
+    /// the f32 master weights of a bf16 model made to train (`GpuModel::for_training`; see
+    /// `model::gpu_state`); None for generation-only models and f32 ones (their params are the master)
+    pub master: Option<DeviceBuffer<f32>>,
     /// [max_position_embeddings, head_dim / 2], f32 whatever T is
     cos: DeviceBuffer<f32>,
     sin: DeviceBuffer<f32>,
@@ -88,22 +93,7 @@ impl<T: GpuFloat> GpuModel<T> {
                 gpu::attention::MAX_HEAD_DIM
             )));
         }
-        Ok(GpuModel { gpu, cfg, layout: model.layout.clone(), params, cos, sin })
-    }
-
-    /// Copies a CPU model's parameters into the existing device buffer, as T (what training needs after
-    /// each optimizer step): no allocation, and the rotary tables (max_pos × hd/2 cos/sin computed in
-    /// f64) are kept. The model must have this one's config (training changes values, not shapes).
-    pub fn update_params<U: Float>(&mut self, model: &Model<U>) -> Result<()> {
-        if model.cfg != self.cfg || model.params.len() != self.params.len() {
-            return Err(Error::input(format!(
-                "update_params: the CPU model ({} parameters) is not the GPU model's config ({} parameters)",
-                model.params.len(),
-                self.params.len()
-            )));
-        }
-        self.gpu.memcpy_htod(&Self::host_params(model), &mut self.params.as_view_mut())?;
-        Ok(())
+        Ok(GpuModel { gpu, cfg, layout: model.layout.clone(), params, master: None, cos, sin })
     }
 
     /// The parameters as T (through f32: see NOTES.md on bf16 rounding).
@@ -280,11 +270,11 @@ pub struct GpuLogits {
 }
 
 impl<T: GpuFloat> Policy for GpuModel<T> {
-    /// the f32 master weights and moments of the device training step (not built yet)
-    type Grad = f32;
     type Cache = GpuDecode<T>;
     type Logits = GpuLogits;
     type Record = ();
+    type Grads = GpuGrads;
+    type Optimizer = GpuAdamW;
 
     fn config(&self) -> &ModelConfig {
         &self.cfg
@@ -356,11 +346,39 @@ impl<T: GpuFloat> Policy for GpuModel<T> {
         Ok(ScoredResponses { logp, record: None })
     }
 
-    fn backward_responses(&self, _: &ScoredResponses<()>, _: &[Vec<f64>]) -> Result<Vec<f32>> {
+    fn new_grads(&self) -> Result<GpuGrads> {
+        gpu_state::new_grads(self)
+    }
+
+    fn zero_grads(&self, grads: &mut GpuGrads) -> Result<()> {
+        gpu_state::zero_grads(self, grads)
+    }
+
+    fn backward_responses(&self, _: &ScoredResponses<()>, _: &[Vec<f64>], _: &mut GpuGrads) -> Result<()> {
         Err(not_on_device("backward_responses", self.device()))
     }
 
-    fn apply_update(&mut self, _: &mut AdamWState<f32>, _: &[f32], _: &AdamWConfig, _: f64) -> Result<()> {
-        Err(not_on_device("apply_update", self.device()))
+    fn clip_grad_norm(&self, grads: &mut GpuGrads, max_norm: f64) -> Result<f64> {
+        gpu_state::clip_grad_norm(self, grads, max_norm)
+    }
+
+    fn grads_to_host(&self, grads: &GpuGrads) -> Result<Vec<f64>> {
+        gpu_state::grads_to_host(self, grads)
+    }
+
+    fn new_optimizer(&self) -> Result<GpuAdamW> {
+        gpu_state::new_optimizer(self)
+    }
+
+    fn apply_update(&mut self, opt: &mut GpuAdamW, grads: &GpuGrads, cfg: &AdamWConfig, lr: f64) -> Result<()> {
+        gpu_state::apply_update(self, opt, grads, cfg, lr)
+    }
+
+    fn export_state(&self, opt: &GpuAdamW) -> Result<HostState> {
+        gpu_state::export_state(self, opt)
+    }
+
+    fn import_state(&mut self, opt: &mut GpuAdamW, state: &HostState) -> Result<()> {
+        gpu_state::import_state(self, opt, state)
     }
 }

@@ -25,19 +25,21 @@
 //!
 //! A run folder holds `train_config.json` (every setting, the start model, data file and limit, and
 //! the device), `metrics.jsonl` (one line per step) and `checkpoint/` (HF weights + optimizer +
-//! trainer state, see [`crate::checkpoint`]); a run there is resumed bit-identically on the CPU, after
-//! repairing an interrupted checkpoint save. The folder is locked while a trainer runs in it
+//! trainer state, see [`crate::checkpoint`]); a run there is resumed bit-identically, after
+//! repairing an interrupted checkpoint save. The trainer is generic over the [`Policy`] it trains:
+//! rollouts, old log-probs, the backward passes, the clip and AdamW run where the policy lives (the
+//! host f32 model, or the GPU model with its training state on the device); the objective runs on
+//! the host from the log-probs (one number per token). A checkpoint holds the CPU's f32 format
+//! ([`Policy::export_state`]), so a run saved on one device resumes on another. The folder is locked while a trainer runs in it
 //! ([`crate::runlock`]); what it may hold and what a resume checks is [`crate::rl::run_folder`].
 
 use crate::checkpoint::{load_checkpoint, recover_interrupted_save, save_checkpoint};
-use crate::cpu::Float;
-use crate::engine::Engine;
 use crate::error::{read_json, write_atomic, Error, Result};
 use crate::eval::mean;
 use crate::generate::GenerateOptions;
 use crate::model::Model;
-use crate::optim::{clip_grad_norm, AdamWConfig, AdamWState, LrDecay, LrSchedule};
-use crate::policy::{mean_abs_logp_diff, Generator, Policy, ScoreBatch};
+use crate::optim::{AdamWConfig, LrDecay, LrSchedule};
+use crate::policy::{HostState, Policy, ScoreBatch};
 use crate::rl::env::Environment;
 use crate::rl::objectives::{self, Baseline, Batch, HapoHistory, Hyper, Outcomes};
 use crate::rl::run_folder::{self, RunStart};
@@ -334,9 +336,11 @@ pub struct StepMetrics {
     pub lr_mean: f64,
     pub lr_max: f64,
     pub step_seconds: f64,
-    /// mean |Δ log-prob| per response token between the policy that sampled the rollouts (the
-    /// device's bf16 copy) and the one that scores and trains (the host f32 model): the
-    /// train/inference mismatch of `--device gpu|sim`. None on the CPU, where they are one policy.
+    /// mean |Δ log-prob| per response token between the policy that sampled the rollouts and the
+    /// one that scores and trains, where they differ in precision (a train/inference mismatch).
+    /// The trainer samples, scores and trains one policy on every device (on a GPU: the bf16
+    /// compute copy, whose f32 master weights only AdamW touches), so it is None; runs before the
+    /// device training step sampled with a bf16 copy and trained an f32 host model, and recorded it.
     #[serde(default)]
     pub sampler_logp_mismatch: Option<f64>,
 }
@@ -425,14 +429,6 @@ pub struct ChunkResult {
     pub push: Vec<f64>,
 }
 
-/// The gradient of one mini-batch and its chunks' numbers.
-#[derive(Clone, Debug)]
-pub struct MiniBatchGradient<T> {
-    /// `[params]` ∇ of the mini-batch loss (1/chunks) Σ_B loss_B, in layout order
-    pub grads: Vec<T>,
-    pub chunks: Vec<ChunkResult>,
-}
-
 /// The gradient of one mini-batch (SPEC §5.1): the rollouts are cut into chunks of
 /// `chunk_questions · group_size` rows; each chunk's loss comes from the objective on that chunk
 /// (groups by [`Rollout::group`], KL pooled over its tokens), its token gradient is scaled by
@@ -440,14 +436,16 @@ pub struct MiniBatchGradient<T> {
 /// per-token coefficient is thus −g_i/(Q_mb·L_i) − (1/n_chunks)·β[K_B − δ]_+/T_B.
 ///
 /// prompts: `[rows]` the prompt of each rollout.  advantages: `[rows]` the baselines' advantages
-/// (None: DRPO / DisCO from `cfg`).
+/// (None: DRPO / DisCO from `cfg`).  grads: set to ∇ of the mini-batch loss (1/chunks) Σ_B loss_B,
+/// the chunks' backward passes added into it in order.  Returns the chunks' numbers.
 pub fn minibatch_gradient<P: Policy>(
     policy: &P,
     cfg: &TrainConfig,
     prompts: &[&[u32]],
     rollouts: &[Rollout],
     advantages: Option<&[f64]>,
-) -> Result<MiniBatchGradient<P::Grad>> {
+    grads: &mut P::Grads,
+) -> Result<Vec<ChunkResult>> {
     crate::error::check_len("minibatch_gradient", "prompts", prompts.len(), rollouts.len())?;
     if let Some(a) = advantages {
         crate::error::check_len("minibatch_gradient", "advantages", a.len(), rollouts.len())?;
@@ -456,7 +454,7 @@ pub fn minibatch_gradient<P: Policy>(
     let rows_per_chunk = cfg.chunk_questions * cfg.group_size;
     let n_chunks = rollouts.len().div_ceil(rows_per_chunk).max(1);
     let scale = 1.0 / n_chunks as f64;
-    let mut grads = vec![<P::Grad as Float>::from_f64(0.0); policy.n_params()];
+    policy.zero_grads(grads)?;
     let mut chunks = Vec::with_capacity(n_chunks);
     for (ci, chunk) in rollouts.chunks(rows_per_chunk).enumerate() {
         let first = ci * rows_per_chunk;
@@ -502,27 +500,26 @@ pub fn minibatch_gradient<P: Policy>(
             rows.push(dlogp[at..at + l].iter().map(|d| d * scale).collect::<Vec<f64>>());
             at += l;
         }
-        let g = policy.backward_responses(&scored, &rows)?;
-        for (a, b) in grads.iter_mut().zip(&g) {
-            *a += *b;
-        }
+        policy.backward_responses(&scored, &rows, grads)?;
         chunks.push(result);
     }
-    Ok(MiniBatchGradient { grads, chunks })
+    Ok(chunks)
 }
 
-/// A training run in a folder.
-pub struct Trainer<'a> {
+/// A training run in a folder, of the policy `P` (the host model, or a device model: see
+/// [`crate::engine::Trainee`]).
+pub struct Trainer<'a, P: Policy> {
     pub cfg: TrainConfig,
-    pub model: Model<f32>,
-    pub opt: AdamWState<f32>,
+    /// the policy trained: it samples the rollouts, scores them and is updated (evaluate through it)
+    pub model: P,
+    pub opt: P::Optimizer,
+    /// the mini-batch gradient, allocated once
+    grads: P::Grads,
     pub env: &'a dyn Environment,
     pub tok: &'a Tokenizer,
     pub run_dir: PathBuf,
     /// folder with the tokenizer files to copy into checkpoints
     pub source_dir: PathBuf,
-    /// where rollouts are generated; synced with `model` after every step (evaluate through it)
-    pub engine: Engine,
     /// lines for the user (e.g. an interrupted checkpoint save that was repaired); the caller prints them
     pub notices: Vec<String>,
     state: TrainerState,
@@ -530,19 +527,19 @@ pub struct Trainer<'a> {
     _lock: RunLock,
 }
 
-impl<'a> Trainer<'a> {
-    /// Starts a run in `run_dir` from `model`, or resumes the one there if it has a checkpoint.
-    /// The folder is locked while the trainer lives ([`RunLock`]); a folder whose train_config.json
-    /// differs from `cfg` (the device aside), or that is neither fresh nor a complete run, is refused
-    /// ([`run_folder`]).
+impl<'a, P: Policy> Trainer<'a, P> {
+    /// Starts a run in `run_dir` from `model`, or resumes the one there if it has a checkpoint
+    /// (whichever device wrote it: its parameters and optimizer state replace `model`'s, which must
+    /// have the checkpoint's config). The folder is locked while the trainer lives ([`RunLock`]); a
+    /// folder whose train_config.json differs from `cfg` (the device aside), or that is neither
+    /// fresh nor a complete run, is refused ([`run_folder`]).
     pub fn new(
         cfg: TrainConfig,
-        model: Model<f32>,
+        mut model: P,
         env: &'a dyn Environment,
         tok: &'a Tokenizer,
         run_dir: &Path,
         source_dir: &Path,
-        engine: Engine,
     ) -> Result<Self> {
         cfg.validate()?;
         if env.is_empty() {
@@ -567,13 +564,25 @@ impl<'a> Trainer<'a> {
                 )));
             }
         }
-        let (model, opt, state) = if start == RunStart::Resume {
+        let mut opt = model.new_optimizer()?;
+        let state = if start == RunStart::Resume {
             let c = load_checkpoint::<f32>(&ckpt)?;
             let state: TrainerState =
                 serde_json::from_value(c.trainer).map_err(|e| Error::json(ckpt.join(crate::checkpoint::TRAINER_STATE_FILE), e))?;
             let at = run_folder::ResumePoint { step: state.step, optimizer_steps: state.optimizer_steps, adam_step: c.optim.step };
             run_folder::check_resume(run_dir, &cfg, at)?;
-            (c.model, c.optim, state)
+            // the dtype a config declares is the saved one's (f32 in a checkpoint): informational
+            let shape = |m: &crate::config::ModelConfig| crate::config::ModelConfig { torch_dtype: None, ..m.clone() };
+            if shape(&c.model.cfg) != shape(model.config()) {
+                return Err(Error::input(format!(
+                    "{} holds a checkpoint of another model config than the start model's ({} vs {} parameters)",
+                    ckpt.display(),
+                    c.model.layout.total,
+                    model.n_params()
+                )));
+            }
+            model.import_state(&mut opt, &HostState { params: c.model.params, optim: c.optim })?;
+            state
         } else {
             if let RunStart::StartOver { metrics_lines } = start {
                 notices.push(format!(
@@ -584,7 +593,7 @@ impl<'a> Trainer<'a> {
             }
             let mut v = serde_json::to_value(&cfg).map_err(|e| Error::json(&config_path, e))?;
             if let Some(obj) = v.as_object_mut() {
-                obj.insert("device".into(), engine.name().into()); // recorded, not compared
+                obj.insert("device".into(), model.device().into()); // recorded, not compared
             }
             let text = serde_json::to_string_pretty(&v).map_err(|e| Error::json(&config_path, e))?;
             write_atomic(&config_path, text.as_bytes())?;
@@ -592,20 +601,18 @@ impl<'a> Trainer<'a> {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io(run_dir.join(run_folder::METRICS_FILE), e)),
                 _ => {}
             }
-            let opt = AdamWState::new(model.layout.total);
-            (model, opt, TrainerState::default())
+            TrainerState::default()
         };
-        let mut engine = engine;
-        engine.sync(&model)?;
+        let grads = model.new_grads()?;
         Ok(Trainer {
             cfg,
             model,
             opt,
+            grads,
             env,
             tok,
             run_dir: run_dir.to_path_buf(),
             source_dir: source_dir.to_path_buf(),
-            engine,
             notices,
             state,
             _lock: lock,
@@ -617,9 +624,12 @@ impl<'a> Trainer<'a> {
         self.state.step
     }
 
+    /// Writes the checkpoint (atomically): the policy's state in the CPU's f32 format.
     pub fn save(&self) -> Result<()> {
         let trainer = serde_json::to_value(&self.state).map_err(|e| Error::json(&self.run_dir, e))?;
-        save_checkpoint(&self.run_dir.join("checkpoint"), &self.model, &self.opt, &trainer, Some(&self.source_dir), SaveDtype::F32)
+        let HostState { params, optim } = self.model.export_state(&self.opt)?;
+        let model = Model::from_params(self.model.config().clone(), params);
+        save_checkpoint(&self.run_dir.join("checkpoint"), &model, &optim, &trainer, Some(&self.source_dir), SaveDtype::F32)
     }
 
     /// Runs the remaining steps; `on_step` sees every step's metrics.
@@ -658,9 +668,8 @@ impl<'a> Trainer<'a> {
         }
     }
 
-    /// The step's rollouts, and the sampling policy's log-prob mismatch where it is not the
-    /// scoring policy ([`StepMetrics::sampler_logp_mismatch`]).
-    fn rollouts(&self, questions: &[usize]) -> Result<(Vec<Rollout>, Option<f64>)> {
+    /// The step's rollouts, sampled and scored by the policy that trains.
+    fn rollouts(&self, questions: &[usize]) -> Result<Vec<Rollout>> {
         let cfg = &self.cfg;
         let g = cfg.group_size;
         let prompts: Vec<Vec<u32>> = questions.iter().flat_map(|&q| std::iter::repeat_n(self.env.prompt(q).to_vec(), g)).collect();
@@ -673,18 +682,13 @@ impl<'a> Trainer<'a> {
             eos_ids: self.tok.eos_ids().to_vec(),
             stream_offset,
         };
-        let gens = self.engine.generator(&self.model).generate(&prompts, &opts)?;
+        let gens = crate::generate::generate(&self.model, &prompts, &opts)?;
         // old log-probs: the current weights, temperature T, recomputed (SPEC §5.1) by the policy
-        // that trains
+        // that sampled them and trains
         let p_refs: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
         let r_refs: Vec<&[u32]> = gens.iter().map(|g| g.tokens.as_slice()).collect();
-        let batch = ScoreBatch::responses(&self.model.cfg, &p_refs, &r_refs, cfg.temperature)?;
+        let batch = ScoreBatch::responses(self.model.config(), &p_refs, &r_refs, cfg.temperature)?;
         let old = self.model.score_responses(&batch, false)?.logp;
-        // until the device scores and trains, a device samples with its own (bf16) copy: measured
-        let mismatch = match &self.engine {
-            Engine::Cpu => None,
-            Engine::Gpu(g) => mean_abs_logp_diff(&Generator::score(g, &batch)?, &old),
-        };
         let mut out = Vec::with_capacity(gens.len());
         for (k, (gen, old_logp)) in gens.into_iter().zip(old).enumerate() {
             let problem = questions[k / g];
@@ -701,7 +705,7 @@ impl<'a> Trainer<'a> {
                 old_logp,
             });
         }
-        Ok((out, mismatch))
+        Ok(out)
     }
 
     /// One training step (rollouts, then the optimizer steps of its mini-batches).
@@ -711,7 +715,7 @@ impl<'a> Trainer<'a> {
         let hyper = cfg.effective_hyper();
         let g = cfg.group_size;
         let questions = questions_of_step(self.env.len(), cfg.questions_per_step, cfg.seed, self.state.step)?;
-        let (rollouts, sampler_logp_mismatch) = self.rollouts(&questions)?;
+        let rollouts = self.rollouts(&questions)?;
 
         // baselines: rewards and advantages once per step, on all rollouts
         let advantages = match cfg.objective.baseline() {
@@ -735,7 +739,7 @@ impl<'a> Trainer<'a> {
             for (mi, mb) in rollouts.chunks(mb_rows).enumerate() {
                 let prompts: Vec<&[u32]> = mb.iter().map(|r| self.env.prompt(r.problem)).collect();
                 let adv = advantages.as_ref().map(|a| &a[mi * mb_rows..mi * mb_rows + mb.len()]);
-                let MiniBatchGradient { mut grads, chunks } = minibatch_gradient(&self.model, &cfg, &prompts, mb, adv)?;
+                let chunks = minibatch_gradient(&self.model, &cfg, &prompts, mb, adv, &mut self.grads)?;
                 for c in chunks {
                     kl_last = c.kl;
                     penalties.push(c.penalty);
@@ -746,19 +750,18 @@ impl<'a> Trainer<'a> {
                         push.extend(c.push);
                     }
                 }
-                let norm = clip_grad_norm(&mut grads, cfg.grad_clip);
+                let norm = self.model.clip_grad_norm(&mut self.grads, cfg.grad_clip)?;
                 let lr = sched.lr_at(self.state.optimizer_steps);
                 grad_norms.push(norm);
                 lrs.push(lr);
                 if norm.is_finite() {
-                    self.model.apply_update(&mut self.opt, &grads, &adamw, lr)?;
+                    self.model.apply_update(&mut self.opt, &self.grads, &adamw, lr)?;
                     self.state.optimizer_steps += 1;
                 } else {
                     skipped += 1;
                 }
             }
         }
-        self.engine.sync(&self.model)?;
 
         let n = rollouts.len() as f64;
         let tokens: usize = rollouts.iter().map(|r| r.tokens.len()).sum();
@@ -810,7 +813,8 @@ impl<'a> Trainer<'a> {
             lr_mean: mean(lrs.iter().copied()).unwrap_or(0.0),
             lr_max: lrs.iter().copied().reduce(f64::max).unwrap_or(0.0),
             step_seconds: t0.elapsed().as_secs_f64(),
-            sampler_logp_mismatch: sampler_logp_mismatch.and_then(finite),
+            // one policy samples, scores and trains (see the field)
+            sampler_logp_mismatch: None,
         })
     }
 }

@@ -136,6 +136,12 @@ pub fn assert_close(what: &str, got: &[f64], want: &[f64], bound: Bound) {
     assert!(we <= bound.worst, "{what}: worst element #{i} got {g:.9e} want {w:.9e}: {we:.2e} > {:.0e} (floor {floor:.1e})", bound.worst);
 }
 
+/// |v| elementwise: a linear reference run on the absolute values of its inputs gives Σ|terms| of
+/// each output, the scale of [`assert_close_terms`].
+pub fn abs(v: &[f64]) -> Vec<f64> {
+    v.iter().map(|x| x.abs()).collect()
+}
+
 /// Like [`assert_close`] for sums with cancellation, measured against the magnitude of the terms:
 /// `terms[i]` is Σ|term| of element i (the textbook summation bound: a floating-point sum's error is
 /// ≤ γ·Σ|terms|, however small the sum itself comes out). Asserts every value is finite,
@@ -202,4 +208,26 @@ pub fn decisive_greedy_tokens(reference: &drpo::model::Model<f64>, prompt: &[u32
         }
     }
     Ok((decisive, close))
+}
+
+/// Asserts two f32 slices equal bit for bit, naming the first differing element and the count.
+pub fn assert_bits(what: &str, got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths differ");
+    if let Some(i) = (0..got.len()).find(|&i| got[i].to_bits() != want[i].to_bits()) {
+        let differing = (0..got.len()).filter(|&i| got[i].to_bits() != want[i].to_bits()).count();
+        panic!("{what}: {differing} of {} elements differ; first #{i}: got {:e} want {:e}", got.len(), got[i], want[i]);
+    }
+}
+
+/// Gradients of mixed magnitudes: most ~`scale`, some tiny, some exactly zero, a few large (the
+/// optimizer tests' inputs).
+pub fn mixed_gradients(rng: &mut StdRng, n: usize, scale: f32) -> Vec<f32> {
+    (0..n)
+        .map(|_| match rng.random_range(0..100) {
+            0 => 0.0,
+            1 => rng.random_range(-1e-30f32..1e-30),
+            2 => rng.random_range(-100.0f32..100.0) * scale,
+            _ => rng.random_range(-1.0f32..1.0) * scale,
+        })
+        .collect()
 }

@@ -115,6 +115,23 @@ impl SimConfig {
     }
 }
 
+/// Every (family, kernel) a simulated device of this process has launched (what a run covered:
+/// `tests/bench_dry.rs` holds the kernel bench to every kernel of [`family_kernels`]).
+static LAUNCHED: std::sync::Mutex<std::collections::BTreeSet<(&str, &str)>> = std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+/// The (family, kernel) pairs launched on the simulator so far in this process, sorted.
+pub fn launched_kernels() -> Vec<(&'static str, &'static str)> {
+    LAUNCHED.lock().unwrap_or_else(|e| e.into_inner()).iter().copied().collect()
+}
+
+/// The `extern "C" __global__` kernels of `family`, sorted, as the simulator finds them after the
+/// preprocessor (macro-made entry points included); compiles the family on first use.
+pub fn family_kernels(family: &'static Family) -> Result<Vec<String>> {
+    let mut names: Vec<String> = build::module(family)?.kernels.keys().cloned().collect();
+    names.sort();
+    Ok(names)
+}
+
 /// The simulated device: its configuration and the OS threads that run blocks.
 pub(crate) struct SimDevice {
     cfg: SimConfig,
@@ -159,6 +176,7 @@ impl SimDevice {
     /// Runs `kernel` under every configured thread order, with every check.
     pub fn launch(&self, family: &'static Family, kernel: &'static str, cfg: LaunchCfg, args: &[Arg]) -> Result<()> {
         let module = build::module(family)?;
+        LAUNCHED.lock().unwrap_or_else(|e| e.into_inner()).insert((family.name, kernel));
         let err = |what: String| Error::Sim { kernel: kernel.to_string(), what };
         let Some(k) = module.kernels.get(kernel) else {
             let mut names: Vec<&String> = module.kernels.keys().collect();

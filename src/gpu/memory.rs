@@ -1,0 +1,168 @@
+//! The device memory of a DRPO step, by arithmetic from the config (no device needed): what
+//! `drpo inspect` prints, and the token chunk of the training forward ([`tokens_per_chunk`]).
+//!
+//! ```text
+//! resident, whole run      compute copy [n]·e   f32 master [n]·4 (bf16 only)   AdamW m, v [n]·4 each
+//!                          gradient [n]·4   rotary tables [max_pos, hd/2]·4·2   norm scratch
+//! training, per token      recorded forward (the CPU's LayerActs listing, every layer):
+//!                            x_in h1 x_mid h2 [c]   q att [qd]   k v [kvd]   gate up act [ff]   (·e)
+//!                            rstd1 rstd2 [1]   attention log-sum-exp [nh]                       (·4)
+//!                          then x_final hf [c]·e, rstd_f, the head's lse and logp (f32), the target
+//!                          and the position (u32); the backward's transient gradients of one layer
+//!                          (the same listing, counted in f32) and the residual-stream gradient [c]·4
+//! generation, per sequence KV cache 2·layers·kvd·e per token; logits [v]·4 and the sampler's
+//!                          fixed-point masses [v]·8 of its row; one decode row's activations
+//! ```
+//! e = 2 (bf16) or 4 (f32), n = parameters (counted here from the shapes, independently of
+//! [`crate::layout::ParamLayout`]; tests/memory.rs checks they agree). Attention never holds the
+//! [t, t] probabilities (the flash kernels keep a log-sum-exp per row and head), the fused head never
+//! [tokens, vocab] logits (it recomputes them by vocabulary tiles). Estimates count the big buffers
+//! and saturate like [`crate::memory`]'s: they are for planning, not byte exact.
+
+use crate::config::ModelConfig;
+use crate::gpu::GpuFloat;
+
+/// Saturating product.
+fn mul(xs: &[u64]) -> u64 {
+    xs.iter().fold(1u64, |acc, &x| acc.saturating_mul(x))
+}
+
+/// Saturating sum.
+fn add(xs: &[u64]) -> u64 {
+    xs.iter().fold(0u64, |acc, &x| acc.saturating_add(x))
+}
+
+/// Bytes of a DRPO step's device buffers for one config and compute type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StepMemory {
+    /// parameters, from the tensor shapes
+    pub params: u64,
+    /// the compute copy every kernel reads: params × e
+    pub weights: u64,
+    /// the f32 master weights AdamW updates (0 when the compute copy is f32: it is the master)
+    pub master: u64,
+    pub adam_m: u64,
+    pub adam_v: u64,
+    /// the f32 gradient the backward passes accumulate into
+    pub grads: u64,
+    /// the rotary cos / sin tables and the gradient norm's chunk sums
+    pub tables: u64,
+    /// the training forward's recorded activations of one token, every layer (the log-sum-exp
+    /// included)
+    pub activations_per_token: u64,
+    /// of which the attention log-sum-exp: nh f32 per layer
+    pub lse_per_token: u64,
+    /// the backward's transient gradients of one token (one layer at a time, f32)
+    pub backward_per_token: u64,
+    /// the generation KV cache of one token of one sequence
+    pub kv_per_token: u64,
+    /// a generating sequence's fixed share: its logits row, the sampler's masses, one decode row
+    pub generation_per_sequence: u64,
+}
+
+impl StepMemory {
+    /// The buffers a training run keeps from start to end.
+    pub fn resident(&self) -> u64 {
+        add(&[self.weights, self.master, self.adam_m, self.adam_v, self.grads, self.tables])
+    }
+
+    /// Bytes one token adds to a training chunk: its recorded forward and its backward's gradients.
+    pub fn training_per_token(&self) -> u64 {
+        add(&[self.activations_per_token, self.backward_per_token])
+    }
+
+    /// Bytes one generating sequence of `len` tokens (prompt + response) needs.
+    pub fn generation_sequence(&self, len: u64) -> u64 {
+        add(&[mul(&[self.kv_per_token, len]), self.generation_per_sequence])
+    }
+}
+
+/// Parameters of `cfg` counted from its tensor shapes (the embedding once when tied).
+pub fn param_count(cfg: &ModelConfig) -> u64 {
+    let (c, v, ff) = (cfg.hidden_size as u64, cfg.vocab_size as u64, cfg.intermediate_size as u64);
+    let (qd, kvd) = (mul(&[cfg.num_attention_heads as u64, cfg.head_dim as u64]), mul(&[cfg.num_key_value_heads as u64, cfg.head_dim as u64]));
+    let embed = mul(&[v, c]);
+    let attention = add(&[mul(&[qd, c]), qd, mul(&[2, kvd, c]), mul(&[2, kvd]), mul(&[c, qd])]); // q, q_b, k v, k_b v_b, o
+    let mlp = mul(&[3, ff, c]); // gate, up, down
+    let layer = add(&[mul(&[2, c]), attention, mlp]); // + the two norms
+    let head = if cfg.tie_word_embeddings { 0 } else { embed };
+    add(&[embed, mul(&[cfg.num_hidden_layers as u64, layer]), c, head]) // + the final norm
+}
+
+/// The memory of a DRPO step on the device for `cfg` with a compute copy of `elem` bytes per value
+/// (2: bf16, what `--device gpu` trains; 4: the f32 path).
+pub fn step_memory(cfg: &ModelConfig, elem: u64) -> StepMemory {
+    let (c, v, ff, l) = (cfg.hidden_size as u64, cfg.vocab_size as u64, cfg.intermediate_size as u64, cfg.num_hidden_layers as u64);
+    let (qd, kvd, nh) = (cfg.q_dim() as u64, cfg.kv_dim() as u64, cfg.num_attention_heads as u64);
+    let n = param_count(cfg);
+    // one layer's activations in the compute type: x_in h1 x_mid h2, q att, k v, gate up act
+    let layer_values = add(&[mul(&[4, c]), mul(&[2, qd]), mul(&[2, kvd]), mul(&[3, ff])]);
+    let lse = mul(&[l, nh, 4]);
+    let per_layer = add(&[mul(&[layer_values, elem]), mul(&[2, 4]), mul(&[nh, 4])]); // + rstd1 rstd2, lse
+    // x_final, hf; rstd_f, head lse, logp (f32); target, position (u32)
+    let after_layers = add(&[mul(&[2, c, elem]), mul(&[5, 4])]);
+    let rotary = mul(&[2, cfg.max_position_embeddings as u64, (cfg.head_dim / 2) as u64, 4]);
+    let norm_scratch = mul(&[(n.div_ceil(crate::optim::CHUNK as u64)).max(1).saturating_add(1), 8]);
+    StepMemory {
+        params: n,
+        weights: mul(&[n, elem]),
+        master: if elem == 4 { 0 } else { mul(&[n, 4]) },
+        adam_m: mul(&[n, 4]),
+        adam_v: mul(&[n, 4]),
+        grads: mul(&[n, 4]),
+        tables: add(&[rotary, norm_scratch]),
+        activations_per_token: add(&[mul(&[l, per_layer]), after_layers]),
+        lse_per_token: lse,
+        backward_per_token: mul(&[add(&[layer_values, c]), 4]),
+        kv_per_token: mul(&[2, l, kvd, elem]),
+        generation_per_sequence: add(&[mul(&[v, 4 + 8]), mul(&[layer_values, elem])]),
+    }
+}
+
+/// Tokens of a training chunk (whole sequences packed) of a model whose compute copy is T, whose
+/// recorded forward and backward gradients fit in `budget` bytes: the device memory left once the
+/// resident state ([`StepMemory::resident`]) is allocated. 0 when not even one token fits.
+pub fn tokens_per_chunk<T: GpuFloat>(cfg: &ModelConfig, budget: u64) -> usize {
+    usize::try_from(chunk_tokens(cfg, size_of::<T>() as u64, budget)).unwrap_or(usize::MAX)
+}
+
+fn chunk_tokens(cfg: &ModelConfig, elem: u64, budget: u64) -> u64 {
+    budget / step_memory(cfg, elem).training_per_token().max(1)
+}
+
+/// A DRPO step's memory on a device of `device_bytes`: the resident state, then each phase with
+/// what is left (`None` when the resident state alone does not fit).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StepPlan {
+    pub memory: StepMemory,
+    /// tokens per sequence: prompt + response
+    pub seq_len: u64,
+    /// bytes left for the phases
+    pub free: Option<u64>,
+    /// tokens of a training chunk that fit ([`tokens_per_chunk`]): at least `seq_len` for a
+    /// sequence's forward and backward to run in one piece
+    pub chunk_tokens: u64,
+    /// sequences that generate together
+    pub generation_sequences: u64,
+}
+
+impl StepPlan {
+    pub fn new(cfg: &ModelConfig, elem: u64, seq_len: u64, device_bytes: u64) -> Self {
+        let memory = step_memory(cfg, elem);
+        let free = device_bytes.checked_sub(memory.resident());
+        let left = free.unwrap_or(0);
+        StepPlan {
+            memory,
+            seq_len,
+            free,
+            chunk_tokens: chunk_tokens(cfg, elem, left),
+            generation_sequences: left / memory.generation_sequence(seq_len).max(1),
+        }
+    }
+
+    /// The step runs: the resident state fits, a whole sequence trains in one chunk, and at least
+    /// one sequence generates at a time.
+    pub fn fits(&self) -> bool {
+        self.free.is_some() && self.chunk_tokens >= self.seq_len && self.generation_sequences >= 1
+    }
+}
