@@ -19,8 +19,8 @@
 //! finite temperature). The devices trust a built batch. Prompt tokens never carry gradient
 //! (SPEC §4.5: only response tokens enter the objectives).
 //!
-//! The GPU model answers `backward_responses` and `apply_update` with an error until the device
-//! training step lands (NOTES.md, "One policy seam").
+//! The GPU model answers `apply_update` with an error until the device optimizer step lands
+//! (NOTES.md, "One policy seam"); its scoring and backward run on the device (`model::gpu_train`).
 
 use crate::config::ModelConfig;
 use crate::cpu::Float;

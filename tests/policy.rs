@@ -115,28 +115,26 @@ fn packed_batch_validation<P: Policy>(what: &str, p: &P) {
     }
 }
 
-/// Score-backward and the update: the CPU computes them; the GPU model refuses with an error
-/// naming the device until the device training step exists.
+/// Score-backward on every device (the GPU model's uncached forward and device backward: its numbers
+/// are held against the CPU's in tests/gpu_model_grad.rs); the update: the CPU applies it, the GPU
+/// model refuses with an error naming the device until the device optimizer step exists.
 fn backward_and_update<P: Policy>(what: &str, p: &mut P) -> drpo::Result<()> {
     let batch = ScoreBatch::responses(p.config(), &PROMPTS, &RESPONSES, TEMP)?;
+    let scored = p.score_responses(&batch, true)?;
+    let dlogp: Vec<Vec<f64>> = scored.logp.iter().map(|r| vec![1.0; r.len()]).collect();
+    let grads = p.backward_responses(&scored, &dlogp)?;
+    assert_eq!(grads.len(), p.n_params());
+    assert!(grads.iter().any(|g| g.to_f64() != 0.0), "{what}: a zero gradient");
+    assert!(grads.iter().all(|g| g.to_f64().is_finite()), "{what}: a non-finite gradient");
+    let short = p.backward_responses(&scored, &dlogp[..1]).expect_err("one dlogp row per response");
+    assert!(short.to_string().contains("dlogp"), "{short}");
+    let unrecorded = p.score_responses(&batch, false)?;
+    assert!(p.backward_responses(&unrecorded, &dlogp).is_err(), "{what}: a backward needs a recorded score");
+    let mut opt = drpo::optim::AdamWState::new(p.n_params());
     if p.device() == "cpu" {
-        let scored = p.score_responses(&batch, true)?;
-        let dlogp: Vec<Vec<f64>> = scored.logp.iter().map(|r| vec![1.0; r.len()]).collect();
-        let grads = p.backward_responses(&scored, &dlogp)?;
-        assert_eq!(grads.len(), p.n_params());
-        assert!(grads.iter().any(|g| g.to_f64() != 0.0), "{what}: a zero gradient");
-        let short = p.backward_responses(&scored, &dlogp[..1]).expect_err("one dlogp row per response");
-        assert!(short.to_string().contains("dlogp"), "{short}");
-        let unrecorded = p.score_responses(&batch, false)?;
-        assert!(p.backward_responses(&unrecorded, &dlogp).is_err(), "{what}: a backward needs a recorded score");
-        let mut opt = drpo::optim::AdamWState::new(p.n_params());
         p.apply_update(&mut opt, &grads, &drpo::optim::AdamWConfig::default(), 1e-3)?;
         assert_eq!(opt.step, 1);
     } else {
-        let e = p.score_responses(&batch, true).err().expect("no device backward yet").to_string();
-        assert!(e.contains("not supported on the") && e.contains(p.device()), "{what}: {e}");
-        let mut opt = drpo::optim::AdamWState::new(p.n_params());
-        let grads = vec![<P::Grad as Float>::from_f64(0.0); p.n_params()];
         let e = p.apply_update(&mut opt, &grads, &drpo::optim::AdamWConfig::default(), 1e-3).expect_err("no device update yet").to_string();
         assert!(e.contains("apply_update") && e.contains(p.device()), "{what}: {e}");
     }

@@ -2,5 +2,6 @@
 
 pub mod cpu;
 pub mod gpu;
+pub mod gpu_train;
 
 pub use cpu::{Activations, KvCache, Model, Scored};
