@@ -340,7 +340,6 @@ impl<T: GpuFloat> Policy for GpuModel<T> {
     /// [`GpuModel::backward_into`] into a zeroed device gradient, copied to the host.
     fn backward_responses(&self, scored: &ScoredResponses<GpuRecord<T>>, dlogp: &[Vec<f64>]) -> Result<Vec<f32>> {
         let record = scored.recorded()?;
-        crate::error::check_len("backward_responses", "dlogp", dlogp.len(), scored.logp.len())?;
         let mut grads = self.gpu.alloc_zeros::<f32>(self.layout.total)?;
         self.backward_into(record, dlogp, &mut grads.as_view_mut())?;
         self.gpu.dtoh(&grads)
