@@ -18,14 +18,21 @@
 //! the estimate by ≤ ulp(x)/h ≈ 2e-12 relative. The floor (1e-4 × the largest |analytic| entry of the
 //! whole gradient) keeps entries that are pure cancellation noise from reporting a huge relative
 //! error; above it the error is relative. A tensor passes when every checked coordinate has error ≤ 1e-6.
+//!
+//! With `--device gpu|sim` ([`device_gradcheck`]) the question is another one: does the device's
+//! backward (the f32 GPU model) compute the gradient the CPU's f64 backward computes? Every coordinate
+//! is compared, with the f32 arithmetic's bound ([`DEVICE_TOLERANCE`]) instead of finite differences.
 
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
+use crate::gpu::Gpu;
+use crate::model::gpu::GpuModel;
 use crate::model::Model;
 use crate::policy::{Policy, ScoreBatch};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::path::Path;
+use std::sync::Arc;
 
 /// A checked coordinate passes when its (floored) relative error is at most this.
 pub const TOLERANCE: f64 = 1e-6;
@@ -193,6 +200,13 @@ pub fn gradcheck(model_dir: Option<&Path>, cfg_override: Option<ModelConfig>, se
     if samples == 0 || samples > MAX_SAMPLES {
         return Err(Error::input(format!("gradcheck: --samples {samples}: must be in 1..={MAX_SAMPLES} (coordinates checked per tensor)")));
     }
+    let (model, loss, mut rng) = checked_case(model_dir, cfg_override, seed)?;
+    let analytic = loss.gradient(&model)?;
+    check_gradient(&model, &loss, &analytic, samples, rng.random())
+}
+
+/// The model, the loss and the rng of the coordinates of a gradient check (see [`gradcheck`]).
+fn checked_case(model_dir: Option<&Path>, cfg_override: Option<ModelConfig>, seed: u64) -> Result<(Model<f64>, GradcheckLoss, StdRng)> {
     let model = match (model_dir, cfg_override) {
         (Some(_), Some(_)) => return Err(Error::input("gradcheck takes a model folder or a config, not both")),
         (Some(dir), None) => {
@@ -218,8 +232,75 @@ pub fn gradcheck(model_dir: Option<&Path>, cfg_override: Option<ModelConfig>, se
     }
     let mut rng = StdRng::seed_from_u64(seed ^ 0x6772_6164_6368_6b21);
     let loss = GradcheckLoss::random(&model.cfg, &mut rng);
-    let analytic = loss.gradient(&model)?;
-    check_gradient(&model, &loss, &analytic, samples, rng.random())
+    Ok((model, loss, rng))
+}
+
+/// Per-element tolerance of the device check ([`device_gradcheck`]): the f32 gradient's worst element
+/// within 5σ of the f32 model's relative bound 1e-4, |Δ| ≤ 5e-4·(|ref| + rms(ref)) (the derivation is
+/// tests/gpu_model_grad.rs's F32_GRAD: ≤ 8 stages of f32 sums of ≤ √k·u, times the cancellation of
+/// the sums over tokens).
+pub const DEVICE_TOLERANCE: f64 = 5e-4;
+
+/// `drpo gradcheck --device gpu|sim`: the device's analytic gradient (the f32 GPU model: the uncached
+/// forward and the device backward of `model::gpu_train`) against the CPU's f64 gradient of the same
+/// loss (the batch and weights [`gradcheck`] draws from `seed`) on the same weights (rounded to f32, as
+/// the device holds them), every coordinate of every tensor:
+/// ```text
+/// error_i = |device_i − cpu_i| / (|cpu_i| + floor),
+/// floor   = max(rms of the tensor's non-zero cpu entries, rms of the whole gradient's non-zero entries)
+/// ```
+/// Non-zero entries: an embedding table's rows of ids absent from the batch are zeros and would put
+/// the floor below its used rows' scale. The whole gradient's rms: a tensor whose gradient cancels to
+/// zero (q and k when every scored row attends to one key: that softmax is 1 whatever q and k are)
+/// is round-off on the device, of the order of u times the other gradients' terms (measured 7e-8 of
+/// max |g|). `numeric` in a row is the CPU value.
+pub fn device_gradcheck(gpu: Arc<Gpu>, model_dir: Option<&Path>, cfg_override: Option<ModelConfig>, seed: u64) -> Result<Vec<GradcheckRow>> {
+    let (model, loss, _) = checked_case(model_dir, cfg_override, seed)?;
+    let device = GpuModel::<f32>::from_cpu(gpu, &model)?;
+    let got: Vec<f64> = loss.gradient(&device)?.iter().map(|&g| g as f64).collect();
+    let want = loss.gradient(&model.cast::<f32>().cast::<f64>())?;
+    Ok(compare_gradients(&model.layout, &got, &want, DEVICE_TOLERANCE))
+}
+
+/// [`device_gradcheck`]'s comparison of a gradient `got` with a reference `want` (both flat, in
+/// `layout` order), tensor by tensor.
+pub fn compare_gradients(layout: &crate::layout::ParamLayout, got: &[f64], want: &[f64], tolerance: f64) -> Vec<GradcheckRow> {
+    assert!(got.len() == layout.total && want.len() == layout.total, "compare_gradients: gradients do not match the layout");
+    let global = nonzero_rms(want);
+    layout.entries.iter().map(|e| compare_tensor(&e.name, &got[e.range()], &want[e.range()], global, tolerance)).collect()
+}
+
+/// The rms of the non-zero values (0 when there are none).
+fn nonzero_rms(x: &[f64]) -> f64 {
+    let (sum, n) = x.iter().filter(|&&v| v != 0.0).fold((0.0, 0usize), |(s, n), v| (s + v * v, n + 1));
+    (sum / n.max(1) as f64).sqrt()
+}
+
+fn compare_tensor(name: &str, got: &[f64], want: &[f64], global_floor: f64, tolerance: f64) -> GradcheckRow {
+    let floor = nonzero_rms(want).max(global_floor).max(f64::MIN_POSITIVE);
+    let mut row = GradcheckRow {
+        tensor: name.to_string(),
+        numel: want.len(),
+        checked: want.len(),
+        max_abs_err: 0.0,
+        max_rel_err: 0.0,
+        worst_index: 0,
+        analytic: f64::NAN,
+        numeric: f64::NAN,
+        tolerance,
+        pass: true,
+    };
+    for (i, (&a, &w)) in got.iter().zip(want).enumerate() {
+        let abs_err = (a - w).abs();
+        let rel_err = if abs_err.is_nan() { f64::INFINITY } else { abs_err / (w.abs() + floor) };
+        row.max_abs_err = row.max_abs_err.max(if abs_err.is_nan() { f64::INFINITY } else { abs_err });
+        if rel_err > row.max_rel_err || i == 0 {
+            row.max_rel_err = rel_err;
+            (row.worst_index, row.analytic, row.numeric) = (i, a, w);
+        }
+    }
+    row.pass = row.max_rel_err <= tolerance;
+    row
 }
 
 /// A small random Qwen2 config: 1–3 kv heads shared by 1–3 query heads each (MHA, GQA and MQA),

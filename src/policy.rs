@@ -29,8 +29,8 @@
 //! finite temperature). The devices trust a built batch. Prompt tokens never carry gradient
 //! (SPEC §4.5: only response tokens enter the objectives).
 //!
-//! The GPU model answers a recorded scoring and `backward_responses` with an error until its
-//! training forward and backward land (NOTES.md, "One policy seam", "Device training state").
+//! The GPU model scores (with a record for the backward), computes the gradient and applies AdamW on
+//! the device (`model::gpu_train`, `model::gpu_state`; NOTES.md, "One policy seam", "Device training state").
 
 use crate::config::ModelConfig;
 use crate::error::{check_len, Error, Result};

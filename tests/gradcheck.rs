@@ -150,3 +150,38 @@ fn random_configs_cover_the_shapes() {
     assert_ne!(random_params(&cfgs[0], 0), random_params(&cfgs[0], 1));
 }
 
+
+/// The device check's comparison (`drpo gradcheck --device`): round-off passes; a relative error of
+/// 1e-3 on one tensor fails that tensor and only it; a tensor whose reference is zero (a gradient that
+/// cancels) passes with round-off and fails with values of the other tensors' scale; NaN fails.
+#[test]
+fn the_device_comparison_catches_wrong_gradients() {
+    use drpo::gradcheck::{compare_gradients, DEVICE_TOLERANCE};
+    let mut rng = rng("gradcheck_device_comparison");
+    let cfg = random_config(rng.random());
+    let layout = drpo::layout::ParamLayout::new(&cfg);
+    let mut want: Vec<f64> = (0..layout.total).map(|_| rng.random_range(-1.0..1.0)).collect();
+    // the embedding row of id 0 has no term; the first q projection's gradient cancels to zero
+    want[layout.embed.start..layout.embed.start + cfg.hidden_size].fill(0.0);
+    let q = layout.layers[0].q_w.clone();
+    want[q.clone()].fill(0.0);
+    let mut near: Vec<f64> = want.iter().map(|w| w * (1.0 + 1e-6)).collect();
+    near[q.clone()].iter_mut().for_each(|g| *g = rng.random_range(-1e-8..1e-8));
+    assert!(compare_gradients(&layout, &near, &want, DEVICE_TOLERANCE).iter().all(|r| r.pass && r.checked == r.numel));
+    let target = &layout.entries[layout.entries.len() / 2];
+    let mut bad = near.clone();
+    bad[target.range()].iter_mut().for_each(|g| *g *= 1.0 + 1e-3);
+    for r in compare_gradients(&layout, &bad, &want, DEVICE_TOLERANCE) {
+        assert_eq!(r.pass, r.tensor != target.name, "{}: rel {:.2e}", r.tensor, r.max_rel_err);
+    }
+    for (range, name) in [(q, "model.layers.0.self_attn.q_proj.weight"), (layout.embed.start..layout.embed.start + 1, "model.embed_tokens.weight")] {
+        let mut wrong = near.clone();
+        wrong[range].fill(0.1);
+        for r in compare_gradients(&layout, &wrong, &want, DEVICE_TOLERANCE) {
+            assert_eq!(r.pass, r.tensor != name, "{}: rel {:.2e}", r.tensor, r.max_rel_err);
+        }
+    }
+    let mut nan = near;
+    nan[layout.total - 1] = f64::NAN;
+    assert!(!compare_gradients(&layout, &nan, &want, DEVICE_TOLERANCE).last().unwrap().pass);
+}

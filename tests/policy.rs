@@ -114,23 +114,30 @@ fn packed_batch_validation<P: Policy>(what: &str, p: &P) {
     }
 }
 
-/// Score-backward, the clip and the update: the CPU computes them; the GPU model refuses the
-/// recorded scoring until its training forward exists, and runs the clip and AdamW on its device
-/// state (made by `for_training`; a generation-only bf16 model refuses to train).
+/// Score-backward, the clip and the update on every device (the GPU model's uncached forward and
+/// device backward: its numbers are held against the CPU's in tests/gpu_model_grad.rs; its clip and
+/// AdamW run on its device state, made by `for_training`; a generation-only bf16 model refuses to train).
 fn backward_and_update<P: Policy>(what: &str, p: &mut P) -> drpo::Result<()> {
     let batch = ScoreBatch::responses(p.config(), &PROMPTS, &RESPONSES, TEMP)?;
     let mut grads = p.new_grads()?;
-    if p.device() == "cpu" {
+    {
         let scored = p.score_responses(&batch, true)?;
         let dlogp: Vec<Vec<f64>> = scored.logp.iter().map(|r| vec![1.0; r.len()]).collect();
         p.backward_responses(&scored, &dlogp, &mut grads)?;
         let once = p.grads_to_host(&grads)?;
         assert_eq!(once.len(), p.n_params());
         assert!(once.iter().any(|&g| g != 0.0), "{what}: a zero gradient");
-        // a second backward adds: exactly twice the first (x + x is exact)
+        assert!(once.iter().all(|g| g.is_finite()), "{what}: a non-finite gradient");
+        // a second backward adds. The CPU adds a separately computed gradient (x + x is exact); the
+        // device's GEMMs add their sums onto the buffer, so 2x up to f32 rounding of the sums.
         p.backward_responses(&scored, &dlogp, &mut grads)?;
         let twice = p.grads_to_host(&grads)?;
-        assert!(once.iter().zip(&twice).all(|(a, b)| 2.0 * a == *b), "{what}: backward_responses must accumulate");
+        if p.device() == "cpu" {
+            assert!(once.iter().zip(&twice).all(|(a, b)| 2.0 * a == *b), "{what}: backward_responses must accumulate");
+        } else {
+            let doubled: Vec<f64> = once.iter().map(|a| 2.0 * a).collect();
+            assert_close(&format!("{what}: backward_responses accumulates"), &twice, &doubled, chain(1e-5));
+        }
         let short = p.backward_responses(&scored, &dlogp[..1], &mut grads).expect_err("one dlogp row per response");
         assert!(short.to_string().contains("dlogp"), "{short}");
         let unrecorded = p.score_responses(&batch, false)?;
@@ -138,9 +145,6 @@ fn backward_and_update<P: Policy>(what: &str, p: &mut P) -> drpo::Result<()> {
         p.zero_grads(&mut grads)?;
         p.backward_responses(&scored, &dlogp, &mut grads)?;
         assert_eq!(p.grads_to_host(&grads)?, once, "{what}: zero_grads, then one backward");
-    } else {
-        let e = p.score_responses(&batch, true).err().expect("no device backward yet").to_string();
-        assert!(e.contains("not supported on the") && e.contains(p.device()), "{what}: {e}");
     }
     let norm = p.clip_grad_norm(&mut grads, 1e-3)?;
     assert!(norm.is_finite(), "{what}: norm {norm}");
@@ -187,12 +191,12 @@ fn every_device_keeps_the_policy_contract() -> drpo::Result<()> {
     Ok(())
 }
 
-/// `drpo train --device sim` samples the rollouts and scores them with the device model, then
-/// stops at the device backward with an error naming it (the GPU model's training forward and
-/// backward are not built yet); `--device cpu` trains, samples and scores with one policy and
-/// reports no sampler mismatch. `drpo sft --device sim` stops at the same place.
+/// `train` and `sft` run whole steps on the simulated device (rollouts, scoring, backward, clip and
+/// AdamW through its Policy), record the device, and write their checkpoint / model; the CPU run of
+/// the same command writes one metrics line per step. (Their numbers against the CPU trainer: see
+/// NOTES.md, "Device training state"; here the end-to-end wiring.)
 #[test]
-fn train_and_sft_on_the_simulated_device_stop_at_the_backward() {
+fn train_and_sft_run_on_the_simulated_device() {
     if devices("train_sim").iter().all(|g| !g.is_simulated()) {
         return;
     }
@@ -206,19 +210,18 @@ fn train_and_sft_on_the_simulated_device_stop_at_the_backward() {
         ]);
         (ok, err, out)
     };
-    let (ok, err, out) = train("sim");
-    assert!(!ok && err.contains("not supported on the sim device yet"), "train --device sim: {err}");
-    let config = drpo::error::read_json(out.join("train_config.json")).unwrap();
-    assert_eq!(config["device"], "sim", "the run records its device");
-    assert!(!out.join("checkpoint").exists(), "no step finished: no checkpoint");
-    let (ok, err, out) = train("cpu");
-    assert!(ok, "train --device cpu: {err}");
-    let metrics = drpo::rl::trainer::read_metrics(&out.join("metrics.jsonl")).unwrap();
-    assert_eq!(metrics.len(), 2, "one metrics line per step");
-    assert!(metrics.iter().all(|m| m.sampler_logp_mismatch.is_none()), "one policy samples and scores");
-
+    for device in ["sim", "cpu"] {
+        let (ok, err, out) = train(device);
+        assert!(ok, "train --device {device}: {err}");
+        let config = drpo::error::read_json(out.join("train_config.json")).unwrap();
+        assert_eq!(config["device"], device, "the run records its device");
+        assert!(out.join("checkpoint").join("model.safetensors").exists(), "{device}: the last step checkpoints");
+        let metrics = drpo::rl::trainer::read_metrics(&out.join("metrics.jsonl")).unwrap();
+        assert_eq!(metrics.len(), 2, "{device}: one metrics line per step");
+        assert!(metrics.iter().all(|m| m.sampler_logp_mismatch.is_none()), "one policy samples and scores");
+    }
     let sft_out = scratch_dir("policy-sft-sim");
     let (ok, _, err) = run_drpo(&["sft", "--out", sft_out.to_str().unwrap(), "--device", "sim", "--steps", "1", "--full-only-steps", "0"]);
-    assert!(!ok && err.contains("not supported on the sim device yet"), "sft --device sim: {err}");
-    assert!(!sft_out.join("sft_config.json").exists() && !sft_out.join("model.safetensors").exists(), "a failed SFT saves no model");
+    assert!(ok, "sft --device sim: {err}");
+    assert!(sft_out.join("model.safetensors").exists(), "sft --device sim writes its model");
 }

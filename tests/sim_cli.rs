@@ -54,6 +54,23 @@ fn logprobs_on_the_simulated_device_match_the_cpu() -> drpo::Result<()> {
     Ok(())
 }
 
+/// `drpo gradcheck --device sim`: the table of the device's f32 gradient against the CPU's f64 one,
+/// every tensor passing; `--device auto` is refused (the two checks answer different questions).
+#[test]
+fn gradcheck_on_the_simulated_device() {
+    if devices("cli_gradcheck_sim").iter().all(|g| !g.is_simulated()) {
+        return;
+    }
+    let (ok, out, err) = run(drpo().args(["gradcheck", "--device", "sim", "--seed", "3"]));
+    println!("{out}");
+    assert!(ok, "{err}");
+    let n = drpo::layout::ParamLayout::new(&drpo::gradcheck::random_config(3)).entries.len();
+    assert!(out.contains(&format!("all {n} tensors pass")), "{out}");
+    assert_eq!(out.lines().filter(|l| l.ends_with("pass")).count(), n, "{out}");
+    let (ok, _, err) = run(drpo().args(["gradcheck", "--device", "auto"]));
+    assert!(!ok && err.contains("cpu, gpu or sim"), "{err}");
+}
+
 #[test]
 fn greedy_generation_on_the_simulated_device_follows_the_cpu() -> drpo::Result<()> {
     if devices("cli_generate_sim").iter().all(|g| !g.is_simulated()) {

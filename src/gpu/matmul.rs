@@ -341,19 +341,27 @@ pub fn matmul_bwd_with<T: GpuFloat>(
     }
     matmul_bwd_dx(gpu, dx_tile, dx, dout, w, n, d_in, d_out)?;
     matmul_bwd_dw(gpu, dw_tile, dw, dout, x, n, d_in, d_out)?;
-    if let Some(db) = db {
-        check_len(OP, "dout", dout.len(), n * d_out)?;
-        if n * d_out == 0 {
-            return Ok(());
-        }
-        let (n32, out32) = (as_i32(OP, "n", n)?, as_i32(OP, "d_out", d_out)?);
-        let grid = grid_dims(OP, [(blocks(d_out, 32), "d_out / 32"), (1, ""), (1, "")])?;
-        let mut l = gpu.launch(&MATMUL, T::pick("matmul_bwd_db_f32", "matmul_bwd_db_bf16"), LaunchCfg::new(grid, 256));
-        l.arg_mut(db).arg(dout).i32(n32).i32(out32);
-        // SAFETY: order and types match matmul_bwd_db_<T>; db: [d_out], dout: [n, d_out], checked above.
-        unsafe { l.run() }?;
+    match db {
+        Some(db) => matmul_bwd_db(gpu, db, dout, n, d_out),
+        None => Ok(()),
     }
-    Ok(())
+}
+
+/// The db sum of [`matmul_bwd`] alone: db[o] += Σ_r dout[r, o] (8 row phases, then the phase sums in
+/// order).   db: [d_out] (f32)   dout: [n, d_out]
+pub fn matmul_bwd_db<T: GpuFloat>(gpu: &Gpu, db: &mut DViewMut<f32>, dout: &DView<T>, n: usize, d_out: usize) -> Result<()> {
+    const OP: &str = "matmul_bwd";
+    check_len(OP, "db", db.len(), d_out)?;
+    check_len(OP, "dout", dout.len(), n * d_out)?;
+    if n * d_out == 0 {
+        return Ok(());
+    }
+    let (n32, out32) = (as_i32(OP, "n", n)?, as_i32(OP, "d_out", d_out)?);
+    let grid = grid_dims(OP, [(blocks(d_out, 32), "d_out / 32"), (1, ""), (1, "")])?;
+    let mut l = gpu.launch(&MATMUL, T::pick("matmul_bwd_db_f32", "matmul_bwd_db_bf16"), LaunchCfg::new(grid, 256));
+    l.arg_mut(db).arg(dout).i32(n32).i32(out32);
+    // SAFETY: order and types match matmul_bwd_db_<T>; db: [d_out], dout: [n, d_out], checked above.
+    unsafe { l.run() }
 }
 
 /// 16-byte loads need every operand's contiguous dimension (d_out for dout, d_in for w and x) to take

@@ -14,8 +14,10 @@
 //! per layer: h = rmsnorm(x; ln1)   q,k,v = h·W{q,k,v}ᵀ + b   rope(q), rope(k)   cache ← k, v
 //!            att = attention(q, cache)   x += att·Woᵀ
 //!            h = rmsnorm(x; ln2)   gu = h·[Wg;Wu]ᵀ   act = silu(gate)⊙up   x += act·Wdᵀ
-//! hf = rmsnorm(x; norm)   scoring: fused head (log-probs, no logits)   generation: logits of last rows
+//! hf = rmsnorm(x; norm)   generation: logits of last rows
 //! ```
+//! Scoring and the training forward and backward run without a KV cache, in chunks of whole
+//! sequences within a token budget: `model::gpu_train`.
 
 use crate::config::ModelConfig;
 use crate::cpu::Float;
@@ -25,8 +27,9 @@ use crate::gpu::{self, Gpu, GpuFloat};
 use crate::layout::ParamLayout;
 use crate::model::Model;
 use crate::model::gpu_state::{self, GpuAdamW, GpuGrads};
+use crate::model::gpu_train::GpuRecord;
 use crate::optim::AdamWConfig;
-use crate::policy::{check_score_temperature, not_on_device, Chunks, Draw, HostState, Policy, ScoreBatch, ScoredResponses};
+use crate::policy::{check_score_temperature, Chunks, Draw, HostState, Policy, ScoreBatch, ScoredResponses};
 use crate::gpu::DeviceBuffer;
 use std::sync::Arc;
 
@@ -41,8 +44,10 @@ pub struct GpuModel<T: GpuFloat> {
     /// `model::gpu_state`); None for generation-only models and f32 ones (their params are the master)
     pub master: Option<DeviceBuffer<f32>>,
     /// [max_position_embeddings, head_dim / 2], f32 whatever T is
-    cos: DeviceBuffer<f32>,
-    sin: DeviceBuffer<f32>,
+    pub(super) cos: DeviceBuffer<f32>,
+    pub(super) sin: DeviceBuffer<f32>,
+    /// token budget of a chunk of the uncached forward (`gpu_train`); None: the default estimate
+    pub(super) chunk_tokens: Option<usize>,
 }
 
 /// Keys and values of every layer for `slots` sequences.  k, v: [layers, slots, cap, kv_dim]
@@ -93,7 +98,7 @@ impl<T: GpuFloat> GpuModel<T> {
                 gpu::attention::MAX_HEAD_DIM
             )));
         }
-        Ok(GpuModel { gpu, cfg, layout: model.layout.clone(), params, master: None, cos, sin })
+        Ok(GpuModel { gpu, cfg, layout: model.layout.clone(), params, master: None, cos, sin, chunk_tokens: None })
     }
 
     /// The parameters as T (through f32: see NOTES.md on bf16 rounding).
@@ -101,7 +106,7 @@ impl<T: GpuFloat> GpuModel<T> {
         model.params.iter().map(|p| T::from_f32(p.to_f64() as f32)).collect()
     }
 
-    fn heads(&self) -> Heads {
+    pub(super) fn heads(&self) -> Heads {
         Heads { nh: self.cfg.num_attention_heads, nkv: self.cfg.num_key_value_heads, hd: self.cfg.head_dim }
     }
 
@@ -226,32 +231,12 @@ impl<T: GpuFloat> GpuModel<T> {
     }
 
     /// logp[s][t] = log softmax(logits(x_≤t) / temp)[x_{t+1}] for every sequence (len − 1 values
-    /// each), as `Model::score(..).logp`, through the fused head (the [n, vocab] logits never exist).
+    /// each), as `Model::score(..).logp`: the uncached forward of `gpu_train` (no KV cache, chunks of
+    /// whole sequences within the token budget) and the fused head (the [n, vocab] logits never exist).
     pub fn score(&self, seqs: &[&[u32]], temp: f64) -> Result<Vec<Vec<f32>>> {
         check_score_temperature(temp)?;
-        self.score_checked(&Chunks::fresh(&self.cfg, seqs)?, temp)
-    }
-
-    /// [`GpuModel::score`] of fresh sequences and a temperature already checked.
-    fn score_checked(&self, chunks: &Chunks, temp: f64) -> Result<Vec<Vec<f32>>> {
-        let seqs: Vec<&[u32]> = chunks.pairs().iter().map(|&(_, s)| s).collect();
-        let cap = seqs.iter().map(|s| s.len()).max().unwrap_or(0).max(1);
-        let mut cache = GpuKvCache::new(&self.gpu, &self.cfg, seqs.len(), cap)?;
-        let hidden = self.forward_chunks(&mut cache, chunks)?;
-        // next token of every row; the last row of a sequence predicts nothing (target 0, dropped)
-        let targets: Vec<u32> = seqs.iter().flat_map(|s| s.iter().skip(1).copied().chain(s.first().map(|_| 0))).collect();
-        let n = targets.len();
-        if n == 0 {
-            return Ok(seqs.iter().map(|_| Vec::new()).collect());
-        }
-        let gpu = &*self.gpu;
-        let (c, v) = (self.cfg.hidden_size, self.cfg.vocab_size);
-        let mut logp = gpu.alloc_zeros::<f32>(n)?;
-        let mut lse = gpu.alloc_zeros::<f32>(n)?;
-        let lm = self.params.slice(self.layout.lm_head.clone());
-        gpu::logprob::head_logprob(gpu, &mut logp.as_view_mut(), &mut lse.as_view_mut(), &hidden.hf.slice(0..n * c), &lm, &targets, n, c, v, temp)?;
-        let rows = gpu.dtoh(&logp)?;
-        Ok(hidden.rows.iter().map(|r| rows[r.start..r.end.saturating_sub(1).max(r.start)].to_vec()).collect())
+        Chunks::fresh(&self.cfg, seqs)?;
+        Ok(self.score_chunks(seqs, temp, false)?.logp)
     }
 }
 
@@ -272,7 +257,7 @@ pub struct GpuLogits {
 impl<T: GpuFloat> Policy for GpuModel<T> {
     type Cache = GpuDecode<T>;
     type Logits = GpuLogits;
-    type Record = ();
+    type Record = GpuRecord<T>;
     type Grads = GpuGrads;
     type Optimizer = GpuAdamW;
 
@@ -337,13 +322,9 @@ impl<T: GpuFloat> Policy for GpuModel<T> {
         gpu.dtoh(&cache.tokens.slice(0..rows))
     }
 
-    fn score_responses(&self, batch: &ScoreBatch, record: bool) -> Result<ScoredResponses<()>> {
-        if record {
-            return Err(not_on_device("scoring for a backward pass", self.device()));
-        }
-        let logp = self.score_checked(&batch.chunks(), batch.temp())?;
-        let logp = logp.iter().enumerate().map(|(i, lp)| lp[batch.response_range(i)].iter().map(|&x| x as f64).collect()).collect();
-        Ok(ScoredResponses { logp, record: None })
+    /// The uncached chunked forward of `gpu_train` (no KV cache), with or without a record.
+    fn score_responses(&self, batch: &ScoreBatch, record: bool) -> Result<ScoredResponses<GpuRecord<T>>> {
+        self.score_batch(batch, record)
     }
 
     fn new_grads(&self) -> Result<GpuGrads> {
@@ -354,8 +335,9 @@ impl<T: GpuFloat> Policy for GpuModel<T> {
         gpu_state::zero_grads(self, grads)
     }
 
-    fn backward_responses(&self, _: &ScoredResponses<()>, _: &[Vec<f64>], _: &mut GpuGrads) -> Result<()> {
-        Err(not_on_device("backward_responses", self.device()))
+    /// [`GpuModel::backward_into`]: accumulates into the device gradient.
+    fn backward_responses(&self, scored: &ScoredResponses<GpuRecord<T>>, dlogp: &[Vec<f64>], grads: &mut GpuGrads) -> Result<()> {
+        self.backward_into(scored.recorded()?, dlogp, &mut grads.g.as_view_mut())
     }
 
     fn clip_grad_norm(&self, grads: &mut GpuGrads, max_norm: f64) -> Result<f64> {

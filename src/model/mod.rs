@@ -3,5 +3,6 @@
 pub mod cpu;
 pub mod gpu;
 pub mod gpu_state;
+pub mod gpu_train;
 
 pub use cpu::{Activations, KvCache, Model, Scored};
