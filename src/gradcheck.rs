@@ -257,7 +257,7 @@ pub const DEVICE_TOLERANCE: f64 = 5e-4;
 pub fn device_gradcheck(gpu: Arc<Gpu>, model_dir: Option<&Path>, cfg_override: Option<ModelConfig>, seed: u64) -> Result<Vec<GradcheckRow>> {
     let (model, loss, _) = checked_case(model_dir, cfg_override, seed)?;
     let device = GpuModel::<f32>::from_cpu(gpu, &model)?;
-    let got: Vec<f64> = loss.gradient(&device)?.iter().map(|&g| g as f64).collect();
+    let got: Vec<f64> = loss.gradient(&device)?;
     let want = loss.gradient(&model.cast::<f32>().cast::<f64>())?;
     Ok(compare_gradients(&model.layout, &got, &want, DEVICE_TOLERANCE))
 }
