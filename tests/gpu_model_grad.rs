@@ -237,12 +237,17 @@ fn the_workspace_is_reused_with_the_bits_of_a_fresh_model() -> drpo::Result<()> 
         let mut grown = Vec::new();
         for (what, b) in [("small", &small), ("small again", &small), ("bigger", &full), ("smaller", &smaller)] {
             let dlogp = random_dlogp(&mut rng, &m.score_responses(b, false)?.logp);
+            let mut grads = m.new_grads()?;
+            let before = gpu.allocations();
+            let scored = m.score_responses(b, true)?;
+            m.backward_responses(&scored, &dlogp, &mut grads)?;
+            let step_allocations = gpu.allocations() - before;
             let got = scored_bits(&m, b, &dlogp)?;
             let fresh = GpuModel::<bf16>::for_training(gpu.clone(), &cpu)?;
             assert!(got == scored_bits(&fresh, b, &dlogp)?, "{what}: the reused workspace changed a log-prob or a gradient bit");
             let (allocations, bytes) = m.workspace_stats();
             let tokens: usize = b.seqs().iter().map(|s| s.len()).sum();
-            println!("{what}: {tokens} tokens, workspace {allocations} allocations, {bytes} bytes");
+            println!("{what}: {tokens} tokens, workspace {allocations} allocations, {bytes} bytes; device allocations of a recorded scoring + backward: {step_allocations}");
             grown.push((allocations, bytes));
         }
         // the first batch: the forward's set for one layer (a scoring without a record), grown to every
@@ -257,6 +262,17 @@ fn the_workspace_is_reused_with_the_bits_of_a_fresh_model() -> drpo::Result<()> 
         let per_token = drpo::model::gpu_train::bytes_per_token(&cpu.cfg, 2, true) * rows;
         let slack = 16 * cpu.cfg.hidden_size * 4;
         assert!(grown[2].1.abs_diff(per_token) <= slack, "workspace {} bytes against {per_token} from bytes_per_token", grown[2].1);
+        // a generation between the scoring and the backward frees the workspace (its KV cache takes
+        // the memory): the backward recomputes the activations, with the same bits
+        let dlogp = random_dlogp(&mut rng, &m.score_responses(&small, false)?.logp);
+        let scored = m.score_responses(&small, true)?;
+        drop(m.new_cache(2, 8)?);
+        assert_eq!(m.workspace_stats().1, 0, "a generation frees the training workspace");
+        let mut grads = m.new_grads()?;
+        m.backward_responses(&scored, &dlogp, &mut grads)?;
+        let got: Vec<u32> = m.grads_to_host(&grads)?.iter().map(|&g| (g as f32).to_bits()).collect();
+        let fresh = GpuModel::<bf16>::for_training(gpu.clone(), &cpu)?;
+        assert!(got == scored_bits(&fresh, &small, &dlogp)?.1, "the backward after a generation changed a gradient bit");
     }
     Ok(())
 }

@@ -281,6 +281,8 @@ impl<T: GpuFloat> Policy for GpuModel<T> {
 
     fn new_cache(&self, slots: usize, cap: usize) -> Result<GpuDecode<T>> {
         let gpu = &*self.gpu;
+        // a generation starts: the training workspace's memory goes to the KV cache until training resumes
+        self.workspace().release();
         let kv = GpuKvCache::new(gpu, &self.cfg, slots, cap)?;
         let tokens = gpu.alloc_zeros::<u32>(slots.max(1))?;
         let scratch = gpu.alloc_zeros::<u64>((slots * self.cfg.vocab_size).max(1))?;

@@ -315,6 +315,13 @@ impl<T: GpuFloat> TrainWorkspace<T> {
         Ok(())
     }
 
+    /// Frees every buffer (a record's kept activations with them: its backward recomputes them); the
+    /// next chunk allocates again. Generation calls it: its KV cache and the training chunk share
+    /// the memory the budget was sized for, one phase at a time (`gpu::memory::StepPlan`).
+    pub fn release(&mut self) {
+        (self.held, self.forward, self.backward, self.head) = (None, None, None, None);
+    }
+
     /// Device bytes its buffers hold now (the head scratch's as allocated: dlogits in T, dh in f32).
     pub fn bytes(&self) -> usize {
         let (e, f) = (size_of::<T>(), size_of::<f32>());
