@@ -14,10 +14,14 @@
 //! **What is recorded.** With `record`, a chunk keeps every layer's [`LayerActs`] (the CPU's names,
 //! `model::cpu::LayerActs`, with the attention probabilities replaced by the log-sum-exp the
 //! backward recomputes them from, and gate | up fused as `gu`) and the final norm's and head's inputs
-//! ([`Activations`]); nothing inside a layer is recomputed. [`bytes_per_token`] counts them. The
-//! record of a scored batch ([`GpuRecord`]) holds those activations only when the whole batch was one
-//! chunk; otherwise the backward recomputes each chunk's forward before its backward (one more forward
-//! pass), so device memory is bounded by one chunk whatever the batch.
+//! ([`Activations`]); nothing inside a layer is recomputed. They live in the model's
+//! [`TrainWorkspace`], allocated for the largest chunk seen and reused by every later call (with the
+//! backward's buffers and the head's scratch); [`bytes_per_token`] counts it. A scored batch's record
+//! ([`GpuRecord`]) uses the activations left there when the whole batch was one chunk and no other
+//! forward has replaced them; otherwise the backward recomputes each chunk's forward before its
+//! backward (one more forward pass), so device memory is bounded by one chunk whatever the batch. The
+//! token budget of a chunk comes from `gpu::memory::tokens_per_chunk` of the device's free memory
+//! ([`GpuModel::max_tokens_per_chunk`]).
 //!
 //! **The same bits whatever the budget.** Every row of the forward is computed by kernels whose
 //! arithmetic does not depend on the other rows (GEMMs, norms, the head) or on the other sequences
