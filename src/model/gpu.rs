@@ -27,11 +27,11 @@ use crate::gpu::{self, Gpu, GpuFloat};
 use crate::layout::ParamLayout;
 use crate::model::Model;
 use crate::model::gpu_state::{self, GpuAdamW, GpuGrads};
-use crate::model::gpu_train::GpuRecord;
+use crate::model::gpu_train::{GpuRecord, TrainWorkspace};
 use crate::optim::AdamWConfig;
 use crate::policy::{check_score_temperature, Chunks, Draw, HostState, Policy, ScoreBatch, ScoredResponses};
 use crate::gpu::DeviceBuffer;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// A Qwen2 model on the GPU: config, layout, one flat parameter buffer, the rotary tables.
 pub struct GpuModel<T: GpuFloat> {
@@ -48,6 +48,8 @@ pub struct GpuModel<T: GpuFloat> {
     pub(super) sin: DeviceBuffer<f32>,
     /// token budget of a chunk of the uncached forward (`gpu_train`); None: the default estimate
     pub(super) chunk_tokens: Option<usize>,
+    /// the uncached forward's and the backward's buffers, allocated once per shape (`gpu_train`)
+    pub(super) workspace: Mutex<TrainWorkspace<T>>,
 }
 
 /// Keys and values of every layer for `slots` sequences.  k, v: [layers, slots, cap, kv_dim]
@@ -98,7 +100,7 @@ impl<T: GpuFloat> GpuModel<T> {
                 gpu::attention::MAX_HEAD_DIM
             )));
         }
-        Ok(GpuModel { gpu, cfg, layout: model.layout.clone(), params, master: None, cos, sin, chunk_tokens: None })
+        Ok(GpuModel { gpu, cfg, layout: model.layout.clone(), params, master: None, cos, sin, chunk_tokens: None, workspace: Default::default() })
     }
 
     /// The parameters as T (through f32: see NOTES.md on bf16 rounding).
@@ -279,6 +281,8 @@ impl<T: GpuFloat> Policy for GpuModel<T> {
 
     fn new_cache(&self, slots: usize, cap: usize) -> Result<GpuDecode<T>> {
         let gpu = &*self.gpu;
+        // a generation starts: the training workspace's memory goes to the KV cache until training resumes
+        self.workspace().release();
         let kv = GpuKvCache::new(gpu, &self.cfg, slots, cap)?;
         let tokens = gpu.alloc_zeros::<u32>(slots.max(1))?;
         let scratch = gpu.alloc_zeros::<u64>((slots * self.cfg.vocab_size).max(1))?;
