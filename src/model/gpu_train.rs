@@ -336,22 +336,43 @@ impl<T: GpuFloat> GpuModel<T> {
 
     /// The whole-model backward of a batch scored with `record` ([`crate::policy::Policy::score_responses`]
     /// on this model): given dlogp[i][t] = d loss / d logp of response token t of batch entry i, ADDS
-    /// the parameter gradient to `grads` (f32, flat in `ParamLayout` order, on the device). Chunk
-    /// after chunk (recomputing a chunk's forward unless the record kept it): the head backward of the
-    /// response rows (prompt rows carry no gradient) at the batch's temperature, the final norm, every
-    /// layer in reverse, the embedding; tied embeddings get the head's and the gather's parts.
-    /// No atomics, every sum in a fixed order: the same bits from run to run, and for any chunking.
+    /// the parameter gradient to `grads` (f32, flat in `ParamLayout` order, on the device). The host
+    /// entry (gradcheck, tests): the values are rounded to f32 and uploaded once, then
+    /// [`GpuModel::backward_from_device`].
     pub fn backward_into(&self, record: &GpuRecord<T>, dlogp: &[Vec<f64>], grads: &mut DViewMut<f32>) -> Result<()> {
         const OP: &str = "backward_responses";
         let batch = &record.batch;
         check_len(OP, "dlogp", dlogp.len(), batch.len())?;
-        check_len(OP, "grads", grads.len(), self.layout.total)?;
+        let mut flat = Vec::with_capacity(dlogp.iter().map(Vec::len).sum());
         for (i, d) in dlogp.iter().enumerate() {
             check_len(OP, "dlogp row", d.len(), batch.response_range(i).len())?;
             if let Some(t) = d.iter().position(|&g| !(g as f32).is_finite()) {
                 return Err(Error::input(format!("{OP}: dlogp[{i}][{t}] = {} is not a finite f32", d[t])));
             }
+            flat.extend(d.iter().map(|&g| g as f32));
         }
+        self.backward_from_device(record, &self.gpu.htod(&flat)?.as_view(), grads)
+    }
+
+    /// [`GpuModel::backward_into`] from d loss / d logp on the device: `dlogp` is `[T]`, the batch's
+    /// response tokens concatenated in batch order (the layout of `gpu::objective`'s token arrays,
+    /// whose `dlogp` it takes as it is). Chunk after chunk (recomputing a chunk's forward unless the
+    /// record kept it): the head backward of the response rows (prompt rows carry no gradient) at
+    /// the batch's temperature, the final norm, every layer in reverse, the embedding; tied
+    /// embeddings get the head's and the gather's parts. No atomics, every sum in a fixed order: the
+    /// same bits from run to run, and for any chunking. The values must be finite (the objective
+    /// checks its gradient; the host entry checks its input).
+    pub fn backward_from_device(&self, record: &GpuRecord<T>, dlogp: &DView<f32>, grads: &mut DViewMut<f32>) -> Result<()> {
+        const OP: &str = "backward_responses";
+        let batch = &record.batch;
+        // where each response's gradient starts in `dlogp`
+        let mut offsets = Vec::with_capacity(batch.len() + 1);
+        offsets.push(0);
+        for i in 0..batch.len() {
+            offsets.push(offsets[i] + batch.response_range(i).len());
+        }
+        check_len(OP, "dlogp (response tokens)", dlogp.len(), offsets[batch.len()])?;
+        check_len(OP, "grads", grads.len(), self.layout.total)?;
         let seqs = batch.seqs();
         let mut tied = if self.layout.tied { Some(self.tied_gather(&seqs)?) } else { None };
         for chunk in &record.chunks {
@@ -366,18 +387,15 @@ impl<T: GpuFloat> GpuModel<T> {
                     }
                 }
             };
-            // d loss / d logp of every row (zero but on response rows) and the response rows of each sequence
-            let mut rows_dlogp = vec![0.0f32; acts.ids.len()];
+            // the response rows of each sequence, and their gradient
             let mut response_rows = Vec::with_capacity(chunk.len());
+            let mut row_dlogp = Vec::with_capacity(chunk.len());
             for (k, i) in chunk.clone().enumerate() {
                 let r = batch.response_range(i);
-                let rows = acts.seqs[k].start + r.start..acts.seqs[k].start + r.end;
-                for (row, &g) in rows.clone().zip(&dlogp[i]) {
-                    rows_dlogp[row] = g as f32;
-                }
-                response_rows.push(rows);
+                response_rows.push(acts.seqs[k].start + r.start..acts.seqs[k].start + r.end);
+                row_dlogp.push(dlogp.slice(offsets[i]..offsets[i + 1]));
             }
-            self.chunk_backward(acts, &rows_dlogp, &response_rows, batch.temp(), grads, tied.as_mut())?;
+            self.chunk_backward(acts, &row_dlogp, &response_rows, batch.temp(), grads, tied.as_mut())?;
         }
         if let Some(g) = tied {
             // the gather part, summed apart over every chunk, joins the head's part
@@ -400,12 +418,12 @@ impl<T: GpuFloat> GpuModel<T> {
         Ok(TiedGather { ids, row_of, table })
     }
 
-    /// The backward of one chunk. `dlogp`: [n] (zero outside the response rows); `response_rows`:
-    /// the rows of each sequence whose log-probs carry a gradient.
+    /// The backward of one chunk. `response_rows`: the rows of each sequence whose log-probs carry a
+    /// gradient; `dlogp`: the gradient of each sequence's response rows (as long).
     fn chunk_backward(
         &self,
         acts: &Activations<T>,
-        dlogp: &[f32],
+        dlogp: &[DView<f32>],
         response_rows: &[Range<usize>],
         temp: f64,
         grads: &mut DViewMut<f32>,
@@ -419,15 +437,14 @@ impl<T: GpuFloat> GpuModel<T> {
         let mut dx = gpu.alloc_zeros::<T>(n * c)?;
         {
             // head: logits recomputed by vocabulary chunks, dW_lm summed per sequence in order
-            let dlogp_d = gpu.htod(dlogp)?;
             let mut dhf = gpu.alloc_zeros::<T>(n * c)?;
             let lm = self.params.slice(self.layout.lm_head.clone());
             let mut dw_lm = grads.slice_mut(self.layout.lm_head.clone());
-            for r in response_rows.iter().filter(|r| !r.is_empty()) {
+            for (r, g) in response_rows.iter().zip(dlogp).filter(|(r, _)| !r.is_empty()) {
                 let mut scratch = HeadGradScratch::<T>::new(gpu, &acts.targets[r.clone()], v)?;
                 let rows = r.start * c..r.end * c;
-                let (g, lse, h) = (dlogp_d.slice(r.clone()), acts.lse.slice(r.clone()), acts.hf.slice(rows.clone()));
-                head_bwd_with(gpu, &mut scratch, &mut dhf.slice_mut(rows), &mut dw_lm, &g, &lse, &h, &lm, r.len(), c, v, temp)?;
+                let (lse, h) = (acts.lse.slice(r.clone()), acts.hf.slice(rows.clone()));
+                head_bwd_with(gpu, &mut scratch, &mut dhf.slice_mut(rows), &mut dw_lm, g, &lse, &h, &lm, r.len(), c, v, temp)?;
             }
             let norm = self.params.slice(self.layout.final_norm.clone());
             let mut dw = grads.slice_mut(self.layout.final_norm.clone());
