@@ -339,3 +339,56 @@ fn minibatch_gradient_on_the_device_matches_the_cpu_trainer() -> drpo::Result<()
     }
     Ok(())
 }
+
+/// A chunk objective with a bad scale, a log-prob row of the wrong length, old log-probs of the wrong
+/// length or not finite is an input error on both devices; the device also refuses a batch scored
+/// without a record (its token gradient is for a backward).
+#[test]
+fn chunk_objective_refuses_bad_input() -> drpo::Result<()> {
+    let mut rng = rng("trainer_device_refusals");
+    let dir = fixture("qwen2-odd");
+    let cpu = Model::<f64>::load(&dir)?;
+    let case = case(&cpu, &mut rng);
+    let rows = 0..G;
+    let chunk = &case.rollouts[rows.clone()];
+    let prompts: Vec<&[u32]> = case.prompts[rows].iter().map(Vec::as_slice).collect();
+    let resps: Vec<&[u32]> = chunk.iter().map(|r| r.tokens.as_slice()).collect();
+    let batch = ScoreBatch::responses(&cpu.cfg, &prompts, &resps, TEMP)?;
+    let (group, correct, finished) = (vec![0; G], vec![true, false, true], vec![true; G]);
+    let len: Vec<usize> = chunk.iter().map(|r| r.tokens.len()).collect();
+    let mut short = len.clone();
+    short[1] += 1;
+    let old: Vec<f64> = chunk.iter().flat_map(|r| r.old_logp.iter().copied()).collect();
+    let mut nan_old = old.clone();
+    nan_old[0] = f64::NAN;
+    let hyper = Hyper::default();
+    let outcomes = |len| Outcomes { group: &group, correct: &correct, finished: &finished, len, max_len: C };
+    let good = ChunkObjective { outcomes: outcomes(&len), old_logp: &old, loss: ChunkLoss::Discriminative(&hyper), scale: 0.5 };
+    let bad = [
+        ("scale 0", ChunkObjective { scale: 0.0, ..good }, "gradient scale"),
+        ("scale NaN", ChunkObjective { scale: f64::NAN, ..good }, "gradient scale"),
+        ("a row's length", ChunkObjective { outcomes: outcomes(&short), ..good }, "log-probs but length"),
+        ("old_logp length", ChunkObjective { old_logp: &old[1..], ..good }, "old_logp"),
+        ("old_logp NaN", ChunkObjective { old_logp: &nan_old, ..good }, "not finite"),
+    ];
+    fn refuses<P: Policy>(p: &P, batch: &ScoreBatch, bad: &[(&str, ChunkObjective, &str)]) -> drpo::Result<()> {
+        let scored = p.score_responses(batch, true)?;
+        for (what, obj, needle) in bad {
+            match p.chunk_objective(&scored, obj) {
+                Ok(_) => panic!("{} {what}: accepted", p.device()),
+                Err(e) => assert!(e.to_string().contains(needle), "{} {what}: {e}", p.device()),
+            }
+        }
+        Ok(())
+    }
+    refuses(&cpu, &batch, &bad)?;
+    assert!(cpu.chunk_objective(&cpu.score_responses(&batch, true)?, &good).is_ok(), "cpu: the good objective");
+    for gpu in devices("trainer_device_refusals") {
+        let dev = GpuModel::<f32>::for_training(Arc::new(gpu), &Model::<f32>::load(&dir)?)?;
+        refuses(&dev, &batch, &bad)?;
+        assert!(dev.chunk_objective(&dev.score_responses(&batch, true)?, &good).is_ok(), "device: the good objective");
+        let e = dev.chunk_objective(&dev.score_responses(&batch, false)?, &good).err().expect("an unrecorded batch is refused");
+        assert!(e.to_string().contains("record"), "{e}");
+    }
+    Ok(())
+}

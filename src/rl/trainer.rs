@@ -27,9 +27,10 @@
 //! the device), `metrics.jsonl` (one line per step) and `checkpoint/` (HF weights + optimizer +
 //! trainer state, see [`crate::checkpoint`]); a run there is resumed bit-identically, after
 //! repairing an interrupted checkpoint save. The trainer is generic over the [`Policy`] it trains:
-//! rollouts, old log-probs, the backward passes, the clip and AdamW run where the policy lives (the
-//! host f32 model, or the GPU model with its training state on the device); the objective runs on
-//! the host from the log-probs (one number per token). A checkpoint holds the CPU's f32 format
+//! rollouts, old log-probs, each chunk's objective ([`Policy::chunk_objective`]), the backward
+//! passes, the clip and AdamW run where the policy lives (the host f32 model, or the GPU model with
+//! its training state on the device, where d loss / d logp never leaves the device); the host keeps
+//! the group bookkeeping, the rewards, the baselines' advantages and the metrics. A checkpoint holds the CPU's f32 format
 //! ([`Policy::export_state`]), so a run saved on one device resumes on another. The folder is locked while a trainer runs in it
 //! ([`crate::runlock`]); what it may hold and what a resume checks is [`crate::rl::run_folder`].
 
@@ -419,7 +420,9 @@ pub fn questions_of_step(n_problems: usize, per_step: usize, seed: u64, step: us
 /// `chunk_questions · group_size` rows; each chunk's loss comes from the objective on that chunk
 /// (groups by [`Rollout::group`], KL pooled over its tokens), its token gradient is scaled by
 /// 1/(number of chunks) and backpropagated through the model at the run's temperature. For DRPO the
-/// per-token coefficient is thus −g_i/(Q_mb·L_i) − (1/n_chunks)·β[K_B − δ]_+/T_B.
+/// per-token coefficient is thus −g_i/(Q_mb·L_i) − (1/n_chunks)·β[K_B − δ]_+/T_B. The objective and
+/// the backward of a chunk run where the policy lives ([`Policy::chunk_objective`],
+/// [`Policy::backward_token_grad`]); the chunk's numbers come to the host.
 ///
 /// prompts: `[rows]` the prompt of each rollout.  advantages: `[rows]` the baselines' advantages
 /// (None: DRPO / DisCO from `cfg`).  grads: set to ∇ of the mini-batch loss (1/chunks) Σ_B loss_B,
