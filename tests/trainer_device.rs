@@ -387,7 +387,7 @@ fn chunk_objective_refuses_bad_input() -> drpo::Result<()> {
         let dev = GpuModel::<f32>::for_training(Arc::new(gpu), &Model::<f32>::load(&dir)?)?;
         refuses(&dev, &batch, &bad)?;
         assert!(dev.chunk_objective(&dev.score_responses(&batch, true)?, &good).is_ok(), "device: the good objective");
-        let e = dev.chunk_objective(&dev.score_responses(&batch, false)?, &good).err().expect("an unrecorded batch is refused");
+        let e = dev.chunk_objective(&dev.score_responses(&batch, false)?, &good).expect_err("an unrecorded batch is refused");
         assert!(e.to_string().contains("record"), "{e}");
     }
     Ok(())
