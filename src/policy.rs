@@ -96,7 +96,7 @@ pub trait Policy {
     /// numbers on the host, and scale · d loss / d logp of its response tokens where the policy
     /// keeps it, for [`Policy::backward_token_grad`]. The host computes it in f64 from the host
     /// log-probs; a device computes it where the log-probs and the backward are (NOTES.md,
-    /// "The objective on the device").
+    /// "The objective on the device inside the trainer").
     fn chunk_objective(&self, scored: &ScoredResponses<Self::Record>, obj: &ChunkObjective) -> Result<(ChunkResult, Self::TokenGrad)>;
     /// [`Policy::backward_responses`] from the token gradient of [`Policy::chunk_objective`] on
     /// the same scored batch.

@@ -3,7 +3,7 @@
 //! [`GpuModel::backward_from_device`].
 //!
 //! What crosses the bus per chunk of n responses, q groups, T response tokens (NOTES.md, "The
-//! objective on the device"):
+//! objective on the device inside the trainer"):
 //! ```text
 //! up     ℓ and ℓ^old as f32 (8T bytes); the group bookkeeping of DeviceGroups (8(n+1) + 12n + 4(q+1));
 //!        the baselines' advantages (8n)
