@@ -30,6 +30,7 @@ use crate::model::gpu_state::{self, GpuAdamW, GpuGrads};
 use crate::model::gpu_train::{GpuRecord, TrainWorkspace};
 use crate::optim::AdamWConfig;
 use crate::policy::{check_score_temperature, Chunks, Draw, HostState, Policy, ScoreBatch, ScoredResponses};
+use crate::rl::chunk::{ChunkObjective, ChunkResult};
 use crate::gpu::DeviceBuffer;
 use std::sync::{Arc, Mutex};
 
@@ -262,6 +263,8 @@ impl<T: GpuFloat> Policy for GpuModel<T> {
     type Record = GpuRecord<T>;
     type Grads = GpuGrads;
     type Optimizer = GpuAdamW;
+    /// `[T]` f32 on the device, the chunk's response tokens in batch order
+    type TokenGrad = DeviceBuffer<f32>;
 
     fn config(&self) -> &ModelConfig {
         &self.cfg
@@ -342,6 +345,16 @@ impl<T: GpuFloat> Policy for GpuModel<T> {
     /// [`GpuModel::backward_into`]: accumulates into the device gradient.
     fn backward_responses(&self, scored: &ScoredResponses<GpuRecord<T>>, dlogp: &[Vec<f64>], grads: &mut GpuGrads) -> Result<()> {
         self.backward_into(scored.recorded()?, dlogp, &mut grads.g.as_view_mut())
+    }
+
+    /// [`GpuModel::chunk_objective_on_device`]: `gpu::objective` on the device.
+    fn chunk_objective(&self, scored: &ScoredResponses<GpuRecord<T>>, obj: &ChunkObjective) -> Result<(ChunkResult, DeviceBuffer<f32>)> {
+        self.chunk_objective_on_device(scored, obj)
+    }
+
+    /// [`GpuModel::backward_from_device`]: no host round trip.
+    fn backward_token_grad(&self, scored: &ScoredResponses<GpuRecord<T>>, dlogp: &DeviceBuffer<f32>, grads: &mut GpuGrads) -> Result<()> {
+        self.backward_from_device(scored.recorded()?, &dlogp.as_view(), &mut grads.g.as_view_mut())
     }
 
     fn clip_grad_norm(&self, grads: &mut GpuGrads, max_norm: f64) -> Result<f64> {

@@ -61,8 +61,8 @@ use std::sync::MutexGuard;
 ///   rstd2 and lse (nh) in f32), then the chunk's residual output and hf (2c), its f32 rows (rstd_f,
 ///   lse, logp) and the u32 ids and positions.
 /// - `record` adds the backward's buffers of one layer ([`BackwardBuffers`]: dx, dh: 2c; d of a
-///   projection's input, max(ff, q_dim); dgu: 2·ff; dq: q_dim; dk, dv: 2·kv_dim; delta (nh) and
-///   dlogp in f32; the RMSNorm dw partials, c f32 per 16 rows, counted as c/16 per token).
+///   projection's input, max(ff, q_dim); dgu: 2·ff; dq: q_dim; dk, dv: 2·kv_dim; delta (nh) in
+///   f32 (d loss / d logp is the caller's device buffer); the RMSNorm dw partials, c f32 per 16 rows, counted as c/16 per token).
 ///
 /// Not per token, so not counted: the head backward's scratch (≤ 4096 rows × 8192 ids of dlogits and
 /// 4096 rows of f32 dh), the split-k partials of the device's workspace, the per-call uploads of the
@@ -74,7 +74,7 @@ pub fn bytes_per_token(cfg: &ModelConfig, elem: usize, record: bool) -> usize {
     let elems = |xs: &[usize]| sum(xs).saturating_mul(elem);
     let layer = sum(&[elems(&[4 * c, 2 * qd, 2 * kvd, 3 * ff]), (2 + nh).saturating_mul(4)]);
     let chunk = sum(&[elems(&[2 * c]), 5 * 4]);
-    let backward = sum(&[elems(&[2 * c, ff.max(qd), 2 * ff, qd, 2 * kvd]), (nh + 1).saturating_mul(4), c.div_ceil(16).saturating_mul(4)]);
+    let backward = sum(&[elems(&[2 * c, ff.max(qd), 2 * ff, qd, 2 * kvd]), nh.saturating_mul(4), c.div_ceil(16).saturating_mul(4)]);
     if record {
         sum(&[cfg.num_hidden_layers.saturating_mul(layer), chunk, backward])
     } else {
@@ -212,8 +212,6 @@ impl<T: GpuFloat> Activations<T> {
 /// per-call allocation (zeros) did.
 struct BackwardBuffers<T: GpuFloat> {
     rows: usize,
-    /// d loss / d logp of every row (zero but on response rows): [n] f32
-    dlogp: DeviceBuffer<f32>,
     /// d loss / d residual stream: [n, c]
     dx: DeviceBuffer<T>,
     /// d loss / d a norm's output: hf, then each layer's h2 and h1: [n, c]
@@ -237,7 +235,6 @@ impl<T: GpuFloat> BackwardBuffers<T> {
         let (c, ff, qd, kvd, nh) = (cfg.hidden_size, cfg.intermediate_size, cfg.q_dim(), cfg.kv_dim(), cfg.num_attention_heads);
         Ok(BackwardBuffers {
             rows,
-            dlogp: gpu.alloc_zeros(rows)?,
             dx: gpu.alloc_zeros(rows * c)?,
             dh: gpu.alloc_zeros(rows * c)?,
             dproj_in: gpu.alloc_zeros(rows * ff.max(qd))?,
@@ -337,7 +334,7 @@ impl<T: GpuFloat> TrainWorkspace<T> {
             a.layers.iter().map(layer).sum::<usize>() + (a.x_final.len() + a.hf.len()) * e + (a.ids.len() + a.pos.len() + a.rstd_f.len() + a.lse.len() + a.logp.len()) * f
         });
         let backward = self.backward.as_ref().map_or(0, |b| {
-            (b.dx.len() + b.dh.len() + b.dproj_in.len() + b.dgu.len() + b.dq.len() + b.dk.len() + b.dv.len()) * e + (b.dlogp.len() + b.delta.len() + b.dw_part.len()) * f
+            (b.dx.len() + b.dh.len() + b.dproj_in.len() + b.dgu.len() + b.dq.len() + b.dk.len() + b.dv.len()) * e + (b.delta.len() + b.dw_part.len()) * f
         });
         forward + backward
     }
@@ -562,23 +559,43 @@ impl<T: GpuFloat> GpuModel<T> {
 
     /// The whole-model backward of a batch scored with `record` ([`crate::policy::Policy::score_responses`]
     /// on this model): given dlogp[i][t] = d loss / d logp of response token t of batch entry i, ADDS
-    /// the parameter gradient to `grads` (f32, flat in `ParamLayout` order, on the device). Chunk
-    /// after chunk (recomputing a chunk's forward unless the workspace still holds the record's): the
-    /// head backward of the response rows (prompt rows carry no gradient) at the batch's temperature,
-    /// the final norm, every layer in reverse, the embedding; tied embeddings get the head's and the
-    /// gather's parts. No atomics, every sum in a fixed order: the same bits from run to run, and for
-    /// any chunking.
+    /// the parameter gradient to `grads` (f32, flat in `ParamLayout` order, on the device). The host
+    /// entry (gradcheck, tests): the values are rounded to f32 and uploaded once, then
+    /// [`GpuModel::backward_from_device`].
     pub fn backward_into(&self, record: &GpuRecord<T>, dlogp: &[Vec<f64>], grads: &mut DViewMut<f32>) -> Result<()> {
         const OP: &str = "backward_responses";
         let batch = &record.batch;
         check_len(OP, "dlogp", dlogp.len(), batch.len())?;
-        check_len(OP, "grads", grads.len(), self.layout.total)?;
+        let mut flat = Vec::with_capacity(dlogp.iter().map(Vec::len).sum());
         for (i, d) in dlogp.iter().enumerate() {
             check_len(OP, "dlogp row", d.len(), batch.response_range(i).len())?;
             if let Some(t) = d.iter().position(|&g| !(g as f32).is_finite()) {
                 return Err(Error::input(format!("{OP}: dlogp[{i}][{t}] = {} is not a finite f32", d[t])));
             }
+            flat.extend(d.iter().map(|&g| g as f32));
         }
+        self.backward_from_device(record, &self.gpu.htod(&flat)?.as_view(), grads)
+    }
+
+    /// [`GpuModel::backward_into`] from d loss / d logp on the device: `dlogp` is `[T]`, the batch's
+    /// response tokens concatenated in batch order (the layout of `gpu::objective`'s token arrays,
+    /// whose `dlogp` it takes as it is). Chunk after chunk (recomputing a chunk's forward unless the
+    /// record kept it): the head backward of the response rows (prompt rows carry no gradient) at
+    /// the batch's temperature, the final norm, every layer in reverse, the embedding; tied
+    /// embeddings get the head's and the gather's parts. No atomics, every sum in a fixed order: the
+    /// same bits from run to run, and for any chunking. The values must be finite (the objective
+    /// checks its gradient; the host entry checks its input).
+    pub fn backward_from_device(&self, record: &GpuRecord<T>, dlogp: &DView<f32>, grads: &mut DViewMut<f32>) -> Result<()> {
+        const OP: &str = "backward_responses";
+        let batch = &record.batch;
+        // where each response's gradient starts in `dlogp`
+        let mut offsets = Vec::with_capacity(batch.len() + 1);
+        offsets.push(0);
+        for i in 0..batch.len() {
+            offsets.push(offsets[i] + batch.response_range(i).len());
+        }
+        check_len(OP, "dlogp (response tokens)", dlogp.len(), offsets[batch.len()])?;
+        check_len(OP, "grads", grads.len(), self.layout.total)?;
         let seqs = batch.seqs();
         let mut tied = if self.layout.tied { Some(self.tied_gather(&seqs)?) } else { None };
         let mut ws = self.workspace();
@@ -589,18 +606,15 @@ impl<T: GpuFloat> GpuModel<T> {
                 _ => self.chunk_forward(&mut ws, &seqs[chunk.clone()], batch.temp(), true)?.1,
             };
             let Some(host) = held else { continue }; // no rows
-            // d loss / d logp of every row (zero but on response rows) and the response rows of each sequence
-            let mut rows_dlogp = vec![0.0f32; host.ids.len()];
+            // the response rows of each sequence, and their gradient
             let mut response_rows = Vec::with_capacity(chunk.len());
+            let mut row_dlogp = Vec::with_capacity(chunk.len());
             for (k, i) in chunk.clone().enumerate() {
                 let r = batch.response_range(i);
-                let rows = host.seqs[k].start + r.start..host.seqs[k].start + r.end;
-                for (row, &g) in rows.clone().zip(&dlogp[i]) {
-                    rows_dlogp[row] = g as f32;
-                }
-                response_rows.push(rows);
+                response_rows.push(host.seqs[k].start + r.start..host.seqs[k].start + r.end);
+                row_dlogp.push(dlogp.slice(offsets[i]..offsets[i + 1]));
             }
-            self.chunk_backward(&mut ws, &host, &rows_dlogp, &response_rows, batch.temp(), grads, tied.as_mut())?;
+            self.chunk_backward(&mut ws, &host, &row_dlogp, &response_rows, batch.temp(), grads, tied.as_mut())?;
         }
         if let Some(g) = tied {
             // the gather part, summed apart over every chunk, joins the head's part
@@ -623,14 +637,15 @@ impl<T: GpuFloat> GpuModel<T> {
         Ok(TiedGather { ids, row_of, table })
     }
 
-    /// The backward of one chunk whose forward (with record) the workspace holds. `dlogp`: [n] (zero
-    /// outside the response rows); `response_rows`: the rows of each sequence whose log-probs carry a gradient.
+    /// The backward of one chunk whose forward (with record) the workspace holds. `response_rows`:
+    /// the rows of each sequence whose log-probs carry a gradient; `dlogp`: the gradient of each
+    /// sequence's response rows (as long), on the device.
     #[allow(clippy::too_many_arguments)]
     fn chunk_backward(
         &self,
         ws: &mut TrainWorkspace<T>,
         host: &ChunkRows,
-        dlogp: &[f32],
+        dlogp: &[DView<f32>],
         response_rows: &[Range<usize>],
         temp: f64,
         grads: &mut DViewMut<f32>,
@@ -645,18 +660,17 @@ impl<T: GpuFloat> GpuModel<T> {
             unreachable!("the chunk's forward filled the workspace and its backward buffers were made above")
         };
         let rc = 0..n * c;
-        gpu.memcpy_htod(dlogp, &mut b.dlogp.slice_mut(0..n))?;
         gpu.memset_zero(&mut b.dx.slice_mut(rc.clone()))?;
         gpu.memset_zero(&mut b.dh.slice_mut(rc.clone()))?;
         {
             // head: logits recomputed by vocabulary chunks, dW_lm summed per sequence in order; dh = dhf
             let lm = self.params.slice(self.layout.lm_head.clone());
             let mut dw_lm = grads.slice_mut(self.layout.lm_head.clone());
-            for r in response_rows.iter().filter(|r| !r.is_empty()) {
+            for (r, g) in response_rows.iter().zip(dlogp).filter(|(r, _)| !r.is_empty()) {
                 scratch.set_targets(gpu, &host.targets[r.clone()])?;
                 let rows = r.start * c..r.end * c;
-                let (g, lse, h) = (b.dlogp.slice(r.clone()), acts.lse.slice(r.clone()), acts.hf.slice(rows.clone()));
-                head_bwd_with(gpu, scratch, &mut b.dh.slice_mut(rows), &mut dw_lm, &g, &lse, &h, &lm, r.len(), c, v, temp)?;
+                let (lse, h) = (acts.lse.slice(r.clone()), acts.hf.slice(rows.clone()));
+                head_bwd_with(gpu, scratch, &mut b.dh.slice_mut(rows), &mut dw_lm, g, &lse, &h, &lm, r.len(), c, v, temp)?;
             }
             let norm = self.params.slice(self.layout.final_norm.clone());
             let mut dw = grads.slice_mut(self.layout.final_norm.clone());
@@ -826,8 +840,8 @@ mod tests {
             ..crate::gradcheck::random_config(7)
         };
         let (small, large) = (qwen(896, 4864, 24, 14, 2), qwen(1536, 8960, 28, 12, 2));
-        assert_eq!((bytes_per_token(&small, 2, true), bytes_per_token(&small, 2, false)), (1_011_248, 44_116));
-        assert_eq!((bytes_per_token(&large, 2, true), bytes_per_token(&large, 2, false)), (2_122_216, 79_436));
+        assert_eq!((bytes_per_token(&small, 2, true), bytes_per_token(&small, 2, false)), (1_011_244, 44_116));
+        assert_eq!((bytes_per_token(&large, 2, true), bytes_per_token(&large, 2, false)), (2_122_212, 79_436));
         // the memory model's estimate, which sets the budget, covers the workspace (2,210,356 B at 1.5B)
         for cfg in [&small, &large] {
             let estimate = crate::gpu::memory::step_memory(cfg, 2).training_per_token();
