@@ -158,7 +158,7 @@ pub const BWD_VOCAB_CHUNK: usize = 8192;
 pub struct HeadGradScratch<T: GpuFloat> {
     targets: DeviceBuffer<u32>,
     dlogits: DeviceBuffer<T>,
-    /// bf16: dh of one row chunk summed over the vocabulary chunks in f32 (zero between calls),
+    /// bf16: dh of one row chunk summed over the vocabulary chunks in f32 (cleared on entry to a call),
     /// allocated on first use (its width c comes with the call)
     dh_acc: Option<DeviceBuffer<f32>>,
     n: usize,
@@ -261,8 +261,16 @@ pub fn head_bwd_with<T: GpuFloat>(
     let f32_path = T::NAME == "f32";
     let (name, bm, bn) = if f32_path { ("head_dlogits_f32", 64, 64) } else { ("head_dlogits_bf16", 128, 128) };
     let (c32, inv_temp) = (as_i32(OP, "c", c)?, (1.0 / temp) as f32);
-    if !f32_path && scratch.dh_acc.as_ref().is_none_or(|a| a.len() != scratch.rows * c) {
-        scratch.dh_acc = Some(gpu.alloc_zeros::<f32>(scratch.rows * c)?);
+    if !f32_path {
+        match &mut scratch.dh_acc {
+            Some(acc) if acc.len() == scratch.rows * c => {
+                // each row chunk's flush leaves it zero, but a call that stopped between a chunk's
+                // products and its flush (an error) left partial sums in it: clear on entry
+                let len = acc.len();
+                gpu.memset_zero(&mut acc.slice_mut(0..len))?;
+            }
+            acc => *acc = Some(gpu.alloc_zeros::<f32>(scratch.rows * c)?),
+        }
     }
     for r0 in (0..n).step_by(scratch.rows) {
         let rows = scratch.rows.min(n - r0);
