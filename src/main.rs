@@ -555,7 +555,7 @@ fn inspect_device(cfg: &ModelConfig, batch: u64, seq: u64, device_gib: u64) -> R
                 plan.generation_sequences
             );
             say!(
-                "             {} (a sequence must train in one chunk; the trainer generates all of a step's rollouts at once, so questions × G must be ≤ {})",
+                "             {} (a sequence must train in one chunk; the trainer generates a step's rollouts in rounds of at most {} sequences, what the free memory holds)",
                 if plan.fits() { "fits" } else { "does not fit" },
                 plan.generation_sequences
             );

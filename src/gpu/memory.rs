@@ -166,3 +166,23 @@ impl StepPlan {
         self.free.is_some() && self.chunk_tokens >= self.seq_len && self.generation_sequences >= 1
     }
 }
+
+/// The share of the free device memory a generation round leaves unused (1/16): the allocator's
+/// granularity, the kernels' workspace (split-k partial sums, decode attention's split states) and
+/// the small buffers a decoding step allocates next to the cache.
+pub const GENERATION_RESERVE_DIVISOR: u64 = 16;
+
+/// Sequences of `len` tokens, the longest prompt `prompt_len` of them, that one generation round
+/// holds in `free` bytes of device memory not allocated when it starts (what is resident, the
+/// weights and a trainer's master copy, moments and gradient, is already out of it): 15/16 of
+/// `free` over one sequence's share, which is [`StepMemory::generation_sequence`] (its KV cache,
+/// logits, sampler row, a decode row) and its prompt's rows of the prefill, which runs one layer at a
+/// time over every prompt token of the round (`model::gpu`'s forward: x h proj hf [c], q att [qd],
+/// k v [kvd], gate up act [ff] in the compute type, rstd f32). 0 when not one fits.
+pub fn generation_round(cfg: &ModelConfig, elem: u64, prompt_len: u64, len: u64, free: u64) -> u64 {
+    let (c, ff) = (cfg.hidden_size as u64, cfg.intermediate_size as u64);
+    let (qd, kvd) = (cfg.q_dim() as u64, cfg.kv_dim() as u64);
+    let prefill_row = add(&[mul(&[add(&[mul(&[4, c]), mul(&[2, qd]), mul(&[2, kvd]), mul(&[3, ff])]), elem]), 4]);
+    let per_sequence = add(&[step_memory(cfg, elem).generation_sequence(len), mul(&[prefill_row, prompt_len])]);
+    (free - free / GENERATION_RESERVE_DIVISOR) / per_sequence.max(1)
+}

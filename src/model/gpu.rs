@@ -48,6 +48,9 @@ pub struct GpuModel<T: GpuFloat> {
     pub(super) sin: DeviceBuffer<f32>,
     /// token budget of a chunk of the uncached forward (`gpu_train`); None: the default estimate
     pub(super) chunk_tokens: Option<usize>,
+    /// sequences of a generation round; None: what the free device memory holds
+    /// ([`GpuModel::set_generation_round`])
+    generation_round: Option<usize>,
 }
 
 /// Keys and values of every layer for `slots` sequences.  k, v: [layers, slots, cap, kv_dim]
@@ -98,7 +101,17 @@ impl<T: GpuFloat> GpuModel<T> {
                 gpu::attention::MAX_HEAD_DIM
             )));
         }
-        Ok(GpuModel { gpu, cfg, layout: model.layout.clone(), params, master: None, cos, sin, chunk_tokens: None })
+        Ok(GpuModel { gpu, cfg, layout: model.layout.clone(), params, master: None, cos, sin, chunk_tokens: None, generation_round: None })
+    }
+
+    /// Fixes the sequences of a generation round (`None`: what the free device memory holds,
+    /// [`gpu::memory::generation_round`]): for tests, and for sharing a device with other work.
+    pub fn set_generation_round(&mut self, round: Option<usize>) -> Result<()> {
+        if round == Some(0) {
+            return Err(Error::input("a generation round needs at least 1 sequence"));
+        }
+        self.generation_round = round;
+        Ok(())
     }
 
     /// The parameters as T (through f32: see NOTES.md on bf16 rounding).
@@ -291,6 +304,15 @@ impl<T: GpuFloat> Policy for GpuModel<T> {
 
     fn cache_cap(&self, cache: &GpuDecode<T>) -> usize {
         cache.kv.cap
+    }
+
+    fn generation_round(&self, prompt_len: usize, len: usize) -> Result<usize> {
+        if let Some(round) = self.generation_round {
+            return Ok(round);
+        }
+        let elem = size_of::<T>() as u64;
+        let round = gpu::memory::generation_round(&self.cfg, elem, prompt_len as u64, len as u64, self.gpu.free_bytes()?);
+        Ok(usize::try_from(round).unwrap_or(usize::MAX))
     }
 
     fn forward_last(&self, cache: &mut GpuDecode<T>, chunks: &Chunks) -> Result<GpuLogits> {
