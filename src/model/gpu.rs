@@ -253,8 +253,8 @@ impl<T: GpuFloat> GpuModel<T> {
     }
 }
 
-/// The decoding state of the GPU model: the KV cache and the sampler's buffers ([rows] tokens,
-/// [rows, vocab] fixed-point masses), allocated once per generation.
+/// The decoding state of the GPU model: the KV cache and the sampler's buffers ([rows] tokens then
+/// [rows] non-finite flags, [rows, vocab] fixed-point masses), allocated once per generation.
 pub struct GpuDecode<T: GpuFloat> {
     pub kv: GpuKvCache<T>,
     tokens: DeviceBuffer<u32>,
@@ -293,7 +293,8 @@ impl<T: GpuFloat> Policy for GpuModel<T> {
     fn new_cache(&self, slots: usize, cap: usize) -> Result<GpuDecode<T>> {
         let gpu = &*self.gpu;
         let kv = GpuKvCache::new(gpu, &self.cfg, slots, cap)?;
-        let tokens = gpu.alloc_zeros::<u32>(slots.max(1))?;
+        // the sampler's tokens, then its non-finite flags: one copy back per step
+        let tokens = gpu.alloc_zeros::<u32>(2 * slots.max(1))?;
         let scratch = gpu.alloc_zeros::<u64>((slots * self.cfg.vocab_size).max(1))?;
         Ok(GpuDecode { kv, tokens, scratch })
     }
@@ -337,11 +338,20 @@ impl<T: GpuFloat> Policy for GpuModel<T> {
         }
         let gpu = &*self.gpu;
         let streams = gpu.htod(draw.streams)?;
-        let mut tokens = cache.tokens.slice_mut(0..rows);
+        let mut both = cache.tokens.slice_mut(0..2 * rows);
+        let (mut tokens, mut nonfinite) = both.split_at_mut(rows);
         let mut scratch = cache.scratch.slice_mut(0..rows * v);
         let lv = logits.values.slice(0..rows * v);
-        gpu::sampling::sample(gpu, &mut tokens, &mut scratch, &lv, &streams.as_view(), rows, v, draw.params, draw.seed, draw.step)?;
-        gpu.dtoh(&cache.tokens.slice(0..rows))
+        gpu::sampling::sample(gpu, &mut tokens, &mut nonfinite, &mut scratch, &lv, &streams.as_view(), rows, v, draw.params, draw.seed, draw.step)?;
+        let mut tokens = gpu.dtoh(&cache.tokens.slice(0..2 * rows))?;
+        let flags = tokens.split_off(rows);
+        // the CPU's error: the first non-finite logit of the batch (its value fetched only then)
+        if let Some((row, &id)) = flags.iter().enumerate().find(|(_, &id)| id != gpu::sampling::NO_NONFINITE) {
+            let at = row * v + id as usize;
+            let value = gpu.dtoh(&logits.values.slice(at..at + 1))?[0];
+            return Err(crate::sampling::non_finite_logits(draw.step, row, id as usize, value as f64));
+        }
+        Ok(tokens)
     }
 
     /// The uncached chunked forward of `gpu_train` (no KV cache), with or without a record.
