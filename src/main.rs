@@ -968,6 +968,18 @@ fn train_policy<P: drpo::policy::Policy>(
 }
 
 fn eval(a: EvalArgs) -> Result<()> {
+    // --out is locked for the whole evaluation (train's and sft's run lock): a second eval into the
+    // same folder is refused before any work, instead of racing this one's renames
+    let _lock = match &a.out {
+        Some(out) => {
+            let (lock, stale) = drpo::runlock::RunLock::acquire(out, "drpo eval")?;
+            if let Some(note) = stale {
+                eprintln!("note: {note}");
+            }
+            Some(lock)
+        }
+        None => None,
+    };
     let tok = drpo::tokenizer::Tokenizer::from_dir(&a.model)?;
     warn_chat_family(&tok);
     let env = load_env(&a.model, a.data.as_deref(), a.limit, drpo::task::Split::Eval, &tok, a.think, None)?;
