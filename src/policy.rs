@@ -306,15 +306,6 @@ impl<R> ScoredResponses<R> {
     }
 }
 
-/// The error of an operation the device does not run yet (the GPU model's training forward and
-/// backward).
-pub fn not_on_device(op: &str, device: &str) -> Error {
-    Error::input(format!(
-        "{op} is not supported on the {device} device yet (the GPU model's training forward and backward are not built; \
-         train and sft run on the CPU with --device cpu)"
-    ))
-}
-
 /// The object-safe face of a [`Policy`] for the commands that only generate and score (eval, the
 /// study's evaluations, the trainer's rollouts): one `&dyn Generator` whatever the device.
 pub trait Generator {

@@ -183,11 +183,6 @@ fn fixed_batch_grpo_lp_clipped_loss_decreases() {
 // ---------------------------------------------------------------------------------------------
 // b. the Trainer on the toy task
 
-fn toy_env(tok: &Tokenizer, n: usize) -> ToyEnv {
-    let task = drpo::sft::SftConfig::default().task();
-    ToyEnv::new(drpo::task::generate_split(&task, drpo::task::Split::Train, n).unwrap(), tok).unwrap()
-}
-
 fn small_config(objective: ObjectiveKind, steps: usize, save_every: usize) -> TrainConfig {
     TrainConfig {
         steps,
@@ -196,30 +191,6 @@ fn small_config(objective: ObjectiveKind, steps: usize, save_every: usize) -> Tr
         chunk_questions: 4,
         save_every,
         ..drpo::study::toy_train_config(objective, 40)
-    }
-}
-
-/// The toy prompts with a verifier that calls a response correct on a hash of its text: a random
-/// model gets mixed groups, so the objectives have gradients and the weights move (a random model
-/// never solves the real toy task, which would leave every group invalid and the weights still).
-struct CoinFlipEnv(ToyEnv);
-
-impl Environment for CoinFlipEnv {
-    fn len(&self) -> usize {
-        self.0.len()
-    }
-    fn prompt(&self, i: usize) -> &[u32] {
-        self.0.prompt(i)
-    }
-    fn level(&self, i: usize) -> Option<String> {
-        self.0.level(i)
-    }
-    fn grade(&self, i: usize, response: &str) -> Verdict {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ i as u64;
-        for &b in response.as_bytes() {
-            h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        Verdict { correct: (h >> 17).is_multiple_of(2), steps: None }
     }
 }
 

@@ -2,6 +2,8 @@
 #![allow(dead_code)]
 
 use rand::{rngs::StdRng, SeedableRng};
+use drpo::rl::env::{Environment, ToyEnv, Verdict};
+use drpo::tokenizer::Tokenizer;
 use std::path::PathBuf;
 
 /// Folder of the vendored fixtures: `$DRPO_TEST_DATA` or `tests/fixtures`.
@@ -167,4 +169,34 @@ pub fn toy_model_dir(name: &str, seed: u64) -> PathBuf {
     let model = drpo::model::Model::<f32>::random(drpo::sft::SftConfig::default().model_config(&tok), seed, 0.02);
     drpo::weights::save_params(&dir, &model.cfg, &model.layout, &model.params, drpo::weights::SaveDtype::F32).unwrap();
     dir
+}
+
+/// The first `n` problems of the toy task's training split, tokenized.
+pub fn toy_env(tok: &Tokenizer, n: usize) -> ToyEnv {
+    let task = drpo::sft::SftConfig::default().task();
+    ToyEnv::new(drpo::task::generate_split(&task, drpo::task::Split::Train, n).unwrap(), tok).unwrap()
+}
+
+/// The toy prompts with a verifier that calls a response correct on a hash of its text: a random
+/// model gets mixed groups, so the objectives have gradients and the weights move (a random model
+/// never solves the real toy task, which would leave every group invalid and the weights still).
+pub struct CoinFlipEnv(pub ToyEnv);
+
+impl Environment for CoinFlipEnv {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+    fn prompt(&self, i: usize) -> &[u32] {
+        self.0.prompt(i)
+    }
+    fn level(&self, i: usize) -> Option<String> {
+        self.0.level(i)
+    }
+    fn grade(&self, i: usize, response: &str) -> Verdict {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ i as u64;
+        for &b in response.as_bytes() {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        Verdict { correct: (h >> 17).is_multiple_of(2), steps: None }
+    }
 }
