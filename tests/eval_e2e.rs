@@ -370,7 +370,7 @@ fn inspect_reports_a_commands_memory() {
         assert!(stdout.contains(source), "{source}: {stdout}");
     }
     // the device memory of a DRPO step, planned for --device-gib (tests/memory.rs checks the numbers)
-    for line in ["a DRPO step on a 80 GiB GPU", "resident", "recorded forward", "KV cache", "training chunk of", "fits"] {
+    for line in ["a DRPO step on a 80 GiB GPU", "resident", "recorded forward", "KV cache", "training chunk of", "fits", "rounds of"] {
         assert!(stdout.contains(line), "{line}: {stdout}");
     }
     let (ok, small, _) = run_drpo(&["inspect", "--model", &s(&model), "--device-gib", "1"]);
