@@ -11,6 +11,8 @@
 //! generation_round(..)          how many sequences one round of generation holds (device memory)
 //! score_responses(batch)        log π(response token | prompt, earlier tokens) at the batch's temperature
 //! backward_responses(.., dlogp, grads)   grads += ∂loss/∂θ from d loss / d logp of the response tokens
+//! chunk_objective(scored, obj)  one chunk's objective: its numbers, and d loss / d logp where the model is
+//! backward_token_grad(.., g, grads)      backward_responses from chunk_objective's token gradient
 //! clip_grad_norm(grads, max)    ‖grads‖₂ in the fixed order of optim::global_grad_norm, torch's clip
 //! apply_update(opt, grads, ..)  one AdamW step on the parameters the policy samples and scores with
 //! export_state / import_state   parameters and AdamW state in the CPU's f32 format (checkpoints)
@@ -18,9 +20,10 @@
 //!
 //! Gradients ([`Policy::Grads`]) and the optimizer state ([`Policy::Optimizer`]) live where the model
 //! lives: host vectors on the CPU, device buffers on a GPU (f32 gradient and AdamW moments; a bf16
-//! model made to train keeps its f32 master weights next to its compute copy), so a training step
-//! moves one number per response token to the device (d loss / d logp) and one per token back (the
-//! log-probs), never a parameter-sized buffer.
+//! model made to train keeps its f32 master weights next to its compute copy), and so does a chunk's
+//! token gradient ([`Policy::TokenGrad`]): a training step moves a few numbers per response token
+//! (the log-probs back, the current and old ones to the objective) and per response (the metrics),
+//! never a parameter-sized buffer, and d loss / d logp never leaves the device.
 //! The host format ([`HostState`]) is what a checkpoint holds; a run saved from one device resumes on
 //! another.
 //!
@@ -37,6 +40,7 @@ use crate::config::ModelConfig;
 use crate::error::{check_len, Error, Result};
 use crate::generate::{GenerateOptions, Generation};
 use crate::optim::{AdamWConfig, AdamWState};
+use crate::rl::chunk::{ChunkObjective, ChunkResult};
 use crate::sampling::SamplingParams;
 use std::ops::Range;
 
@@ -52,6 +56,8 @@ pub trait Policy {
     type Grads;
     /// What AdamW carries from step to step (moments, step count), where the model lives.
     type Optimizer;
+    /// d loss / d logp of a chunk's response tokens, where the model lives ([`Policy::chunk_objective`]).
+    type TokenGrad;
 
     fn config(&self) -> &ModelConfig;
     /// "cpu", "gpu" or "sim": for run records and messages.
@@ -96,6 +102,15 @@ pub trait Policy {
     /// response tokens of a batch scored with `record`: a mini-batch is the sum of its chunks'
     /// backward passes into one buffer.
     fn backward_responses(&self, scored: &ScoredResponses<Self::Record>, dlogp: &[Vec<f64>], grads: &mut Self::Grads) -> Result<()>;
+    /// One chunk's objective on a batch scored with `record` ([`crate::rl::chunk`]): the chunk's
+    /// numbers on the host, and scale · d loss / d logp of its response tokens where the policy
+    /// keeps it, for [`Policy::backward_token_grad`]. The host computes it in f64 from the host
+    /// log-probs; a device computes it where the log-probs and the backward are (NOTES.md,
+    /// "The objective on the device inside the trainer").
+    fn chunk_objective(&self, scored: &ScoredResponses<Self::Record>, obj: &ChunkObjective) -> Result<(ChunkResult, Self::TokenGrad)>;
+    /// [`Policy::backward_responses`] from the token gradient of [`Policy::chunk_objective`] on
+    /// the same scored batch.
+    fn backward_token_grad(&self, scored: &ScoredResponses<Self::Record>, dlogp: &Self::TokenGrad, grads: &mut Self::Grads) -> Result<()>;
     /// [`crate::optim::clip_grad_norm`] on `grads`, in its reduction order (the same norm, bit for
     /// bit, on every device for the same gradient): returns the norm before clipping; a non-finite
     /// norm leaves `grads` untouched (the caller skips that step).

@@ -245,3 +245,48 @@ fn engine_generates_from_its_own_weights() -> drpo::Result<()> {
     }
     Ok(())
 }
+
+/// `gpu::memory`'s decode workspace against what the launchers allocate: a decoding step of 3
+/// sequences on a fresh device, first with every sequence within one 256-key split (the workspace is
+/// the split-k GEMM partials of 3 rows: the head's, 2 ranges × 3 rows × 300 ids), then with one
+/// sequence at 602 keys (decode attention's split states, 3 · 8 heads · 3 splits · (32 + 2), the larger).
+#[test]
+fn decode_workspace_is_the_memory_models() -> drpo::Result<()> {
+    use drpo::gpu::memory::{decode_attention_workspace_values, decode_gemm_workspace_values, decode_workspace_bytes};
+    let cfg = drpo::config::ModelConfig {
+        vocab_size: 300,
+        hidden_size: 256,
+        intermediate_size: 128,
+        num_hidden_layers: 1,
+        num_attention_heads: 8,
+        num_key_value_heads: 2,
+        head_dim: 32,
+        max_position_embeddings: 640,
+        tie_word_embeddings: false,
+        ..drpo::gradcheck::random_config(3)
+    };
+    let (gemm, short, long) = (decode_gemm_workspace_values(&cfg, 3), decode_attention_workspace_values(&cfg, 3, 201), decode_attention_workspace_values(&cfg, 3, 602));
+    assert_eq!((gemm, short, long), (2 * 3 * 300, 0, 3 * 8 * 3 * 34), "the formula's terms for this config");
+    for gpu in devices("decode_workspace") {
+        let gpu = Arc::new(gpu);
+        let m = GpuModel::<bf16>::from_cpu(gpu.clone(), &Model::<f32>::random(cfg.clone(), 5, 0.02))?;
+        let mut cache = GpuKvCache::new(&gpu, &cfg, 3, 640)?;
+        let ids = |n: usize, at: u32| -> Vec<u32> { (0..n as u32).map(|i| (i * 7 + at) % 300).collect() };
+        let step = |cache: &mut GpuKvCache<bf16>, chunks: &[(usize, &[u32])]| -> drpo::Result<()> {
+            let hidden = m.forward_hidden(cache, chunks)?;
+            let last: Vec<u32> = hidden.rows.iter().filter(|r| !r.is_empty()).map(|r| r.end as u32 - 1).collect();
+            m.logits_of_rows(&hidden, &last).map(drop)
+        };
+        // prefills of more than 64 rows split nothing; then one decoding step each time
+        let (p0, p1, p2) = (ids(200, 1), ids(70, 2), ids(5, 3));
+        step(&mut cache, &[(0, &p0), (1, &p1), (2, &p2)])?;
+        step(&mut cache, &[(0, &[4]), (1, &[5]), (2, &[6])])?;
+        assert_eq!(gpu.workspace_bytes() as u64, decode_workspace_bytes(&cfg, 3, 201), "longest at 201 keys");
+        assert_eq!(gpu.workspace_bytes() as u64, 4 * gemm);
+        step(&mut cache, &[(0, &ids(400, 4))])?;
+        step(&mut cache, &[(0, &[7]), (1, &[8]), (2, &[9])])?;
+        assert_eq!(gpu.workspace_bytes() as u64, decode_workspace_bytes(&cfg, 3, 602), "longest at 602 keys");
+        assert_eq!(gpu.workspace_bytes() as u64, 4 * long);
+    }
+    Ok(())
+}

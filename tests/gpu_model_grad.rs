@@ -209,3 +209,104 @@ fn device_gradcheck_passes() -> drpo::Result<()> {
     }
     Ok(())
 }
+
+/// The log-probs and the gradient's bits of Σ dlogp·logp on a device model.
+fn scored_bits<T: GpuFloat>(m: &GpuModel<T>, batch: &ScoreBatch, dlogp: &[Vec<f64>]) -> drpo::Result<(Vec<Vec<f64>>, Vec<u32>)> {
+    let (logp, grads) = score_and_grad(m, batch, dlogp)?;
+    Ok((logp, grads.iter().map(|&g| (g as f32).to_bits()).collect()))
+}
+
+/// The training workspace is allocated once per shape and reused: the same batch twice, a bigger one
+/// (the workspace grows), a smaller one (it does not), each scored and differentiated with the bits of
+/// a fresh model (whose buffers are new), though the reused buffers hold the previous batch's values.
+#[test]
+fn the_workspace_is_reused_with_the_bits_of_a_fresh_model() -> drpo::Result<()> {
+    let mut rng = rng("gpu_model_grad_workspace");
+    for gpu in devices("gpu_model_grad_workspace") {
+        let gpu = Arc::new(gpu);
+        let dir = fixture("qwen2-odd");
+        let cpu = Model::<f32>::load(&dir)?;
+        let full = batch(&dir, 0.8, &cpu.cfg);
+        let sub = |n: usize| {
+            let seqs = full.seqs();
+            let (prompts, responses): (Vec<&[u32]>, Vec<&[u32]>) = (0..n).map(|i| seqs[i].split_at(full.prompt_lens()[i])).unzip();
+            ScoreBatch::responses(&cpu.cfg, &prompts, &responses, 0.8).unwrap()
+        };
+        let (small, smaller) = (sub(2), sub(1));
+        let m = GpuModel::<bf16>::for_training(gpu.clone(), &cpu)?;
+        let mut grown = Vec::new();
+        for (what, b) in [("small", &small), ("small again", &small), ("bigger", &full), ("smaller", &smaller)] {
+            let dlogp = random_dlogp(&mut rng, &m.score_responses(b, false)?.logp);
+            let mut grads = m.new_grads()?;
+            let before = gpu.allocations();
+            let scored = m.score_responses(b, true)?;
+            m.backward_responses(&scored, &dlogp, &mut grads)?;
+            let step_allocations = gpu.allocations() - before;
+            let got = scored_bits(&m, b, &dlogp)?;
+            let fresh = GpuModel::<bf16>::for_training(gpu.clone(), &cpu)?;
+            assert!(got == scored_bits(&fresh, b, &dlogp)?, "{what}: the reused workspace changed a log-prob or a gradient bit");
+            let (allocations, bytes) = m.workspace_stats();
+            let tokens: usize = b.seqs().iter().map(|s| s.len()).sum();
+            println!("{what}: {tokens} tokens, workspace {allocations} allocations, {bytes} bytes; device allocations of a recorded scoring + backward: {step_allocations}");
+            grown.push((allocations, bytes));
+        }
+        // the first batch: the forward's set for one layer (a scoring without a record), grown to every
+        // layer (the recorded scoring), the backward's and the head scratch; then only the bigger batch grows it
+        assert_eq!(grown[0].0, 4, "the first batch allocates four buffer sets");
+        assert_eq!(grown[1], grown[0], "the same batch again allocates nothing");
+        assert!(grown[2].0 > grown[1].0 && grown[2].1 > grown[1].1, "a bigger batch grows the workspace");
+        assert_eq!(grown[3], grown[2], "a smaller batch reuses it");
+        // its bytes are bytes_per_token's per row of the largest chunk (up to the RMSNorm partials'
+        // rounding to 16 rows)
+        let rows: usize = full.seqs().iter().map(|s| s.len()).sum();
+        let per_token = drpo::model::gpu_train::bytes_per_token(&cpu.cfg, 2, true) * rows;
+        let slack = 16 * cpu.cfg.hidden_size * 4;
+        assert!(grown[2].1.abs_diff(per_token) <= slack, "workspace {} bytes against {per_token} from bytes_per_token", grown[2].1);
+        // a generation between the scoring and the backward frees the workspace (its KV cache takes
+        // the memory): the backward recomputes the activations, with the same bits
+        let dlogp = random_dlogp(&mut rng, &m.score_responses(&small, false)?.logp);
+        let scored = m.score_responses(&small, true)?;
+        drop(m.new_cache(2, 8)?);
+        assert_eq!(m.workspace_stats().1, 0, "a generation frees the training workspace");
+        let mut grads = m.new_grads()?;
+        m.backward_responses(&scored, &dlogp, &mut grads)?;
+        let got: Vec<u32> = m.grads_to_host(&grads)?.iter().map(|&g| (g as f32).to_bits()).collect();
+        let fresh = GpuModel::<bf16>::for_training(gpu.clone(), &cpu)?;
+        assert!(got == scored_bits(&fresh, &small, &dlogp)?.1, "the backward after a generation changed a gradient bit");
+    }
+    Ok(())
+}
+
+/// The weight gradients of a long sequence run the split-k plan (`MatmulPlan::dw`: qwen2-odd's k and
+/// v have 2 tiles of 64×64, so 300 tokens are cut into 2 ranges): the f32 gradient stays within the
+/// f64 model's bound, and its bits are the same for every chunking and from run to run.
+#[test]
+fn split_k_weight_gradients_match_the_cpu_and_keep_their_bits() -> drpo::Result<()> {
+    use drpo::gpu::matmul::MatmulPlan;
+    let mut rng = rng("gpu_model_grad_split_k");
+    for gpu in devices("gpu_model_grad_split_k") {
+        let gpu = Arc::new(gpu);
+        let dir = fixture("qwen2-odd");
+        let cpu = Model::<f32>::load(&dir)?;
+        let cpu64 = Model::<f64>::load(&dir)?;
+        let cfg = &cpu.cfg;
+        let ids = |rng: &mut rand::rngs::StdRng, n: usize| -> Vec<u32> { (0..n).map(|_| rng.random_range(0..cfg.vocab_size as u32)).collect() };
+        let (p0, r0, p1, r1) = (ids(&mut rng, 20), ids(&mut rng, 280), ids(&mut rng, 5), ids(&mut rng, 30));
+        let batch = ScoreBatch::responses(cfg, &[&p0, &p1], &[&r0, &r1], 0.9)?;
+        assert_eq!(MatmulPlan::dw(&gpu, 300, cfg.hidden_size, cfg.kv_dim()), MatmulPlan::SplitK { k_chunk: 160 }, "the premise: k and v split");
+        let want_logp = cpu64.score_responses(&batch, false)?.logp;
+        let dlogp = random_dlogp(&mut rng, &want_logp);
+        let (_, want) = score_and_grad(&cpu64, &batch, &dlogp)?;
+        let mut m = GpuModel::<f32>::for_training(gpu.clone(), &cpu)?;
+        let (logp, got) = score_and_grad(&m, &batch, &dlogp)?;
+        assert_close("split-k f32 logprobs", &logp.concat(), &want_logp.concat(), chain(1e-4));
+        assert_grads_close("split-k f32", &cpu64, &got, &want, F32_GRAD);
+        let first = (logp, got.iter().map(|&g| (g as f32).to_bits()).collect::<Vec<u32>>());
+        // a rerun (one chunk), then one sequence per chunk
+        for budget in [usize::MAX, 1] {
+            m.set_max_tokens_per_chunk(Some(budget))?;
+            assert!(scored_bits(&m, &batch, &dlogp)? == first, "budget {budget}: other bits");
+        }
+    }
+    Ok(())
+}

@@ -176,6 +176,17 @@ fn qwen2_5_1_5b_with_8k_responses_fits_80_gb() {
     assert_eq!(m.kv_per_token, 2 * 28 * 256 * 2);
     // per token per layer: (4·1536 + 2·1536 + 2·256 + 3·8960) bf16 values, 2 rstd and 12 lse f32
     assert_eq!(m.activations_per_token, 28 * ((4 * 1536 + 2 * 1536 + 2 * 256 + 3 * 8960) * 2 + (2 + 12) * 4) + 2 * 1536 * 2 + 5 * 4);
+    // the decode workspace: gate | up's split-k partials at 64 rows (280 tiles of 64 × 64 → 2 ranges
+    // of 1536), and per sequence 12 heads × 36 splits of 256 keys × (128 + 2) f32 of attention states
+    println!(
+        "  decode workspace: {:.1} MB of GEMM partials, {} B of attention split states per sequence ({:.1} MB for {})",
+        m.decode_gemm_workspace as f64 / 1e6,
+        12 * 36 * 130 * 4,
+        (12 * 36 * 130 * 4 * plan.generation_sequences) as f64 / 1e6,
+        plan.generation_sequences
+    );
+    assert_eq!(m.decode_gemm_workspace, 2 * 64 * 2 * 8960 * 4);
+    assert_eq!(m.generation_sequence(seq), m.kv_per_token * seq + m.generation_per_sequence + 12 * 36 * 130 * 4);
     assert!(plan.chunk_tokens >= seq && plan.generation_sequences >= 1);
     assert!(plan.generation_sequences < 128 * 8, "the paper's rollouts of a step fit at once: update NOTES.md");
     // and the resident state alone does not fit a 16 GB card

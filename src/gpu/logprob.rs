@@ -181,6 +181,24 @@ impl<T: GpuFloat> HeadGradScratch<T> {
         let targets_d = gpu.htod(if targets.is_empty() { &[0] } else { targets })?;
         Ok(HeadGradScratch { targets: targets_d, dlogits: gpu.alloc_zeros::<T>(rows * vocab)?, dh_acc: None, n: targets.len(), v, rows, vocab })
     }
+
+    /// Rows of the scratch's row chunk (≤ the rows it was made for).
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Reuses the scratch and its chunks for other `targets` (checked < v; the targets' buffer grows
+    /// when they are more): [`head_bwd_with`] then gives the bits of a fresh scratch for them
+    /// whenever their row chunks are the same, i.e. min(targets.len(), the fresh row chunk) ≤ [`Self::rows`].
+    pub fn set_targets(&mut self, gpu: &Gpu, targets: &[u32]) -> Result<()> {
+        check_targets("head_bwd", targets, self.v)?;
+        if targets.len() > self.targets.len() {
+            self.targets = gpu.alloc_zeros::<u32>(targets.len())?;
+        }
+        gpu.memcpy_htod(targets, &mut self.targets.slice_mut(0..targets.len()))?;
+        self.n = targets.len();
+        Ok(())
+    }
 }
 
 /// Backward of [`head_logprob`]: with dlogits[r, j] = dlogp[r]·(1[j = targets[r]] − softmax(z[r])_j) / temp,

@@ -11,7 +11,10 @@
 //!                          and the position (u32); the backward's transient gradients of one layer
 //!                          (the same listing, counted in f32) and the residual-stream gradient [c]·4
 //! generation, per sequence KV cache 2·layers·kvd·e per token; logits [v]·4 and the sampler's
-//!                          fixed-point masses [v]·8 of its row; one decode row's activations
+//!                          fixed-point masses [v]·8 of its row; one decode row's activations;
+//!                          decode attention's split states nh·ceil(len/256)·(hd + 2)·4
+//! generation, fixed        the split-k GEMM partials of a decoding step of ≤ 64 rows (the device's
+//!                          workspace, `Gpu::with_workspace`): splits·rows·d_out·4 of its largest GEMM
 //! ```
 //! e = 2 (bf16) or 4 (f32), n = parameters (counted here from the shapes, independently of
 //! [`crate::layout::ParamLayout`]; tests/memory.rs checks they agree). Attention never holds the
@@ -20,6 +23,8 @@
 //! and saturate like [`crate::memory`]'s: they are for planning, not byte exact.
 
 use crate::config::ModelConfig;
+use crate::gpu::attention::DECODE_SPLIT_KEYS;
+use crate::gpu::matmul::{MatmulPlan, SPLIT_ROWS};
 use crate::gpu::GpuFloat;
 
 /// Saturating product.
@@ -58,6 +63,13 @@ pub struct StepMemory {
     pub kv_per_token: u64,
     /// a generating sequence's fixed share: its logits row, the sampler's masses, one decode row
     pub generation_per_sequence: u64,
+    /// the device workspace's split-k GEMM partials of a generation, whatever its batch: those of a
+    /// decoding step of [`SPLIT_ROWS`] rows ([`decode_gemm_workspace_values`]), f32
+    pub decode_gemm_workspace: u64,
+    /// decode attention's split states per query head, per 256-key split of a sequence: hd + 2 f32
+    pub decode_split_state: u64,
+    /// query heads (decode attention keeps split states per head)
+    heads: u64,
 }
 
 impl StepMemory {
@@ -71,10 +83,51 @@ impl StepMemory {
         add(&[self.activations_per_token, self.backward_per_token])
     }
 
-    /// Bytes one generating sequence of `len` tokens (prompt + response) needs.
+    /// Bytes one generating sequence of `len` tokens (prompt + response) needs: its KV cache, its fixed
+    /// share and its decode attention split states (counted for every sequence: the workspace gives
+    /// each sequence the splits of the batch's longest).
     pub fn generation_sequence(&self, len: u64) -> u64 {
-        add(&[mul(&[self.kv_per_token, len]), self.generation_per_sequence])
+        add(&[mul(&[self.kv_per_token, len]), self.generation_per_sequence, mul(&[self.heads, decode_splits(len), self.decode_split_state])])
     }
+}
+
+/// Decode attention's key splits for a sequence of `keys` keys (one split needs no states).
+fn decode_splits(keys: u64) -> u64 {
+    match keys.div_ceil(DECODE_SPLIT_KEYS as u64) {
+        s if s > 1 => s,
+        _ => 0,
+    }
+}
+
+/// f32 values of the device workspace a GEMM of `rows` rows of generation asks for (split k at most
+/// [`SPLIT_ROWS`] rows, `MatmulPlan::forward`): the largest of the decoder's q, k, v, o, gate | up,
+/// down and the head's logits, splits × rows × d_out each; 0 when none splits (more rows, or k too short).
+pub fn decode_gemm_workspace_values(cfg: &ModelConfig, rows: usize) -> u64 {
+    if rows == 0 || rows > SPLIT_ROWS {
+        return 0;
+    }
+    let (c, ff, v, qd, kvd) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size, cfg.q_dim(), cfg.kv_dim());
+    let gemms = [(c, qd), (c, kvd), (qd, c), (c, 2 * ff), (ff, c), (c, v)]; // (d_in, d_out)
+    gemms
+        .iter()
+        .map(|&(d_in, d_out)| match MatmulPlan::split_k(d_out.div_ceil(64), d_in).splits(d_in) {
+            1 => 0,
+            s => mul(&[s as u64, rows as u64, d_out as u64]),
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// f32 values of the device workspace decode attention asks for when `seqs` sequences decode and the
+/// longest attends to `max_keys` keys: seqs · nh · splits · (hd + 2), 0 with one split.
+pub fn decode_attention_workspace_values(cfg: &ModelConfig, seqs: usize, max_keys: usize) -> u64 {
+    mul(&[seqs as u64, cfg.num_attention_heads as u64, decode_splits(max_keys as u64), cfg.head_dim as u64 + 2])
+}
+
+/// Bytes of the device workspace of a decoding step of `seqs` sequences whose longest attends to
+/// `max_keys` keys: one buffer, the largest request of its launches.
+pub fn decode_workspace_bytes(cfg: &ModelConfig, seqs: usize, max_keys: usize) -> u64 {
+    mul(&[decode_gemm_workspace_values(cfg, seqs).max(decode_attention_workspace_values(cfg, seqs, max_keys)), 4])
 }
 
 /// Parameters of `cfg` counted from its tensor shapes (the embedding once when tied).
@@ -116,6 +169,9 @@ pub fn step_memory(cfg: &ModelConfig, elem: u64) -> StepMemory {
         backward_per_token: mul(&[add(&[layer_values, c]), 4]),
         kv_per_token: mul(&[2, l, kvd, elem]),
         generation_per_sequence: add(&[mul(&[v, 4 + 8]), mul(&[layer_values, elem])]),
+        decode_gemm_workspace: mul(&[decode_gemm_workspace_values(cfg, SPLIT_ROWS), 4]),
+        decode_split_state: mul(&[cfg.head_dim as u64 + 2, 4]),
+        heads: nh,
     }
 }
 
@@ -156,7 +212,7 @@ impl StepPlan {
             seq_len,
             free,
             chunk_tokens: chunk_tokens(cfg, elem, left),
-            generation_sequences: left / memory.generation_sequence(seq_len).max(1),
+            generation_sequences: left.saturating_sub(memory.decode_gemm_workspace) / memory.generation_sequence(seq_len).max(1),
         }
     }
 
@@ -168,21 +224,24 @@ impl StepPlan {
 }
 
 /// The share of the free device memory a generation round leaves unused (1/16): the allocator's
-/// granularity, the kernels' workspace (split-k partial sums, decode attention's split states) and
-/// the small buffers a decoding step allocates next to the cache.
+/// granularity and the small buffers a decoding step allocates next to the cache (token ids, streams,
+/// the sequence table).
 pub const GENERATION_RESERVE_DIVISOR: u64 = 16;
 
 /// Sequences of `len` tokens, the longest prompt `prompt_len` of them, that one generation round
 /// holds in `free` bytes of device memory not allocated when it starts (what is resident, the
 /// weights and a trainer's master copy, moments and gradient, is already out of it): 15/16 of
-/// `free` over one sequence's share, which is [`StepMemory::generation_sequence`] (its KV cache,
-/// logits, sampler row, a decode row) and its prompt's rows of the prefill, which runs one layer at a
-/// time over every prompt token of the round (`model::gpu`'s forward: x h proj hf [c], q att [qd],
-/// k v [kvd], gate up act [ff] in the compute type, rstd f32). 0 when not one fits.
+/// `free`, less the decode GEMMs' split-k partials ([`StepMemory::decode_gemm_workspace`], once per
+/// round), over one sequence's share, which is [`StepMemory::generation_sequence`] (its KV cache,
+/// logits, sampler row, a decode row, its decode attention split states) and its prompt's rows of the
+/// prefill, which runs one layer at a time over every prompt token of the round (`model::gpu`'s
+/// forward: x h proj hf [c], q att [qd], k v [kvd], gate up act [ff] in the compute type, rstd f32).
+/// 0 when not one fits.
 pub fn generation_round(cfg: &ModelConfig, elem: u64, prompt_len: u64, len: u64, free: u64) -> u64 {
     let (c, ff) = (cfg.hidden_size as u64, cfg.intermediate_size as u64);
     let (qd, kvd) = (cfg.q_dim() as u64, cfg.kv_dim() as u64);
+    let m = step_memory(cfg, elem);
     let prefill_row = add(&[mul(&[add(&[mul(&[4, c]), mul(&[2, qd]), mul(&[2, kvd]), mul(&[3, ff])]), elem]), 4]);
-    let per_sequence = add(&[step_memory(cfg, elem).generation_sequence(len), mul(&[prefill_row, prompt_len])]);
-    (free - free / GENERATION_RESERVE_DIVISOR) / per_sequence.max(1)
+    let per_sequence = add(&[m.generation_sequence(len), mul(&[prefill_row, prompt_len])]);
+    (free - free / GENERATION_RESERVE_DIVISOR).saturating_sub(m.decode_gemm_workspace) / per_sequence.max(1)
 }

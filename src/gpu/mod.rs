@@ -363,6 +363,8 @@ pub struct Gpu {
     pub device_name: String,
     pub sm_count: usize,
     sync_each_launch: bool,
+    /// device allocations made so far ([`Gpu::allocations`])
+    allocations: std::sync::atomic::AtomicUsize,
 }
 
 enum Backend {
@@ -414,7 +416,7 @@ impl Gpu {
 
     fn with(backend: Backend, p: DeviceProps) -> Gpu {
         let sync_each_launch = std::env::var("DRPO_SYNC").is_ok_and(|v| v == "1");
-        Gpu { workspace: Default::default(), backend, arch: p.arch, device_name: p.name, sm_count: p.sm_count, sync_each_launch }
+        Gpu { workspace: Default::default(), backend, arch: p.arch, device_name: p.name, sm_count: p.sm_count, sync_each_launch, allocations: Default::default() }
     }
 
     /// Runs `f` with an exclusive view of `len` f32 of the device's workspace: the scratch a launcher
@@ -449,6 +451,12 @@ impl Gpu {
         }
     }
 
+    /// Device allocations ([`Gpu::alloc_zeros`], [`Gpu::htod`]) made on this device so far: what the
+    /// tests and the performance log count to show a workspace reused.
+    pub fn allocations(&self) -> usize {
+        self.allocations.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// True on the simulated device (for reports and names only: launchers never ask).
     pub fn is_simulated(&self) -> bool {
         matches!(self.backend, Backend::Sim(_))
@@ -456,6 +464,7 @@ impl Gpu {
 
     /// `len` zeros.
     pub fn alloc_zeros<T: DeviceCopy>(&self, len: usize) -> Result<DeviceBuffer<T>> {
+        self.allocations.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         match &self.backend {
             Backend::Cuda(d) => d.alloc_zeros(len),
             Backend::Sim(d) => d.alloc_zeros(len),
@@ -464,6 +473,7 @@ impl Gpu {
 
     /// A new buffer holding a copy of `src`.
     pub fn htod<T: DeviceCopy>(&self, src: &[T]) -> Result<DeviceBuffer<T>> {
+        self.allocations.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         match &self.backend {
             Backend::Cuda(d) => d.htod(src),
             Backend::Sim(d) => d.htod(src),
@@ -504,6 +514,15 @@ impl Gpu {
             Backend::Cuda(d) => d.dtoh(v.ptr, v.len),
             // SAFETY: the view borrows v.len live values; the simulator's launches are synchronous.
             Backend::Sim(_) => Ok(unsafe { std::slice::from_raw_parts(v.ptr as *const T, v.len) }.to_vec()),
+        }
+    }
+
+    /// Bytes of device memory free now as the driver reports them; None on the simulated device,
+    /// whose memory is the host's, allocated on demand (callers pick a documented budget instead).
+    pub fn free_memory_bytes(&self) -> Result<Option<u64>> {
+        match &self.backend {
+            Backend::Cuda(d) => d.free_memory_bytes().map(Some),
+            Backend::Sim(_) => Ok(None),
         }
     }
 

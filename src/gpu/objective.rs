@@ -217,6 +217,16 @@ fn values(gpu: &Gpu, work: &ObjectiveWork, op: &str) -> Result<ObjectiveValues> 
     Ok(v)
 }
 
+/// Σ_t x_{i,t} of every response of a `[T]` token array (a baseline's push from its gradient):
+/// `objective_sums` with `x` as both ℓ and ℓ^old (its KL slot gets Σ (x − x) = 0). Overwrites the
+/// per-response sums of the last objective call in `work` (its scalars, weights and ∂loss/∂s stay).
+pub fn response_sums<T: LogProbFloat>(gpu: &Gpu, work: &mut ObjectiveWork, groups: &DeviceGroups, x: &DView<T>) -> Result<Vec<f64>> {
+    check_len("response_sums", "x", x.len(), groups.tokens)?;
+    work.check(groups)?;
+    sums(gpu, work, groups, &TokenLogProbs { logp: *x, old_logp: *x })?;
+    gpu.dtoh(&work.logp_sum)
+}
+
 /// `rl::objectives::drpo` and `disco` on the device (DisCO: `lambda` = +∞): writes ∂loss/∂ℓ·`scale` into
 /// `dlogp` (`[T]`) and the per-response / per-group results into `work`; returns the scalars.
 #[allow(clippy::too_many_arguments)]

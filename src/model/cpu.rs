@@ -26,6 +26,7 @@ use crate::error::{check_len, Error, Result};
 use crate::layout::ParamLayout;
 use crate::optim::{AdamWConfig, AdamWState};
 use crate::policy::{check_score_temperature, Chunks, Draw, HostState, Policy, ScoreBatch, ScoredResponses};
+use crate::rl::chunk::{ChunkObjective, ChunkResult};
 use crate::rng::uniform;
 use crate::sampling::sample;
 use rayon::prelude::*;
@@ -539,6 +540,8 @@ impl<T: Float> Policy for Model<T> {
     type Record = Recorded<T>;
     type Grads = Vec<T>;
     type Optimizer = AdamWState<T>;
+    /// `[n][L_i]` on the host, the rows of [`Policy::backward_responses`]
+    type TokenGrad = Vec<Vec<f64>>;
 
     fn config(&self) -> &ModelConfig {
         &self.cfg
@@ -601,6 +604,15 @@ impl<T: Float> Policy for Model<T> {
         check_len("zero_grads", "grads", grads.len(), self.layout.total)?;
         grads.fill(T::ZERO);
         Ok(())
+    }
+
+    /// [`crate::rl::chunk::host_objective`]: `rl::objectives` in f64 on the host log-probs.
+    fn chunk_objective(&self, scored: &ScoredResponses<Recorded<T>>, obj: &ChunkObjective) -> Result<(ChunkResult, Vec<Vec<f64>>)> {
+        crate::rl::chunk::host_objective(&scored.logp, obj)
+    }
+
+    fn backward_token_grad(&self, scored: &ScoredResponses<Recorded<T>>, dlogp: &Vec<Vec<f64>>, grads: &mut Vec<T>) -> Result<()> {
+        self.backward_responses(scored, dlogp, grads)
     }
 
     /// The backward runs into a buffer of its own, added to `grads` element by element (one

@@ -27,11 +27,12 @@ use crate::gpu::{self, Gpu, GpuFloat};
 use crate::layout::ParamLayout;
 use crate::model::Model;
 use crate::model::gpu_state::{self, GpuAdamW, GpuGrads};
-use crate::model::gpu_train::GpuRecord;
+use crate::model::gpu_train::{GpuRecord, TrainWorkspace};
 use crate::optim::AdamWConfig;
 use crate::policy::{check_score_temperature, Chunks, Draw, HostState, Policy, ScoreBatch, ScoredResponses};
+use crate::rl::chunk::{ChunkObjective, ChunkResult};
 use crate::gpu::DeviceBuffer;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// A Qwen2 model on the GPU: config, layout, one flat parameter buffer, the rotary tables.
 pub struct GpuModel<T: GpuFloat> {
@@ -51,6 +52,8 @@ pub struct GpuModel<T: GpuFloat> {
     /// sequences of a generation round; None: what the free device memory holds
     /// ([`GpuModel::set_generation_round`])
     generation_round: Option<usize>,
+    /// the uncached forward's and the backward's buffers, allocated once per shape (`gpu_train`)
+    pub(super) workspace: Mutex<TrainWorkspace<T>>,
 }
 
 /// Keys and values of every layer for `slots` sequences.  k, v: [layers, slots, cap, kv_dim]
@@ -101,7 +104,18 @@ impl<T: GpuFloat> GpuModel<T> {
                 gpu::attention::MAX_HEAD_DIM
             )));
         }
-        Ok(GpuModel { gpu, cfg, layout: model.layout.clone(), params, master: None, cos, sin, chunk_tokens: None, generation_round: None })
+        Ok(GpuModel {
+            gpu,
+            cfg,
+            layout: model.layout.clone(),
+            params,
+            master: None,
+            cos,
+            sin,
+            chunk_tokens: None,
+            generation_round: None,
+            workspace: Default::default(),
+        })
     }
 
     /// Fixes the sequences of a generation round (`None`: what the free device memory holds,
@@ -273,6 +287,8 @@ impl<T: GpuFloat> Policy for GpuModel<T> {
     type Record = GpuRecord<T>;
     type Grads = GpuGrads;
     type Optimizer = GpuAdamW;
+    /// `[T]` f32 on the device, the chunk's response tokens in batch order
+    type TokenGrad = DeviceBuffer<f32>;
 
     fn config(&self) -> &ModelConfig {
         &self.cfg
@@ -292,6 +308,8 @@ impl<T: GpuFloat> Policy for GpuModel<T> {
 
     fn new_cache(&self, slots: usize, cap: usize) -> Result<GpuDecode<T>> {
         let gpu = &*self.gpu;
+        // a generation starts: the training workspace's memory goes to the KV cache until training resumes
+        self.workspace().release();
         let kv = GpuKvCache::new(gpu, &self.cfg, slots, cap)?;
         // the sampler's tokens, then its non-finite flags: one copy back per step
         let tokens = gpu.alloc_zeros::<u32>(2 * slots.max(1))?;
@@ -311,6 +329,9 @@ impl<T: GpuFloat> Policy for GpuModel<T> {
         if let Some(round) = self.generation_round {
             return Ok(round);
         }
+        // asked as a generation starts: the training workspace that new_cache would release is free
+        // memory for its rounds, so release it before counting
+        self.workspace().release();
         let elem = size_of::<T>() as u64;
         let round = gpu::memory::generation_round(&self.cfg, elem, prompt_len as u64, len as u64, self.gpu.free_bytes()?);
         Ok(usize::try_from(round).unwrap_or(usize::MAX))
@@ -370,6 +391,16 @@ impl<T: GpuFloat> Policy for GpuModel<T> {
     /// [`GpuModel::backward_into`]: accumulates into the device gradient.
     fn backward_responses(&self, scored: &ScoredResponses<GpuRecord<T>>, dlogp: &[Vec<f64>], grads: &mut GpuGrads) -> Result<()> {
         self.backward_into(scored.recorded()?, dlogp, &mut grads.g.as_view_mut())
+    }
+
+    /// [`GpuModel::chunk_objective_on_device`]: `gpu::objective` on the device.
+    fn chunk_objective(&self, scored: &ScoredResponses<GpuRecord<T>>, obj: &ChunkObjective) -> Result<(ChunkResult, DeviceBuffer<f32>)> {
+        self.chunk_objective_on_device(scored, obj)
+    }
+
+    /// [`GpuModel::backward_from_device`]: no host round trip.
+    fn backward_token_grad(&self, scored: &ScoredResponses<GpuRecord<T>>, dlogp: &DeviceBuffer<f32>, grads: &mut GpuGrads) -> Result<()> {
+        self.backward_from_device(scored.recorded()?, &dlogp.as_view(), &mut grads.g.as_view_mut())
     }
 
     fn clip_grad_norm(&self, grads: &mut GpuGrads, max_norm: f64) -> Result<f64> {

@@ -14,10 +14,14 @@
 //! **What is recorded.** With `record`, a chunk keeps every layer's [`LayerActs`] (the CPU's names,
 //! `model::cpu::LayerActs`, with the attention probabilities replaced by the log-sum-exp the
 //! backward recomputes them from, and gate | up fused as `gu`) and the final norm's and head's inputs
-//! ([`Activations`]); nothing inside a layer is recomputed. [`bytes_per_token`] counts them. The
-//! record of a scored batch ([`GpuRecord`]) holds those activations only when the whole batch was one
-//! chunk; otherwise the backward recomputes each chunk's forward before its backward (one more forward
-//! pass), so device memory is bounded by one chunk whatever the batch.
+//! ([`Activations`]); nothing inside a layer is recomputed. They live in the model's
+//! [`TrainWorkspace`], allocated for the largest chunk seen and reused by every later call (with the
+//! backward's buffers and the head's scratch); [`bytes_per_token`] counts it. A scored batch's record
+//! ([`GpuRecord`]) uses the activations left there when the whole batch was one chunk and no other
+//! forward has replaced them; otherwise the backward recomputes each chunk's forward before its
+//! backward (one more forward pass), so device memory is bounded by one chunk whatever the batch. The
+//! token budget of a chunk comes from `gpu::memory::tokens_per_chunk` of the device's free memory
+//! ([`GpuModel::max_tokens_per_chunk`]).
 //!
 //! **The same bits whatever the budget.** Every row of the forward is computed by kernels whose
 //! arithmetic does not depend on the other rows (GEMMs, norms, the head) or on the other sequences
@@ -35,44 +39,67 @@ use crate::config::ModelConfig;
 use crate::error::{check_len, Error, Result};
 use crate::gpu::attention::{attention_bwd, attention_fwd, PackedSeqs};
 use crate::gpu::embedding::{embedding_bwd, embedding_fwd, EmbeddingGradPlan};
-use crate::gpu::logprob::{head_bwd_with, head_logprob, HeadGradScratch};
-use crate::gpu::matmul::{matmul_bwd_db, matmul_bwd_dw, matmul_bwd_dx, matmul_fwd, MatmulTile};
+use crate::gpu::logprob::{head_bwd_with, head_logprob, HeadGradScratch, BWD_ROW_CHUNK};
+use crate::gpu::memory::tokens_per_chunk;
+use crate::gpu::matmul::{matmul_bwd_db, matmul_bwd_dw, matmul_bwd_dx, matmul_fwd, MatmulPlan, MatmulTile};
 use crate::gpu::residual::residual_add;
 use crate::gpu::rmsnorm::{bwd_scratch_len, rmsnorm_bwd, rmsnorm_fwd};
 use crate::gpu::rope::{rope_bwd, rope_fwd};
 use crate::gpu::swiglu::{swiglu_bwd, swiglu_fwd};
-use crate::gpu::{DView, DViewMut, DeviceBuffer, GpuFloat};
+use crate::gpu::{DView, DViewMut, DeviceBuffer, Gpu, GpuFloat};
 use crate::layout::LayerRanges;
 use crate::policy::{ScoreBatch, ScoredResponses};
+use std::marker::PhantomData;
 use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::MutexGuard;
 
-/// The activation memory a chunk may use when no budget is set ([`GpuModel::set_max_tokens_per_chunk`]):
-/// the default token budget is this over [`bytes_per_token`]. A placeholder until the device memory
-/// estimate (src/gpu/memory.rs) sets the budget from what the device has.
-pub const DEFAULT_CHUNK_BYTES: usize = 4 << 30;
-
-/// Device bytes per token of one chunk, for elements of `elem` bytes (the storage type).
-/// - `record`: every layer's [`LayerActs`] (x_in, h1, x_mid, h2: 4c; q, att: 2·q_dim; k, v: 2·kv_dim;
-///   gu, act: 3·ff; rstd1, rstd2 and lse (nh) in f32), the chunk's residual output, hf and its f32
-///   rows (rstd, lse, logp, ids, targets, positions), and the backward's buffers of one layer (dx,
-///   dh2, dh1: 3c; dact, dgu: 3·ff; datt, dq: 2·q_dim; dk, dv: 2·kv_dim; delta (nh) and dlogp in f32).
-/// - without: one layer's buffers (reused by every layer), the spare residual, hf and the f32 rows.
+/// Device bytes per token of a chunk's workspace ([`TrainWorkspace`]), for elements of `elem` bytes
+/// (the storage type); exactly what the buffers hold per row.
+/// - forward (`record`: every layer; without: one layer's buffers, reused by every layer): per layer
+///   [`LayerActs`] (x_in, h1, x_mid, h2: 4c; q, att: 2·q_dim; k, v: 2·kv_dim; gu, act: 3·ff; rstd1,
+///   rstd2 and lse (nh) in f32), then the chunk's residual output and hf (2c), its f32 rows (rstd_f,
+///   lse, logp) and the u32 ids and positions.
+/// - `record` adds the backward's buffers of one layer ([`BackwardBuffers`]: dx, dh: 2c; d of a
+///   projection's input, max(ff, q_dim); dgu: 2·ff; dq: q_dim; dk, dv: 2·kv_dim; delta (nh) in
+///   f32 (d loss / d logp is the caller's device buffer); the RMSNorm dw partials, c f32 per 16 rows, counted as c/16 per token).
 ///
-/// Not per token, so not counted: the head's scratch (≤ 4096 rows × 8192 ids of dlogits, the
-/// log-prob partials of ≤ 4096 rows), the RMSNorm dw partials.
+/// Not per token, so not counted: the head backward's scratch (≤ 4096 rows × 8192 ids of dlogits and
+/// 4096 rows of f32 dh), the split-k partials of the device's workspace, the per-call uploads of the
+/// sequence starts and targets, and tied embeddings' gather table (≤ the batch's distinct ids × c f32).
 pub fn bytes_per_token(cfg: &ModelConfig, elem: usize, record: bool) -> usize {
     let (c, ff, qd, kvd, nh) = (cfg.hidden_size, cfg.intermediate_size, cfg.q_dim(), cfg.kv_dim(), cfg.num_attention_heads);
     // saturating: a config's sizes come from a file (an absurd one gives usize::MAX, never a wrap)
     let sum = |xs: &[usize]| xs.iter().fold(0usize, |a, &x| a.saturating_add(x));
     let elems = |xs: &[usize]| sum(xs).saturating_mul(elem);
     let layer = sum(&[elems(&[4 * c, 2 * qd, 2 * kvd, 3 * ff]), (2 + nh).saturating_mul(4)]);
-    let chunk = sum(&[elems(&[2 * c]), 6 * 4]);
-    let backward = sum(&[elems(&[3 * c, 3 * ff, 2 * qd, 2 * kvd]), (nh + 1).saturating_mul(4)]);
+    let chunk = sum(&[elems(&[2 * c]), 5 * 4]);
+    let backward = sum(&[elems(&[2 * c, ff.max(qd), 2 * ff, qd, 2 * kvd]), nh.saturating_mul(4), c.div_ceil(16).saturating_mul(4)]);
     if record {
         sum(&[cfg.num_hidden_layers.saturating_mul(layer), chunk, backward])
     } else {
         sum(&[layer, chunk])
     }
+}
+
+/// Bytes of device memory the training workspace leaves to everything else when its budget comes from
+/// the driver's free memory ([`chunk_budget_bytes`]): a fixed 1 GiB plus 1/16 of what is free.
+/// They hold what the per-token estimate does not count ([`bytes_per_token`]'s list: the head
+/// backward's scratch, 64 MiB of bf16 dlogits + 24 MiB of f32 dh at 1.5B; the split-k partials,
+/// < 16 MiB; tied embeddings' gather table, ≤ 0.93 GB at 1.5B when every id of the vocabulary
+/// occurs), the allocator's rounding and fragmentation, and the error of an estimate.
+pub const CHUNK_MARGIN_BYTES: u64 = 1 << 30;
+
+/// The simulated device's training budget: the simulator has no memory of its own (host memory,
+/// allocated on demand), so a fixed 4 GiB stands for "free memory" and every fixture batch is one
+/// chunk unless a test sets a smaller budget ([`GpuModel::set_max_tokens_per_chunk`]).
+pub const SIM_CHUNK_BYTES: u64 = 4 << 30;
+
+/// Bytes a training chunk may use when the device reports `free` bytes free (the resident state,
+/// weights, master copy, moments, gradient, already allocated): `free` less [`CHUNK_MARGIN_BYTES`]
+/// and a sixteenth of `free`; 0 when that is negative.
+pub fn chunk_budget_bytes(free: u64) -> u64 {
+    free.saturating_sub(CHUNK_MARGIN_BYTES).saturating_sub(free / 16)
 }
 
 /// Consecutive runs of whole sequences whose token count stays within `max_tokens` (≥ 1), in order;
@@ -94,7 +121,8 @@ pub fn token_chunks(lens: &[usize], max_tokens: usize) -> Vec<Range<usize>> {
 }
 
 /// One decoder layer's activations over a chunk's n rows, as the forward leaves them for the backward
-/// (the CPU's `LayerActs`, with lse instead of the probabilities and gate | up fused).
+/// (the CPU's `LayerActs`, with lse instead of the probabilities and gate | up fused). Each buffer
+/// holds the workspace's capacity of rows; a chunk uses the first n.
 pub struct LayerActs<T: GpuFloat> {
     /// the residual stream entering the layer: [n, c]
     pub x_in: DeviceBuffer<T>,
@@ -121,11 +149,10 @@ pub struct LayerActs<T: GpuFloat> {
 }
 
 impl<T: GpuFloat> LayerActs<T> {
-    fn new(m: &GpuModel<T>, n: usize, x_in: DeviceBuffer<T>) -> Result<Self> {
-        let (gpu, cfg) = (&*m.gpu, &m.cfg);
+    fn new(gpu: &Gpu, cfg: &ModelConfig, n: usize) -> Result<Self> {
         let (c, ff, qd, kvd, nh) = (cfg.hidden_size, cfg.intermediate_size, cfg.q_dim(), cfg.kv_dim(), cfg.num_attention_heads);
         Ok(LayerActs {
-            x_in,
+            x_in: gpu.alloc_zeros(n * c)?,
             rstd1: gpu.alloc_zeros(n)?,
             h1: gpu.alloc_zeros(n * c)?,
             q: gpu.alloc_zeros(n * qd)?,
@@ -142,31 +169,189 @@ impl<T: GpuFloat> LayerActs<T> {
     }
 }
 
-/// Everything the backward needs from one chunk's forward (the CPU's `Activations`).
+/// Everything the backward needs from one chunk's forward (the CPU's `Activations`): the device
+/// buffers of the workspace, for up to `rows` rows and `layers.len()` layers (1: a forward without a
+/// record, whose layers reuse one set; every layer with a record).
 pub struct Activations<T: GpuFloat> {
-    /// token ids of the packed rows, and each sequence's row range
-    pub ids: Vec<u32>,
-    pub seqs: Vec<Range<usize>>,
-    /// the next token of every row (0 on a sequence's last row, which predicts nothing)
-    pub targets: Vec<u32>,
-    /// position of every row within its sequence: [n] (the rotary's table lookup)
+    /// rows every buffer holds
+    rows: usize,
+    /// token ids and positions (the rotary's table lookup) of the packed rows: [n] each
+    pub ids: DeviceBuffer<u32>,
     pub pos: DeviceBuffer<i32>,
-    pub packed: PackedSeqs,
     pub layers: Vec<LayerActs<T>>,
+    /// the last layer's output (a forward without a record: the spare residual the layers swap with)
     pub x_final: DeviceBuffer<T>,
     pub rstd_f: DeviceBuffer<f32>,
     /// rmsnorm(x_final; norm), the head's input: [n, c]
     pub hf: DeviceBuffer<T>,
     /// log-sum-exp of every row's logits / temp: [n] f32 (the head backward's softmax)
     pub lse: DeviceBuffer<f32>,
+    /// the log-prob of every row's next token: [n] f32
+    pub logp: DeviceBuffer<f32>,
 }
 
+impl<T: GpuFloat> Activations<T> {
+    fn new(gpu: &Gpu, cfg: &ModelConfig, rows: usize, layers: usize) -> Result<Self> {
+        let c = cfg.hidden_size;
+        Ok(Activations {
+            rows,
+            ids: gpu.alloc_zeros(rows)?,
+            pos: gpu.alloc_zeros(rows)?,
+            layers: (0..layers).map(|_| LayerActs::new(gpu, cfg, rows)).collect::<Result<_>>()?,
+            x_final: gpu.alloc_zeros(rows * c)?,
+            rstd_f: gpu.alloc_zeros(rows)?,
+            hf: gpu.alloc_zeros(rows * c)?,
+            lse: gpu.alloc_zeros(rows)?,
+            logp: gpu.alloc_zeros(rows)?,
+        })
+    }
+}
+
+/// The backward's buffers of one chunk, for up to `rows` rows; the layers reuse them one after another.
+/// The backward's kernels accumulate (`+=`), so each is zeroed (its first n rows) before a use, as the
+/// per-call allocation (zeros) did.
+struct BackwardBuffers<T: GpuFloat> {
+    rows: usize,
+    /// d loss / d residual stream: [n, c]
+    dx: DeviceBuffer<T>,
+    /// d loss / d a norm's output: hf, then each layer's h2 and h1: [n, c]
+    dh: DeviceBuffer<T>,
+    /// d loss / d a projection's input: each layer's act [n, ff], then att [n, q_dim]
+    dproj_in: DeviceBuffer<T>,
+    /// d loss / d gate | up: [n, 2·ff]
+    dgu: DeviceBuffer<T>,
+    /// [n, q_dim], [n, kv_dim], [n, kv_dim]
+    dq: DeviceBuffer<T>,
+    dk: DeviceBuffer<T>,
+    dv: DeviceBuffer<T>,
+    /// attention backward's rowsum(dout ∘ out): [n, nh] f32
+    delta: DeviceBuffer<f32>,
+    /// RMSNorm dw partials of one sequence: [`bwd_scratch_len`]`(rows, c)` f32
+    dw_part: DeviceBuffer<f32>,
+}
+
+impl<T: GpuFloat> BackwardBuffers<T> {
+    fn new(gpu: &Gpu, cfg: &ModelConfig, rows: usize) -> Result<Self> {
+        let (c, ff, qd, kvd, nh) = (cfg.hidden_size, cfg.intermediate_size, cfg.q_dim(), cfg.kv_dim(), cfg.num_attention_heads);
+        Ok(BackwardBuffers {
+            rows,
+            dx: gpu.alloc_zeros(rows * c)?,
+            dh: gpu.alloc_zeros(rows * c)?,
+            dproj_in: gpu.alloc_zeros(rows * ff.max(qd))?,
+            dgu: gpu.alloc_zeros(rows * 2 * ff)?,
+            dq: gpu.alloc_zeros(rows * qd)?,
+            dk: gpu.alloc_zeros(rows * kvd)?,
+            dv: gpu.alloc_zeros(rows * kvd)?,
+            delta: gpu.alloc_zeros(rows * nh)?,
+            dw_part: gpu.alloc_zeros(bwd_scratch_len(rows, c).max(1))?,
+        })
+    }
+}
+
+/// The host side of a chunk: its rows' ids, targets and sequence ranges.
+struct ChunkRows {
+    /// token ids of the packed rows
+    ids: Vec<u32>,
+    /// each sequence's row range
+    seqs: Vec<Range<usize>>,
+    /// the next token of every row (0 on a sequence's last row, which predicts nothing)
+    targets: Vec<u32>,
+    packed: PackedSeqs,
+}
+
+/// The training forward's and backward's device buffers of one model, allocated for the largest
+/// chunk seen and reused by every later chunk of that size or smaller: the forward's [`Activations`]
+/// (rows × layers: a forward with a record needs every layer, one without one), the backward's
+/// [`BackwardBuffers`] and the head backward's scratch, each grown (freed, then allocated at the
+/// larger size) only when a chunk needs more. Its per-token bytes are [`bytes_per_token`]'s.
+/// Behind a mutex in the model: a scoring or a backward holds it from its first chunk to its last.
+pub struct TrainWorkspace<T: GpuFloat> {
+    forward: Option<Activations<T>>,
+    backward: Option<BackwardBuffers<T>>,
+    head: Option<HeadGradScratch<T>>,
+    /// the scoring whose activations `forward` holds (the stamp of its [`GpuRecord`]) and its rows
+    held: Option<(u64, ChunkRows)>,
+    /// the default token budget, from the device's free memory when first asked for
+    default_tokens: Option<usize>,
+    /// buffer sets allocated so far (forward, backward and head scratch each count one per growth)
+    allocations: usize,
+}
+
+impl<T: GpuFloat> Default for TrainWorkspace<T> {
+    fn default() -> Self {
+        TrainWorkspace { forward: None, backward: None, head: None, held: None, default_tokens: None, allocations: 0 }
+    }
+}
+
+impl<T: GpuFloat> TrainWorkspace<T> {
+    /// The forward's buffers for `n` rows and `layers` layers, grown to the larger of each.
+    fn forward(&mut self, gpu: &Gpu, cfg: &ModelConfig, n: usize, layers: usize) -> Result<&mut Activations<T>> {
+        let have = self.forward.as_ref().map_or((0, 0), |a| (a.rows, a.layers.len()));
+        if have.0 < n || have.1 < layers {
+            self.held = None;
+            self.forward = None; // freed (in stream order) before the larger set is allocated
+            self.forward = Some(Activations::new(gpu, cfg, n.max(have.0), layers.max(have.1))?);
+            self.allocations += 1;
+        }
+        Ok(self.forward.as_mut().expect("allocated above"))
+    }
+
+    /// The backward's buffers for `n` rows, and the head scratch for response rows of up to
+    /// `longest_response` (its row chunk at least min(that, the default row chunk), so each
+    /// sequence's head backward cuts its rows as a fresh scratch would).
+    fn backward(&mut self, gpu: &Gpu, cfg: &ModelConfig, n: usize, longest_response: usize) -> Result<()> {
+        if self.backward.as_ref().is_none_or(|b| b.rows < n) {
+            let rows = n.max(self.backward.as_ref().map_or(0, |b| b.rows));
+            self.backward = None;
+            self.backward = Some(BackwardBuffers::new(gpu, cfg, rows)?);
+            self.allocations += 1;
+        }
+        let rows = longest_response.clamp(1, BWD_ROW_CHUNK);
+        if self.head.as_ref().is_none_or(|h| h.rows() < rows) {
+            self.head = None;
+            // made for `rows` targets (zeros), so its row chunk is exactly `rows`
+            self.head = Some(HeadGradScratch::new(gpu, &vec![0; rows], cfg.vocab_size)?);
+            self.allocations += 1;
+        }
+        Ok(())
+    }
+
+    /// Frees every buffer (a record's kept activations with them: its backward recomputes them); the
+    /// next chunk allocates again. Generation calls it: its KV cache and the training chunk share
+    /// the memory the budget was sized for, one phase at a time (`gpu::memory::StepPlan`).
+    pub fn release(&mut self) {
+        (self.held, self.forward, self.backward, self.head) = (None, None, None, None);
+    }
+
+    /// Device bytes its buffers hold now (the head scratch's as allocated: dlogits in T, dh in f32).
+    pub fn bytes(&self) -> usize {
+        let (e, f) = (size_of::<T>(), size_of::<f32>());
+        let forward = self.forward.as_ref().map_or(0, |a| {
+            let layer = |l: &LayerActs<T>| {
+                (l.x_in.len() + l.h1.len() + l.q.len() + l.k.len() + l.v.len() + l.att.len() + l.x_mid.len() + l.h2.len() + l.gu.len() + l.act.len()) * e
+                    + (l.rstd1.len() + l.lse.len() + l.rstd2.len()) * f
+            };
+            a.layers.iter().map(layer).sum::<usize>() + (a.x_final.len() + a.hf.len()) * e + (a.ids.len() + a.pos.len() + a.rstd_f.len() + a.lse.len() + a.logp.len()) * f
+        });
+        let backward = self.backward.as_ref().map_or(0, |b| {
+            (b.dx.len() + b.dh.len() + b.dproj_in.len() + b.dgu.len() + b.dq.len() + b.dk.len() + b.dv.len()) * e + (b.delta.len() + b.dw_part.len()) * f
+        });
+        forward + backward
+    }
+}
+
+/// Stamps of scorings that kept their activations: unique in the process, so a record is only ever
+/// matched with the activations of its own scoring, on its own model.
+static NEXT_STAMP: AtomicU64 = AtomicU64::new(1);
+
 /// What [`GpuModel::backward_into`] needs from a batch scored with `record`: the batch, its chunks
-/// and, when the batch was one chunk, that chunk's activations (else the backward recomputes them).
+/// and, when the batch was one chunk, the stamp of the activations it left in the model's workspace
+/// (used by the backward while no other forward has replaced them; recomputed otherwise: the same bits).
 pub struct GpuRecord<T: GpuFloat> {
     batch: ScoreBatch,
     chunks: Vec<Range<usize>>,
-    kept: Option<Activations<T>>,
+    kept: Option<u64>,
+    _model: PhantomData<T>,
 }
 
 impl<T: GpuFloat> GpuRecord<T> {
@@ -175,18 +360,19 @@ impl<T: GpuFloat> GpuRecord<T> {
         &self.chunks
     }
 
-    /// Whether the activations were kept (one chunk) rather than recomputed by the backward.
+    /// Whether the scoring kept its activations (one chunk) rather than leaving them to the backward.
     pub fn kept(&self) -> bool {
         self.kept.is_some()
     }
 }
 
 /// A forward over a batch of fresh sequences: the log-probs of every sequence (len − 1 each), the
-/// sequence ranges of its chunks, and the activations of a batch that was one chunk (when recorded).
-pub(super) struct Scoring<T: GpuFloat> {
+/// sequence ranges of its chunks, and the stamp of the activations of a batch that was one chunk
+/// (when recorded).
+pub(super) struct Scoring {
     pub logp: Vec<Vec<f32>>,
     chunks: Vec<Range<usize>>,
-    kept: Option<Activations<T>>,
+    kept: Option<u64>,
 }
 
 /// The gradient of tied embeddings' gather part, kept apart from the head's part until the end:
@@ -200,7 +386,7 @@ struct TiedGather {
 }
 
 impl<T: GpuFloat> GpuModel<T> {
-    /// Sets the token budget of a chunk (`None`: [`DEFAULT_CHUNK_BYTES`] over [`bytes_per_token`]).
+    /// Sets the token budget of a chunk (`None`: the default, [`GpuModel::max_tokens_per_chunk`]).
     pub fn set_max_tokens_per_chunk(&mut self, tokens: Option<usize>) -> Result<()> {
         if tokens == Some(0) {
             return Err(Error::input("max_tokens_per_chunk must be at least 1"));
@@ -209,31 +395,64 @@ impl<T: GpuFloat> GpuModel<T> {
         Ok(())
     }
 
-    /// The token budget of a chunk of a forward with or without `record`.
-    pub fn max_tokens_per_chunk(&self, record: bool) -> usize {
-        self.chunk_tokens.unwrap_or_else(|| (DEFAULT_CHUNK_BYTES / bytes_per_token(&self.cfg, size_of::<T>(), record)).max(1))
+    /// The token budget of a chunk, with or without a record (one budget: the workspace's buffers
+    /// serve both): the one set, else `gpu::memory::tokens_per_chunk` of the device's training budget
+    /// (a GPU: [`chunk_budget_bytes`] of the driver's free memory plus what this workspace already
+    /// holds, asked once; the simulator: [`SIM_CHUNK_BYTES`]), at least 1.
+    pub fn max_tokens_per_chunk(&self) -> Result<usize> {
+        let mut ws = self.workspace();
+        self.chunk_budget(&mut ws)
+    }
+
+    /// The training workspace (a poisoned lock is taken back: every user clears what it overwrites).
+    pub(super) fn workspace(&self) -> MutexGuard<'_, TrainWorkspace<T>> {
+        self.workspace.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Buffer sets the training workspace has allocated (each growth counts), and the bytes it holds.
+    pub fn workspace_stats(&self) -> (usize, usize) {
+        let ws = self.workspace();
+        (ws.allocations, ws.bytes())
+    }
+
+    fn chunk_budget(&self, ws: &mut TrainWorkspace<T>) -> Result<usize> {
+        if let Some(tokens) = self.chunk_tokens {
+            return Ok(tokens);
+        }
+        if let Some(tokens) = ws.default_tokens {
+            return Ok(tokens);
+        }
+        let budget = match self.gpu.free_memory_bytes()? {
+            Some(free) => chunk_budget_bytes(free.saturating_add(ws.bytes() as u64)),
+            None => SIM_CHUNK_BYTES,
+        };
+        let tokens = tokens_per_chunk::<T>(&self.cfg, budget).max(1);
+        ws.default_tokens = Some(tokens);
+        Ok(tokens)
     }
 
     /// logp[s][t] = log softmax(logits(x_≤t) / temp)[x_{t+1}] of fresh sequences (len − 1 each), chunk
-    /// by chunk without a KV cache; with `record`, the chunks of the backward and the activations of a
-    /// batch that is one such chunk. The sequences and temperature were checked by the caller.
-    pub(super) fn score_chunks(&self, seqs: &[&[u32]], temp: f64, record: bool) -> Result<Scoring<T>> {
+    /// by chunk without a KV cache; with `record`, the chunks of the backward and the stamp of the
+    /// activations of a batch that is one such chunk. The sequences and temperature were checked by the caller.
+    pub(super) fn score_chunks(&self, seqs: &[&[u32]], temp: f64, record: bool) -> Result<Scoring> {
+        let mut ws = self.workspace();
         let lens: Vec<usize> = seqs.iter().map(|s| s.len()).collect();
-        let chunks = token_chunks(&lens, self.max_tokens_per_chunk(record));
+        let chunks = token_chunks(&lens, self.chunk_budget(&mut ws)?);
         let keep = record && chunks.len() == 1;
-        // a forward that keeps nothing runs in the larger chunks of the budget without a record
-        // (the log-probs are the same bits whatever the chunking)
-        let forward = if keep { chunks.clone() } else { token_chunks(&lens, self.max_tokens_per_chunk(false)) };
         let mut logp = Vec::with_capacity(seqs.len());
         let mut kept = None;
-        for chunk in &forward {
-            let (rows, acts) = self.chunk_forward(&seqs[chunk.clone()], temp, keep)?;
+        for chunk in &chunks {
+            let (rows, host) = self.chunk_forward(&mut ws, &seqs[chunk.clone()], temp, keep)?;
             let mut row = 0;
             for s in &seqs[chunk.clone()] {
                 logp.push(rows[row..row + s.len().saturating_sub(1)].to_vec());
                 row += s.len();
             }
-            kept = acts;
+            if let (true, Some(host)) = (keep, host) {
+                let stamp = NEXT_STAMP.fetch_add(1, Ordering::Relaxed);
+                ws.held = Some((stamp, host));
+                kept = Some(stamp);
+            }
         }
         Ok(Scoring { logp, chunks, kept })
     }
@@ -242,12 +461,13 @@ impl<T: GpuFloat> GpuModel<T> {
     pub(super) fn score_batch(&self, batch: &ScoreBatch, record: bool) -> Result<ScoredResponses<GpuRecord<T>>> {
         let Scoring { logp, chunks, kept } = self.score_chunks(&batch.seqs(), batch.temp(), record)?;
         let logp = logp.iter().enumerate().map(|(i, lp)| lp[batch.response_range(i)].iter().map(|&x| x as f64).collect()).collect();
-        Ok(ScoredResponses { logp, record: record.then(|| GpuRecord { batch: batch.clone(), chunks, kept }) })
+        Ok(ScoredResponses { logp, record: record.then(|| GpuRecord { batch: batch.clone(), chunks, kept, _model: PhantomData }) })
     }
 
-    /// The forward of one chunk of fresh sequences: the log-prob of every row's next token ([n]; a
-    /// sequence's last row gets a meaningless value) and, with `record`, the activations.
-    fn chunk_forward(&self, seqs: &[&[u32]], temp: f64, record: bool) -> Result<(Vec<f32>, Option<Activations<T>>)> {
+    /// The forward of one chunk of fresh sequences into the workspace: the log-prob of every row's
+    /// next token ([n]; a sequence's last row gets a meaningless value) and the chunk's rows (None:
+    /// no rows). With `record` every layer's activations stay in the workspace for the backward.
+    fn chunk_forward(&self, ws: &mut TrainWorkspace<T>, seqs: &[&[u32]], temp: f64, record: bool) -> Result<(Vec<f32>, Option<ChunkRows>)> {
         let gpu = &*self.gpu;
         let (c, v) = (self.cfg.hidden_size, self.cfg.vocab_size);
         let (mut ids, mut pos, mut targets, mut rows) = (Vec::new(), Vec::new(), Vec::new(), Vec::with_capacity(seqs.len()));
@@ -258,55 +478,55 @@ impl<T: GpuFloat> GpuModel<T> {
             pos.extend((0..s.len()).map(|p| p as i32));
             targets.extend(s.iter().skip(1).copied().chain(s.first().map(|_| 0)));
         }
+        // the buffers are about to be overwritten: whatever scoring kept them loses them
+        ws.held = None;
         let n = ids.len();
         if n == 0 {
             return Ok((Vec::new(), None));
         }
         let lens: Vec<usize> = seqs.iter().map(|s| s.len()).collect();
         let packed = PackedSeqs::new(gpu, &lens)?;
-        let pos_d = gpu.htod(&pos)?;
-        let ids_d = gpu.htod(&ids)?;
-        let mut x0 = gpu.alloc_zeros::<T>(n * c)?;
-        embedding_fwd(gpu, &mut x0.as_view_mut(), &ids_d.as_view(), &self.params.slice(self.layout.embed.clone()), n, c, v)?;
-        let mut layers = Vec::with_capacity(if record { self.layout.layers.len() } else { 0 });
-        let x_final = if record {
-            let mut x = x0;
-            for lr in &self.layout.layers {
-                let mut a = LayerActs::new(self, n, x)?;
-                let mut out = gpu.alloc_zeros::<T>(n * c)?;
-                self.layer_fwd(lr, &mut a, &mut out, &pos_d, &packed)?;
-                layers.push(a);
-                x = out;
+        let layers = if record { self.layout.layers.len() } else { 1 };
+        let acts = ws.forward(gpu, &self.cfg, n, layers)?;
+        gpu.memcpy_htod(&pos, &mut acts.pos.slice_mut(0..n))?;
+        gpu.memcpy_htod(&ids, &mut acts.ids.slice_mut(0..n))?;
+        let Activations { ids: ids_d, pos: pos_d, layers: layer_acts, x_final, .. } = acts;
+        let (pos_d, x0) = (pos_d.slice(0..n), &mut layer_acts[0].x_in);
+        embedding_fwd(gpu, &mut x0.slice_mut(0..n * c), &ids_d.slice(0..n), &self.params.slice(self.layout.embed.clone()), n, c, v)?;
+        if record {
+            // layer l's output is layer l + 1's input; the last one's is x_final
+            for (l, lr) in self.layout.layers.iter().enumerate() {
+                let (done, rest) = layer_acts.split_at_mut(l + 1);
+                let out = match rest.first_mut() {
+                    Some(next) => &mut next.x_in,
+                    None => &mut *x_final,
+                };
+                self.layer_fwd(lr, &mut done[l], out, &pos_d, &packed)?;
             }
-            x
         } else {
             // one set of buffers for every layer: after each, its output becomes the next one's input
             // and the old input the next output's buffer
-            let mut a = LayerActs::new(self, n, x0)?;
-            let mut out = gpu.alloc_zeros::<T>(n * c)?;
+            let a = &mut layer_acts[0];
             for lr in &self.layout.layers {
-                self.layer_fwd(lr, &mut a, &mut out, &pos_d, &packed)?;
-                std::mem::swap(&mut a.x_in, &mut out);
+                self.layer_fwd(lr, a, x_final, &pos_d, &packed)?;
+                std::mem::swap(&mut a.x_in, x_final);
             }
-            a.x_in
-        };
+            std::mem::swap(&mut a.x_in, x_final);
+        }
         let eps = self.cfg.rms_norm_eps as f32;
-        let mut hf = gpu.alloc_zeros::<T>(n * c)?;
-        let mut rstd_f = gpu.alloc_zeros::<f32>(n)?;
+        let Activations { x_final, rstd_f, hf, lse, logp, .. } = acts;
+        let (cols, row_range) = (0..n * c, 0..n);
         let norm = self.params.slice(self.layout.final_norm.clone());
-        rmsnorm_fwd(gpu, &mut hf.as_view_mut(), &mut rstd_f.as_view_mut(), &x_final.as_view(), &norm, n, c, eps)?;
-        let mut logp = gpu.alloc_zeros::<f32>(n)?;
-        let mut lse = gpu.alloc_zeros::<f32>(n)?;
+        rmsnorm_fwd(gpu, &mut hf.slice_mut(cols.clone()), &mut rstd_f.slice_mut(row_range.clone()), &x_final.slice(cols.clone()), &norm, n, c, eps)?;
         let lm = self.params.slice(self.layout.lm_head.clone());
-        head_logprob(gpu, &mut logp.as_view_mut(), &mut lse.as_view_mut(), &hf.as_view(), &lm, &targets, n, c, v, temp)?;
-        let logp = gpu.dtoh(&logp)?;
-        let acts = record.then(|| Activations { ids, seqs: rows, targets, pos: pos_d, packed, layers, x_final, rstd_f, hf, lse });
-        Ok((logp, acts))
+        head_logprob(gpu, &mut logp.slice_mut(row_range.clone()), &mut lse.slice_mut(row_range.clone()), &hf.slice(cols), &lm, &targets, n, c, v, temp)?;
+        let logp = gpu.dtoh(&logp.slice(row_range))?;
+        Ok((logp, Some(ChunkRows { ids, seqs: rows, targets, packed })))
     }
 
-    /// One decoder layer over a chunk: reads `a.x_in`, fills the rest of `a`, writes the layer's
-    /// output (the next residual stream) to `x_out`.
-    fn layer_fwd(&self, lr: &LayerRanges, a: &mut LayerActs<T>, x_out: &mut DeviceBuffer<T>, pos: &DeviceBuffer<i32>, packed: &PackedSeqs) -> Result<()> {
+    /// One decoder layer over a chunk's n rows: reads `a.x_in`, fills the rest of `a`, writes the
+    /// layer's output (the next residual stream) to `x_out`.
+    fn layer_fwd(&self, lr: &LayerRanges, a: &mut LayerActs<T>, x_out: &mut DeviceBuffer<T>, pos: &DView<i32>, packed: &PackedSeqs) -> Result<()> {
         let gpu = &*self.gpu;
         let cfg = &self.cfg;
         let (c, ff, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
@@ -314,70 +534,87 @@ impl<T: GpuFloat> GpuModel<T> {
         let eps = cfg.rms_norm_eps as f32;
         let n = packed.n_rows;
         let w = |r: &Range<usize>| self.params.slice(r.clone());
-        let (cos, sin, pos) = (self.cos.as_view(), self.sin.as_view(), pos.as_view());
+        let (cos, sin) = (self.cos.as_view(), self.sin.as_view());
+        // the first n rows of each buffer (it holds the workspace's capacity)
+        let (rc, rq, rkv, rh, r1) = (0..n * c, 0..n * qd, 0..n * kvd, 0..n * nh, 0..n);
 
-        rmsnorm_fwd(gpu, &mut a.h1.as_view_mut(), &mut a.rstd1.as_view_mut(), &a.x_in.as_view(), &w(&lr.ln1_w), n, c, eps)?;
-        matmul_fwd(gpu, &mut a.q.as_view_mut(), &a.h1.as_view(), &w(&lr.q_w), Some(&w(&lr.q_b)), n, c, qd)?;
-        matmul_fwd(gpu, &mut a.k.as_view_mut(), &a.h1.as_view(), &w(&lr.k_w), Some(&w(&lr.k_b)), n, c, kvd)?;
-        matmul_fwd(gpu, &mut a.v.as_view_mut(), &a.h1.as_view(), &w(&lr.v_w), Some(&w(&lr.v_b)), n, c, kvd)?;
-        rope_fwd(gpu, &mut a.q.as_view_mut(), &pos, &cos, &sin, n, nh, hd)?;
-        rope_fwd(gpu, &mut a.k.as_view_mut(), &pos, &cos, &sin, n, nkv, hd)?;
-        attention_fwd(gpu, &mut a.att.as_view_mut(), &mut a.lse.as_view_mut(), &a.q.as_view(), &a.k.as_view(), &a.v.as_view(), packed, self.heads())?;
+        rmsnorm_fwd(gpu, &mut a.h1.slice_mut(rc.clone()), &mut a.rstd1.slice_mut(r1.clone()), &a.x_in.slice(rc.clone()), &w(&lr.ln1_w), n, c, eps)?;
+        matmul_fwd(gpu, &mut a.q.slice_mut(rq.clone()), &a.h1.slice(rc.clone()), &w(&lr.q_w), Some(&w(&lr.q_b)), n, c, qd)?;
+        matmul_fwd(gpu, &mut a.k.slice_mut(rkv.clone()), &a.h1.slice(rc.clone()), &w(&lr.k_w), Some(&w(&lr.k_b)), n, c, kvd)?;
+        matmul_fwd(gpu, &mut a.v.slice_mut(rkv.clone()), &a.h1.slice(rc.clone()), &w(&lr.v_w), Some(&w(&lr.v_b)), n, c, kvd)?;
+        rope_fwd(gpu, &mut a.q.slice_mut(rq.clone()), pos, &cos, &sin, n, nh, hd)?;
+        rope_fwd(gpu, &mut a.k.slice_mut(rkv.clone()), pos, &cos, &sin, n, nkv, hd)?;
+        let (q, k, v) = (a.q.slice(rq.clone()), a.k.slice(rkv.clone()), a.v.slice(rkv));
+        attention_fwd(gpu, &mut a.att.slice_mut(rq.clone()), &mut a.lse.slice_mut(rh), &q, &k, &v, packed, self.heads())?;
         // x_mid = att·Woᵀ + x_in, written apart from x_in (the backward needs both); the f32 sum of
         // the two stored values is the cached forward's x + proj (addition commutes exactly)
-        matmul_fwd(gpu, &mut a.x_mid.as_view_mut(), &a.att.as_view(), &w(&lr.o_w), None, n, qd, c)?;
-        residual_add(gpu, &mut a.x_mid.as_view_mut(), &a.x_in.as_view())?;
-        rmsnorm_fwd(gpu, &mut a.h2.as_view_mut(), &mut a.rstd2.as_view_mut(), &a.x_mid.as_view(), &w(&lr.ln2_w), n, c, eps)?;
-        matmul_fwd(gpu, &mut a.gu.as_view_mut(), &a.h2.as_view(), &w(&(lr.gate_w.start..lr.up_w.end)), None, n, c, 2 * ff)?;
-        swiglu_fwd(gpu, &mut a.act.as_view_mut(), &a.gu.as_view(), n, ff)?;
-        matmul_fwd(gpu, &mut x_out.as_view_mut(), &a.act.as_view(), &w(&lr.down_w), None, n, ff, c)?;
-        residual_add(gpu, &mut x_out.as_view_mut(), &a.x_mid.as_view())
+        matmul_fwd(gpu, &mut a.x_mid.slice_mut(rc.clone()), &a.att.slice(rq), &w(&lr.o_w), None, n, qd, c)?;
+        residual_add(gpu, &mut a.x_mid.slice_mut(rc.clone()), &a.x_in.slice(rc.clone()))?;
+        rmsnorm_fwd(gpu, &mut a.h2.slice_mut(rc.clone()), &mut a.rstd2.slice_mut(r1), &a.x_mid.slice(rc.clone()), &w(&lr.ln2_w), n, c, eps)?;
+        matmul_fwd(gpu, &mut a.gu.slice_mut(0..n * 2 * ff), &a.h2.slice(rc.clone()), &w(&(lr.gate_w.start..lr.up_w.end)), None, n, c, 2 * ff)?;
+        swiglu_fwd(gpu, &mut a.act.slice_mut(0..n * ff), &a.gu.slice(0..n * 2 * ff), n, ff)?;
+        matmul_fwd(gpu, &mut x_out.slice_mut(rc.clone()), &a.act.slice(0..n * ff), &w(&lr.down_w), None, n, ff, c)?;
+        residual_add(gpu, &mut x_out.slice_mut(rc.clone()), &a.x_mid.slice(rc))
     }
 
     /// The whole-model backward of a batch scored with `record` ([`crate::policy::Policy::score_responses`]
     /// on this model): given dlogp[i][t] = d loss / d logp of response token t of batch entry i, ADDS
-    /// the parameter gradient to `grads` (f32, flat in `ParamLayout` order, on the device). Chunk
-    /// after chunk (recomputing a chunk's forward unless the record kept it): the head backward of the
-    /// response rows (prompt rows carry no gradient) at the batch's temperature, the final norm, every
-    /// layer in reverse, the embedding; tied embeddings get the head's and the gather's parts.
-    /// No atomics, every sum in a fixed order: the same bits from run to run, and for any chunking.
+    /// the parameter gradient to `grads` (f32, flat in `ParamLayout` order, on the device). The host
+    /// entry (gradcheck, tests): the values are rounded to f32 and uploaded once, then
+    /// [`GpuModel::backward_from_device`].
     pub fn backward_into(&self, record: &GpuRecord<T>, dlogp: &[Vec<f64>], grads: &mut DViewMut<f32>) -> Result<()> {
         const OP: &str = "backward_responses";
         let batch = &record.batch;
         check_len(OP, "dlogp", dlogp.len(), batch.len())?;
-        check_len(OP, "grads", grads.len(), self.layout.total)?;
+        let mut flat = Vec::with_capacity(dlogp.iter().map(Vec::len).sum());
         for (i, d) in dlogp.iter().enumerate() {
             check_len(OP, "dlogp row", d.len(), batch.response_range(i).len())?;
             if let Some(t) = d.iter().position(|&g| !(g as f32).is_finite()) {
                 return Err(Error::input(format!("{OP}: dlogp[{i}][{t}] = {} is not a finite f32", d[t])));
             }
+            flat.extend(d.iter().map(|&g| g as f32));
         }
+        self.backward_from_device(record, &self.gpu.htod(&flat)?.as_view(), grads)
+    }
+
+    /// [`GpuModel::backward_into`] from d loss / d logp on the device: `dlogp` is `[T]`, the batch's
+    /// response tokens concatenated in batch order (the layout of `gpu::objective`'s token arrays,
+    /// whose `dlogp` it takes as it is). Chunk after chunk (recomputing a chunk's forward unless the
+    /// record kept it): the head backward of the response rows (prompt rows carry no gradient) at
+    /// the batch's temperature, the final norm, every layer in reverse, the embedding; tied
+    /// embeddings get the head's and the gather's parts. No atomics, every sum in a fixed order: the
+    /// same bits from run to run, and for any chunking. The values must be finite (the objective
+    /// checks its gradient; the host entry checks its input).
+    pub fn backward_from_device(&self, record: &GpuRecord<T>, dlogp: &DView<f32>, grads: &mut DViewMut<f32>) -> Result<()> {
+        const OP: &str = "backward_responses";
+        let batch = &record.batch;
+        // where each response's gradient starts in `dlogp`
+        let mut offsets = Vec::with_capacity(batch.len() + 1);
+        offsets.push(0);
+        for i in 0..batch.len() {
+            offsets.push(offsets[i] + batch.response_range(i).len());
+        }
+        check_len(OP, "dlogp (response tokens)", dlogp.len(), offsets[batch.len()])?;
+        check_len(OP, "grads", grads.len(), self.layout.total)?;
         let seqs = batch.seqs();
         let mut tied = if self.layout.tied { Some(self.tied_gather(&seqs)?) } else { None };
+        let mut ws = self.workspace();
         for chunk in &record.chunks {
-            let recomputed;
-            let acts = match &record.kept {
-                Some(a) => a,
-                None => {
-                    recomputed = self.chunk_forward(&seqs[chunk.clone()], batch.temp(), true)?.1;
-                    match &recomputed {
-                        Some(a) => a,
-                        None => continue, // no rows
-                    }
-                }
+            // the record's own activations while no other forward replaced them, else recomputed
+            let held = match (&ws.held, record.kept) {
+                (Some((stamp, _)), Some(kept)) if *stamp == kept => ws.held.take().map(|(_, host)| host),
+                _ => self.chunk_forward(&mut ws, &seqs[chunk.clone()], batch.temp(), true)?.1,
             };
-            // d loss / d logp of every row (zero but on response rows) and the response rows of each sequence
-            let mut rows_dlogp = vec![0.0f32; acts.ids.len()];
+            let Some(host) = held else { continue }; // no rows
+            // the response rows of each sequence, and their gradient
             let mut response_rows = Vec::with_capacity(chunk.len());
+            let mut row_dlogp = Vec::with_capacity(chunk.len());
             for (k, i) in chunk.clone().enumerate() {
                 let r = batch.response_range(i);
-                let rows = acts.seqs[k].start + r.start..acts.seqs[k].start + r.end;
-                for (row, &g) in rows.clone().zip(&dlogp[i]) {
-                    rows_dlogp[row] = g as f32;
-                }
-                response_rows.push(rows);
+                response_rows.push(host.seqs[k].start + r.start..host.seqs[k].start + r.end);
+                row_dlogp.push(dlogp.slice(offsets[i]..offsets[i + 1]));
             }
-            self.chunk_backward(acts, &rows_dlogp, &response_rows, batch.temp(), grads, tied.as_mut())?;
+            self.chunk_backward(&mut ws, &host, &row_dlogp, &response_rows, batch.temp(), grads, tied.as_mut())?;
         }
         if let Some(g) = tied {
             // the gather part, summed apart over every chunk, joins the head's part
@@ -400,128 +637,124 @@ impl<T: GpuFloat> GpuModel<T> {
         Ok(TiedGather { ids, row_of, table })
     }
 
-    /// The backward of one chunk. `dlogp`: [n] (zero outside the response rows); `response_rows`:
-    /// the rows of each sequence whose log-probs carry a gradient.
+    /// The backward of one chunk whose forward (with record) the workspace holds. `response_rows`:
+    /// the rows of each sequence whose log-probs carry a gradient; `dlogp`: the gradient of each
+    /// sequence's response rows (as long), on the device.
+    #[allow(clippy::too_many_arguments)]
     fn chunk_backward(
         &self,
-        acts: &Activations<T>,
-        dlogp: &[f32],
+        ws: &mut TrainWorkspace<T>,
+        host: &ChunkRows,
+        dlogp: &[DView<f32>],
         response_rows: &[Range<usize>],
         temp: f64,
         grads: &mut DViewMut<f32>,
         tied: Option<&mut TiedGather>,
     ) -> Result<()> {
         let gpu = &*self.gpu;
-        let (c, v, nh) = (self.cfg.hidden_size, self.cfg.vocab_size, self.cfg.num_attention_heads);
-        let n = acts.ids.len();
-        let longest = acts.seqs.iter().map(|r| r.len()).max().unwrap_or(0);
-        let mut dw_part = gpu.alloc_zeros::<f32>(bwd_scratch_len(longest, c).max(1))?;
-        let mut dx = gpu.alloc_zeros::<T>(n * c)?;
+        let (c, v) = (self.cfg.hidden_size, self.cfg.vocab_size);
+        let n = host.ids.len();
+        let longest_response = response_rows.iter().map(|r| r.len()).max().unwrap_or(0);
+        ws.backward(gpu, &self.cfg, n, longest_response)?;
+        let TrainWorkspace { forward: Some(acts), backward: Some(b), head: Some(scratch), .. } = ws else {
+            unreachable!("the chunk's forward filled the workspace and its backward buffers were made above")
+        };
+        let rc = 0..n * c;
+        gpu.memset_zero(&mut b.dx.slice_mut(rc.clone()))?;
+        gpu.memset_zero(&mut b.dh.slice_mut(rc.clone()))?;
         {
-            // head: logits recomputed by vocabulary chunks, dW_lm summed per sequence in order
-            let dlogp_d = gpu.htod(dlogp)?;
-            let mut dhf = gpu.alloc_zeros::<T>(n * c)?;
+            // head: logits recomputed by vocabulary chunks, dW_lm summed per sequence in order; dh = dhf
             let lm = self.params.slice(self.layout.lm_head.clone());
             let mut dw_lm = grads.slice_mut(self.layout.lm_head.clone());
-            for r in response_rows.iter().filter(|r| !r.is_empty()) {
-                let mut scratch = HeadGradScratch::<T>::new(gpu, &acts.targets[r.clone()], v)?;
+            for (r, g) in response_rows.iter().zip(dlogp).filter(|(r, _)| !r.is_empty()) {
+                scratch.set_targets(gpu, &host.targets[r.clone()])?;
                 let rows = r.start * c..r.end * c;
-                let (g, lse, h) = (dlogp_d.slice(r.clone()), acts.lse.slice(r.clone()), acts.hf.slice(rows.clone()));
-                head_bwd_with(gpu, &mut scratch, &mut dhf.slice_mut(rows), &mut dw_lm, &g, &lse, &h, &lm, r.len(), c, v, temp)?;
+                let (lse, h) = (acts.lse.slice(r.clone()), acts.hf.slice(rows.clone()));
+                head_bwd_with(gpu, scratch, &mut b.dh.slice_mut(rows), &mut dw_lm, g, &lse, &h, &lm, r.len(), c, v, temp)?;
             }
             let norm = self.params.slice(self.layout.final_norm.clone());
             let mut dw = grads.slice_mut(self.layout.final_norm.clone());
-            self.norm_grads(&mut dx, &mut dw, &mut dw_part, &dhf, &acts.x_final, &norm, &acts.rstd_f, &acts.seqs)?;
+            self.norm_grads(&mut b.dx, &mut dw, &mut b.dw_part, &b.dh, &acts.x_final, &norm, &acts.rstd_f, &host.seqs)?;
         }
-        let mut delta = gpu.alloc_zeros::<f32>(n * nh)?;
+        gpu.memset_zero(&mut b.delta.slice_mut(0..n * self.cfg.num_attention_heads))?;
         for (lr, a) in self.layout.layers.iter().zip(&acts.layers).rev() {
-            self.layer_bwd(lr, a, acts, &mut dx, grads, &mut dw_part, &mut delta)?;
+            self.layer_bwd(lr, a, acts, host, b, grads)?;
         }
         // the embedding's gather: rows of one id in row order (EmbeddingGradPlan), chunk after chunk
+        let dx = b.dx.slice(rc);
         match tied {
             None => {
-                let plan = EmbeddingGradPlan::new(gpu, &acts.ids, v)?;
-                embedding_bwd(gpu, &mut grads.slice_mut(self.layout.embed.clone()), &dx.as_view(), &plan, c)
+                let plan = EmbeddingGradPlan::new(gpu, &host.ids, v)?;
+                embedding_bwd(gpu, &mut grads.slice_mut(self.layout.embed.clone()), &dx, &plan, c)
             }
             Some(g) => {
-                let compact: Vec<u32> = acts.ids.iter().map(|&id| g.row_of[id as usize]).collect();
+                let compact: Vec<u32> = host.ids.iter().map(|&id| g.row_of[id as usize]).collect();
                 let plan = EmbeddingGradPlan::new(gpu, &compact, g.ids.len())?;
-                embedding_bwd(gpu, &mut g.table.as_view_mut(), &dx.as_view(), &plan, c)
+                embedding_bwd(gpu, &mut g.table.as_view_mut(), &dx, &plan, c)
             }
         }
     }
 
-    /// One decoder layer's backward (the reverse listing of [`GpuModel::layer_fwd`]): `dx` holds
+    /// One decoder layer's backward (the reverse listing of [`GpuModel::layer_fwd`]): `b.dx` holds
     /// d loss / d x_out on entry and d loss / d x_in on return; weight gradients add to `grads`.
-    #[allow(clippy::too_many_arguments)]
-    fn layer_bwd(
-        &self,
-        lr: &LayerRanges,
-        a: &LayerActs<T>,
-        acts: &Activations<T>,
-        dx: &mut DeviceBuffer<T>,
-        grads: &mut DViewMut<f32>,
-        dw_part: &mut DeviceBuffer<f32>,
-        delta: &mut DeviceBuffer<f32>,
-    ) -> Result<()> {
+    fn layer_bwd(&self, lr: &LayerRanges, a: &LayerActs<T>, acts: &Activations<T>, host: &ChunkRows, b: &mut BackwardBuffers<T>, grads: &mut DViewMut<f32>) -> Result<()> {
         let gpu = &*self.gpu;
         let cfg = &self.cfg;
         let (c, ff, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
         let (nh, nkv, qd, kvd) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.q_dim(), cfg.kv_dim());
-        let n = acts.ids.len();
-        let seqs = &acts.seqs;
+        let n = host.ids.len();
+        let seqs = &host.seqs;
         let w = |r: &Range<usize>| self.params.slice(r.clone());
         let dx_tile = |d_in: usize| MatmulTile::choose(gpu, n, d_in);
+        let (rc, rq, rkv, rff, rgu) = (0..n * c, 0..n * qd, 0..n * kvd, 0..n * ff, 0..n * 2 * ff);
 
         // MLP branch: x_out = act·Wdᵀ + x_mid; the residual passes dx through unchanged
-        let mut dact = gpu.alloc_zeros::<T>(n * ff)?;
-        matmul_bwd_dx(gpu, dx_tile(ff), &mut dact.as_view_mut(), &dx.as_view(), &w(&lr.down_w), n, ff, c)?;
-        self.linear_grads(&mut grads.slice_mut(lr.down_w.clone()), None, dx, &a.act, ff, c, seqs)?;
-        let mut dgu = gpu.alloc_zeros::<T>(n * 2 * ff)?;
-        swiglu_bwd(gpu, &mut dgu.as_view_mut(), &dact.as_view(), &a.gu.as_view(), n, ff)?;
-        drop(dact);
+        gpu.memset_zero(&mut b.dproj_in.slice_mut(rff.clone()))?;
+        matmul_bwd_dx(gpu, dx_tile(ff), &mut b.dproj_in.slice_mut(rff.clone()), &b.dx.slice(rc.clone()), &w(&lr.down_w), n, ff, c)?;
+        self.linear_grads(&mut grads.slice_mut(lr.down_w.clone()), None, &b.dx, &a.act, ff, c, seqs)?;
+        gpu.memset_zero(&mut b.dgu.slice_mut(rgu.clone()))?;
+        swiglu_bwd(gpu, &mut b.dgu.slice_mut(rgu.clone()), &b.dproj_in.slice(rff), &a.gu.slice(rgu.clone()), n, ff)?;
         let gate_up = lr.gate_w.start..lr.up_w.end;
-        let mut dh2 = gpu.alloc_zeros::<T>(n * c)?;
-        matmul_bwd_dx(gpu, dx_tile(c), &mut dh2.as_view_mut(), &dgu.as_view(), &w(&gate_up), n, c, 2 * ff)?;
-        self.linear_grads(&mut grads.slice_mut(gate_up), None, &dgu, &a.h2, c, 2 * ff, seqs)?;
-        drop(dgu);
-        self.norm_grads(dx, &mut grads.slice_mut(lr.ln2_w.clone()), dw_part, &dh2, &a.x_mid, &w(&lr.ln2_w), &a.rstd2, seqs)?;
-        drop(dh2);
+        gpu.memset_zero(&mut b.dh.slice_mut(rc.clone()))?;
+        matmul_bwd_dx(gpu, dx_tile(c), &mut b.dh.slice_mut(rc.clone()), &b.dgu.slice(rgu), &w(&gate_up), n, c, 2 * ff)?;
+        self.linear_grads(&mut grads.slice_mut(gate_up), None, &b.dgu, &a.h2, c, 2 * ff, seqs)?;
+        self.norm_grads(&mut b.dx, &mut grads.slice_mut(lr.ln2_w.clone()), &mut b.dw_part, &b.dh, &a.x_mid, &w(&lr.ln2_w), &a.rstd2, seqs)?;
 
-        // attention branch: x_mid = att·Woᵀ + x_in
-        let mut datt = gpu.alloc_zeros::<T>(n * qd)?;
-        matmul_bwd_dx(gpu, dx_tile(qd), &mut datt.as_view_mut(), &dx.as_view(), &w(&lr.o_w), n, qd, c)?;
-        self.linear_grads(&mut grads.slice_mut(lr.o_w.clone()), None, dx, &a.att, qd, c, seqs)?;
-        let (mut dq, mut dk, mut dv) = (gpu.alloc_zeros::<T>(n * qd)?, gpu.alloc_zeros::<T>(n * kvd)?, gpu.alloc_zeros::<T>(n * kvd)?);
+        // attention branch: x_mid = att·Woᵀ + x_in; dproj_in now holds datt
+        gpu.memset_zero(&mut b.dproj_in.slice_mut(rq.clone()))?;
+        matmul_bwd_dx(gpu, dx_tile(qd), &mut b.dproj_in.slice_mut(rq.clone()), &b.dx.slice(rc.clone()), &w(&lr.o_w), n, qd, c)?;
+        self.linear_grads(&mut grads.slice_mut(lr.o_w.clone()), None, &b.dx, &a.att, qd, c, seqs)?;
+        for (d, r) in [(&mut b.dq, &rq), (&mut b.dk, &rkv), (&mut b.dv, &rkv)] {
+            gpu.memset_zero(&mut d.slice_mut(r.clone()))?;
+        }
         attention_bwd(
             gpu,
-            &mut dq.as_view_mut(),
-            &mut dk.as_view_mut(),
-            &mut dv.as_view_mut(),
-            &mut delta.as_view_mut(),
-            &datt.as_view(),
-            &a.q.as_view(),
-            &a.k.as_view(),
-            &a.v.as_view(),
-            &a.att.as_view(),
-            &a.lse.as_view(),
-            &acts.packed,
+            &mut b.dq.slice_mut(rq.clone()),
+            &mut b.dk.slice_mut(rkv.clone()),
+            &mut b.dv.slice_mut(rkv.clone()),
+            &mut b.delta.slice_mut(0..n * nh),
+            &b.dproj_in.slice(rq.clone()),
+            &a.q.slice(rq.clone()),
+            &a.k.slice(rkv.clone()),
+            &a.v.slice(rkv.clone()),
+            &a.att.slice(rq.clone()),
+            &a.lse.slice(0..n * nh),
+            &host.packed,
             self.heads(),
         )?;
-        drop(datt);
-        let (cos, sin, pos) = (self.cos.as_view(), self.sin.as_view(), acts.pos.as_view());
-        rope_bwd(gpu, &mut dq.as_view_mut(), &pos, &cos, &sin, n, nh, hd)?;
-        rope_bwd(gpu, &mut dk.as_view_mut(), &pos, &cos, &sin, n, nkv, hd)?;
-        let mut dh1 = gpu.alloc_zeros::<T>(n * c)?;
-        for (dy, wr, br, d_out) in [(&dq, &lr.q_w, &lr.q_b, qd), (&dk, &lr.k_w, &lr.k_b, kvd), (&dv, &lr.v_w, &lr.v_b, kvd)] {
-            matmul_bwd_dx(gpu, dx_tile(c), &mut dh1.as_view_mut(), &dy.as_view(), &w(wr), n, c, d_out)?;
+        let (cos, sin, pos) = (self.cos.as_view(), self.sin.as_view(), acts.pos.slice(0..n));
+        rope_bwd(gpu, &mut b.dq.slice_mut(rq.clone()), &pos, &cos, &sin, n, nh, hd)?;
+        rope_bwd(gpu, &mut b.dk.slice_mut(rkv.clone()), &pos, &cos, &sin, n, nkv, hd)?;
+        gpu.memset_zero(&mut b.dh.slice_mut(rc.clone()))?;
+        for (dy, wr, br, d_out) in [(&b.dq, &lr.q_w, &lr.q_b, qd), (&b.dk, &lr.k_w, &lr.k_b, kvd), (&b.dv, &lr.v_w, &lr.v_b, kvd)] {
+            matmul_bwd_dx(gpu, dx_tile(c), &mut b.dh.slice_mut(rc.clone()), &dy.slice(0..n * d_out), &w(wr), n, c, d_out)?;
             // weight and bias are adjacent in the layout: one view split in two
             assert_eq!(wr.end, br.start, "layout: a projection's bias follows its weight");
             let mut wb = grads.slice_mut(wr.start..br.end);
             let (mut dw, mut db) = wb.split_at_mut(wr.len());
             self.linear_grads(&mut dw, Some(&mut db), dy, &a.h1, c, d_out, seqs)?;
         }
-        self.norm_grads(dx, &mut grads.slice_mut(lr.ln1_w.clone()), dw_part, &dh1, &a.x_in, &w(&lr.ln1_w), &a.rstd1, seqs)
+        self.norm_grads(&mut b.dx, &mut grads.slice_mut(lr.ln1_w.clone()), &mut b.dw_part, &b.dh, &a.x_in, &w(&lr.ln1_w), &a.rstd1, seqs)
     }
 
     /// dw[o, i] += Σ_r dout[r, o]·x[r, i] and db[o] += Σ_r dout[r, o], one sum per sequence, added in
@@ -539,10 +772,12 @@ impl<T: GpuFloat> GpuModel<T> {
         seqs: &[Range<usize>],
     ) -> Result<()> {
         let gpu = &*self.gpu;
-        let tile = MatmulTile::choose(gpu, d_out, d_in);
         for r in seqs {
             let (dy, xs) = (dout.slice(r.start * d_out..r.end * d_out), x.slice(r.start * d_in..r.end * d_in));
-            matmul_bwd_dw(gpu, tile, dw, &dy, &xs, r.len(), d_in, d_out)?;
+            // split k (the sequence's tokens) when the weight has few tiles: the plan depends on the
+            // sequence's length and the shape only, never on the chunk or the device, so the bits do not
+            let plan = MatmulPlan::dw(gpu, r.len(), d_in, d_out);
+            matmul_bwd_dw(gpu, plan, dw, &dy, &xs, r.len(), d_in, d_out)?;
             if let Some(db) = db.as_deref_mut() {
                 matmul_bwd_db(gpu, db, &dy, r.len(), d_out)?;
             }
@@ -605,8 +840,34 @@ mod tests {
             ..crate::gradcheck::random_config(7)
         };
         let (small, large) = (qwen(896, 4864, 24, 14, 2), qwen(1536, 8960, 28, 12, 2));
-        assert_eq!((bytes_per_token(&small, 2, true), bytes_per_token(&small, 2, false)), (1_014_612, 44_120));
-        assert_eq!((bytes_per_token(&large, 2, true), bytes_per_token(&large, 2, false)), (2_127_980, 79_440));
-        assert_eq!(DEFAULT_CHUNK_BYTES / 2_127_980, 2_018);
+        assert_eq!((bytes_per_token(&small, 2, true), bytes_per_token(&small, 2, false)), (1_011_244, 44_116));
+        assert_eq!((bytes_per_token(&large, 2, true), bytes_per_token(&large, 2, false)), (2_122_212, 79_436));
+        // the memory model's estimate, which sets the budget, covers the workspace (2,210,356 B at 1.5B)
+        for cfg in [&small, &large] {
+            let estimate = crate::gpu::memory::step_memory(cfg, 2).training_per_token();
+            assert!(estimate >= bytes_per_token(cfg, 2, true) as u64, "{estimate}");
+        }
+    }
+
+    #[test]
+    fn the_default_chunk_comes_from_free_memory_through_the_memory_model() {
+        let large = ModelConfig {
+            hidden_size: 1536,
+            intermediate_size: 8960,
+            num_hidden_layers: 28,
+            num_attention_heads: 12,
+            num_key_value_heads: 2,
+            head_dim: 128,
+            ..crate::gradcheck::random_config(7)
+        };
+        // 16 GiB free: less 1 GiB and 1 GiB (a sixteenth), over 2,210,356 B per token (the memory
+        // model's recorded forward + backward gradients of Qwen2.5-1.5B in bf16, NOTES.md)
+        let free = 16u64 << 30;
+        assert_eq!(chunk_budget_bytes(free), 15_032_385_536);
+        assert_eq!(tokens_per_chunk::<crate::gpu::bf16>(&large, chunk_budget_bytes(free)), 6_800);
+        // the simulator's fixed budget, and a device with less free than the margin
+        assert_eq!(tokens_per_chunk::<crate::gpu::bf16>(&large, SIM_CHUNK_BYTES), 1_943);
+        assert_eq!(chunk_budget_bytes(1 << 30), 0);
+        assert_eq!(chunk_budget_bytes(0), 0);
     }
 }

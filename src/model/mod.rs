@@ -2,6 +2,7 @@
 
 pub mod cpu;
 pub mod gpu;
+pub mod gpu_objective;
 pub mod gpu_state;
 pub mod gpu_train;
 

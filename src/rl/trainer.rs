@@ -27,9 +27,10 @@
 //! the device), `metrics.jsonl` (one line per step) and `checkpoint/` (HF weights + optimizer +
 //! trainer state, see [`crate::checkpoint`]); a run there is resumed bit-identically, after
 //! repairing an interrupted checkpoint save. The trainer is generic over the [`Policy`] it trains:
-//! rollouts, old log-probs, the backward passes, the clip and AdamW run where the policy lives (the
-//! host f32 model, or the GPU model with its training state on the device); the objective runs on
-//! the host from the log-probs (one number per token). A checkpoint holds the CPU's f32 format
+//! rollouts, old log-probs, each chunk's objective ([`Policy::chunk_objective`]), the backward
+//! passes, the clip and AdamW run where the policy lives (the host f32 model, or the GPU model with
+//! its training state on the device, where d loss / d logp never leaves the device); the host keeps
+//! the group bookkeeping, the rewards, the baselines' advantages and the metrics. A checkpoint holds the CPU's f32 format
 //! ([`Policy::export_state`]), so a run saved on one device resumes on another. The folder is locked while a trainer runs in it
 //! ([`crate::runlock`]); what it may hold and what a resume checks is [`crate::rl::run_folder`].
 
@@ -41,7 +42,9 @@ use crate::model::Model;
 use crate::optim::{AdamWConfig, LrDecay, LrSchedule};
 use crate::policy::{HostState, Policy, ScoreBatch};
 use crate::rl::env::Environment;
-use crate::rl::objectives::{self, Baseline, Batch, HapoHistory, Hyper, Outcomes};
+use crate::rl::chunk::{ChunkLoss, ChunkObjective};
+pub use crate::rl::chunk::ChunkResult;
+use crate::rl::objectives::{self, Baseline, HapoHistory, Hyper, Outcomes};
 use crate::rl::run_folder::{self, RunStart};
 use crate::runlock::RunLock;
 use crate::sampling::SamplingParams;
@@ -413,27 +416,13 @@ pub fn questions_of_step(n_problems: usize, per_step: usize, seed: u64, step: us
     Ok(perm[slot * per_step..(slot + 1) * per_step].to_vec())
 }
 
-/// One chunk's numbers from [`minibatch_gradient`].
-#[derive(Clone, Debug, PartialEq)]
-pub struct ChunkResult {
-    pub loss: f64,
-    pub objective: f64,
-    pub kl: f64,
-    pub penalty: f64,
-    /// DRPO/DisCO: ŵ of the positives of each valid group (each list sums to 1); empty for baselines
-    pub positive_weights: Vec<Vec<f64>>,
-    /// `[rows]` the objective's push on each response, the sign of its gradient step on the
-    /// response's log-likelihood: > 0 up, < 0 down, 0 none. DRPO/DisCO: −∂loss/∂s_i of the
-    /// discriminative part (the KL penalty's uniform pull towards π_old left out); baselines (no KL
-    /// term): −Σ_t ∂loss/∂ℓ_{i,t} = (1/n) A_i · mean over unclipped tokens of ρ.
-    pub push: Vec<f64>,
-}
-
 /// The gradient of one mini-batch (SPEC §5.1): the rollouts are cut into chunks of
 /// `chunk_questions · group_size` rows; each chunk's loss comes from the objective on that chunk
 /// (groups by [`Rollout::group`], KL pooled over its tokens), its token gradient is scaled by
 /// 1/(number of chunks) and backpropagated through the model at the run's temperature. For DRPO the
-/// per-token coefficient is thus −g_i/(Q_mb·L_i) − (1/n_chunks)·β[K_B − δ]_+/T_B.
+/// per-token coefficient is thus −g_i/(Q_mb·L_i) − (1/n_chunks)·β[K_B − δ]_+/T_B. The objective and
+/// the backward of a chunk run where the policy lives ([`Policy::chunk_objective`],
+/// [`Policy::backward_token_grad`]); the chunk's numbers come to the host.
 ///
 /// prompts: `[rows]` the prompt of each rollout.  advantages: `[rows]` the baselines' advantages
 /// (None: DRPO / DisCO from `cfg`).  grads: set to ∇ of the mini-batch loss (1/chunks) Σ_B loss_B,
@@ -461,46 +450,16 @@ pub fn minibatch_gradient<P: Policy>(
         let resps: Vec<&[u32]> = chunk.iter().map(|r| r.tokens.as_slice()).collect();
         let batch = ScoreBatch::responses(policy.config(), &prompts[first..first + chunk.len()], &resps, cfg.temperature)?;
         let scored = policy.score_responses(&batch, true)?;
-        let logp: Vec<f64> = scored.logp.concat();
         let old: Vec<f64> = chunk.iter().flat_map(|r| r.old_logp.iter().copied()).collect();
         let cols = Columns::of(chunk);
-        let (correct, len) = (&cols.correct, &cols.len);
-        let batch = Batch { outcomes: cols.outcomes(cfg.max_new_tokens), logp: &logp, old_logp: &old };
-        let (dlogp, result) = match advantages {
-            None => {
-                let out = objectives::drpo(&batch, &hyper)?;
-                let positive_weights = out
-                    .groups
-                    .iter()
-                    .filter(|gs| gs.valid)
-                    .map(|gs| gs.members.iter().filter(|&&i| correct[i]).map(|&i| out.weights[i]).collect())
-                    .collect();
-                let push = out.dloss_ds.iter().map(|d| -d).collect();
-                let r = ChunkResult { loss: out.loss, objective: out.j, kl: out.kl, penalty: out.penalty, positive_weights, push };
-                (out.dlogp, r)
-            }
-            Some(adv) => {
-                let out = objectives::clipped_surrogate(&batch, &adv[first..first + chunk.len()], hyper.clip_eps)?;
-                let mut at = 0;
-                let push = len
-                    .iter()
-                    .map(|&l| {
-                        at += l;
-                        -out.dlogp[at - l..at].iter().sum::<f64>()
-                    })
-                    .collect();
-                let r = ChunkResult { loss: out.loss, objective: out.j, kl: out.kl, penalty: out.penalty, positive_weights: Vec::new(), push };
-                (out.dlogp, r)
-            }
+        let loss = match advantages {
+            None => ChunkLoss::Discriminative(&hyper),
+            Some(adv) => ChunkLoss::Surrogate { advantages: &adv[first..first + chunk.len()], clip_eps: hyper.clip_eps },
         };
-        // flat [T] → per response, scaled by 1/chunks (the chunk mean of SPEC §5.1)
-        let mut rows = Vec::with_capacity(chunk.len());
-        let mut at = 0;
-        for l in len {
-            rows.push(dlogp[at..at + l].iter().map(|d| d * scale).collect::<Vec<f64>>());
-            at += l;
-        }
-        policy.backward_responses(&scored, &rows, grads)?;
+        let obj = ChunkObjective { outcomes: cols.outcomes(cfg.max_new_tokens), old_logp: &old, loss, scale };
+        // where the policy lives: the host in f64, or the device (the token gradient stays there)
+        let (result, dlogp) = policy.chunk_objective(&scored, &obj)?;
+        policy.backward_token_grad(&scored, &dlogp, grads)?;
         chunks.push(result);
     }
     Ok(chunks)
