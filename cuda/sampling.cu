@@ -3,7 +3,10 @@
 // Launchers: gpu::sampling::{sample, philox_uniform}.
 //
 //   tokens[r] = sample(logits[r, :], params, u_r),   u_r = uniform(seed, streams[r], step)
-//   logits: [rows, v] f32   streams: [rows] u64   tokens: [rows] u32   scratch: [rows, v] u64
+//   nonfinite[r] = the lowest id of a NaN / ±inf logit of row r, 0xffffffff when there is none
+//   logits: [rows, v] f32   streams: [rows] u64   tokens, nonfinite: [rows] u32   scratch: [rows, v] u64
+// A flagged row still gets a token (the rules below), but the host refuses it (Policy::sample: a
+// non-finite logit is an error, not a token): the flags come back in the copy of the tokens.
 // The distribution, exactly as src/sampling.rs defines it:
 //   temperature 0: the arg-max, lowest id among ties, NaN never wins;
 //   else p = softmax(x / T) in f64, each p as a fixed-point mass f = ⌊p·2^62⌋ (u64, NaN → 0); rank by
@@ -24,11 +27,13 @@
 // Philox4x32-10 and the 53-bit uniform are bit-identical to src/rng.rs (philox_uniform_f64 tests it).
 // v2: fixed-point masses (v1 summed f64 probabilities: ties with k·top_p an integer kept
 //   different nuclei on CPU and GPU, and a top-p descent could slip below its parent's mass).
-// v3 (this): a digit histogram sums its 16 bins with one transposing butterfly per warp (16 shuffles)
+// v3: a digit histogram sums its 16 bins with one transposing butterfly per warp (16 shuffles)
 //   and one barrier pair (v2: 16 block_reduce calls, 80 shuffles and 32 barriers per histogram; a
 //   top-k + top-p row makes 48 histograms). The same integer sums, so the same tokens; found by the
 //   simulated device, where v2's ~770 reductions per row made a top-p row cost ~0.3 s. GPU speed-up
 //   predicted (barriers dominate a 512-thread reduction), not yet measured.
+// v4 (this): the non-finite flag per row (one more pass over the row and one block reduction; the
+//   tokens are v3's).
 
 #define PHILOX_M0 0xD2511F53u
 #define PHILOX_M1 0xCD9E8D57u
@@ -188,9 +193,10 @@ __device__ void digit_histogram(int (&cnt)[16], u64 (&mass)[16], const u64* f, i
 
 #define SAMPLE_THREADS 512
 
-extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sampling_fwd_f32(unsigned* tokens, u64* scratch, const float* logits,
-                                                                             const u64* streams, int v, double temperature, int top_k,
-                                                                             double top_p, u64 seed, u64 step) {
+extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sampling_fwd_f32(unsigned* tokens, unsigned* nonfinite, u64* scratch,
+                                                                             const float* logits, const u64* streams, int v,
+                                                                             double temperature, int top_k, double top_p, u64 seed,
+                                                                             u64 step) {
     __shared__ double shd[32];
     __shared__ u64 shu[32];
     __shared__ int shi[32];
@@ -200,6 +206,13 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sampling_fwd_f32(un
     const int seg = ceil_div(v, blockDim.x), lo = min(tid * seg, v), hi = min(lo + seg, v);
     const float* x = logits + (size_t)row * v;
     u64* f = scratch + (size_t)row * v;
+
+    // 0. the row's first non-finite logit (exponent bits all set: NaN or ±inf), whatever the sampling
+    int bad = 0x7fffffff;
+    for (int i = lo; i < hi; i++)
+        if ((__float_as_uint(x[i]) & 0x7f800000u) == 0x7f800000u) { bad = i; break; }
+    bad = block_reduce(bad, MinI(), shi);
+    if (tid == 0) nonfinite[row] = bad == 0x7fffffff ? 0xffffffffu : (unsigned)bad;
 
     if (temperature == 0.0) {
         const int best = block_argmax(x, lo, hi);

@@ -1,6 +1,13 @@
 //! Batched autoregressive generation with the KV cache: prompts of different lengths are prefilled
 //! together, then each step feeds one new token per unfinished sequence. A sequence stops at one of
 //! the eos ids (which is kept as its last token, as SPEC §1 counts it) or after `max_new_tokens`.
+//!
+//! A request larger than what the policy's memory holds at once runs in **rounds**: consecutive
+//! prompts, at most [`Policy::generation_round`] of them, each round a whole generation with its own
+//! cache (freed before the next). Prompt i draws from stream `stream_offset + i` whatever round it is
+//! in, so rounds change no uniform; on a device whose arithmetic for a row does not depend on the
+//! other rows of its batch (the CPU always; NOTES.md, "Rollouts in rounds", says where the GPU's does)
+//! they change no token either.
 
 use crate::error::{Error, Result};
 use crate::policy::{Chunks, Draw, Policy};
@@ -43,12 +50,41 @@ pub fn check_request(prompts: &[Vec<u32>], opts: &GenerateOptions, max_pos: usiz
     Ok(())
 }
 
-/// Generates a continuation of every prompt: the one decoding loop of every device. Prompts are
-/// prefilled together (slot i = prompt i); each step draws one token per unfinished sequence on the
-/// device ([`Policy::sample`]) and feeds it back as a one-token chunk.
+/// Generates a continuation of every prompt: the one decoding loop of every device, in rounds of at
+/// most [`Policy::generation_round`] sequences (all of them on the host).
 pub fn generate<P: Policy + ?Sized>(policy: &P, prompts: &[Vec<u32>], opts: &GenerateOptions) -> Result<Vec<Generation>> {
+    check_request(prompts, opts, policy.config().max_position_embeddings)?;
+    let prompt_len = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let round = policy.generation_round(prompt_len, prompt_len + opts.max_new_tokens)?; // ≤ max_pos: checked
+    generate_in_rounds(policy, prompts, opts, round)
+}
+
+/// [`generate`] in rounds of at most `round` consecutive prompts (`usize::MAX`: one round): the
+/// tokens of one-round generation, round by round.
+pub fn generate_in_rounds<P: Policy + ?Sized>(policy: &P, prompts: &[Vec<u32>], opts: &GenerateOptions, round: usize) -> Result<Vec<Generation>> {
+    check_request(prompts, opts, policy.config().max_position_embeddings)?;
+    if round == 0 && !prompts.is_empty() {
+        let len = prompts.iter().map(Vec::len).max().unwrap_or(0) + opts.max_new_tokens;
+        return Err(Error::input(format!(
+            "not one sequence of {len} tokens (prompt + max_new_tokens) fits in the {} device's free memory for generation\n  \
+             hint: lower max_new_tokens, or use a device with more memory",
+            policy.device()
+        )));
+    }
+    let mut out = Vec::with_capacity(prompts.len());
+    for (k, part) in prompts.chunks(round.max(1)).enumerate() {
+        // the first prompt of the round keeps its stream: round k starts at prompt k·round
+        let first = (k as u64).checked_mul(round as u64).and_then(|f| f.checked_add(opts.stream_offset));
+        let stream_offset = first.ok_or_else(|| Error::input("generation stream index overflows"))?;
+        out.extend(generate_round(policy, part, &GenerateOptions { stream_offset, ..opts.clone() })?);
+    }
+    Ok(out)
+}
+
+/// One round: prompts prefilled together (slot i = prompt i); each step draws one token per
+/// unfinished sequence on the device ([`Policy::sample`]) and feeds it back as a one-token chunk.
+fn generate_round<P: Policy + ?Sized>(policy: &P, prompts: &[Vec<u32>], opts: &GenerateOptions) -> Result<Vec<Generation>> {
     let cfg = policy.config();
-    check_request(prompts, opts, cfg.max_position_embeddings)?;
     let b = prompts.len();
     // room for the longest sequence, allocated once (what the memory estimate counts; no doubling)
     let max_len = prompts.iter().map(Vec::len).max().unwrap_or(0) + opts.max_new_tokens; // ≤ max_pos: checked

@@ -510,12 +510,12 @@ fn inspect(dir: &Path, batch: Option<u64>, prompt_tokens: Option<u64>, new_token
     if let Some(a) = drpo::memory::available_bytes() {
         say!("             available on this machine: {}", gib(a as f64));
     }
-    inspect_device(&cfg, b, seq, device_gib)
+    inspect_device(&cfg, b, p, seq, device_gib)
 }
 
 /// The device memory of a DRPO step (`train --device gpu`: bf16 compute copy, f32 master weights,
 /// moments and gradient on the device), planned for a device of `device_gib` GiB.
-fn inspect_device(cfg: &ModelConfig, batch: u64, seq: u64, device_gib: u64) -> Result<()> {
+fn inspect_device(cfg: &ModelConfig, batch: u64, prompt: u64, seq: u64, device_gib: u64) -> Result<()> {
     use drpo::gpu::memory::StepPlan;
     let device_bytes = device_gib.saturating_mul(1 << 30);
     let plan = StepPlan::new(cfg, 2, seq, device_bytes);
@@ -555,9 +555,10 @@ fn inspect_device(cfg: &ModelConfig, batch: u64, seq: u64, device_gib: u64) -> R
                 plan.generation_sequences
             );
             say!(
-                "             {} (a sequence must train in one chunk; the trainer generates all of a step's rollouts at once, so questions × G must be ≤ {})",
+                "             {} (a sequence must train in one chunk); generation runs in rounds of {} sequences (the round rule: \
+                 15/16 of what is left, the prefill of {prompt}-token prompts counted)",
                 if plan.fits() { "fits" } else { "does not fit" },
-                plan.generation_sequences
+                drpo::gpu::memory::generation_round(cfg, 2, prompt, seq, free)
             );
         }
     }
@@ -968,6 +969,18 @@ fn train_policy<P: drpo::policy::Policy>(
 }
 
 fn eval(a: EvalArgs) -> Result<()> {
+    // --out is locked for the whole evaluation (train's and sft's run lock): a second eval into the
+    // same folder is refused before any work, instead of racing this one's renames
+    let _lock = match &a.out {
+        Some(out) => {
+            let (lock, stale) = drpo::runlock::RunLock::acquire(out, "drpo eval")?;
+            if let Some(note) = stale {
+                eprintln!("note: {note}");
+            }
+            Some(lock)
+        }
+        None => None,
+    };
     let tok = drpo::tokenizer::Tokenizer::from_dir(&a.model)?;
     warn_chat_family(&tok);
     let env = load_env(&a.model, a.data.as_deref(), a.limit, drpo::task::Split::Eval, &tok, a.think, None)?;

@@ -8,6 +8,7 @@
 //!                               (whole prompts) and a decoding step (one token per slot) are one call;
 //!                               gives the logits of the last new row of each chunk, where the device keeps them
 //! sample(cache, logits, ..)     one token per row from uniform(seed, stream, step), on the device
+//! generation_round(..)          how many sequences one round of generation holds (device memory)
 //! score_responses(batch)        log π(response token | prompt, earlier tokens) at the batch's temperature
 //! backward_responses(.., dlogp, grads)   grads += ∂loss/∂θ from d loss / d logp of the response tokens
 //! chunk_objective(scored, obj)  one chunk's objective: its numbers, and d loss / d logp where the model is
@@ -79,6 +80,15 @@ pub trait Policy {
     /// Row r of `logits` draws its token with `uniform(seed, streams[r], step)`
     /// ([`crate::sampling::sample`]'s contract). Non-finite logits are an error, not a token.
     fn sample(&self, cache: &mut Self::Cache, logits: &Self::Logits, draw: &Draw) -> Result<Vec<u32>>;
+    /// Sequences of `len` tokens (the longest prompt, `prompt_len` tokens, and the new ones) that one
+    /// generation round holds ([`crate::generate::generate`]): on a device, what its free memory takes
+    /// next to what is resident ([`crate::gpu::memory::generation_round`]; 0 when not one fits); on the
+    /// host, unlimited (the commands check the host's memory for their whole batch,
+    /// [`crate::memory::ensure_fits`]).
+    fn generation_round(&self, prompt_len: usize, len: usize) -> Result<usize> {
+        let _ = (prompt_len, len);
+        Ok(usize::MAX)
+    }
 
     /// Log-probabilities of every response token, in f64. With `record`, keeps what
     /// [`Policy::backward_responses`] needs.

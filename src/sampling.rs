@@ -59,6 +59,16 @@ impl SamplingParams {
     }
 }
 
+/// The error of a sampler fed a NaN or ±inf logit, on every device ([`crate::policy::Policy::sample`]):
+/// `step` is the new token being drawn, (`row`, `id`) the first non-finite logit of the batch.
+pub fn non_finite_logits(step: u64, row: usize, id: usize, value: f64) -> Error {
+    Error::NonFinite {
+        what: format!("generation: the model's logits before new token {step} (the weights or the activations overflow)"),
+        at: format!("batch row {row}, id {id}"),
+        value,
+    }
+}
+
 /// Index of the largest value (the lowest index among ties; NaN never wins).
 pub fn argmax<T: Float>(row: &[T]) -> usize {
     let mut best = 0;

@@ -94,6 +94,31 @@ fn eval_gsm8k_slice() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// `eval --out DIR` holds DIR's run lock while it runs: a second eval into a held folder is refused
+/// before any work, naming the folder and the holder, and writes nothing; the lock is released (its
+/// file gone) when an eval ends, so the next one runs.
+#[test]
+fn eval_out_is_locked_while_an_eval_runs() {
+    let model = toy_model_dir("eval-lock-model", 5);
+    let out = scratch_dir("eval-lock-out");
+    let args = ["eval", "--model", &s(&model), "--limit", "2", "--n", "1", "--max-new-tokens", "4", "--out", &s(&out), "--device", "cpu"];
+    let (held, _) = drpo::runlock::RunLock::acquire(&out, "drpo eval").unwrap();
+    let (ok, _, stderr) = run_drpo(&args);
+    assert!(!ok, "an eval into a locked folder must fail");
+    let pid = format!("pid {}", std::process::id());
+    for needle in [s(&out).as_str(), "in use by another process", pid.as_str(), drpo::runlock::LOCK_FILE] {
+        assert!(stderr.contains(needle), "the refusal should name `{needle}`:\n{stderr}");
+    }
+    assert!(!out.join("eval.json").exists() && !out.join("responses.jsonl").exists(), "a refused eval writes nothing");
+    drop(held);
+    let (ok, _, stderr) = run_drpo(&args);
+    assert!(ok, "eval after the lock was released:\n{stderr}");
+    assert!(out.join("eval.json").exists(), "the report");
+    assert!(!out.join(drpo::runlock::LOCK_FILE).exists(), "eval releases its lock when it ends");
+    std::fs::remove_dir_all(&out).unwrap();
+    std::fs::remove_dir_all(&model).unwrap();
+}
+
 #[test]
 fn eval_toy_task_on_a_random_model() {
     let model = toy_model_dir("eval-toy-model", 3);
@@ -345,7 +370,7 @@ fn inspect_reports_a_commands_memory() {
         assert!(stdout.contains(source), "{source}: {stdout}");
     }
     // the device memory of a DRPO step, planned for --device-gib (tests/memory.rs checks the numbers)
-    for line in ["a DRPO step on a 80 GiB GPU", "resident", "recorded forward", "KV cache", "training chunk of", "fits"] {
+    for line in ["a DRPO step on a 80 GiB GPU", "resident", "recorded forward", "KV cache", "training chunk of", "fits", "rounds of"] {
         assert!(stdout.contains(line), "{line}: {stdout}");
     }
     let (ok, small, _) = run_drpo(&["inspect", "--model", &s(&model), "--device-gib", "1"]);

@@ -107,15 +107,23 @@ fn logits_rows(rng: &mut rand::rngs::StdRng, kind: &str, rows: usize, v: usize) 
         .collect()
 }
 
+/// The lowest id of a NaN or ±inf in each row ([`gpu::sampling::NO_NONFINITE`] when none): what the
+/// sampler's flags must say.
+fn first_non_finite(logits: &[f32], rows: usize, v: usize) -> Vec<u32> {
+    (0..rows).map(|r| logits[r * v..(r + 1) * v].iter().position(|x| !x.is_finite()).map_or(gpu::sampling::NO_NONFINITE, |i| i as u32)).collect()
+}
+
 fn run(gpu: &Gpu, rng: &mut rand::rngs::StdRng, kind: &str, rows: usize, v: usize, params: SamplingParams) -> drpo::Result<usize> {
     let logits = logits_rows(rng, kind, rows, v);
     let (seed, step): (u64, u64) = (rng.random(), rng.random_range(0..1000));
     let streams: Vec<u64> = (0..rows as u64).map(|r| r * 7 + 3).collect();
     let (ld, sd) = (gpu.htod(&logits)?, gpu.htod(&streams)?);
     let mut tokens = gpu.htod(&vec![u32::MAX; rows])?;
+    let mut flags = gpu.htod(&vec![0u32; rows])?; // poisoned: 0 is a flag of id 0
     let mut scratch = gpu.alloc_zeros::<u64>(rows * v)?;
-    gpu::sampling::sample(gpu, &mut tokens.as_view_mut(), &mut scratch.as_view_mut(), &ld.as_view(), &sd.as_view(), rows, v, &params, seed, step)?;
+    gpu::sampling::sample(gpu, &mut tokens.as_view_mut(), &mut flags.as_view_mut(), &mut scratch.as_view_mut(), &ld.as_view(), &sd.as_view(), rows, v, &params, seed, step)?;
     let got = gpu.dtoh(&tokens)?;
+    assert_eq!(gpu.dtoh(&flags)?, first_non_finite(&logits, rows, v), "{kind}: the non-finite flags");
     let (mut differ, mut by_kind) = (0, std::collections::BTreeMap::<&str, usize>::new());
     for r in 0..rows {
         let row = &logits[r * v..(r + 1) * v];
@@ -168,6 +176,41 @@ fn sampler_draws_the_cpu_token_for_the_same_uniform() -> drpo::Result<()> {
     Ok(())
 }
 
+/// Rows holding NaN, +inf or -inf: the flag of each row is its lowest non-finite id (whatever the
+/// sampling settings; finite rows none), and the token is still the CPU's (the host refuses the row).
+#[test]
+fn sampler_flags_the_first_non_finite_logit_of_each_row() -> drpo::Result<()> {
+    let mut rng = rng("sample_non_finite");
+    for gpu in devices("sample_non_finite") {
+        for v in [7, 1000] {
+            // (position, value) pairs per row; row 3 is finite
+            let bad: [&[(usize, f32)]; 5] =
+                [&[(5, f32::NAN)], &[(0, f32::INFINITY), (3, f32::NAN)], &[(v - 1, f32::NEG_INFINITY)], &[], &[(v - 2, f32::NAN), (v - 1, f32::INFINITY)]];
+            let rows = bad.len();
+            let mut logits: Vec<f32> = (0..rows * v).map(|_| rng.random_range(-3.0f32..3.0)).collect();
+            for (r, row) in bad.iter().enumerate() {
+                for &(i, x) in row.iter() {
+                    logits[r * v + i] = x;
+                }
+            }
+            let want_flags = first_non_finite(&logits, rows, v);
+            assert_eq!(want_flags[..4], [5, 0, v as u32 - 1, gpu::sampling::NO_NONFINITE], "the reference");
+            let streams: Vec<u64> = (0..rows as u64).collect();
+            let (ld, sd) = (gpu.htod(&logits)?, gpu.htod(&streams)?);
+            for params in [SamplingParams::greedy(), SamplingParams { temperature: 0.8, top_k: 3, top_p: 0.9 }] {
+                let mut tokens = gpu.htod(&vec![u32::MAX; rows])?;
+                let mut flags = gpu.htod(&vec![0u32; rows])?;
+                let mut scratch = gpu.alloc_zeros::<u64>(rows * v)?;
+                gpu::sampling::sample(&gpu, &mut tokens.as_view_mut(), &mut flags.as_view_mut(), &mut scratch.as_view_mut(), &ld.as_view(), &sd.as_view(), rows, v, &params, 11, 2)?;
+                assert_eq!(gpu.dtoh(&flags)?, want_flags, "v {v}, {params:?}: flags");
+                let want: Vec<u32> = (0..rows).map(|r| sample(&logits[r * v..(r + 1) * v], &params, uniform(11, r as u64, 2)) as u32).collect();
+                assert_eq!(gpu.dtoh(&tokens)?, want, "v {v}, {params:?}: tokens");
+            }
+        }
+    }
+    Ok(())
+}
+
 #[test]
 fn sampler_frequencies_follow_the_distribution() -> drpo::Result<()> {
     // one row, many independent draws (distinct streams): a chi-square test of the GPU tokens against
@@ -187,9 +230,10 @@ fn sampler_frequencies_follow_the_distribution() -> drpo::Result<()> {
             let streams: Vec<u64> = (0..draws as u64).collect();
             let (ld, sd) = (gpu.htod(&logits)?, gpu.htod(&streams)?);
             let mut tokens = gpu.htod(&vec![u32::MAX; draws])?;
+            let mut flags = gpu.alloc_zeros::<u32>(draws)?;
             let mut scratch = gpu.alloc_zeros::<u64>(draws * v)?;
             let seed: u64 = rng.random();
-            gpu::sampling::sample(&gpu, &mut tokens.as_view_mut(), &mut scratch.as_view_mut(), &ld.as_view(), &sd.as_view(), draws, v, &params, seed, 0)?;
+            gpu::sampling::sample(&gpu, &mut tokens.as_view_mut(), &mut flags.as_view_mut(), &mut scratch.as_view_mut(), &ld.as_view(), &sd.as_view(), draws, v, &params, seed, 0)?;
             let got = gpu.dtoh(&tokens)?;
             let probs = sampling_probs(&row, &params);
             let mut counts = vec![0usize; v];

@@ -225,3 +225,47 @@ fn train_and_sft_run_on_the_simulated_device() {
     assert!(ok, "sft --device sim: {err}");
     assert!(sft_out.join("model.safetensors").exists(), "sft --device sim writes its model");
 }
+
+/// `Policy::sample` refuses a non-finite logit with one error on every device (the GPU sampler flags
+/// the row, read back with the tokens): the first NaN / ±inf of the batch, by row and id, with its
+/// value and the step; finite rows sample.
+#[test]
+fn every_device_refuses_non_finite_logits_alike() -> drpo::Result<()> {
+    let cpu = Model::<f32>::load(&fixture("qwen2-tiny"))?;
+    let v = cpu.cfg.vocab_size;
+    let finite: Vec<f32> = (0..3 * v).map(|i| ((i * 37 % 101) as f32 - 50.0) / 10.0).collect();
+    let params = SamplingParams::default();
+    let streams = [4u64, 5, 6];
+    let draw = drpo::policy::Draw { params: &params, seed: 9, streams: &streams, step: 3 };
+    let cases: [(&str, Vec<(usize, f32)>); 3] = [
+        ("NaN", vec![(v + 17, f32::NAN)]),
+        ("+inf after a later NaN row", vec![(2 * v + 1, f32::NAN), (v + 300, f32::INFINITY)]),
+        ("-inf", vec![(5, f32::NEG_INFINITY)]),
+    ];
+    let mut cache = cpu.new_cache(3, 8)?;
+    let want_tokens = cpu.sample(&mut cache, &finite, &draw)?;
+    let mut want_errors = Vec::new();
+    for (what, bad) in &cases {
+        let mut logits = finite.clone();
+        bad.iter().for_each(|&(i, x)| logits[i] = x);
+        let e = cpu.sample(&mut cache, &logits, &draw).expect_err(what);
+        assert!(matches!(e, drpo::Error::NonFinite { .. }), "{what}: {e}");
+        want_errors.push(e.to_string());
+    }
+    assert!(want_errors[0].contains("batch row 1, id 17") && want_errors[0].contains("new token 3"), "{}", want_errors[0]);
+    assert!(want_errors[1].contains("batch row 1, id 300"), "{}", want_errors[1]);
+    for gpu in devices("sample_non_finite_policy") {
+        let m = GpuModel::<f32>::from_cpu(Arc::new(gpu), &cpu)?;
+        let mut cache = m.new_cache(3, 8)?;
+        let upload = |x: &[f32]| -> drpo::Result<drpo::model::gpu::GpuLogits> { Ok(drpo::model::gpu::GpuLogits { values: m.gpu.htod(x)?, rows: 3 }) };
+        assert_eq!(m.sample(&mut cache, &upload(&finite)?, &draw)?, want_tokens, "finite rows: the CPU's tokens");
+        for ((what, bad), want) in cases.iter().zip(&want_errors) {
+            let mut logits = finite.clone();
+            bad.iter().for_each(|&(i, x)| logits[i] = x);
+            let e = m.sample(&mut cache, &upload(&logits)?, &draw).expect_err(what);
+            assert!(matches!(e, drpo::Error::NonFinite { .. }), "{what}: {e}");
+            assert_eq!(&e.to_string(), want, "{what}: the CPU's error");
+        }
+    }
+    Ok(())
+}

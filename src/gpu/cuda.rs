@@ -302,6 +302,13 @@ impl CudaDevice {
         Ok((dev, DeviceProps { arch, name, sm_count }))
     }
 
+    /// Free memory of the device, in bytes (the driver's count).
+    pub fn free_bytes(&self) -> Result<u64> {
+        self.ctx.bind_to_thread()?;
+        let (free, _total) = result::mem_get_info()?;
+        Ok(free as u64)
+    }
+
     fn module(&self, family: &'static Family) -> Result<Arc<CudaModule>> {
         let mut map = self.modules.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(m) = map.get(family.name) {

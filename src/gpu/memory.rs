@@ -222,3 +222,26 @@ impl StepPlan {
         self.free.is_some() && self.chunk_tokens >= self.seq_len && self.generation_sequences >= 1
     }
 }
+
+/// The share of the free device memory a generation round leaves unused (1/16): the allocator's
+/// granularity and the small buffers a decoding step allocates next to the cache (token ids, streams,
+/// the sequence table).
+pub const GENERATION_RESERVE_DIVISOR: u64 = 16;
+
+/// Sequences of `len` tokens, the longest prompt `prompt_len` of them, that one generation round
+/// holds in `free` bytes of device memory not allocated when it starts (what is resident, the
+/// weights and a trainer's master copy, moments and gradient, is already out of it): 15/16 of
+/// `free`, less the decode GEMMs' split-k partials ([`StepMemory::decode_gemm_workspace`], once per
+/// round), over one sequence's share, which is [`StepMemory::generation_sequence`] (its KV cache,
+/// logits, sampler row, a decode row, its decode attention split states) and its prompt's rows of the
+/// prefill, which runs one layer at a time over every prompt token of the round (`model::gpu`'s
+/// forward: x h proj hf [c], q att [qd], k v [kvd], gate up act [ff] in the compute type, rstd f32).
+/// 0 when not one fits.
+pub fn generation_round(cfg: &ModelConfig, elem: u64, prompt_len: u64, len: u64, free: u64) -> u64 {
+    let (c, ff) = (cfg.hidden_size as u64, cfg.intermediate_size as u64);
+    let (qd, kvd) = (cfg.q_dim() as u64, cfg.kv_dim() as u64);
+    let m = step_memory(cfg, elem);
+    let prefill_row = add(&[mul(&[add(&[mul(&[4, c]), mul(&[2, qd]), mul(&[2, kvd]), mul(&[3, ff])]), elem]), 4]);
+    let per_sequence = add(&[m.generation_sequence(len), mul(&[prefill_row, prompt_len])]);
+    (free - free / GENERATION_RESERVE_DIVISOR).saturating_sub(m.decode_gemm_workspace) / per_sequence.max(1)
+}

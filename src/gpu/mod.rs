@@ -44,6 +44,14 @@ use std::path::PathBuf;
 pub use cuda::{compile_all, compile_family, driver_available, driver_version, nvrtc_available, nvrtc_version, parse_ptxas_report, KernelReport, MIN_DRIVER_VERSION};
 pub use half::bf16;
 
+/// `MemAvailable` of /proc/meminfo in bytes (None where there is no such file or line).
+fn host_available_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.trim_start_matches("MemAvailable:").trim().trim_end_matches("kB").trim().parse().ok()?;
+    kib.checked_mul(1024)
+}
+
 /// A plain value type that lives in device memory (bit-copyable, zero is a valid value).
 pub trait DeviceCopy:
     cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits + Copy + Default + Send + Sync + std::fmt::Debug + 'static
@@ -431,6 +439,16 @@ impl Gpu {
     /// Bytes the workspace of [`Gpu::with_workspace`] holds now (its high-water mark).
     pub fn workspace_bytes(&self) -> usize {
         self.workspace.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map_or(0, |b| b.len() * size_of::<f32>())
+    }
+
+    /// Device memory not allocated now, in bytes: the driver's count on a GPU; on the simulated
+    /// device, whose memory is the host's, the host's available memory (`MemAvailable` of
+    /// /proc/meminfo; unlimited where the host does not say).
+    pub fn free_bytes(&self) -> Result<u64> {
+        match &self.backend {
+            Backend::Cuda(d) => d.free_bytes(),
+            Backend::Sim(_) => Ok(host_available_bytes().unwrap_or(u64::MAX)),
+        }
     }
 
     /// Device allocations ([`Gpu::alloc_zeros`], [`Gpu::htod`]) made on this device so far: what the

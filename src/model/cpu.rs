@@ -681,10 +681,6 @@ impl<T: Float> Policy for Model<T> {
 fn check_logits<T: Float>(logits: &[T], v: usize, step: u64) -> Result<()> {
     match logits.iter().position(|x| !x.to_f64().is_finite()) {
         None => Ok(()),
-        Some(k) => Err(Error::NonFinite {
-            what: format!("generation: the model's logits before new token {step} (the weights or the activations overflow)"),
-            at: format!("batch row {}, id {}", k / v, k % v),
-            value: logits[k].to_f64(),
-        }),
+        Some(k) => Err(crate::sampling::non_finite_logits(step, k / v, k % v, logits[k].to_f64())),
     }
 }

@@ -49,6 +49,9 @@ pub struct GpuModel<T: GpuFloat> {
     pub(super) sin: DeviceBuffer<f32>,
     /// token budget of a chunk of the uncached forward (`gpu_train`); None: the default estimate
     pub(super) chunk_tokens: Option<usize>,
+    /// sequences of a generation round; None: what the free device memory holds
+    /// ([`GpuModel::set_generation_round`])
+    generation_round: Option<usize>,
     /// the uncached forward's and the backward's buffers, allocated once per shape (`gpu_train`)
     pub(super) workspace: Mutex<TrainWorkspace<T>>,
 }
@@ -101,7 +104,28 @@ impl<T: GpuFloat> GpuModel<T> {
                 gpu::attention::MAX_HEAD_DIM
             )));
         }
-        Ok(GpuModel { gpu, cfg, layout: model.layout.clone(), params, master: None, cos, sin, chunk_tokens: None, workspace: Default::default() })
+        Ok(GpuModel {
+            gpu,
+            cfg,
+            layout: model.layout.clone(),
+            params,
+            master: None,
+            cos,
+            sin,
+            chunk_tokens: None,
+            generation_round: None,
+            workspace: Default::default(),
+        })
+    }
+
+    /// Fixes the sequences of a generation round (`None`: what the free device memory holds,
+    /// [`gpu::memory::generation_round`]): for tests, and for sharing a device with other work.
+    pub fn set_generation_round(&mut self, round: Option<usize>) -> Result<()> {
+        if round == Some(0) {
+            return Err(Error::input("a generation round needs at least 1 sequence"));
+        }
+        self.generation_round = round;
+        Ok(())
     }
 
     /// The parameters as T (through f32: see NOTES.md on bf16 rounding).
@@ -243,8 +267,8 @@ impl<T: GpuFloat> GpuModel<T> {
     }
 }
 
-/// The decoding state of the GPU model: the KV cache and the sampler's buffers ([rows] tokens,
-/// [rows, vocab] fixed-point masses), allocated once per generation.
+/// The decoding state of the GPU model: the KV cache and the sampler's buffers ([rows] tokens then
+/// [rows] non-finite flags, [rows, vocab] fixed-point masses), allocated once per generation.
 pub struct GpuDecode<T: GpuFloat> {
     pub kv: GpuKvCache<T>,
     tokens: DeviceBuffer<u32>,
@@ -287,7 +311,8 @@ impl<T: GpuFloat> Policy for GpuModel<T> {
         // a generation starts: the training workspace's memory goes to the KV cache until training resumes
         self.workspace().release();
         let kv = GpuKvCache::new(gpu, &self.cfg, slots, cap)?;
-        let tokens = gpu.alloc_zeros::<u32>(slots.max(1))?;
+        // the sampler's tokens, then its non-finite flags: one copy back per step
+        let tokens = gpu.alloc_zeros::<u32>(2 * slots.max(1))?;
         let scratch = gpu.alloc_zeros::<u64>((slots * self.cfg.vocab_size).max(1))?;
         Ok(GpuDecode { kv, tokens, scratch })
     }
@@ -298,6 +323,18 @@ impl<T: GpuFloat> Policy for GpuModel<T> {
 
     fn cache_cap(&self, cache: &GpuDecode<T>) -> usize {
         cache.kv.cap
+    }
+
+    fn generation_round(&self, prompt_len: usize, len: usize) -> Result<usize> {
+        if let Some(round) = self.generation_round {
+            return Ok(round);
+        }
+        // asked as a generation starts: the training workspace that new_cache would release is free
+        // memory for its rounds, so release it before counting
+        self.workspace().release();
+        let elem = size_of::<T>() as u64;
+        let round = gpu::memory::generation_round(&self.cfg, elem, prompt_len as u64, len as u64, self.gpu.free_bytes()?);
+        Ok(usize::try_from(round).unwrap_or(usize::MAX))
     }
 
     fn forward_last(&self, cache: &mut GpuDecode<T>, chunks: &Chunks) -> Result<GpuLogits> {
@@ -322,11 +359,20 @@ impl<T: GpuFloat> Policy for GpuModel<T> {
         }
         let gpu = &*self.gpu;
         let streams = gpu.htod(draw.streams)?;
-        let mut tokens = cache.tokens.slice_mut(0..rows);
+        let mut both = cache.tokens.slice_mut(0..2 * rows);
+        let (mut tokens, mut nonfinite) = both.split_at_mut(rows);
         let mut scratch = cache.scratch.slice_mut(0..rows * v);
         let lv = logits.values.slice(0..rows * v);
-        gpu::sampling::sample(gpu, &mut tokens, &mut scratch, &lv, &streams.as_view(), rows, v, draw.params, draw.seed, draw.step)?;
-        gpu.dtoh(&cache.tokens.slice(0..rows))
+        gpu::sampling::sample(gpu, &mut tokens, &mut nonfinite, &mut scratch, &lv, &streams.as_view(), rows, v, draw.params, draw.seed, draw.step)?;
+        let mut tokens = gpu.dtoh(&cache.tokens.slice(0..2 * rows))?;
+        let flags = tokens.split_off(rows);
+        // the CPU's error: the first non-finite logit of the batch (its value fetched only then)
+        if let Some((row, &id)) = flags.iter().enumerate().find(|(_, &id)| id != gpu::sampling::NO_NONFINITE) {
+            let at = row * v + id as usize;
+            let value = gpu.dtoh(&logits.values.slice(at..at + 1))?[0];
+            return Err(crate::sampling::non_finite_logits(draw.step, row, id as usize, value as f64));
+        }
+        Ok(tokens)
     }
 
     /// The uncached chunked forward of `gpu_train` (no KV cache), with or without a record.

@@ -641,6 +641,8 @@ impl<'a, P: Policy> Trainer<'a, P> {
             eos_ids: self.tok.eos_ids().to_vec(),
             stream_offset,
         };
+        // in rounds of what the device's free memory holds next to the training state; each rollout
+        // keeps its stream whatever its round (generate::generate_in_rounds)
         let gens = crate::generate::generate(&self.model, &prompts, &opts)?;
         // old log-probs: the current weights, temperature T, recomputed (SPEC §5.1) by the policy
         // that sampled them and trains
