@@ -387,13 +387,6 @@ impl CudaDevice {
         Ok(())
     }
 
-    /// Bytes of device memory free now, as the driver reports them (cuMemGetInfo on this context).
-    pub fn free_memory_bytes(&self) -> Result<u64> {
-        self.ctx.bind_to_thread()?;
-        let (free, _total) = result::mem_get_info()?;
-        Ok(free as u64)
-    }
-
     pub fn launch(&self, family: &'static Family, name: &'static str, cfg: LaunchCfg, args: &[Arg]) -> Result<()> {
         let f = self.function(family, name)?;
         if cfg.shared_bytes > SHARED_DEFAULT_BYTES {

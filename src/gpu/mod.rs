@@ -517,15 +517,6 @@ impl Gpu {
         }
     }
 
-    /// Bytes of device memory free now as the driver reports them; None on the simulated device,
-    /// whose memory is the host's, allocated on demand (callers pick a documented budget instead).
-    pub fn free_memory_bytes(&self) -> Result<Option<u64>> {
-        match &self.backend {
-            Backend::Cuda(d) => d.free_memory_bytes().map(Some),
-            Backend::Sim(_) => Ok(None),
-        }
-    }
-
     /// Waits for all queued work.
     pub fn synchronize(&self) -> Result<()> {
         match &self.backend {

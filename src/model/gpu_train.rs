@@ -422,9 +422,11 @@ impl<T: GpuFloat> GpuModel<T> {
         if let Some(tokens) = ws.default_tokens {
             return Ok(tokens);
         }
-        let budget = match self.gpu.free_memory_bytes()? {
-            Some(free) => chunk_budget_bytes(free.saturating_add(ws.bytes() as u64)),
-            None => SIM_CHUNK_BYTES,
+        // the simulator's memory is the host's, allocated on demand: a documented fixed budget
+        let budget = if self.gpu.is_simulated() {
+            SIM_CHUNK_BYTES
+        } else {
+            chunk_budget_bytes(self.gpu.free_bytes()?.saturating_add(ws.bytes() as u64))
         };
         let tokens = tokens_per_chunk::<T>(&self.cfg, budget).max(1);
         ws.default_tokens = Some(tokens);
