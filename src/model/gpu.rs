@@ -239,7 +239,7 @@ impl<T: GpuFloat> GpuModel<T> {
     pub fn score(&self, seqs: &[&[u32]], temp: f64) -> Result<Vec<Vec<f32>>> {
         check_score_temperature(temp)?;
         Chunks::fresh(&self.cfg, seqs)?;
-        Ok(self.score_chunks(seqs, temp, false)?.logp)
+        Ok(self.score_chunks(seqs, temp, None)?.logp)
     }
 }
 
