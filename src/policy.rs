@@ -91,7 +91,8 @@ pub trait Policy {
     }
 
     /// Log-probabilities of every response token, in f64. With `record`, keeps what
-    /// [`Policy::backward_responses`] needs.
+    /// [`Policy::backward_responses`] and [`Policy::chunk_objective`] need (a device keeps its own
+    /// copy of the log-probs there, the values of the host copy: the objective reads that one).
     fn score_responses(&self, batch: &ScoreBatch, record: bool) -> Result<ScoredResponses<Self::Record>>;
 
     /// A zero gradient.
@@ -105,7 +106,8 @@ pub trait Policy {
     /// One chunk's objective on a batch scored with `record` ([`crate::rl::chunk`]): the chunk's
     /// numbers on the host, and scale · d loss / d logp of its response tokens where the policy
     /// keeps it, for [`Policy::backward_token_grad`]. The host computes it in f64 from the host
-    /// log-probs; a device computes it where the log-probs and the backward are (NOTES.md,
+    /// log-probs; a device computes it where the log-probs and the backward are, from the record's
+    /// device copy of ℓ (`scored.logp` gives the shapes checked; ℓ^old comes from `obj`) (NOTES.md,
     /// "The objective on the device inside the trainer").
     fn chunk_objective(&self, scored: &ScoredResponses<Self::Record>, obj: &ChunkObjective) -> Result<(ChunkResult, Self::TokenGrad)>;
     /// [`Policy::backward_responses`] from the token gradient of [`Policy::chunk_objective`] on
@@ -310,7 +312,7 @@ impl ScoreBatch {
 pub struct ScoredResponses<R> {
     /// logp[i][t] = log π(response_i[t] | prompt_i, response_i[<t]) under softmax(logits / temp), in f64
     pub logp: Vec<Vec<f64>>,
-    /// the recorded forward (`None` unless scored with `record`)
+    /// the recorded forward (`None` unless scored with `record`); a device's holds its own copy of `logp`
     pub record: Option<R>,
 }
 

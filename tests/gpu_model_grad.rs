@@ -1,8 +1,8 @@
 //! The GPU model's uncached forward and whole-model backward (`model::gpu_train`) against the CPU f64
 //! model, on every fixture and on each device: response log-probs (f32 and bf16), the parameter
 //! gradient per tensor (f32 against the f64 gradient; bf16 against the f64 model on bf16-rounded
-//! weights), the same bits for every token budget down to one sequence per chunk, and the same bits
-//! from run to run.
+//! weights), the same bits for every token budget down to one sequence per chunk (the record's
+//! device copy of the response log-probs too), and the same bits from run to run.
 
 mod gpu_common;
 use drpo::gpu::{bf16, Gpu, GpuFloat};
@@ -150,6 +150,11 @@ fn same_bits_for_every_budget<T: GpuFloat>(gpu: &Arc<Gpu>, name: &str, budgets: 
         // the premise: one chunk keeps its activations; one token per chunk is one sequence per chunk
         assert_eq!(rec.kept(), rec.chunks().len() == 1);
         assert!(budget > 1 || rec.chunks().len() == batch.len(), "{name}: one sequence per chunk");
+        // the record's device copy of the response log-probs (what the chunk objective reads) holds
+        // the bits of the host copy, gathered from every chunk
+        let device_bits: Vec<u32> = gpu.dtoh(&rec.logp())?.iter().map(|x| x.to_bits()).collect();
+        let host_bits: Vec<u32> = scored.logp.iter().flatten().map(|&x| (x as f32).to_bits()).collect();
+        assert!(device_bits == host_bits, "{name} {}: the record's device log-probs differ from the host's with budget {budget}", T::NAME);
         let mut g = m.new_grads()?;
         m.backward_responses(&scored, &dlogp, &mut g)?;
         let grads: Vec<f32> = m.grads_to_host(&g)?.iter().map(|&x| x as f32).collect();

@@ -361,6 +361,15 @@ impl CudaDevice {
         Ok(())
     }
 
+    pub fn memcpy_dtod(&self, src: u64, dst: u64, bytes: usize) -> Result<()> {
+        if bytes == 0 {
+            return Ok(());
+        }
+        // SAFETY: `src` and `dst` address `bytes` bytes of live, disjoint memory (the caller's views).
+        unsafe { result::memcpy_dtod_async(dst, src, bytes, self.stream.cu_stream()) }?;
+        Ok(())
+    }
+
     pub fn memset_zero(&self, dst: u64, bytes: usize) -> Result<()> {
         if bytes == 0 {
             return Ok(());

@@ -493,6 +493,20 @@ impl Gpu {
         }
     }
 
+    /// Copies `src` into the first `src.len()` elements of `dst`, on the device (in stream order).
+    pub fn memcpy_dtod<T: DeviceCopy>(&self, src: &DView<'_, T>, dst: &mut DViewMut<'_, T>) -> Result<()> {
+        assert!(src.len <= dst.len, "memcpy_dtod: {} values into a view of {}", src.len, dst.len);
+        match &self.backend {
+            Backend::Cuda(d) => d.memcpy_dtod(src.ptr, dst.ptr, src.len * size_of::<T>()),
+            Backend::Sim(_) => {
+                // SAFETY: `src` borrows src.len live values, `dst` exclusively at least as many; an
+                // exclusive and a shared borrow cannot overlap.
+                unsafe { std::ptr::copy_nonoverlapping(src.ptr as *const T, dst.ptr as *mut T, src.len) };
+                Ok(())
+            }
+        }
+    }
+
     /// Sets every value of `dst` to zero (all bits zero: 0.0 for the float types).
     pub fn memset_zero<T: DeviceCopy>(&self, dst: &mut DViewMut<'_, T>) -> Result<()> {
         let bytes = dst.len * size_of::<T>();

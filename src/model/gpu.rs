@@ -263,7 +263,7 @@ impl<T: GpuFloat> GpuModel<T> {
     pub fn score(&self, seqs: &[&[u32]], temp: f64) -> Result<Vec<Vec<f32>>> {
         check_score_temperature(temp)?;
         Chunks::fresh(&self.cfg, seqs)?;
-        Ok(self.score_chunks(seqs, temp, false)?.logp)
+        Ok(self.score_chunks(seqs, temp, None)?.logp)
     }
 }
 
@@ -393,7 +393,7 @@ impl<T: GpuFloat> Policy for GpuModel<T> {
         self.backward_into(scored.recorded()?, dlogp, &mut grads.g.as_view_mut())
     }
 
-    /// [`GpuModel::chunk_objective_on_device`]: `gpu::objective` on the device.
+    /// [`GpuModel::chunk_objective_on_device`]: `gpu::objective` on the device, on the record's device log-probs.
     fn chunk_objective(&self, scored: &ScoredResponses<GpuRecord<T>>, obj: &ChunkObjective) -> Result<(ChunkResult, DeviceBuffer<f32>)> {
         self.chunk_objective_on_device(scored, obj)
     }

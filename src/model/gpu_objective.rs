@@ -5,15 +5,16 @@
 //! What crosses the bus per chunk of n responses, q groups, T response tokens (NOTES.md, "The
 //! objective on the device inside the trainer"):
 //! ```text
-//! up     ℓ and ℓ^old as f32 (8T bytes); the group bookkeeping of DeviceGroups (8(n+1) + 12n + 4(q+1));
+//! up     ℓ^old as f32 (4T bytes); the group bookkeeping of DeviceGroups (8(n+1) + 12n + 4(q+1));
 //!        the baselines' advantages (8n)
 //! down   six scalars and the per-response non-finite counts (48 + 4n); DRPO/DisCO: ŵ and ∂loss/∂s
 //!        (16n); baselines: Σ_t ∂loss/∂ℓ per response (8n), their push
-//! stays  d loss / d logp (4T), the scores, weights and group statistics
+//! stays  ℓ (4T, the record's: gathered from the forward's rows), d loss / d logp (4T), the scores,
+//!        weights and group statistics
 //! ```
-//! ℓ comes up from the host copy that [`crate::policy::Policy::score_responses`] returns (the forward
-//! wrote it on the device and brought it down); ℓ^old was scored by the same model at rollout time,
-//! so both are f32 values held in f64 and go back to f32 exactly.
+//! ℓ is the record's device copy ([`GpuRecord::logp`]): the values whose f64 copy the host holds, so
+//! the objective reads the bits it read when ℓ went down and came back up. ℓ^old was scored by the
+//! same model at rollout time: f32 values held in f64, they go back to f32 exactly.
 
 use super::gpu::GpuModel;
 use super::gpu_train::GpuRecord;
@@ -29,15 +30,15 @@ impl<T: GpuFloat> GpuModel<T> {
     pub fn chunk_objective_on_device(&self, scored: &ScoredResponses<GpuRecord<T>>, obj: &ChunkObjective) -> Result<(ChunkResult, DeviceBuffer<f32>)> {
         const OP: &str = "chunk objective";
         obj.check(&scored.logp)?;
-        scored.recorded()?; // a token gradient is for a backward, which needs the record
+        let record = scored.recorded()?; // a token gradient is for a backward, which needs the record
         let gpu = &*self.gpu;
         let o = &obj.outcomes;
         let groups = DeviceGroups::upload(gpu, o)?;
         check_len(OP, "old_logp", obj.old_logp.len(), groups.tokens)?;
-        let logp: Vec<f32> = scored.logp.iter().flatten().map(|&x| x as f32).collect();
+        check_len(OP, "logp (the record's)", record.logp().len(), groups.tokens)?;
         let old_logp: Vec<f32> = obj.old_logp.iter().map(|&x| x as f32).collect();
-        let (logp, old_logp) = (gpu.htod(&logp)?, gpu.htod(&old_logp)?);
-        let lp = TokenLogProbs { logp: logp.as_view(), old_logp: old_logp.as_view() };
+        let old_logp = gpu.htod(&old_logp)?;
+        let lp = TokenLogProbs { logp: record.logp(), old_logp: old_logp.as_view() };
         let mut work = ObjectiveWork::new(gpu, &groups)?;
         let mut dlogp = gpu.alloc_zeros::<f32>(groups.tokens)?;
         let result = match obj.loss {

@@ -346,11 +346,15 @@ static NEXT_STAMP: AtomicU64 = AtomicU64::new(1);
 
 /// What [`GpuModel::backward_into`] needs from a batch scored with `record`: the batch, its chunks
 /// and, when the batch was one chunk, the stamp of the activations it left in the model's workspace
-/// (used by the backward while no other forward has replaced them; recomputed otherwise: the same bits).
+/// (used by the backward while no other forward has replaced them; recomputed otherwise: the same
+/// bits); and what the chunk objective reads: the response log-probs as the forward wrote them.
 pub struct GpuRecord<T: GpuFloat> {
     batch: ScoreBatch,
     chunks: Vec<Range<usize>>,
     kept: Option<u64>,
+    /// `[T]` f32: the response tokens' log-probs, responses in batch order (the token layout of
+    /// `gpu::objective`), gathered device to device from each chunk's forward
+    logp: DeviceBuffer<f32>,
     _model: PhantomData<T>,
 }
 
@@ -364,15 +368,22 @@ impl<T: GpuFloat> GpuRecord<T> {
     pub fn kept(&self) -> bool {
         self.kept.is_some()
     }
+
+    /// The response log-probs on the device, `[T]` f32 (responses in batch order): the values whose
+    /// f64 copy [`ScoredResponses::logp`] holds.
+    pub fn logp(&self) -> DView<'_, f32> {
+        self.logp.as_view()
+    }
 }
 
 /// A forward over a batch of fresh sequences: the log-probs of every sequence (len − 1 each), the
-/// sequence ranges of its chunks, and the stamp of the activations of a batch that was one chunk
-/// (when recorded).
+/// sequence ranges of its chunks, and when recorded the stamp of the activations of a batch that
+/// was one chunk and the response log-probs gathered on the device.
 pub(super) struct Scoring {
     pub logp: Vec<Vec<f32>>,
     chunks: Vec<Range<usize>>,
     kept: Option<u64>,
+    device_logp: Option<DeviceBuffer<f32>>,
 }
 
 /// The gradient of tied embeddings' gather part, kept apart from the head's part until the end:
@@ -434,20 +445,32 @@ impl<T: GpuFloat> GpuModel<T> {
     }
 
     /// logp[s][t] = log softmax(logits(x_≤t) / temp)[x_{t+1}] of fresh sequences (len − 1 each), chunk
-    /// by chunk without a KV cache; with `record`, the chunks of the backward and the stamp of the
-    /// activations of a batch that is one such chunk. The sequences and temperature were checked by the caller.
-    pub(super) fn score_chunks(&self, seqs: &[&[u32]], temp: f64, record: bool) -> Result<Scoring> {
+    /// by chunk without a KV cache. `record`: the response range of each sequence (indices into its
+    /// logp), for a scoring the backward will follow: then also the chunks of the backward, the stamp
+    /// of the activations of a batch that is one such chunk, and the response log-probs gathered on
+    /// the device chunk by chunk (the next chunk's forward overwrites the workspace's). The sequences
+    /// and temperature were checked by the caller.
+    pub(super) fn score_chunks(&self, seqs: &[&[u32]], temp: f64, record: Option<&[Range<usize>]>) -> Result<Scoring> {
         let mut ws = self.workspace();
         let lens: Vec<usize> = seqs.iter().map(|s| s.len()).collect();
         let chunks = token_chunks(&lens, self.chunk_budget(&mut ws)?);
-        let keep = record && chunks.len() == 1;
+        let keep = record.is_some() && chunks.len() == 1;
+        let mut device_logp = match record {
+            Some(responses) => Some(self.gpu.alloc_zeros::<f32>(responses.iter().map(|r| r.len()).sum())?),
+            None => None,
+        };
         let mut logp = Vec::with_capacity(seqs.len());
-        let mut kept = None;
+        let (mut kept, mut gathered) = (None, 0);
         for chunk in &chunks {
             let (rows, host) = self.chunk_forward(&mut ws, &seqs[chunk.clone()], temp, keep)?;
             let mut row = 0;
-            for s in &seqs[chunk.clone()] {
+            for (i, s) in chunk.clone().zip(&seqs[chunk.clone()]) {
                 logp.push(rows[row..row + s.len().saturating_sub(1)].to_vec());
+                if let (Some(responses), Some(dst), Some(fwd)) = (record, device_logp.as_mut(), ws.forward.as_ref()) {
+                    let r = &responses[i];
+                    self.gpu.memcpy_dtod(&fwd.logp.slice(row + r.start..row + r.end), &mut dst.slice_mut(gathered..gathered + r.len()))?;
+                    gathered += r.len();
+                }
                 row += s.len();
             }
             if let (true, Some(host)) = (keep, host) {
@@ -456,14 +479,17 @@ impl<T: GpuFloat> GpuModel<T> {
                 kept = Some(stamp);
             }
         }
-        Ok(Scoring { logp, chunks, kept })
+        Ok(Scoring { logp, chunks, kept, device_logp })
     }
 
-    /// The response log-probs of a checked batch, and with `record` what the backward needs.
+    /// The response log-probs of a checked batch, and with `record` what the backward and the chunk
+    /// objective need.
     pub(super) fn score_batch(&self, batch: &ScoreBatch, record: bool) -> Result<ScoredResponses<GpuRecord<T>>> {
-        let Scoring { logp, chunks, kept } = self.score_chunks(&batch.seqs(), batch.temp(), record)?;
-        let logp = logp.iter().enumerate().map(|(i, lp)| lp[batch.response_range(i)].iter().map(|&x| x as f64).collect()).collect();
-        Ok(ScoredResponses { logp, record: record.then(|| GpuRecord { batch: batch.clone(), chunks, kept, _model: PhantomData }) })
+        let responses: Vec<Range<usize>> = (0..batch.len()).map(|i| batch.response_range(i)).collect();
+        let Scoring { logp, chunks, kept, device_logp } = self.score_chunks(&batch.seqs(), batch.temp(), record.then_some(&responses[..]))?;
+        let logp = logp.iter().zip(&responses).map(|(lp, r)| lp[r.clone()].iter().map(|&x| x as f64).collect()).collect();
+        let record = device_logp.map(|logp| GpuRecord { batch: batch.clone(), chunks, kept, logp, _model: PhantomData });
+        Ok(ScoredResponses { logp, record })
     }
 
     /// The forward of one chunk of fresh sequences into the workspace: the log-prob of every row's

@@ -29,7 +29,8 @@
 //! repairing an interrupted checkpoint save. The trainer is generic over the [`Policy`] it trains:
 //! rollouts, old log-probs, each chunk's objective ([`Policy::chunk_objective`]), the backward
 //! passes, the clip and AdamW run where the policy lives (the host f32 model, or the GPU model with
-//! its training state on the device, where d loss / d logp never leaves the device); the host keeps
+//! its training state on the device, where d loss / d logp never leaves the device and the objective
+//! reads the forward's log-probs where the forward wrote them, ℓ^old uploaded per chunk); the host keeps
 //! the group bookkeeping, the rewards, the baselines' advantages and the metrics. A checkpoint holds the CPU's f32 format
 //! ([`Policy::export_state`]), so a run saved on one device resumes on another. The folder is locked while a trainer runs in it
 //! ([`crate::runlock`]); what it may hold and what a resume checks is [`crate::rl::run_folder`].
