@@ -929,16 +929,9 @@ fn train(a: TrainArgs) -> Result<()> {
         )));
     }
     cfg.validate()?;
-    let max_prompt = max_prompt as u64;
-    let seq = max_prompt.saturating_add(cfg.max_new_tokens as u64);
-    let rows = ((cfg.chunk_questions * cfg.group_size) as u64).saturating_mul(seq);
-    if matches!(a.device, Device::Cpu | Device::Auto) {
-        let mut est = drpo::memory::training(&mcfg, 4, rows, seq);
-        est.kv_cache = drpo::memory::generation(&mcfg, 4, (cfg.questions_per_step * cfg.group_size) as u64, max_prompt, seq).kv_cache;
-        drpo::memory::ensure_fits("training on the CPU (weights, optimizer, one chunk's activations, rollout KV cache)", &est)?;
-    }
+    let needs = drpo::engine::TrainingNeeds::rl(&mcfg, &cfg, max_prompt as u64);
     let model = Model::<f32>::load(&a.model)?;
-    match Trainee::new(a.device, model, &mut |n| eprintln!("{n}"))? {
+    match Trainee::new(a.device, model, &needs, &mut |n| eprintln!("{n}"))? {
         Trainee::Cpu(m) => train_policy(m, cfg, env.as_ref(), &tok, &a),
         Trainee::Gpu(m) => train_policy(m, cfg, env.as_ref(), &tok, &a),
     }

@@ -253,9 +253,15 @@ pub fn run_sft_with_notices(
     notice: &mut dyn FnMut(String),
 ) -> Result<Model<f32>> {
     cfg.validate()?;
-    if matches!(device, Device::Cpu | Device::Auto) {
-        crate::memory::ensure_fits("SFT on the CPU (weights, gradients, optimizer, one batch's activations)", &cfg.memory_estimate())?;
-    }
+    // where it runs, and that it fits there, before the folder is touched
+    let shape = cfg.model_config_for(crate::task::TASK_VOCAB.len(), Vec::new());
+    let needs = crate::engine::TrainingNeeds {
+        what: "SFT",
+        holds: "weights, gradients, optimizer, one batch's activations",
+        host: cfg.memory_estimate(),
+        seq_len: shape.max_position_embeddings as u64,
+    };
+    let at = Trainee::open(device, &shape, &needs, notice)?;
     let (_lock, note) = crate::runlock::RunLock::acquire(out, "drpo sft")?;
     note.into_iter().for_each(|line| notice(format!("note: {line}")));
     // sft_config.json marks a finished base (a study reuses a folder holding it): remove a previous
@@ -271,7 +277,7 @@ pub fn run_sft_with_notices(
     let prompts: Vec<Vec<u32>> = examples.iter().map(|e| tok.encode(&e.prompt())).collect::<Result<_>>()?;
     let data = SftData { tok: &tok, examples: &examples, prompts: &prompts };
     let model = Model::<f32>::random(cfg.model_config(&tok), cfg.seed, 0.02);
-    let (params, log) = match Trainee::new(device, model, notice)? {
+    let (params, log) = match Trainee::place(at, model)? {
         Trainee::Cpu(mut m) => sft_steps(&mut m, cfg, &data, out, on_step)?,
         Trainee::Gpu(mut m) => sft_steps(&mut m, cfg, &data, out, on_step)?,
     };

@@ -505,6 +505,10 @@ pub fn run_study(study: &StudyConfig, out: &Path, device: Device, log: &mut dyn 
         log("the base model's accuracy does not rise with the length of its reasoning: the task is not fit for the comparison, no RL run".into());
     } else {
         let train_env = ToyEnv::new(generate_split(&study.sft.task(), Split::Train, study.rl_train_questions)?, &tok)?;
+        let max_prompt = {
+            use crate::rl::env::Environment;
+            (0..train_env.len()).map(|i| train_env.prompt(i).len()).max().unwrap_or(0) as u64
+        };
         let runs = study.runs();
         for (i, (setting, seed)) in runs.iter().enumerate() {
             let cfg = run_config(study, setting, *seed, &base_dir);
@@ -512,7 +516,8 @@ pub fn run_study(study: &StudyConfig, out: &Path, device: Device, log: &mut dyn 
             let run_dir = out.join("runs").join(format!("{run}-seed{seed}-{}", config_hash(&cfg)));
             let t = Instant::now();
             let run_in = RunIn { env: &train_env, tok: &tok, run_dir: &run_dir, base_dir: &base_dir, study };
-            let (resumed, evaluation) = match Trainee::new(device, base.clone(), &mut |_| {})? {
+            let needs = crate::engine::TrainingNeeds::rl(&base.cfg, &cfg, max_prompt);
+            let (resumed, evaluation) = match Trainee::new(device, base.clone(), &needs, &mut |_| {})? {
                 Trainee::Cpu(m) => train_and_evaluate(m, cfg, &run_in, log)?,
                 Trainee::Gpu(m) => train_and_evaluate(m, cfg, &run_in, log)?,
             };

@@ -192,3 +192,38 @@ fn qwen2_5_1_5b_with_8k_responses_fits_80_gb() {
     // and the resident state alone does not fit a 16 GB card
     assert!(!StepPlan::new(&cfg, 2, seq, 16_000_000_000).fits());
 }
+
+/// One memory check for every training command, made where the run goes (`Trainee::open`): the
+/// CPU's estimate on the CPU and the simulated device, the device plan on a GPU. At 1.5B with 8k
+/// responses the CPU's estimate (which keeps the attention probabilities, nh·seq values per row and
+/// layer) is far above a host's memory while the GPU plan fits 80 GB: checking the CPU's estimate
+/// for a run `--device auto` sends to a GPU would refuse a run that fits.
+#[test]
+fn training_needs_are_checked_where_the_run_goes() {
+    use drpo::engine::{Device, Trainee, TrainingNeeds};
+    let cfg = qwen2_5_1_5b();
+    let train = drpo::rl::trainer::TrainConfig { max_new_tokens: 8192, ..Default::default() };
+    let needs = TrainingNeeds::rl(&cfg, &train, 1024);
+    assert_eq!(needs.seq_len, 9216);
+    println!("1.5B, 8k responses: the CPU's estimate {:.0} GB", needs.host.total() as f64 / 1e9);
+    assert!(needs.host.total() > 128_000_000_000, "the CPU's estimate: {} bytes", needs.host.total());
+    needs.check_gpu(&cfg, 80_000_000_000).expect("the GPU plan fits 80 GB");
+    let err = needs.check_gpu(&cfg, 30_000_000_000).expect_err("30 GB holds the resident state (27.85 GB) but not a sequence");
+    let text = err.to_string();
+    assert!(matches!(err, drpo::Error::OutOfMemory { .. }) && text.contains("training on the GPU") && text.contains("9216-token"), "{text}");
+
+    // the CPU and the simulated device check the host estimate, named in the error
+    if drpo::memory::available_bytes().is_none() {
+        println!("SKIP the host refusals: this machine does not report its available memory");
+        return;
+    }
+    let tiny = drpo::gradcheck::random_config(3);
+    let huge = TrainingNeeds { host: drpo::memory::MemoryEstimate { weights: u64::MAX / 2, kv_cache: 0, activations: 0, optimizer: 0 }, ..needs };
+    let err = Trainee::open(Device::Cpu, &tiny, &huge, &mut |_| {}).err().expect("refused on the CPU");
+    assert!(err.to_string().contains("training on the CPU"), "{err}");
+    match Trainee::open(Device::Sim, &tiny, &huge, &mut |_| {}) {
+        Err(drpo::Error::NoDevice { why }) => println!("SKIP the simulated device's refusal: {why}"),
+        Err(e) => assert!(e.to_string().contains("on the simulated device, in host memory"), "{e}"),
+        Ok(_) => panic!("the simulated device must refuse a run the host cannot hold"),
+    }
+}
