@@ -186,6 +186,21 @@ fn chunk_tokens(cfg: &ModelConfig, elem: u64, budget: u64) -> u64 {
     budget / step_memory(cfg, elem).training_per_token().max(1)
 }
 
+/// Bytes of device memory the training workspace leaves to everything else when its budget comes from
+/// the driver's free memory ([`chunk_budget_bytes`]): a fixed 1 GiB plus 1/16 of what is free.
+/// They hold what the per-token estimate does not count ([`crate::model::gpu_train::bytes_per_token`]'s list: the head
+/// backward's scratch, 64 MiB of bf16 dlogits + 24 MiB of f32 dh at 1.5B; the split-k partials,
+/// < 16 MiB; tied embeddings' gather table, ≤ 0.93 GB at 1.5B when every id of the vocabulary
+/// occurs), the allocator's rounding and fragmentation, and the error of an estimate.
+pub const CHUNK_MARGIN_BYTES: u64 = 1 << 30;
+
+/// Bytes a training chunk may use when the device reports `free` bytes free (the resident state,
+/// weights, master copy, moments, gradient, already allocated): `free` less [`CHUNK_MARGIN_BYTES`]
+/// and a sixteenth of `free`; 0 when that is negative.
+pub fn chunk_budget_bytes(free: u64) -> u64 {
+    free.saturating_sub(CHUNK_MARGIN_BYTES).saturating_sub(free / 16)
+}
+
 /// A DRPO step's memory on a device of `device_bytes`: the resident state, then each phase with
 /// what is left (`None` when the resident state alone does not fit).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -195,8 +210,8 @@ pub struct StepPlan {
     pub seq_len: u64,
     /// bytes left for the phases
     pub free: Option<u64>,
-    /// tokens of a training chunk that fit ([`tokens_per_chunk`]): at least `seq_len` for a
-    /// sequence's forward and backward to run in one piece
+    /// tokens of a training chunk that fit ([`tokens_per_chunk`] of [`chunk_budget_bytes`], the
+    /// runtime's budget): at least `seq_len` for a sequence's forward and backward to run in one piece
     pub chunk_tokens: u64,
     /// sequences that generate together
     pub generation_sequences: u64,
@@ -211,7 +226,7 @@ impl StepPlan {
             memory,
             seq_len,
             free,
-            chunk_tokens: chunk_tokens(cfg, elem, left),
+            chunk_tokens: chunk_tokens(cfg, elem, chunk_budget_bytes(left)),
             generation_sequences: left.saturating_sub(memory.decode_gemm_workspace) / memory.generation_sequence(seq_len).max(1),
         }
     }

@@ -40,7 +40,7 @@ use crate::error::{check_len, Error, Result};
 use crate::gpu::attention::{attention_bwd, attention_fwd, PackedSeqs};
 use crate::gpu::embedding::{embedding_bwd, embedding_fwd, EmbeddingGradPlan};
 use crate::gpu::logprob::{head_bwd_with, head_logprob, HeadGradScratch, BWD_ROW_CHUNK};
-use crate::gpu::memory::tokens_per_chunk;
+use crate::gpu::memory::{chunk_budget_bytes, tokens_per_chunk};
 use crate::gpu::matmul::{matmul_bwd_db, matmul_bwd_dw, matmul_bwd_dx, matmul_fwd, MatmulPlan, MatmulTile};
 use crate::gpu::residual::residual_add;
 use crate::gpu::rmsnorm::{bwd_scratch_len, rmsnorm_bwd, rmsnorm_fwd};
@@ -82,25 +82,10 @@ pub fn bytes_per_token(cfg: &ModelConfig, elem: usize, record: bool) -> usize {
     }
 }
 
-/// Bytes of device memory the training workspace leaves to everything else when its budget comes from
-/// the driver's free memory ([`chunk_budget_bytes`]): a fixed 1 GiB plus 1/16 of what is free.
-/// They hold what the per-token estimate does not count ([`bytes_per_token`]'s list: the head
-/// backward's scratch, 64 MiB of bf16 dlogits + 24 MiB of f32 dh at 1.5B; the split-k partials,
-/// < 16 MiB; tied embeddings' gather table, ≤ 0.93 GB at 1.5B when every id of the vocabulary
-/// occurs), the allocator's rounding and fragmentation, and the error of an estimate.
-pub const CHUNK_MARGIN_BYTES: u64 = 1 << 30;
-
 /// The simulated device's training budget: the simulator has no memory of its own (host memory,
 /// allocated on demand), so a fixed 4 GiB stands for "free memory" and every fixture batch is one
 /// chunk unless a test sets a smaller budget ([`GpuModel::set_max_tokens_per_chunk`]).
 pub const SIM_CHUNK_BYTES: u64 = 4 << 30;
-
-/// Bytes a training chunk may use when the device reports `free` bytes free (the resident state,
-/// weights, master copy, moments, gradient, already allocated): `free` less [`CHUNK_MARGIN_BYTES`]
-/// and a sixteenth of `free`; 0 when that is negative.
-pub fn chunk_budget_bytes(free: u64) -> u64 {
-    free.saturating_sub(CHUNK_MARGIN_BYTES).saturating_sub(free / 16)
-}
 
 /// Consecutive runs of whole sequences whose token count stays within `max_tokens` (≥ 1), in order;
 /// a sequence longer than the budget runs alone (a sequence is never split: attention needs all of it).
