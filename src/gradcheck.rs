@@ -247,13 +247,15 @@ pub const DEVICE_TOLERANCE: f64 = 5e-4;
 /// the device holds them), every coordinate of every tensor:
 /// ```text
 /// error_i = |device_i − cpu_i| / (|cpu_i| + floor),
-/// floor   = max(rms of the tensor's non-zero cpu entries, rms of the whole gradient's non-zero entries)
+/// floor   = max(rms of the tensor's non-zero cpu entries, GLOBAL_FLOOR · rms of the whole gradient's non-zero entries)
 /// ```
 /// Non-zero entries: an embedding table's rows of ids absent from the batch are zeros and would put
-/// the floor below its used rows' scale. The whole gradient's rms: a tensor whose gradient cancels to
-/// zero (q and k when every scored row attends to one key: that softmax is 1 whatever q and k are)
-/// is round-off on the device, of the order of u times the other gradients' terms (measured 7e-8 of
-/// max |g|). `numeric` in a row is the CPU value.
+/// the floor below its used rows' scale. The whole gradient's share: a tensor whose gradient cancels
+/// to zero (q and k when every scored row attends to one key: that softmax is 1 whatever q and k
+/// are) is round-off on the device, of the order of u times the other gradients' terms (measured
+/// 7e-8 of max |g|); a hundredth of the whole gradient's rms covers that and leaves a tensor
+/// whose gradient is small but not cancelled judged on its own scale (a wrong tensor could hide
+/// only below 5e-6 of the whole gradient's rms). `numeric` in a row is the CPU value.
 pub fn device_gradcheck(gpu: Arc<Gpu>, model_dir: Option<&Path>, cfg_override: Option<ModelConfig>, seed: u64) -> Result<Vec<GradcheckRow>> {
     let (model, loss, _) = checked_case(model_dir, cfg_override, seed)?;
     let device = GpuModel::<f32>::from_cpu(gpu, &model)?;
@@ -276,8 +278,11 @@ fn nonzero_rms(x: &[f64]) -> f64 {
     (sum / n.max(1) as f64).sqrt()
 }
 
-fn compare_tensor(name: &str, got: &[f64], want: &[f64], global_floor: f64, tolerance: f64) -> GradcheckRow {
-    let floor = nonzero_rms(want).max(global_floor).max(f64::MIN_POSITIVE);
+/// The share of the whole gradient's rms in every tensor's floor ([`device_gradcheck`]).
+pub const GLOBAL_FLOOR: f64 = 1e-2;
+
+fn compare_tensor(name: &str, got: &[f64], want: &[f64], global_rms: f64, tolerance: f64) -> GradcheckRow {
+    let floor = nonzero_rms(want).max(GLOBAL_FLOOR * global_rms).max(f64::MIN_POSITIVE);
     let mut row = GradcheckRow {
         tensor: name.to_string(),
         numel: want.len(),
