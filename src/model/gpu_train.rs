@@ -391,15 +391,6 @@ impl<T: GpuFloat> GpuModel<T> {
         Ok(())
     }
 
-    /// The token budget of a chunk, with or without a record (one budget: the workspace's buffers
-    /// serve both): the one set, else `gpu::memory::tokens_per_chunk` of the device's training budget
-    /// (a GPU: [`chunk_budget_bytes`] of the driver's free memory plus what this workspace already
-    /// holds, asked once; the simulator: [`SIM_CHUNK_BYTES`]), at least 1.
-    pub fn max_tokens_per_chunk(&self) -> Result<usize> {
-        let mut ws = self.workspace();
-        self.chunk_budget(&mut ws)
-    }
-
     /// The training workspace (a poisoned lock is taken back: every user clears what it overwrites).
     pub(super) fn workspace(&self) -> MutexGuard<'_, TrainWorkspace<T>> {
         self.workspace.lock().unwrap_or_else(|e| e.into_inner())
@@ -411,6 +402,10 @@ impl<T: GpuFloat> GpuModel<T> {
         (ws.allocations, ws.bytes())
     }
 
+    /// The token budget of a chunk, with or without a record (one budget: the workspace's buffers
+    /// serve both): the one set, else `gpu::memory::tokens_per_chunk` of the device's training budget
+    /// (a GPU: [`chunk_budget_bytes`] of the driver's free memory plus what this workspace already
+    /// holds, asked once; the simulator: [`SIM_CHUNK_BYTES`]), at least 1.
     fn chunk_budget(&self, ws: &mut TrainWorkspace<T>) -> Result<usize> {
         if let Some(tokens) = self.chunk_tokens {
             return Ok(tokens);
