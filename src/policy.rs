@@ -44,6 +44,15 @@ use crate::rl::chunk::{ChunkObjective, ChunkResult};
 use crate::sampling::SamplingParams;
 use std::ops::Range;
 
+/// What [`Policy::sample`] draws, one entry per row: the token, and its log-probability under the
+/// sampling distribution before top-k / top-p truncation, log softmax(logits / T)[token] in f64 (0
+/// when greedy), computed by the sampler from the logits it drew from.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sampled {
+    pub tokens: Vec<u32>,
+    pub logp: Vec<f64>,
+}
+
 /// What a policy does, whatever the device.
 pub trait Policy {
     /// Keys and values of every layer for a number of sequences (slots), and their lengths.
@@ -78,8 +87,9 @@ pub trait Policy {
     /// The logits on the host, as f64 (for checks; generation samples where they are).
     fn logits_to_host(&self, logits: &Self::Logits) -> Result<Vec<f64>>;
     /// Row r of `logits` draws its token with `uniform(seed, streams[r], step)`
-    /// ([`crate::sampling::sample`]'s contract). Non-finite logits are an error, not a token.
-    fn sample(&self, cache: &mut Self::Cache, logits: &Self::Logits, draw: &Draw) -> Result<Vec<u32>>;
+    /// ([`crate::sampling::sample`]'s contract) and reports its log-probability
+    /// ([`crate::sampling::sampled_logp`]). Non-finite logits are an error, not a token.
+    fn sample(&self, cache: &mut Self::Cache, logits: &Self::Logits, draw: &Draw) -> Result<Sampled>;
     /// Sequences of `len` tokens (the longest prompt, `prompt_len` tokens, and the new ones) that one
     /// generation round holds ([`crate::generate::generate`]): on a device, what its free memory takes
     /// next to what is resident ([`crate::gpu::memory::generation_round`]; 0 when not one fits); on the

@@ -218,7 +218,12 @@ fn train_and_sft_run_on_the_simulated_device() {
         assert!(out.join("checkpoint").join("model.safetensors").exists(), "{device}: the last step checkpoints");
         let metrics = drpo::rl::trainer::read_metrics(&out.join("metrics.jsonl")).unwrap();
         assert_eq!(metrics.len(), 2, "{device}: one metrics line per step");
-        assert!(metrics.iter().all(|m| m.sampler_logp_mismatch.is_none()), "one policy samples and scores");
+        // the sampler's log-probs (decode path) against the scorer's (uncached forward), one model:
+        // within round-off of the two paths (bounds and measured values: NOTES.md, "One policy seam")
+        let mismatch: Vec<f64> = metrics.iter().map(|m| m.sampler_logp_mismatch.expect("the mismatch is measured every step")).collect();
+        println!("train --device {device}: sampler_logp_mismatch {mismatch:?}");
+        let bound = if device == "cpu" { 1e-5 } else { 0.05 };
+        assert!(mismatch.iter().all(|m| m.is_finite() && (0.0..bound).contains(m)), "{device}: sampler_logp_mismatch {mismatch:?} ≥ {bound}");
     }
     let sft_out = scratch_dir("policy-sft-sim");
     let (ok, _, err) = run_drpo(&["sft", "--out", sft_out.to_str().unwrap(), "--device", "sim", "--steps", "1", "--full-only-steps", "0"]);
@@ -258,7 +263,12 @@ fn every_device_refuses_non_finite_logits_alike() -> drpo::Result<()> {
         let m = GpuModel::<f32>::from_cpu(Arc::new(gpu), &cpu)?;
         let mut cache = m.new_cache(3, 8)?;
         let upload = |x: &[f32]| -> drpo::Result<drpo::model::gpu::GpuLogits> { Ok(drpo::model::gpu::GpuLogits { values: m.gpu.htod(x)?, rows: 3 }) };
-        assert_eq!(m.sample(&mut cache, &upload(&finite)?, &draw)?, want_tokens, "finite rows: the CPU's tokens");
+        let got = m.sample(&mut cache, &upload(&finite)?, &draw)?;
+        assert_eq!(got.tokens, want_tokens.tokens, "finite rows: the CPU's tokens");
+        // the same f32 logits: m, Σe and ln Σe in f64 on both, only Σe's order and exp's last ulp differ
+        for (g, w) in got.logp.iter().zip(&want_tokens.logp) {
+            assert!((g - w).abs() <= 1e-12 * (1.0 + w.abs()), "finite rows: logp {g} against the CPU's {w}");
+        }
         for ((what, bad), want) in cases.iter().zip(&want_errors) {
             let mut logits = finite.clone();
             bad.iter().for_each(|&(i, x)| logits[i] = x);
