@@ -7,7 +7,8 @@
 //! forward_last(cache, chunks)   run (slot, tokens) chunks after each slot's cached prefix: a prefill
 //!                               (whole prompts) and a decoding step (one token per slot) are one call;
 //!                               gives the logits of the last new row of each chunk, where the device keeps them
-//! sample(cache, logits, ..)     one token per row from uniform(seed, stream, step), on the device
+//! sample(cache, logits, ..)     one token per row from uniform(seed, stream, step), on the device,
+//!                               and its log-prob under softmax(logits / T) (`Sampled`)
 //! generation_round(..)          how many sequences one round of generation holds (device memory)
 //! score_responses(batch)        log π(response token | prompt, earlier tokens) at the batch's temperature
 //! backward_responses(.., dlogp, grads)   grads += ∂loss/∂θ from d loss / d logp of the response tokens
