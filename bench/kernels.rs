@@ -652,11 +652,12 @@ fn sampling(b: &mut Bench) -> drpo::Result<()> {
     let mut scratch = gpu.alloc_zeros::<u64>(rows * v)?;
     let mut toks = gpu.alloc_zeros::<u32>(rows)?;
     let mut flags = gpu.alloc_zeros::<u32>(rows)?;
+    let mut logp = gpu.alloc_zeros::<f64>(rows)?;
     for (top_k, top_p) in [(0, 1.0), (0, 0.9), (50, 0.9)] {
         let params = SamplingParams { temperature: 0.6, top_k, top_p };
         let note = "+ passes over a u64 [rows, v] scratch";
-        b.line("sample f32", format!("rows={rows} v={v} top_k={top_k} top_p={top_p}"), 10, memory(rows * v * 4 + 16 * rows), note, || {
-            gpu::sampling::sample(gpu, &mut toks.as_view_mut(), &mut flags.as_view_mut(), &mut scratch.as_view_mut(), &logits.as_view(), &streams.as_view(), rows, v, &params, 7, 0)
+        b.line("sample f32", format!("rows={rows} v={v} top_k={top_k} top_p={top_p}"), 10, memory(rows * v * 4 + 24 * rows), note, || {
+            gpu::sampling::sample(gpu, &mut toks.as_view_mut(), &mut flags.as_view_mut(), &mut logp.as_view_mut(), &mut scratch.as_view_mut(), &logits.as_view(), &streams.as_view(), rows, v, &params, 7, 0)
         })?;
     }
     let n = rows * v;

@@ -4,7 +4,10 @@
 //
 //   tokens[r] = sample(logits[r, :], params, u_r),   u_r = uniform(seed, streams[r], step)
 //   nonfinite[r] = the lowest id of a NaN / ±inf logit of row r, 0xffffffff when there is none
-//   logits: [rows, v] f32   streams: [rows] u64   tokens, nonfinite: [rows] u32   scratch: [rows, v] u64
+//   logp[r] = log softmax(logits[r, :] / T)[tokens[r]] in f64 (before top-k / top-p; 0 when T = 0):
+//     sampling::sampled_logp, from the softmax pass's m and Σe (one log per row, no extra pass)
+//   logits: [rows, v] f32   streams: [rows] u64   tokens, nonfinite: [rows] u32   logp: [rows] f64
+//   scratch: [rows, v] u64
 // A flagged row still gets a token (the rules below), but the host refuses it (Policy::sample: a
 // non-finite logit is an error, not a token): the flags come back in the copy of the tokens.
 // The distribution, exactly as src/sampling.rs defines it:
@@ -32,8 +35,10 @@
 //   top-k + top-p row makes 48 histograms). The same integer sums, so the same tokens; found by the
 //   simulated device, where v2's ~770 reductions per row made a top-p row cost ~0.3 s. GPU speed-up
 //   predicted (barriers dominate a 512-thread reduction), not yet measured.
-// v4 (this): the non-finite flag per row (one more pass over the row and one block reduction; the
+// v4: the non-finite flag per row (one more pass over the row and one block reduction; the
 //   tokens are v3's).
+// v5 (this): the drawn token's log-probability per row (logp), for the trainer's sampler/scorer
+//   mismatch; the tokens are v4's.
 
 #define PHILOX_M0 0xD2511F53u
 #define PHILOX_M1 0xCD9E8D57u
@@ -193,7 +198,7 @@ __device__ void digit_histogram(int (&cnt)[16], u64 (&mass)[16], const u64* f, i
 
 #define SAMPLE_THREADS 512
 
-extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sampling_fwd_f32(unsigned* tokens, unsigned* nonfinite, u64* scratch,
+extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sampling_fwd_f32(unsigned* tokens, unsigned* nonfinite, double* logp, u64* scratch,
                                                                              const float* logits, const u64* streams, int v,
                                                                              double temperature, int top_k, double top_p, u64 seed,
                                                                              u64 step) {
@@ -216,7 +221,7 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sampling_fwd_f32(un
 
     if (temperature == 0.0) {
         const int best = block_argmax(x, lo, hi);
-        if (tid == 0) tokens[row] = (unsigned)best;
+        if (tid == 0) { tokens[row] = (unsigned)best; logp[row] = 0.0; }   // the arg-max is certain
         return;
     }
 
@@ -343,7 +348,7 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sampling_fwd_f32(un
     u64 cum = block_exclusive_scan(kl, shu, kept_total);   // exact: kept mass of the ids before this thread's
     if (kept_total == 0) {                                 // NaN / +inf logits: no token has mass (block-uniform)
         const int best = block_argmax(x, lo, hi);
-        if (tid == 0) tokens[row] = (unsigned)best;
+        if (tid == 0) { tokens[row] = (unsigned)best; logp[row] = (double)x[best] * inv_t - m - log(total); }
         return;
     }
     // target = ⌊u53·F / 2^53⌋ < F from the 128-bit product
@@ -359,5 +364,5 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sampling_fwd_f32(un
         }
     }
     hit = block_reduce(hit, MinI(), shi);                  // some id crosses: the last cum is F > target
-    if (tid == 0) tokens[row] = (unsigned)hit;
+    if (tid == 0) { tokens[row] = (unsigned)hit; logp[row] = (double)x[hit] * inv_t - m - log(total); }
 }

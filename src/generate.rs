@@ -27,6 +27,9 @@ pub struct GenerateOptions {
 pub struct Generation {
     /// New tokens, the eos included when it stopped on one.
     pub tokens: Vec<u32>,
+    /// The sampler's log-probability of each token ([`crate::policy::Sampled`]): log softmax(z / T)
+    /// of the logits it drew from, before top-k / top-p (0 when greedy).
+    pub logp: Vec<f64>,
     pub stopped_on_eos: bool,
 }
 
@@ -90,7 +93,7 @@ fn generate_round<P: Policy + ?Sized>(policy: &P, prompts: &[Vec<u32>], opts: &G
     let max_len = prompts.iter().map(Vec::len).max().unwrap_or(0) + opts.max_new_tokens; // ≤ max_pos: checked
     let mut cache = policy.new_cache(b, max_len)?;
     let prefill = Chunks::new(cfg, policy.cache_lens(&cache), policy.cache_cap(&cache), prompts.iter().map(Vec::as_slice).enumerate().collect())?;
-    let mut out: Vec<Generation> = vec![Generation { tokens: Vec::new(), stopped_on_eos: false }; b];
+    let mut out: Vec<Generation> = vec![Generation { tokens: Vec::new(), logp: Vec::new(), stopped_on_eos: false }; b];
     if b == 0 || opts.max_new_tokens == 0 {
         return Ok(out);
     }
@@ -102,8 +105,9 @@ fn generate_round<P: Policy + ?Sized>(policy: &P, prompts: &[Vec<u32>], opts: &G
         let draw = Draw { params: &opts.sampling, seed: opts.seed, streams: &streams, step: step as u64 };
         let drawn = policy.sample(&mut cache, &logits, &draw)?;
         let mut next: Vec<(usize, [u32; 1])> = Vec::with_capacity(active.len());
-        for (&i, &tok) in active.iter().zip(&drawn) {
+        for ((&i, &tok), &logp) in active.iter().zip(&drawn.tokens).zip(&drawn.logp) {
             out[i].tokens.push(tok);
+            out[i].logp.push(logp);
             if opts.eos_ids.contains(&tok) {
                 out[i].stopped_on_eos = true;
             } else if out[i].tokens.len() < opts.max_new_tokens {

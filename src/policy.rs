@@ -7,7 +7,8 @@
 //! forward_last(cache, chunks)   run (slot, tokens) chunks after each slot's cached prefix: a prefill
 //!                               (whole prompts) and a decoding step (one token per slot) are one call;
 //!                               gives the logits of the last new row of each chunk, where the device keeps them
-//! sample(cache, logits, ..)     one token per row from uniform(seed, stream, step), on the device
+//! sample(cache, logits, ..)     one token per row from uniform(seed, stream, step), on the device,
+//!                               and its log-prob under softmax(logits / T) (`Sampled`)
 //! generation_round(..)          how many sequences one round of generation holds (device memory)
 //! score_responses(batch)        log π(response token | prompt, earlier tokens) at the batch's temperature
 //! backward_responses(.., dlogp, grads)   grads += ∂loss/∂θ from d loss / d logp of the response tokens
@@ -44,6 +45,15 @@ use crate::rl::chunk::{ChunkObjective, ChunkResult};
 use crate::sampling::SamplingParams;
 use std::ops::Range;
 
+/// What [`Policy::sample`] draws, one entry per row: the token, and its log-probability under the
+/// sampling distribution before top-k / top-p truncation, log softmax(logits / T)[token] in f64 (0
+/// when greedy), computed by the sampler from the logits it drew from.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sampled {
+    pub tokens: Vec<u32>,
+    pub logp: Vec<f64>,
+}
+
 /// What a policy does, whatever the device.
 pub trait Policy {
     /// Keys and values of every layer for a number of sequences (slots), and their lengths.
@@ -78,8 +88,9 @@ pub trait Policy {
     /// The logits on the host, as f64 (for checks; generation samples where they are).
     fn logits_to_host(&self, logits: &Self::Logits) -> Result<Vec<f64>>;
     /// Row r of `logits` draws its token with `uniform(seed, streams[r], step)`
-    /// ([`crate::sampling::sample`]'s contract). Non-finite logits are an error, not a token.
-    fn sample(&self, cache: &mut Self::Cache, logits: &Self::Logits, draw: &Draw) -> Result<Vec<u32>>;
+    /// ([`crate::sampling::sample`]'s contract) and reports its log-probability
+    /// ([`crate::sampling::sampled_logp`]). Non-finite logits are an error, not a token.
+    fn sample(&self, cache: &mut Self::Cache, logits: &Self::Logits, draw: &Draw) -> Result<Sampled>;
     /// Sequences of `len` tokens (the longest prompt, `prompt_len` tokens, and the new ones) that one
     /// generation round holds ([`crate::generate::generate`]): on a device, what its free memory takes
     /// next to what is resident ([`crate::gpu::memory::generation_round`]; 0 when not one fits); on the

@@ -107,12 +107,32 @@ pub fn reaches(mass: u64, tp32: u64, topk: u64) -> bool {
 /// p = softmax(logits / T) in f64 (m = max, e = exp(x/T − m) with the canonical exp (`cpu::simd`,
 /// never libm's), p = e / Σe summed left to right), as fixed-point masses (step 2 above).  T > 0.
 pub fn fixed_point_probs<T: Float>(logits: &[T], temperature: f64) -> Vec<u64> {
+    let (_, e, total) = shifted_exps(logits, temperature);
+    e.iter().map(|&e| fixed_point(e / total)).collect()
+}
+
+/// (m, e, Σe) of softmax(logits / T) in f64: m = max x/T, e = exp(x/T − m) (canonical exp), Σe left to
+/// right. The sampling kernel computes the same three from the same f32 logits (its sums in a tree).
+fn shifted_exps<T: Float>(logits: &[T], temperature: f64) -> (f64, Vec<f64>, f64) {
     let inv_t = 1.0 / temperature;
     let m = logits.iter().fold(f64::NEG_INFINITY, |m, x| m.max(x.to_f64() * inv_t));
     let mut e: Vec<f64> = logits.iter().map(|x| x.to_f64() * inv_t - m).collect();
     crate::cpu::simd::exp_in_place(&mut e);
-    let total: f64 = e.iter().sum();
-    e.iter().map(|&e| fixed_point(e / total)).collect()
+    let total = e.iter().sum();
+    (m, e, total)
+}
+
+/// The sampler's log-probability of `token`: log softmax(logits / T)[token] in f64, of the distribution
+/// before top-k and top-p (the quantity a scorer computes at temperature T, SPEC §5.1), so that the
+/// trainer can compare the policy that sampled with the one that scores (`sampler_logp_mismatch`).
+/// Greedy (T = 0) gives 0: the arg-max is drawn with certainty. The sampling kernel writes the same
+/// number from its own (m, Σe) (`cuda/sampling.cu`).
+pub fn sampled_logp<T: Float>(logits: &[T], temperature: f64, token: u32) -> f64 {
+    if temperature == 0.0 {
+        return 0.0;
+    }
+    let (m, _, total) = shifted_exps(logits, temperature);
+    logits[token as usize].to_f64() * (1.0 / temperature) - m - total.ln()
 }
 
 /// The masses of the kept tokens (steps 2-4 above; 0 outside the kept set).  T > 0.

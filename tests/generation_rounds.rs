@@ -20,8 +20,8 @@ fn prompts(rng: &mut rand::rngs::StdRng, vocab: u32) -> Vec<Vec<u32>> {
     [5usize, 1, 9, 3, 12, 2, 7].iter().map(|&l| (0..l).map(|_| rng.random_range(0..vocab)).collect()).collect()
 }
 
-/// Rounds of each size in `rounds` (and `generate`'s own choice) give one-batch generation's tokens,
-/// `want` (every sequence with its own stream, at a non-zero offset as the trainer's later steps
+/// Rounds of each size in `rounds` (and `generate`'s own choice) give one-batch generation's tokens
+/// and the sampler's log-probs bit for bit, `want` (every sequence with its own stream, at a non-zero offset as the trainer's later steps
 /// have; an eos stops some sequences early).
 fn rounds_change_no_token<P: Policy>(what: &str, p: &P, opts: &GenerateOptions, prompts: &[Vec<u32>], rounds: &[usize], want: &[Generation]) -> drpo::Result<()> {
     for &round in rounds {
@@ -59,7 +59,9 @@ fn rounds_of_one_three_and_all_give_the_same_tokens_on_every_device() -> drpo::R
             let dev = if gpu.is_simulated() { "sim" } else { "gpu" };
             let mut m32 = GpuModel::<f32>::from_cpu(gpu.clone(), &cpu)?;
             let want32 = generate_in_rounds(&m32, &prompts, &opts, usize::MAX)?;
-            assert_eq!(want32, want, "{name} {dev} f32: one batch, the CPU's tokens");
+            // the tokens and stops; the sampler's log-probs differ by the devices' f32 round-off
+            let drawn = |g: &[Generation]| g.iter().map(|g| (g.tokens.clone(), g.stopped_on_eos)).collect::<Vec<_>>();
+            assert_eq!(drawn(&want32), drawn(&want), "{name} {dev} f32: one batch, the CPU's tokens");
             rounds_change_no_token(&format!("{name} {dev} f32"), &m32, &opts, &prompts, &[1, 3], &want32)?;
             // the override is what `generate` uses
             m32.set_generation_round(Some(2))?;

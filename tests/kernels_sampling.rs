@@ -6,7 +6,7 @@
 mod gpu_common;
 use drpo::gpu::{self, Gpu};
 use drpo::rng::uniform;
-use drpo::sampling::{fixed_point_probs, kept_masses, sample, sampling_probs, top_p_threshold, SamplingParams};
+use drpo::sampling::{fixed_point_probs, kept_masses, sample, sampled_logp, sampling_probs, top_p_threshold, SamplingParams};
 use gpu_common::*;
 use rand::Rng;
 
@@ -113,6 +113,25 @@ fn first_non_finite(logits: &[f32], rows: usize, v: usize) -> Vec<u32> {
     (0..rows).map(|r| logits[r * v..(r + 1) * v].iter().position(|x| !x.is_finite()).map_or(gpu::sampling::NO_NONFINITE, |i| i as u32)).collect()
 }
 
+/// The kernel's log-probability of each drawn token against `sampling::sampled_logp` of that token
+/// (rows with a non-finite logit are refused by the caller and skipped). Both compute m, Σe and ln Σe
+/// in f64 from the same f32 logits; they differ in the order of Σe (a tree against left to right) and
+/// in exp (the device's against the canonical one, each within an ulp or two), so |Δ| ≤ a few ulps
+/// of |x/T| + |m| + |ln Σe|: bound 1e-12 · (1 + |want| + |m|), far below any mismatch the trainer reports.
+fn check_sampled_logp(kind: &str, logits: &[f32], tokens: &[u32], flags: &[u32], got: &[f64], v: usize, temperature: f64) {
+    let mut worst = 0.0f64;
+    for r in (0..tokens.len()).filter(|&r| flags[r] == gpu::sampling::NO_NONFINITE) {
+        let row = &logits[r * v..(r + 1) * v];
+        let want = sampled_logp(row, temperature, tokens[r]);
+        let m = if temperature == 0.0 { 0.0 } else { row.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x as f64 / temperature)) };
+        let err = (got[r] - want).abs();
+        assert!(want.is_finite() && want <= 0.0, "{kind} row {r}: reference logp {want}");
+        assert!(err <= 1e-12 * (1.0 + want.abs() + m.abs()), "{kind} row {r} token {}: logp {} against {want}", tokens[r], got[r]);
+        worst = worst.max(err);
+    }
+    println!("{kind}: sampled logp worst |Δ| {worst:.1e}");
+}
+
 fn run(gpu: &Gpu, rng: &mut rand::rngs::StdRng, kind: &str, rows: usize, v: usize, params: SamplingParams) -> drpo::Result<usize> {
     let logits = logits_rows(rng, kind, rows, v);
     let (seed, step): (u64, u64) = (rng.random(), rng.random_range(0..1000));
@@ -120,10 +139,13 @@ fn run(gpu: &Gpu, rng: &mut rand::rngs::StdRng, kind: &str, rows: usize, v: usiz
     let (ld, sd) = (gpu.htod(&logits)?, gpu.htod(&streams)?);
     let mut tokens = gpu.htod(&vec![u32::MAX; rows])?;
     let mut flags = gpu.htod(&vec![0u32; rows])?; // poisoned: 0 is a flag of id 0
+    let mut logp = gpu.htod(&vec![f64::NAN; rows])?;
     let mut scratch = gpu.alloc_zeros::<u64>(rows * v)?;
-    gpu::sampling::sample(gpu, &mut tokens.as_view_mut(), &mut flags.as_view_mut(), &mut scratch.as_view_mut(), &ld.as_view(), &sd.as_view(), rows, v, &params, seed, step)?;
+    gpu::sampling::sample(gpu, &mut tokens.as_view_mut(), &mut flags.as_view_mut(), &mut logp.as_view_mut(), &mut scratch.as_view_mut(), &ld.as_view(), &sd.as_view(), rows, v, &params, seed, step)?;
     let got = gpu.dtoh(&tokens)?;
-    assert_eq!(gpu.dtoh(&flags)?, first_non_finite(&logits, rows, v), "{kind}: the non-finite flags");
+    let flags = gpu.dtoh(&flags)?;
+    assert_eq!(flags, first_non_finite(&logits, rows, v), "{kind}: the non-finite flags");
+    check_sampled_logp(kind, &logits, &got, &flags, &gpu.dtoh(&logp)?, v, params.temperature);
     let (mut differ, mut by_kind) = (0, std::collections::BTreeMap::<&str, usize>::new());
     for r in 0..rows {
         let row = &logits[r * v..(r + 1) * v];
@@ -200,8 +222,9 @@ fn sampler_flags_the_first_non_finite_logit_of_each_row() -> drpo::Result<()> {
             for params in [SamplingParams::greedy(), SamplingParams { temperature: 0.8, top_k: 3, top_p: 0.9 }] {
                 let mut tokens = gpu.htod(&vec![u32::MAX; rows])?;
                 let mut flags = gpu.htod(&vec![0u32; rows])?;
+                let mut logp = gpu.alloc_zeros::<f64>(rows)?;
                 let mut scratch = gpu.alloc_zeros::<u64>(rows * v)?;
-                gpu::sampling::sample(&gpu, &mut tokens.as_view_mut(), &mut flags.as_view_mut(), &mut scratch.as_view_mut(), &ld.as_view(), &sd.as_view(), rows, v, &params, 11, 2)?;
+                gpu::sampling::sample(&gpu, &mut tokens.as_view_mut(), &mut flags.as_view_mut(), &mut logp.as_view_mut(), &mut scratch.as_view_mut(), &ld.as_view(), &sd.as_view(), rows, v, &params, 11, 2)?;
                 assert_eq!(gpu.dtoh(&flags)?, want_flags, "v {v}, {params:?}: flags");
                 let want: Vec<u32> = (0..rows).map(|r| sample(&logits[r * v..(r + 1) * v], &params, uniform(11, r as u64, 2)) as u32).collect();
                 assert_eq!(gpu.dtoh(&tokens)?, want, "v {v}, {params:?}: tokens");
@@ -231,9 +254,10 @@ fn sampler_frequencies_follow_the_distribution() -> drpo::Result<()> {
             let (ld, sd) = (gpu.htod(&logits)?, gpu.htod(&streams)?);
             let mut tokens = gpu.htod(&vec![u32::MAX; draws])?;
             let mut flags = gpu.alloc_zeros::<u32>(draws)?;
+            let mut logp = gpu.alloc_zeros::<f64>(draws)?;
             let mut scratch = gpu.alloc_zeros::<u64>(draws * v)?;
             let seed: u64 = rng.random();
-            gpu::sampling::sample(&gpu, &mut tokens.as_view_mut(), &mut flags.as_view_mut(), &mut scratch.as_view_mut(), &ld.as_view(), &sd.as_view(), draws, v, &params, seed, 0)?;
+            gpu::sampling::sample(&gpu, &mut tokens.as_view_mut(), &mut flags.as_view_mut(), &mut logp.as_view_mut(), &mut scratch.as_view_mut(), &ld.as_view(), &sd.as_view(), draws, v, &params, seed, 0)?;
             let got = gpu.dtoh(&tokens)?;
             let probs = sampling_probs(&row, &params);
             let mut counts = vec![0usize; v];

@@ -83,6 +83,26 @@ fn generation_through_the_loop<P: Policy>(what: &str, p: &P, reference: Option<&
     Ok(free)
 }
 
+/// The sampler's log-prob of each token it drew (`Generation.logp`, from the decode logits, before
+/// top-p truncation) against the f64 CPU model's score of the same tokens at the same temperature:
+/// the f64 scorer (on the weights the policy holds) is the reference, so the gap is the policy's own
+/// logit error Δz. dℓ/dz_j = (1[j = token] − p_j)/T gives |Δℓ| ≤ 2(1 − p)·max|Δz|/T, and a likely
+/// token has |ℓ| ≈ 1 − p: relative to ℓ the error is about 2·max|Δz|/T, not the logits' relative
+/// error. The f32 paths stay within their decode-vs-score bounds; bf16 gets 2·BF16_MODEL/T.
+fn sampler_logp_equals_f64_score<P: Policy>(what: &str, p: &P, scorer: &Model<f64>, bound: Bound) -> drpo::Result<()> {
+    let prompts: Vec<Vec<u32>> = PROMPTS.iter().map(|x| x.to_vec()).collect();
+    let sampling = SamplingParams { temperature: TEMP, top_k: 0, top_p: 0.9 };
+    let opts = GenerateOptions { max_new_tokens: 5, sampling, seed: 17, eos_ids: vec![], stream_offset: 3 };
+    let gens = generate(p, &prompts, &opts)?;
+    let responses: Vec<&[u32]> = gens.iter().map(|g| g.tokens.as_slice()).collect();
+    let batch = ScoreBatch::responses(&scorer.cfg, &PROMPTS, &responses, TEMP)?;
+    let want = scorer.score_responses(&batch, false)?.logp;
+    let got: Vec<Vec<f64>> = gens.into_iter().map(|g| g.logp).collect();
+    assert!(got.iter().zip(&want).all(|(g, w)| g.len() == w.len()), "{what}: one sampler log-prob per token");
+    assert_close(&format!("{what}: sampler logp vs f64 score"), &got.concat(), &want.concat(), bound);
+    Ok(())
+}
+
 /// The batch types refuse bad input with an error naming the field, whatever the device; the
 /// device entry points (generate, score) go through them.
 fn packed_batch_validation<P: Policy>(what: &str, p: &P) {
@@ -158,8 +178,9 @@ fn backward_and_update<P: Policy>(what: &str, p: &mut P) -> drpo::Result<()> {
 }
 
 /// Every property on one policy.
-fn contract<P: Policy>(what: &str, p: &mut P, bound: Bound, reference: Option<&[Vec<u32>]>) -> drpo::Result<Vec<Vec<u32>>> {
+fn contract<P: Policy>(what: &str, p: &mut P, bound: Bound, reference: Option<&[Vec<u32>]>, scorer: &Model<f64>, sampler_bound: Bound) -> drpo::Result<Vec<Vec<u32>>> {
     prefill_decode_equals_score(what, p, bound)?;
+    sampler_logp_equals_f64_score(what, p, scorer, sampler_bound)?;
     let tokens = generation_through_the_loop(what, p, reference)?;
     packed_batch_validation(what, p);
     backward_and_update(what, p)?;
@@ -170,18 +191,20 @@ fn contract<P: Policy>(what: &str, p: &mut P, bound: Bound, reference: Option<&[
 fn every_device_keeps_the_policy_contract() -> drpo::Result<()> {
     for name in FIXTURES {
         let cpu = Model::<f32>::load(&fixture(name))?;
+        let f64_scorer = Model::<f64>::load(&fixture(name))?;
         // the CPU's cached decode and its scoring run the same f32 ops on the same rows; the host
         // log-softmax (f64) of the f32 logits differs from the f32 one by rounding
-        let want = contract(&format!("{name} cpu"), &mut cpu.clone(), chain(1e-5), None)?;
+        let want = contract(&format!("{name} cpu"), &mut cpu.clone(), chain(1e-5), None, &f64_scorer, chain(1e-5))?;
         for gpu in devices("policy_contract") {
             let gpu = Arc::new(gpu);
             let dev = if gpu.is_simulated() { "sim" } else { "gpu" };
             // f32 storage: decode and prefill kernels, the f32-out head vs the fused head
             let mut m32 = GpuModel::<f32>::for_training(gpu.clone(), &cpu)?;
-            contract(&format!("{name} {dev} f32"), &mut m32, chain(1e-4), Some(&want))?;
+            contract(&format!("{name} {dev} f32"), &mut m32, chain(1e-4), Some(&want), &f64_scorer, chain(1e-4))?;
             // bf16 storage (what --device gpu|sim runs): the decode-step and score paths round differently
             let mut m16 = GpuModel::<bf16>::for_training(gpu.clone(), &cpu)?;
-            contract(&format!("{name} {dev} bf16"), &mut m16, chain(BF16_MODEL), None)?;
+            let bf16_sampler = chain(2.0 * BF16_MODEL / TEMP);
+            contract(&format!("{name} {dev} bf16"), &mut m16, chain(BF16_MODEL), None, &on_bf16_weights(&cpu), bf16_sampler)?;
             // a generation-only bf16 model has no master weights: training it is refused by name
             let m16 = GpuModel::<bf16>::from_cpu(gpu.clone(), &cpu)?;
             let e = m16.new_optimizer().err().expect("a from_cpu bf16 model cannot train").to_string();
@@ -218,7 +241,12 @@ fn train_and_sft_run_on_the_simulated_device() {
         assert!(out.join("checkpoint").join("model.safetensors").exists(), "{device}: the last step checkpoints");
         let metrics = drpo::rl::trainer::read_metrics(&out.join("metrics.jsonl")).unwrap();
         assert_eq!(metrics.len(), 2, "{device}: one metrics line per step");
-        assert!(metrics.iter().all(|m| m.sampler_logp_mismatch.is_none()), "one policy samples and scores");
+        // the sampler's log-probs (decode path) against the scorer's (uncached forward), one model:
+        // within round-off of the two paths (bounds and measured values: NOTES.md, "One policy seam")
+        let mismatch: Vec<f64> = metrics.iter().map(|m| m.sampler_logp_mismatch.expect("the mismatch is measured every step")).collect();
+        println!("train --device {device}: sampler_logp_mismatch {mismatch:?}");
+        let bound = if device == "cpu" { 1e-5 } else { 0.05 };
+        assert!(mismatch.iter().all(|m| m.is_finite() && (0.0..bound).contains(m)), "{device}: sampler_logp_mismatch {mismatch:?} ≥ {bound}");
     }
     let sft_out = scratch_dir("policy-sft-sim");
     let (ok, _, err) = run_drpo(&["sft", "--out", sft_out.to_str().unwrap(), "--device", "sim", "--steps", "1", "--full-only-steps", "0"]);
@@ -258,7 +286,12 @@ fn every_device_refuses_non_finite_logits_alike() -> drpo::Result<()> {
         let m = GpuModel::<f32>::from_cpu(Arc::new(gpu), &cpu)?;
         let mut cache = m.new_cache(3, 8)?;
         let upload = |x: &[f32]| -> drpo::Result<drpo::model::gpu::GpuLogits> { Ok(drpo::model::gpu::GpuLogits { values: m.gpu.htod(x)?, rows: 3 }) };
-        assert_eq!(m.sample(&mut cache, &upload(&finite)?, &draw)?, want_tokens, "finite rows: the CPU's tokens");
+        let got = m.sample(&mut cache, &upload(&finite)?, &draw)?;
+        assert_eq!(got.tokens, want_tokens.tokens, "finite rows: the CPU's tokens");
+        // the same f32 logits: m, Σe and ln Σe in f64 on both, only Σe's order and exp's last ulp differ
+        for (g, w) in got.logp.iter().zip(&want_tokens.logp) {
+            assert!((g - w).abs() <= 1e-12 * (1.0 + w.abs()), "finite rows: logp {g} against the CPU's {w}");
+        }
         for ((what, bad), want) in cases.iter().zip(&want_errors) {
             let mut logits = finite.clone();
             bad.iter().for_each(|&(i, x)| logits[i] = x);

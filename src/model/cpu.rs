@@ -25,10 +25,10 @@ use crate::cpu::{math, Float};
 use crate::error::{check_len, Error, Result};
 use crate::layout::ParamLayout;
 use crate::optim::{AdamWConfig, AdamWState};
-use crate::policy::{check_score_temperature, Chunks, Draw, HostState, Policy, ScoreBatch, ScoredResponses};
+use crate::policy::{check_score_temperature, Chunks, Draw, HostState, Policy, Sampled, ScoreBatch, ScoredResponses};
 use crate::rl::chunk::{ChunkObjective, ChunkResult};
 use crate::rng::uniform;
-use crate::sampling::sample;
+use crate::sampling::{sample, sampled_logp};
 use rayon::prelude::*;
 use std::ops::Range;
 use std::path::Path;
@@ -576,17 +576,21 @@ impl<T: Float> Policy for Model<T> {
         Ok(logits.iter().map(|x| x.to_f64()).collect())
     }
 
-    fn sample(&self, _: &mut KvCache<T>, logits: &Vec<T>, draw: &Draw) -> Result<Vec<u32>> {
+    fn sample(&self, _: &mut KvCache<T>, logits: &Vec<T>, draw: &Draw) -> Result<Sampled> {
         let v = self.cfg.vocab_size;
         check_len("sample", "logits", logits.len(), draw.streams.len() * v)?;
         check_logits(logits, v, draw.step)?;
         // in parallel: row r's uniform depends on (seed, stream, step) only, so the tokens do not
         // depend on the thread count
-        Ok(logits
+        let (tokens, logp) = logits
             .par_chunks(v.max(1))
             .zip(draw.streams)
-            .map(|(row, &stream)| sample(row, draw.params, uniform(draw.seed, stream, draw.step)))
-            .collect())
+            .map(|(row, &stream)| {
+                let token = sample(row, draw.params, uniform(draw.seed, stream, draw.step));
+                (token, sampled_logp(row, draw.params.temperature, token))
+            })
+            .unzip();
+        Ok(Sampled { tokens, logp })
     }
 
     fn score_responses(&self, batch: &ScoreBatch, record: bool) -> Result<ScoredResponses<Recorded<T>>> {

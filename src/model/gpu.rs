@@ -29,7 +29,7 @@ use crate::model::Model;
 use crate::model::gpu_state::{self, GpuAdamW, GpuGrads};
 use crate::model::gpu_train::{GpuRecord, TrainWorkspace};
 use crate::optim::AdamWConfig;
-use crate::policy::{check_score_temperature, Chunks, Draw, HostState, Policy, ScoreBatch, ScoredResponses};
+use crate::policy::{check_score_temperature, Chunks, Draw, HostState, Policy, Sampled, ScoreBatch, ScoredResponses};
 use crate::rl::chunk::{ChunkObjective, ChunkResult};
 use crate::gpu::DeviceBuffer;
 use std::sync::{Arc, Mutex};
@@ -272,6 +272,8 @@ impl<T: GpuFloat> GpuModel<T> {
 pub struct GpuDecode<T: GpuFloat> {
     pub kv: GpuKvCache<T>,
     tokens: DeviceBuffer<u32>,
+    /// the sampler's log-probability of each drawn token
+    logp: DeviceBuffer<f64>,
     scratch: DeviceBuffer<u64>,
 }
 
@@ -313,8 +315,9 @@ impl<T: GpuFloat> Policy for GpuModel<T> {
         let kv = GpuKvCache::new(gpu, &self.cfg, slots, cap)?;
         // the sampler's tokens, then its non-finite flags: one copy back per step
         let tokens = gpu.alloc_zeros::<u32>(2 * slots.max(1))?;
+        let logp = gpu.alloc_zeros::<f64>(slots.max(1))?;
         let scratch = gpu.alloc_zeros::<u64>((slots * self.cfg.vocab_size).max(1))?;
-        Ok(GpuDecode { kv, tokens, scratch })
+        Ok(GpuDecode { kv, tokens, logp, scratch })
     }
 
     fn cache_lens<'c>(&self, cache: &'c GpuDecode<T>) -> &'c [usize] {
@@ -351,11 +354,11 @@ impl<T: GpuFloat> Policy for GpuModel<T> {
         Ok(self.gpu.dtoh(&logits.values.slice(0..n))?.iter().map(|&x| x as f64).collect())
     }
 
-    fn sample(&self, cache: &mut GpuDecode<T>, logits: &GpuLogits, draw: &Draw) -> Result<Vec<u32>> {
+    fn sample(&self, cache: &mut GpuDecode<T>, logits: &GpuLogits, draw: &Draw) -> Result<Sampled> {
         let (rows, v) = (logits.rows, self.cfg.vocab_size);
         crate::error::check_len("sample", "streams", draw.streams.len(), rows)?;
         if rows == 0 {
-            return Ok(Vec::new());
+            return Ok(Sampled { tokens: Vec::new(), logp: Vec::new() });
         }
         let gpu = &*self.gpu;
         let streams = gpu.htod(draw.streams)?;
@@ -363,7 +366,8 @@ impl<T: GpuFloat> Policy for GpuModel<T> {
         let (mut tokens, mut nonfinite) = both.split_at_mut(rows);
         let mut scratch = cache.scratch.slice_mut(0..rows * v);
         let lv = logits.values.slice(0..rows * v);
-        gpu::sampling::sample(gpu, &mut tokens, &mut nonfinite, &mut scratch, &lv, &streams.as_view(), rows, v, draw.params, draw.seed, draw.step)?;
+        let mut logp = cache.logp.slice_mut(0..rows);
+        gpu::sampling::sample(gpu, &mut tokens, &mut nonfinite, &mut logp, &mut scratch, &lv, &streams.as_view(), rows, v, draw.params, draw.seed, draw.step)?;
         let mut tokens = gpu.dtoh(&cache.tokens.slice(0..2 * rows))?;
         let flags = tokens.split_off(rows);
         // the CPU's error: the first non-finite logit of the batch (its value fetched only then)
@@ -372,7 +376,9 @@ impl<T: GpuFloat> Policy for GpuModel<T> {
             let value = gpu.dtoh(&logits.values.slice(at..at + 1))?[0];
             return Err(crate::sampling::non_finite_logits(draw.step, row, id as usize, value as f64));
         }
-        Ok(tokens)
+        // f64, so a copy of its own (8 bytes a row), made once no row was refused
+        let logp = gpu.dtoh(&cache.logp.slice(0..rows))?;
+        Ok(Sampled { tokens, logp })
     }
 
     /// The uncached chunked forward of `gpu_train` (no KV cache), with or without a record.

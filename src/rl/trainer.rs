@@ -340,11 +340,12 @@ pub struct StepMetrics {
     pub lr_mean: f64,
     pub lr_max: f64,
     pub step_seconds: f64,
-    /// mean |Δ log-prob| per response token between the policy that sampled the rollouts and the
-    /// one that scores and trains, where they differ in precision (a train/inference mismatch).
-    /// The trainer samples, scores and trains one policy on every device (on a GPU: the bf16
-    /// compute copy, whose f32 master weights only AdamW touches), so it is None; runs before the
-    /// device training step sampled with a bf16 copy and trained an f32 host model, and recorded it.
+    /// mean over the step's response tokens of |ℓ_sampler − ℓ_old|: the log-prob the sampler reported
+    /// for the token it drew (decode path: KV cache, decode GEMMs, decode attention) against the old
+    /// log-prob the scorer recomputed (uncached training forward), both log softmax(z / T) of one set
+    /// of weights on one device. They differ only by the two paths' summation orders (and, in bf16,
+    /// their roundings): a measured train/inference mismatch, not a precision split. None when no
+    /// token was drawn; older metrics files (None then, or a precision split's number) still read.
     #[serde(default)]
     pub sampler_logp_mismatch: Option<f64>,
 }
@@ -628,8 +629,10 @@ impl<'a, P: Policy> Trainer<'a, P> {
         }
     }
 
-    /// The step's rollouts, sampled and scored by the policy that trains.
-    fn rollouts(&self, questions: &[usize]) -> Result<Vec<Rollout>> {
+    /// The step's rollouts, sampled and scored by the policy that trains, and the mean |Δ log-prob|
+    /// per response token between the sampler's and the scorer's log-probs (`sampler_logp_mismatch`;
+    /// None when no token was drawn).
+    fn rollouts(&self, questions: &[usize]) -> Result<(Vec<Rollout>, Option<f64>)> {
         let cfg = &self.cfg;
         let g = cfg.group_size;
         let prompts: Vec<Vec<u32>> = questions.iter().flat_map(|&q| std::iter::repeat_n(self.env.prompt(q).to_vec(), g)).collect();
@@ -651,6 +654,9 @@ impl<'a, P: Policy> Trainer<'a, P> {
         let r_refs: Vec<&[u32]> = gens.iter().map(|g| g.tokens.as_slice()).collect();
         let batch = ScoreBatch::responses(self.model.config(), &p_refs, &r_refs, cfg.temperature)?;
         let old = self.model.score_responses(&batch, false)?.logp;
+        // the sampler ran the decode path (KV cache, decode GEMMs and attention), the scorer the
+        // uncached training forward: the same weights, other kernels and summation orders
+        let mismatch = mean(gens.iter().zip(&old).flat_map(|(g, o)| g.logp.iter().zip(o).map(|(s, o)| (s - o).abs())));
         let mut out = Vec::with_capacity(gens.len());
         for (k, (gen, old_logp)) in gens.into_iter().zip(old).enumerate() {
             let problem = questions[k / g];
@@ -667,7 +673,7 @@ impl<'a, P: Policy> Trainer<'a, P> {
                 old_logp,
             });
         }
-        Ok(out)
+        Ok((out, mismatch))
     }
 
     /// One training step (rollouts, then the optimizer steps of its mini-batches).
@@ -677,7 +683,7 @@ impl<'a, P: Policy> Trainer<'a, P> {
         let hyper = cfg.effective_hyper();
         let g = cfg.group_size;
         let questions = questions_of_step(self.env.len(), cfg.questions_per_step, cfg.seed, self.state.step)?;
-        let rollouts = self.rollouts(&questions)?;
+        let (rollouts, sampler_logp_mismatch) = self.rollouts(&questions)?;
 
         // baselines: rewards and advantages once per step, on all rollouts
         let advantages = match cfg.objective.baseline() {
@@ -775,8 +781,7 @@ impl<'a, P: Policy> Trainer<'a, P> {
             lr_mean: mean(lrs.iter().copied()).unwrap_or(0.0),
             lr_max: lrs.iter().copied().reduce(f64::max).unwrap_or(0.0),
             step_seconds: t0.elapsed().as_secs_f64(),
-            // one policy samples, scores and trains (see the field)
-            sampler_logp_mismatch: None,
+            sampler_logp_mismatch: sampler_logp_mismatch.and_then(finite),
         })
     }
 }
