@@ -108,7 +108,17 @@ pub fn reaches(mass: u64, tp32: u64, topk: u64) -> bool {
 /// never libm's), p = e / Σe summed left to right), as fixed-point masses (step 2 above).  T > 0.
 pub fn fixed_point_probs<T: Float>(logits: &[T], temperature: f64) -> Vec<u64> {
     let (_, e, total) = shifted_exps(logits, temperature);
+    masses(&e, total)
+}
+
+/// The fixed-point masses of the shifted exponentials `e` summing to `total`.
+fn masses(e: &[f64], total: f64) -> Vec<u64> {
     e.iter().map(|&e| fixed_point(e / total)).collect()
+}
+
+/// log softmax(x / T) of a logit x, given the row's (m, Σe) of [`shifted_exps`].
+fn log_softmax_at(x: f64, temperature: f64, m: f64, total: f64) -> f64 {
+    x * (1.0 / temperature) - m - total.ln()
 }
 
 /// (m, e, Σe) of softmax(logits / T) in f64: m = max x/T, e = exp(x/T − m) (canonical exp), Σe left to
@@ -132,7 +142,7 @@ pub fn sampled_logp<T: Float>(logits: &[T], temperature: f64, token: u32) -> f64
         return 0.0;
     }
     let (m, _, total) = shifted_exps(logits, temperature);
-    logits[token as usize].to_f64() * (1.0 / temperature) - m - total.ln()
+    log_softmax_at(logits[token as usize].to_f64(), temperature, m, total)
 }
 
 /// The masses of the kept tokens (steps 2-4 above; 0 outside the kept set).  T > 0.
@@ -142,7 +152,11 @@ pub fn sampled_logp<T: Float>(logits: &[T], temperature: f64, token: u32) -> f64
 /// threshold. The ranking is a total order, so that prefix is exactly a full sort's (a full sort of
 /// 151,936 masses per row per step cost ~20 ms; a peaked distribution needs a few entries).
 pub fn kept_masses<T: Float>(logits: &[T], params: &SamplingParams) -> Vec<u64> {
-    let f = fixed_point_probs(logits, params.temperature);
+    kept_of(fixed_point_probs(logits, params.temperature), params)
+}
+
+/// [`kept_masses`] of the fixed-point masses `f`.
+fn kept_of(f: Vec<u64>, params: &SamplingParams) -> Vec<u64> {
     let v = f.len();
     let k = if params.top_k == 0 { v } else { params.top_k.min(v) };
     if v == 0 || (k == v && params.top_p >= 1.0) {
@@ -231,13 +245,21 @@ pub fn sampling_probs<T: Float>(logits: &[T], params: &SamplingParams) -> Vec<f6
 /// u53 = ⌊u · 2^53⌋ (exact for `rng::uniform`): the first kept id, in id order, whose cumulative mass
 /// exceeds ⌊u53 · F / 2^53⌋ < F.
 pub fn sample<T: Float>(logits: &[T], params: &SamplingParams, u: f64) -> u32 {
+    sample_with_logp(logits, params, u).0
+}
+
+/// [`sample`] and the drawn token's [`sampled_logp`], from one softmax of the row.
+pub fn sample_with_logp<T: Float>(logits: &[T], params: &SamplingParams, u: f64) -> (u32, f64) {
     if params.temperature == 0.0 || logits.is_empty() {
-        return argmax(logits) as u32;
+        return (argmax(logits) as u32, 0.0);
     }
-    let kept = kept_masses(logits, params);
+    let (m, e, sum) = shifted_exps(logits, params.temperature);
+    let kept = kept_of(masses(&e, sum), params);
+    let logp = |i: usize| log_softmax_at(logits[i].to_f64(), params.temperature, m, sum);
     let total: u64 = kept.iter().sum();
     if total == 0 {
-        return argmax(logits) as u32; // NaN or +inf logits: no token has mass
+        let i = argmax(logits); // NaN or +inf logits: no token has mass
+        return (i as u32, logp(i));
     }
     let u53 = ((u * 9_007_199_254_740_992.0) as u64).min((1 << 53) - 1); // 2^53; u < 1
     let target = ((u53 as u128 * total as u128) >> 53) as u64;
@@ -245,7 +267,7 @@ pub fn sample<T: Float>(logits: &[T], params: &SamplingParams, u: f64) -> u32 {
     for (i, &f) in kept.iter().enumerate() {
         cum += f;
         if cum > target {
-            return i as u32;
+            return (i as u32, logp(i));
         }
     }
     unreachable!("sample: target {target} ≥ kept mass {total}")

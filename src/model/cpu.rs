@@ -28,7 +28,7 @@ use crate::optim::{AdamWConfig, AdamWState};
 use crate::policy::{check_score_temperature, Chunks, Draw, HostState, Policy, Sampled, ScoreBatch, ScoredResponses};
 use crate::rl::chunk::{ChunkObjective, ChunkResult};
 use crate::rng::uniform;
-use crate::sampling::{sample, sampled_logp};
+use crate::sampling::sample_with_logp;
 use rayon::prelude::*;
 use std::ops::Range;
 use std::path::Path;
@@ -585,10 +585,7 @@ impl<T: Float> Policy for Model<T> {
         let (tokens, logp) = logits
             .par_chunks(v.max(1))
             .zip(draw.streams)
-            .map(|(row, &stream)| {
-                let token = sample(row, draw.params, uniform(draw.seed, stream, draw.step));
-                (token, sampled_logp(row, draw.params.temperature, token))
-            })
+            .map(|(row, &stream)| sample_with_logp(row, draw.params, uniform(draw.seed, stream, draw.step)))
             .unzip();
         Ok(Sampled { tokens, logp })
     }
