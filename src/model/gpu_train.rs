@@ -21,7 +21,7 @@
 //! forward has replaced them; otherwise the backward recomputes each chunk's forward before its
 //! backward (one more forward pass), so device memory is bounded by one chunk whatever the batch. The
 //! token budget of a chunk comes from `gpu::memory::tokens_per_chunk` of the device's free memory
-//! ([`GpuModel::max_tokens_per_chunk`]).
+//! (`GpuModel::chunk_budget`; `set_max_tokens_per_chunk` overrides it).
 //!
 //! **The same bits whatever the budget.** Every row of the forward is computed by kernels whose
 //! arithmetic does not depend on the other rows (GEMMs, norms, the head) or on the other sequences
@@ -382,7 +382,7 @@ struct TiedGather {
 }
 
 impl<T: GpuFloat> GpuModel<T> {
-    /// Sets the token budget of a chunk (`None`: the default, [`GpuModel::max_tokens_per_chunk`]).
+    /// Sets the token budget of a chunk (`None`: the default of `chunk_budget`, from the memory model).
     pub fn set_max_tokens_per_chunk(&mut self, tokens: Option<usize>) -> Result<()> {
         if tokens == Some(0) {
             return Err(Error::input("max_tokens_per_chunk must be at least 1"));
